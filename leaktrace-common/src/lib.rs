@@ -1,0 +1,171 @@
+//! Types shared by the probes (`leaktrace-ebpf`) and the tracer (`leaktrace`).
+//!
+//! Every type here crosses the kernel/user boundary as raw bytes, so each is `#[repr(C)]` with
+//! explicit padding and no `bool`: both sides must agree on every byte, and the kernel's map
+//! hashing compares keys bytewise (implicit padding would make equal keys differ).
+#![no_std]
+
+/// Default capacity of the live-allocation map (one entry per block the target holds).
+pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
+/// Default capacity of the per-stack statistics map.
+pub const DEFAULT_MAX_STACKS: u32 = 1 << 16;
+/// Default capacity of the kernel's stack-trace map (each entry is 127 frames, preallocated).
+pub const DEFAULT_MAX_STACK_TRACES: u32 = 1 << 14;
+/// Capacity of the per-thread in-flight call map: one entry per thread inside an allocator call.
+pub const MAX_PENDING_CALLS: u32 = 1 << 14;
+/// Capacity of the target table: processes traced at once by one loaded program set.
+pub const MAX_TARGETS: u32 = 4096;
+
+/// What an allocation site allocated: heap blocks from the allocator, or mappings.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllocKind {
+    Heap = 0,
+    Mmap = 1,
+}
+
+/// Identity of one allocation site of one process.
+///
+/// The kernel's stack id names the frames it could walk; `caller` adds the return address the
+/// kernel drops at a function-entry uprobe (see PLATFORM.md), so that two call sites in one
+/// function stay apart; `js_id` names the JavaScript frames, whose shared return addresses would
+/// otherwise merge every interpreted function into one stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StackKey {
+    pub tgid: u32,
+    /// Id in the `STACK_TRACES` map; negative errno when the capture failed.
+    pub stack_id: i32,
+    /// Return address on top of the stack when the allocation function was entered.
+    pub caller: u64,
+    /// Identity of the JavaScript frames on the stack; 0 when there are none.
+    pub js_id: u64,
+    /// An [`AllocKind`] as `u32`.
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// Running totals of one allocation site, updated by the probes with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackStats {
+    /// Bytes allocated here and not yet freed (signed: a free on another CPU may land first).
+    pub live_bytes: i64,
+    pub live_allocs: i64,
+    /// Every byte ever allocated here, freed or not.
+    pub alloc_bytes: u64,
+    pub alloc_calls: u64,
+}
+
+/// Key of the live-allocation map: one block of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LiveKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub addr: u64,
+}
+
+/// A block the target holds, with the site that allocated it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LiveAlloc {
+    pub size: u64,
+    /// `bpf_ktime_get_ns` at allocation, for the age of what is held.
+    pub ts_ns: u64,
+    pub site: StackKey,
+}
+
+/// Which allocation function a thread is inside, so one return probe serves them all.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocOp {
+    /// malloc, calloc, memalign, aligned_alloc, valloc, pvalloc: the result is the block.
+    Alloc = 0,
+    /// realloc, reallocarray: the result replaces `old_addr` when it is not NULL.
+    Realloc = 1,
+    /// posix_memalign: the block is written through `out_ptr`, the result is an errno.
+    PosixMemalign = 2,
+}
+
+/// State a thread carries from an allocation function's entry to its return.
+///
+/// Keyed by the full `pid_tgid`, so threads never share it. `depth` counts nested allocator
+/// calls on the thread (glibc's `realloc(NULL, n)` enters `malloc`): only the outermost call is
+/// recorded, so nothing is counted twice and inner calls cannot overwrite the outer state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PendingCall {
+    pub site: StackKey,
+    pub size: u64,
+    pub old_addr: u64,
+    pub out_ptr: u64,
+    /// Stack pointer at entry: a later entry deeper in the stack is a nested call, one at or
+    /// above it means this call never returned through its probe.
+    pub entry_sp: u64,
+    /// An [`AllocOp`] as `u32`.
+    pub op: u32,
+    pub depth: u32,
+}
+
+/// Per-target event and loss counters; indices into [`TargetCounters::values`].
+///
+/// Losses are counted, never hidden: every report prints each of them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Allocation calls that returned a block.
+    AllocCalls = 0,
+    /// Allocation calls that returned NULL (or an error): not allocations.
+    FailedAllocs = 1,
+    /// `free` (and the freeing half of `realloc`) of a non-NULL pointer.
+    FreeCalls = 2,
+    /// Frees of blocks the tracer never saw allocated (most were allocated before attach).
+    UnknownFrees = 3,
+    /// Allocations not recorded because the live-allocation map was full.
+    LiveMapFull = 4,
+    /// Allocations not attributed to their stack because the stack statistics map was full.
+    StackMapFull = 5,
+    /// Stack captures that failed (the allocation is kept under a stack of its caller only).
+    StackCaptureFailed = 6,
+    /// Stack captures that hit a hash collision in the stack-trace map.
+    StackCollision = 7,
+    /// Allocation calls lost because the in-flight call map was full.
+    PendingMapFull = 8,
+    /// A block returned at an address still recorded as live: its free was missed.
+    MissedFrees = 9,
+    /// Allocator calls made from inside another traced allocator call (counted once, outermost).
+    NestedCalls = 10,
+    /// Allocation calls whose return was never seen (a longjmp out of the allocator, or a
+    /// return probe the kernel could not place): their block, if any, is not recorded.
+    MissedReturns = 11,
+}
+
+/// Number of counters kept per target (room to add counters without changing the map layout).
+pub const NUM_COUNTERS: usize = 16;
+
+/// Value of the per-CPU target table: a process is traced iff it has an entry.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct TargetCounters {
+    pub values: [u64; NUM_COUNTERS],
+}
+
+impl Default for TargetCounters {
+    fn default() -> Self {
+        Self {
+            values: [0; NUM_COUNTERS],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all these are `repr(C)` plain data with explicit padding; any bit pattern is valid.
+    unsafe impl aya::Pod for super::StackKey {}
+    unsafe impl aya::Pod for super::StackStats {}
+    unsafe impl aya::Pod for super::LiveKey {}
+    unsafe impl aya::Pod for super::LiveAlloc {}
+    unsafe impl aya::Pod for super::PendingCall {}
+    unsafe impl aya::Pod for super::TargetCounters {}
+}

@@ -1,0 +1,127 @@
+//! The bookkeeping every probe shares: counters, live blocks, per-site totals.
+
+use core::intrinsics::{AtomicOrdering, atomic_xadd};
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+};
+use leaktrace_common::{Counter, LiveAlloc, LiveKey, StackKey, StackStats};
+
+use crate::maps::{LIVE, STACK_STATS, TARGETS};
+
+/// The calling thread's pid_tgid and its process's counters, or `None` when the process is not
+/// a target.
+#[inline(always)]
+pub fn current_target() -> Option<(u64, *mut u64)> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let counters = TARGETS.get_ptr_mut(&tgid)?;
+    // SAFETY: the value lives in this CPU's slot of a per-CPU map while the program runs.
+    Some((pid_tgid, unsafe { (*counters).values.as_mut_ptr() }))
+}
+
+/// Adds one to a per-CPU counter. Per-CPU slots need no atomics: a probe runs to completion on
+/// its CPU.
+#[inline(always)]
+pub fn bump(counters: *mut u64, counter: Counter) {
+    // SAFETY: every `Counter` is below `NUM_COUNTERS`, the length of the array behind `counters`.
+    unsafe { *counters.add(counter as usize) += 1 };
+}
+
+/// Records a block returned by an allocation function.
+#[inline(always)]
+pub fn record_alloc(counters: *mut u64, addr: u64, size: u64, site: &StackKey) {
+    bump(counters, Counter::AllocCalls);
+    let Some(stats) = site_stats(site) else {
+        bump(counters, Counter::StackMapFull);
+        return;
+    };
+    add_u64(unsafe { &raw mut (*stats).alloc_bytes }, size);
+    add_u64(unsafe { &raw mut (*stats).alloc_calls }, 1);
+
+    let key = LiveKey {
+        tgid: site.tgid,
+        _pad: 0,
+        addr,
+    };
+    let block = LiveAlloc {
+        size,
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        site: *site,
+    };
+    if LIVE.insert(&key, &block, u64::from(BPF_NOEXIST)).is_err() {
+        // Either the address is still recorded (its free was missed: take the old block off its
+        // site) or the map is full.
+        match unsafe { LIVE.get(&key) } {
+            Some(old) => {
+                let old = *old;
+                bump(counters, Counter::MissedFrees);
+                release(&old);
+                if LIVE.insert(&key, &block, u64::from(BPF_ANY)).is_err() {
+                    bump(counters, Counter::LiveMapFull);
+                    return;
+                }
+            }
+            None => {
+                bump(counters, Counter::LiveMapFull);
+                return;
+            }
+        }
+    }
+    add_i64(unsafe { &raw mut (*stats).live_bytes }, size as i64);
+    add_i64(unsafe { &raw mut (*stats).live_allocs }, 1);
+}
+
+/// Records the release of a block (free, or the old block of a successful realloc).
+#[inline(always)]
+pub fn record_free(counters: *mut u64, tgid: u32, addr: u64) {
+    bump(counters, Counter::FreeCalls);
+    let key = LiveKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    let Some(block) = (unsafe { LIVE.get(&key) }).copied() else {
+        bump(counters, Counter::UnknownFrees);
+        return;
+    };
+    // Only the thread that removes the entry accounts for it, so a racing double free in the
+    // target cannot subtract twice.
+    if LIVE.remove(&key).is_ok() {
+        release(&block);
+    }
+}
+
+#[inline(always)]
+fn release(block: &LiveAlloc) {
+    if let Some(stats) = STACK_STATS.get_ptr_mut(&block.site) {
+        add_i64(unsafe { &raw mut (*stats).live_bytes }, -(block.size as i64));
+        add_i64(unsafe { &raw mut (*stats).live_allocs }, -1);
+    }
+}
+
+/// The totals of `site`, created on first use.
+#[inline(always)]
+fn site_stats(site: &StackKey) -> Option<*mut StackStats> {
+    if let Some(stats) = STACK_STATS.get_ptr_mut(site) {
+        return Some(stats);
+    }
+    // Another CPU may create it between the lookup and the insert: NOEXIST keeps its counts.
+    let _ = STACK_STATS.insert(site, &StackStats::default(), u64::from(BPF_NOEXIST));
+    STACK_STATS.get_ptr_mut(site)
+}
+
+/// Atomic add on a shared map value. The BPF target has no compare-and-swap, so `core`'s atomic
+/// types offer no `fetch_add`; the intrinsic compiles to the BPF atomic add instruction.
+#[inline(always)]
+fn add_i64(ptr: *mut i64, delta: i64) {
+    // SAFETY: `ptr` points into a live map value; map values are 8-byte aligned.
+    unsafe { atomic_xadd::<i64, i64, { AtomicOrdering::Relaxed }>(ptr, delta) };
+}
+
+#[inline(always)]
+fn add_u64(ptr: *mut u64, delta: u64) {
+    // SAFETY: as for `add_i64`.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(ptr, delta) };
+}

@@ -1,0 +1,211 @@
+//! Probes on the allocator's public functions: malloc family entries, one shared return probe,
+//! and free.
+//!
+//! An entry probe saves what the call asked for in `PENDING`; the return probe turns the result
+//! into live blocks. Only the outermost allocator call of a thread is recorded: glibc calls its own
+//! public functions internally (`realloc(NULL, n)` enters `malloc`, `realloc(p, 0)` enters `free`),
+//! and counting those again would count the same bytes twice.
+
+use aya_ebpf::{
+    bindings::BPF_ANY,
+    helpers::bpf_probe_read_user,
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext},
+};
+use leaktrace_common::{AllocOp, Counter, PendingCall};
+
+use crate::{
+    account::{bump, current_target, record_alloc, record_free},
+    maps::PENDING,
+    site,
+};
+
+/// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
+#[uprobe]
+pub fn alloc_size_arg0(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 0);
+    enter(&ctx, AllocOp::Alloc, size, 0, 0)
+}
+
+/// `memalign(align, size)`, `aligned_alloc(align, size)`.
+#[uprobe]
+pub fn alloc_size_arg1(ctx: ProbeContext) -> u32 {
+    let size = arg(&ctx, 1);
+    enter(&ctx, AllocOp::Alloc, size, 0, 0)
+}
+
+/// `calloc(n, size)`. An overflowing product makes the call fail; saturating keeps it absurd
+/// rather than small.
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let size = array_size(arg(&ctx, 0), arg(&ctx, 1));
+    enter(&ctx, AllocOp::Alloc, size, 0, 0)
+}
+
+/// `realloc(ptr, size)`.
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    let (old, size) = (arg(&ctx, 0), arg(&ctx, 1));
+    enter(&ctx, AllocOp::Realloc, size, old, 0)
+}
+
+/// `reallocarray(ptr, n, size)`.
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let old = arg(&ctx, 0);
+    let size = array_size(arg(&ctx, 1), arg(&ctx, 2));
+    enter(&ctx, AllocOp::Realloc, size, old, 0)
+}
+
+/// `posix_memalign(&ptr, align, size)`.
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    let (out, size) = (arg(&ctx, 0), arg(&ctx, 2));
+    enter(&ctx, AllocOp::PosixMemalign, size, 0, out)
+}
+
+/// The return of every allocation function above.
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    let Some((pid_tgid, counters)) = current_target() else {
+        return 0;
+    };
+    let Some(pending) = PENDING.get_ptr_mut(&pid_tgid) else {
+        // The call began before the probes were attached.
+        return 0;
+    };
+    // SAFETY: the entry belongs to this thread; no other thread writes it.
+    let call = unsafe {
+        if (*pending).depth > 1 {
+            (*pending).depth -= 1;
+            return 0;
+        }
+        *pending
+    };
+    let _ = PENDING.remove(&pid_tgid);
+
+    let ret: u64 = ctx.ret();
+    let tgid = (pid_tgid >> 32) as u32;
+    match call.op {
+        op if op == AllocOp::Realloc as u32 => {
+            if ret != 0 {
+                if call.old_addr != 0 {
+                    record_free(counters, tgid, call.old_addr);
+                }
+                record_alloc(counters, ret, call.size, &call.site);
+            } else if call.size == 0 && call.old_addr != 0 {
+                // realloc(p, 0) that returns NULL has freed p (glibc, musl).
+                record_free(counters, tgid, call.old_addr);
+            } else {
+                // A failed realloc leaves the old block where it was.
+                bump(counters, Counter::FailedAllocs);
+            }
+        }
+        op if op == AllocOp::PosixMemalign as u32 => {
+            // SAFETY: a user-memory read through the helper.
+            let block = unsafe { bpf_probe_read_user(call.out_ptr as *const u64) }.unwrap_or(0);
+            if ret == 0 && block != 0 {
+                record_alloc(counters, block, call.size, &call.site);
+            } else {
+                bump(counters, Counter::FailedAllocs);
+            }
+        }
+        _ => {
+            if ret != 0 {
+                record_alloc(counters, ret, call.size, &call.site);
+            } else {
+                bump(counters, Counter::FailedAllocs);
+            }
+        }
+    }
+    0
+}
+
+/// `free(ptr)`. Attached past the function's first instruction where that instruction would be
+/// single-stepped (see PLATFORM.md); it only reads the pointer register, which no emulated
+/// instruction before it changes.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let addr = arg(&ctx, 0);
+    if addr == 0 {
+        return 0;
+    }
+    let Some((pid_tgid, counters)) = current_target() else {
+        return 0;
+    };
+    if PENDING.get_ptr(&pid_tgid).is_some() {
+        // A free made by the allocator inside a traced call: that call accounts for it.
+        bump(counters, Counter::NestedCalls);
+        return 0;
+    }
+    record_free(counters, (pid_tgid >> 32) as u32, addr);
+    0
+}
+
+/// Saves the state of an allocation call at its entry.
+#[inline(always)]
+fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64) -> u32 {
+    let Some((pid_tgid, counters)) = current_target() else {
+        return 0;
+    };
+    let sp = site::stack_pointer(ctx);
+    let caller = site::return_address(sp);
+    if let Some(pending) = PENDING.get_ptr_mut(&pid_tgid) {
+        // SAFETY: the entry belongs to this thread; no other thread writes it.
+        unsafe {
+            if is_nested(sp, caller, &*pending) {
+                (*pending).depth += 1;
+                bump(counters, Counter::NestedCalls);
+                return 0;
+            }
+        }
+        // Otherwise the recorded call never returned through its probe (a longjmp, or a return
+        // probe the kernel could not place): start afresh rather than swallow every later call.
+        bump(counters, Counter::MissedReturns);
+    }
+    let call = PendingCall {
+        site: site::capture(ctx, (pid_tgid >> 32) as u32, caller, counters),
+        size,
+        old_addr,
+        out_ptr,
+        entry_sp: sp,
+        op: op as u32,
+        depth: 1,
+    };
+    if PENDING.insert(&pid_tgid, &call, u64::from(BPF_ANY)).is_err() {
+        bump(counters, Counter::PendingMapFull);
+    }
+    0
+}
+
+/// Whether a call entered at `sp` with return address `caller` runs inside the pending call.
+///
+/// Deeper in the stack is nested. At the same depth it is a tail call from inside the pending
+/// call (glibc's `reallocarray` jumps to `realloc`) when its return address differs from the
+/// pending call's: the return probe has already replaced that one with its trampoline. The same
+/// depth and the same return address is a new call from the same place: the pending call's return
+/// was missed.
+#[inline(always)]
+fn is_nested(sp: u64, caller: u64, pending: &PendingCall) -> bool {
+    sp < pending.entry_sp || (sp == pending.entry_sp && caller != pending.site.caller)
+}
+
+/// `n * size`, saturated on overflow (the call then fails). The overflow check is written so
+/// LLVM cannot turn it into a 128-bit multiply, which BPF lacks.
+#[inline(always)]
+fn array_size(n: u64, size: u64) -> u64 {
+    if (n | size) >> 32 == 0 {
+        return n * size;
+    }
+    let product = core::hint::black_box(n.wrapping_mul(size));
+    if n != 0 && product / n != size {
+        u64::MAX
+    } else {
+        product
+    }
+}
+
+#[inline(always)]
+fn arg(ctx: &ProbeContext, n: usize) -> u64 {
+    ctx.arg::<u64>(n).unwrap_or(0)
+}

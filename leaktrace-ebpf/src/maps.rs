@@ -1,0 +1,39 @@
+//! Every map the probes share with the tracer, declared in one place.
+//!
+//! Capacities here are defaults: the tracer resizes the maps at load time from its options.
+
+use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
+    macros::map,
+    maps::{HashMap, PerCpuHashMap, StackTrace},
+};
+use leaktrace_common::{
+    DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES, DEFAULT_MAX_STACKS, LiveAlloc, LiveKey,
+    MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, StackKey, StackStats, TargetCounters,
+};
+
+/// Processes being traced (by tgid), each with its counters. A probe that fires for any other
+/// process returns at once: a uprobe attached for one PID can still run for others that share the
+/// file offset with a system-wide consumer.
+#[map]
+pub static TARGETS: PerCpuHashMap<u32, TargetCounters> =
+    PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// Threads inside an allocation function, keyed by full pid_tgid. Preallocated: it is written
+/// and cleared on every call.
+#[map]
+pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+
+/// Every live block of every target. Not preallocated: memory follows what the target holds.
+#[map]
+pub static LIVE: HashMap<LiveKey, LiveAlloc> =
+    HashMap::with_max_entries(DEFAULT_MAX_LIVE_ALLOCS, BPF_F_NO_PREALLOC);
+
+/// Totals per allocation site.
+#[map]
+pub static STACK_STATS: HashMap<StackKey, StackStats> =
+    HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
+
+/// User stacks captured by the kernel's frame-pointer walker, by id.
+#[map]
+pub static STACK_TRACES: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACK_TRACES, 0);

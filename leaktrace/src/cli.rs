@@ -1,0 +1,154 @@
+//! The command line.
+
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{probe::MapLimits, report::Format};
+
+/// Find the native allocations that keep growing in a running process.
+///
+/// leaktrace attaches eBPF uprobes to a process's allocator, keeps every live block in the
+/// kernel, and reports which call stacks hold memory and how it grows. Nothing is written into
+/// the target and it need not be restarted.
+#[derive(Debug, Parser)]
+#[command(name = "leaktrace", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log more (-v info, -vv debug); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Trace running processes.
+    #[command(after_help = "Examples:\n  leaktrace attach 1234 --duration 60s\n  \
+        leaktrace attach 1234 5678 --format json --output leaks.json")]
+    Attach {
+        /// PIDs of the processes to trace.
+        #[arg(required = true, value_parser = parse_pid)]
+        pids: Vec<u32>,
+        #[command(flatten)]
+        trace: TraceArgs,
+    },
+    /// Start a command and trace it from its first allocation; exits with the command's status.
+    #[command(after_help = "Example:\n  leaktrace run --format json -o out.json -- ./my-server --port 8080")]
+    Run {
+        #[command(flatten)]
+        trace: TraceArgs,
+        /// The command and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        command: Vec<OsString>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct TraceArgs {
+    /// Stop after this long (`30s`, `5m`); default: until Ctrl-C or the targets exit.
+    #[arg(short, long, value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+    /// How often the probes' totals are sampled into each stack's series.
+    #[arg(short, long, default_value = "1s", value_parser = parse_interval)]
+    pub interval: Duration,
+    /// Stacks to report (text default: 10; JSON default: all).
+    #[arg(long)]
+    pub top: Option<usize>,
+    /// Report format.
+    #[arg(short, long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write the report here instead of stdout (atomically: never half-written).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+    /// Most live blocks tracked at once, over all targets.
+    #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_LIVE_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_allocs: u32,
+    /// Most distinct allocation sites.
+    #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_STACKS, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stacks: u32,
+    /// Capacity of the kernel's stack-trace map (each entry costs about 1 KiB of kernel memory).
+    #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_STACK_TRACES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stack_traces: u32,
+}
+
+impl TraceArgs {
+    pub fn limits(&self) -> MapLimits {
+        MapLimits {
+            live_allocs: self.max_live_allocs,
+            stacks: self.max_stacks,
+            stack_traces: self.max_stack_traces,
+        }
+    }
+}
+
+/// Logs go to stderr, at `warn` unless `-v` or `LEAKTRACE_LOG` (an `EnvFilter`) asks for more.
+pub fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LEAKTRACE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn parse_pid(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(pid) if pid > 0 => Ok(pid),
+        _ => Err(format!("`{s}` is not a process id (a positive integer)")),
+    }
+}
+
+/// A duration such as `30s`, `5m`, `1h30m`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like 30s, 5m or 1h"))?;
+    if d.is_zero() {
+        return Err("the duration must be longer than zero".into());
+    }
+    Ok(d)
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d < Duration::from_millis(10) {
+        return Err(format!("`{s}` is too short an interval: use 10ms or more"));
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_interval("1ms").is_err());
+    }
+
+    #[test]
+    fn pids() {
+        assert_eq!(parse_pid("42"), Ok(42));
+        assert!(parse_pid("0").is_err());
+        assert!(parse_pid("-1").is_err());
+        assert!(parse_pid("abc").is_err());
+    }
+}

@@ -1,0 +1,102 @@
+//! Reading the probes' maps into snapshots.
+//!
+//! The probes keep running totals; a snapshot is those totals at one instant. Stacks are read
+//! once per stack id and kept, since the kernel never reuses an id while its entry exists.
+
+use std::collections::HashMap;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap};
+use leaktrace_common::{NUM_COUNTERS, StackKey, StackStats, TargetCounters};
+
+use crate::probe::Probes;
+
+/// The probes' totals at one instant.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub sites: HashMap<StackKey, StackStats>,
+    /// Per target: its counters summed over CPUs, indexed by `leaktrace_common::Counter`.
+    pub counters: HashMap<u32, [u64; NUM_COUNTERS]>,
+}
+
+/// Why the maps could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    #[error("map {0} is missing from the probes object")]
+    MissingMap(&'static str),
+    #[error("reading map {map}: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: Box<aya::maps::MapError>,
+    },
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> CollectError {
+    move |e| CollectError::Map {
+        map,
+        source: Box::new(e),
+    }
+}
+
+/// Reads every site's totals and every target's counters.
+pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
+    let ebpf = probes.ebpf();
+    let stats: BpfHashMap<&MapData, StackKey, StackStats> = BpfHashMap::try_from(
+        ebpf.map("STACK_STATS")
+            .ok_or(CollectError::MissingMap("STACK_STATS"))?,
+    )
+    .map_err(map_err("STACK_STATS"))?;
+    let mut sites = HashMap::new();
+    for entry in stats.iter() {
+        // An entry deleted between listing its key and reading it is simply skipped.
+        if let Ok((key, value)) = entry {
+            sites.insert(key, value);
+        }
+    }
+
+    let targets: PerCpuHashMap<&MapData, u32, TargetCounters> = PerCpuHashMap::try_from(
+        ebpf.map("TARGETS").ok_or(CollectError::MissingMap("TARGETS"))?,
+    )
+    .map_err(map_err("TARGETS"))?;
+    let mut counters = HashMap::new();
+    for (pid, per_cpu) in targets.iter().flatten() {
+        let mut sum = [0u64; NUM_COUNTERS];
+        for cpu in per_cpu.iter() {
+            for (total, value) in sum.iter_mut().zip(cpu.values) {
+                *total += value;
+            }
+        }
+        counters.insert(pid, sum);
+    }
+    Ok(Snapshot { sites, counters })
+}
+
+/// User stacks by id, read from the kernel once each.
+#[derive(Default)]
+pub struct StackCache {
+    stacks: HashMap<i32, Vec<u64>>,
+}
+
+impl StackCache {
+    /// The frames (innermost first) of a stack id; empty when the capture failed.
+    pub fn frames(&mut self, probes: &Probes, stack_id: i32) -> Result<&[u64], CollectError> {
+        if stack_id < 0 {
+            return Ok(&[]);
+        }
+        if !self.stacks.contains_key(&stack_id) {
+            let map: StackTraceMap<&MapData> = StackTraceMap::try_from(
+                probes
+                    .ebpf()
+                    .map("STACK_TRACES")
+                    .ok_or(CollectError::MissingMap("STACK_TRACES"))?,
+            )
+            .map_err(map_err("STACK_TRACES"))?;
+            let frames = match map.get(&(stack_id as u32), 0) {
+                Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
+                Err(_) => Vec::new(),
+            };
+            self.stacks.insert(stack_id, frames);
+        }
+        Ok(&self.stacks[&stack_id])
+    }
+}

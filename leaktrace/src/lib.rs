@@ -1,0 +1,16 @@
+//! leaktrace: find the native allocations that keep growing in a running process.
+//!
+//! The modules follow the data: [`process`] finds targets and their allocator, [`probe`] loads
+//! and attaches the eBPF programs, [`collect`] reads their maps, [`analyze`] turns snapshots into
+//! series and verdicts, [`symbolize`] names the frames, [`report`] renders the result; [`trace`]
+//! runs one trace through all of them.
+
+pub mod analyze;
+pub mod cli;
+pub mod collect;
+pub mod preflight;
+pub mod probe;
+pub mod process;
+pub mod report;
+pub mod symbolize;
+pub mod trace;

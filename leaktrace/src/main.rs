@@ -1,0 +1,70 @@
+//! The `leaktrace` binary: a thin shell over the library (see `leaktrace::trace`).
+#![allow(unused_crate_dependencies, reason = "the library uses them; this file is a thin shell")]
+
+use std::{
+    io::{self, Write as _},
+    process::ExitCode,
+};
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use leaktrace::{
+    cli::{self, Cli, Command},
+    report, trace,
+};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    cli::init_logging(cli.verbose);
+    // A bug must still end in one line, not a backtrace over the user's terminal.
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("leaktrace: internal error: {info} (please report this)");
+    }));
+
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            // One line, never a backtrace: the chain of contexts says what failed and why.
+            eprintln!("leaktrace: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<u8> {
+    let (start, args) = match cli.command {
+        Command::Attach { pids, trace } => (trace::Start::Attach(pids), trace),
+        Command::Run { trace, command } => (trace::Start::Run(command), trace),
+    };
+    if let Some(path) = &args.output
+        && let Some(problem) = trace::output_path_problem(path)
+    {
+        anyhow::bail!("cannot write the report to {}: {problem}", path.display());
+    }
+    let options = trace::Options {
+        duration: args.duration,
+        interval: args.interval,
+        top: args.top,
+        limits: args.limits(),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let outcome = runtime.block_on(trace::trace(start, &options))?;
+
+    let rendered = report::render(&outcome.report, args.format, args.top);
+    match &args.output {
+        Some(path) => report::write_atomically(path, rendered.as_bytes())
+            .with_context(|| format!("writing the report to {}", path.display()))?,
+        None => match io::stdout().lock().write_all(rendered.as_bytes()) {
+            // A reader that went away (`| head`) is not an error.
+            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
+            other => other.context("writing the report to stdout")?,
+        },
+    }
+    Ok(outcome
+        .exit_code
+        .map_or(0, |code| u8::try_from(code).unwrap_or(1)))
+}

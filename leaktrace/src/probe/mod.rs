@@ -1,0 +1,339 @@
+//! Loading the probes and attaching them to each target's allocator.
+
+pub mod placement;
+
+use std::{collections::HashMap, fs, num::NonZeroU32};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::PerCpuValues,
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+    },
+    util::nr_cpus,
+};
+use leaktrace_common::TargetCounters;
+use tracing::{debug, warn};
+
+use crate::process::{Allocator, Target};
+
+/// Capacities of the probes' maps, from the command line.
+#[derive(Clone, Copy, Debug)]
+pub struct MapLimits {
+    pub live_allocs: u32,
+    pub stacks: u32,
+    pub stack_traces: u32,
+}
+
+impl Default for MapLimits {
+    fn default() -> Self {
+        Self {
+            live_allocs: leaktrace_common::DEFAULT_MAX_LIVE_ALLOCS,
+            stacks: leaktrace_common::DEFAULT_MAX_STACKS,
+            stack_traces: leaktrace_common::DEFAULT_MAX_STACK_TRACES,
+        }
+    }
+}
+
+/// Why the probes could not be loaded or attached.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("loading the eBPF programs failed: {0} (is this kernel built with BTF and uprobes?)")]
+    Load(#[source] Box<aya::EbpfError>),
+    #[error("the kernel rejected program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("attaching {function} in {library} for PID {pid}: {source}")]
+    Attach {
+        function: &'static str,
+        library: String,
+        pid: u32,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+    #[error("reading {path}: {source}")]
+    Library {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{library} has no `{function}` symbol: it is not a C library leaktrace can trace")]
+    MissingSymbol { library: String, function: &'static str },
+    #[error("{0} is missing from the probes object (a build problem: rebuild leaktrace)")]
+    Missing(&'static str),
+    #[error("updating the target table: {0}")]
+    Map(#[source] Box<aya::maps::MapError>),
+    #[error("cannot count CPUs: {0}")]
+    Cpus(String),
+}
+
+/// One allocator function: the program that serves it and whether its result is needed.
+struct Hook {
+    function: &'static str,
+    program: &'static str,
+    returns: bool,
+    required: bool,
+}
+
+/// The allocator functions traced, and the entry program that reads each one's arguments.
+const HOOKS: &[Hook] = &[
+    hook("malloc", "alloc_size_arg0", true),
+    hook("calloc", "calloc_enter", true),
+    hook("realloc", "realloc_enter", true),
+    hook("reallocarray", "reallocarray_enter", false),
+    hook("valloc", "alloc_size_arg0", false),
+    hook("pvalloc", "alloc_size_arg0", false),
+    hook("memalign", "alloc_size_arg1", false),
+    hook("aligned_alloc", "alloc_size_arg1", false),
+    hook("posix_memalign", "posix_memalign_enter", false),
+];
+
+const fn hook(function: &'static str, program: &'static str, required: bool) -> Hook {
+    Hook {
+        function,
+        program,
+        returns: true,
+        required,
+    }
+}
+
+const RETURN_PROGRAM: &str = "alloc_return";
+const FREE_PROGRAM: &str = "free_enter";
+const PROGRAMS: &[&str] = &[
+    "alloc_size_arg0",
+    "alloc_size_arg1",
+    "calloc_enter",
+    "realloc_enter",
+    "reallocarray_enter",
+    "posix_memalign_enter",
+    RETURN_PROGRAM,
+    FREE_PROGRAM,
+];
+
+/// Where the `free` probe of a library sits, for the report.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FreePlacement {
+    pub offset: u64,
+    pub note: String,
+}
+
+/// What attaching to one target did.
+#[derive(Clone, Debug)]
+pub struct Attachment {
+    pub allocator: Allocator,
+    pub functions: Vec<&'static str>,
+    pub free: FreePlacement,
+}
+
+/// The loaded probes and their attachments. Dropping it detaches everything: the kernel removes
+/// a uprobe when its last link closes, so even a killed tracer leaves nothing behind.
+pub struct Probes {
+    ebpf: Ebpf,
+    links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+}
+
+impl Probes {
+    /// Loads the probes with the given map capacities.
+    pub fn load(limits: MapLimits) -> Result<Self, ProbeError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("LIVE", limits.live_allocs)
+            .map_max_entries("STACK_STATS", limits.stacks)
+            .map_max_entries("STACK_TRACES", limits.stack_traces)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/leaktrace"
+            )))
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        for &name in PROGRAMS {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(ProbeError::Missing(name))?;
+            program.load().map_err(|source| ProbeError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(Self {
+            ebpf,
+            links: HashMap::new(),
+        })
+    }
+
+    /// The loaded object, for reading its maps.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// Starts tracing `target`: registers it with the probes, then attaches them to its allocator.
+    pub fn attach(&mut self, target: &Target, allocator: &Allocator) -> Result<Attachment, ProbeError> {
+        self.register(target.pid)?;
+        match self.attach_hooks(target, allocator) {
+            Ok(attachment) => Ok(attachment),
+            Err(err) => {
+                self.detach(target.pid);
+                Err(err)
+            }
+        }
+    }
+
+    fn attach_hooks(&mut self, target: &Target, allocator: &Allocator) -> Result<Attachment, ProbeError> {
+        let library = allocator.host_path.display().to_string();
+        let elf = fs::read(&allocator.host_path).map_err(|source| ProbeError::Library {
+            path: library.clone(),
+            source,
+        })?;
+        let pid = NonZeroU32::new(target.pid).ok_or(ProbeError::Cpus("pid 0".into()))?;
+        let scope = UProbeScope::OneProcess(pid);
+        let mut functions = Vec::new();
+
+        for hook in HOOKS {
+            let code = match placement::function_bytes(&elf, hook.function, 0) {
+                Ok(code) => code,
+                Err(err) if hook.required => {
+                    debug!(%err, function = hook.function, "symbol lookup failed");
+                    return Err(ProbeError::MissingSymbol {
+                        library,
+                        function: hook.function,
+                    });
+                }
+                Err(err) => {
+                    debug!(%err, function = hook.function, "optional allocator function absent");
+                    continue;
+                }
+            };
+            let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset);
+            self.attach_one(hook.program, hook.function, location, &allocator.host_path, scope, target.pid)?;
+            if hook.returns {
+                self.attach_one(RETURN_PROGRAM, hook.function, location, &allocator.host_path, scope, target.pid)?;
+            }
+            functions.push(hook.function);
+        }
+
+        let free = placement::function_bytes(&elf, "free", 64).map_err(|err| {
+            debug!(%err, "free lookup failed");
+            ProbeError::MissingSymbol {
+                library: library.clone(),
+                function: "free",
+            }
+        })?;
+        let placed = placement::choose(
+            &free.bytes,
+            free.address,
+            placement::Needs {
+                arg_regs: &[iced_x86::Register::RDI],
+                stack_pointer: false,
+            },
+        );
+        let note = match &placed.reason {
+            placement::PlacementReason::EntryEmulated => "entry (emulated by the kernel)".to_string(),
+            placement::PlacementReason::AfterPrologue { skipped } => {
+                format!("+{} past {}", placed.offset, skipped.join("; "))
+            }
+            placement::PlacementReason::NoEmulatedInstruction => {
+                warn!(
+                    library,
+                    "no emulated instruction early in free: probing its entry, which the kernel \
+                     single-steps (slow)"
+                );
+                "entry (single-stepped: slow)".to_string()
+            }
+        };
+        self.attach_one(
+            FREE_PROGRAM,
+            "free",
+            UProbeAttachLocation::AbsoluteOffset(free.file_offset + placed.offset),
+            &allocator.host_path,
+            scope,
+            target.pid,
+        )?;
+        functions.push("free");
+        Ok(Attachment {
+            allocator: allocator.clone(),
+            functions,
+            free: FreePlacement {
+                offset: placed.offset,
+                note,
+            },
+        })
+    }
+
+    fn attach_one(
+        &mut self,
+        program: &'static str,
+        function: &'static str,
+        location: UProbeAttachLocation<'_>,
+        library: &std::path::Path,
+        scope: UProbeScope,
+        pid: u32,
+    ) -> Result<(), ProbeError> {
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(program)
+            .and_then(|p| p.try_into().ok())
+            .ok_or(ProbeError::Missing(program))?;
+        let link = prog
+            .attach([location], library, scope)
+            .map_err(|source| ProbeError::Attach {
+                function,
+                library: library.display().to_string(),
+                pid,
+                source: Box::new(source),
+            })?;
+        self.links.entry(pid).or_default().push((program, link));
+        Ok(())
+    }
+
+    /// Adds `pid` to the probes' target table, with zeroed counters.
+    fn register(&mut self, pid: u32) -> Result<(), ProbeError> {
+        let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e.to_string()))?;
+        let mut targets = self.targets_mut()?;
+        let zero = PerCpuValues::try_from(vec![TargetCounters::default(); cpus.get() as usize])
+            .map_err(|e| ProbeError::Cpus(e.to_string()))?;
+        targets
+            .insert(&pid, zero, 0)
+            .map_err(|e| ProbeError::Map(Box::new(e)))
+    }
+
+    /// Stops tracing `pid`: its probes are detached; its counts stay readable.
+    pub fn detach(&mut self, pid: u32) {
+        for (program, link) in self.links.remove(&pid).unwrap_or_default() {
+            if let Some(prog) = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| <&mut UProbe>::try_from(p).ok())
+                && let Err(err) = prog.detach(link)
+            {
+                debug!(%err, program, pid, "detach failed (the process may be gone)");
+            }
+        }
+    }
+
+    /// Detaches from every target.
+    pub fn detach_all(&mut self) {
+        let pids: Vec<u32> = self.links.keys().copied().collect();
+        for pid in pids {
+            self.detach(pid);
+        }
+    }
+
+    fn targets_mut(
+        &mut self,
+    ) -> Result<aya::maps::PerCpuHashMap<&mut aya::maps::MapData, u32, TargetCounters>, ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("TARGETS")
+            .ok_or(ProbeError::Missing("TARGETS"))?;
+        aya::maps::PerCpuHashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        self.detach_all();
+    }
+}

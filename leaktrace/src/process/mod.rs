@@ -1,0 +1,110 @@
+//! Finding the processes to trace and the allocator each one maps.
+
+pub mod allocator;
+pub mod maps;
+pub mod spawn;
+
+use std::{
+    fs, io,
+    path::{Path, PathBuf},
+};
+
+pub use allocator::Allocator;
+
+/// Why a process cannot be traced.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    #[error("no process with PID {0} (check the PID with `ps -p {0}`)")]
+    NoSuchProcess(u32),
+    #[error("cannot read /proc/{pid}/{what}: {source} (run leaktrace as root)")]
+    Unreadable {
+        pid: u32,
+        what: &'static str,
+        source: io::Error,
+    },
+    #[error(
+        "process {pid} ({command}) maps no C library with malloc and free (statically linked or \
+         a kernel thread?); leaktrace traces processes that allocate through libc"
+    )]
+    NoAllocator { pid: u32, command: String },
+}
+
+/// A process being traced, as the host sees it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub pid: u32,
+    /// The command line, arguments joined with spaces.
+    pub command: String,
+    /// `/proc/PID/root`: files the process names are opened under it, so that a process in a
+    /// container is traced through its own file system.
+    pub root: PathBuf,
+}
+
+impl Target {
+    /// Looks a process up by PID.
+    pub fn open(pid: u32) -> Result<Self, ProcessError> {
+        let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+        if pid == 0 || !proc_dir.exists() {
+            return Err(ProcessError::NoSuchProcess(pid));
+        }
+        let cmdline = read(pid, "cmdline")?;
+        let command = String::from_utf8_lossy(&cmdline)
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let command = if command.is_empty() {
+            String::from_utf8_lossy(&read(pid, "comm")?).trim().to_string()
+        } else {
+            command
+        };
+        Ok(Self {
+            pid,
+            command,
+            root: proc_dir.join("root"),
+        })
+    }
+
+    /// The process's current mappings.
+    pub fn mappings(&self) -> Result<Vec<maps::Mapping>, ProcessError> {
+        let text = read(self.pid, "maps")?;
+        Ok(maps::parse(&String::from_utf8_lossy(&text)))
+    }
+
+    /// A path the process names, as the host reaches it.
+    pub fn host_path(&self, path: &Path) -> PathBuf {
+        self.root
+            .join(path.strip_prefix("/").unwrap_or(path))
+    }
+
+    /// Whether the process still exists (a zombie counts as gone: it allocates nothing more).
+    pub fn is_alive(&self) -> bool {
+        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
+            // The state follows the command, which is in parentheses and may contain spaces.
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X"),
+            Err(_) => false,
+        }
+    }
+
+    /// The allocator this process calls.
+    pub fn allocator(&self) -> Result<Allocator, ProcessError> {
+        let mappings = self.mappings()?;
+        allocator::find(self, &mappings).ok_or_else(|| ProcessError::NoAllocator {
+            pid: self.pid,
+            command: self.command.clone(),
+        })
+    }
+}
+
+fn read(pid: u32, what: &'static str) -> Result<Vec<u8>, ProcessError> {
+    fs::read(format!("/proc/{pid}/{what}")).map_err(|source| {
+        if source.kind() == io::ErrorKind::NotFound {
+            ProcessError::NoSuchProcess(pid)
+        } else {
+            ProcessError::Unreadable { pid, what, source }
+        }
+    })
+}

@@ -1,0 +1,143 @@
+//! Assembling the report from what the trace gathered.
+
+use std::collections::HashMap;
+
+use leaktrace_common::{AllocKind, Counter, NUM_COUNTERS, StackKey};
+
+use super::model::{
+    FORMAT_VERSION, Frame, Losses, Report, StackReport, TargetReport, Totals, TraceInfo,
+};
+use crate::{analyze::{History, growth}, collect::Snapshot};
+
+/// One traced process, as the report describes it.
+pub struct TargetSummary {
+    pub pid: u32,
+    pub command: String,
+    pub allocator: String,
+    pub functions: Vec<String>,
+    pub free_probe: String,
+    pub alive_at_end: bool,
+    pub exit_code: Option<i32>,
+}
+
+/// Everything a report is made of.
+pub struct Inputs<'a> {
+    pub targets: Vec<TargetSummary>,
+    pub last: &'a Snapshot,
+    pub history: &'a History,
+    /// The frames of each site, innermost first, already symbolized.
+    pub frames: &'a HashMap<StackKey, Vec<Frame>>,
+    pub duration_s: f64,
+    pub interval_s: f64,
+    pub ended_by: &'static str,
+    pub top: Option<usize>,
+}
+
+pub fn build(inputs: Inputs<'_>) -> Report {
+    let mut per_target: HashMap<u32, Totals> = HashMap::new();
+    for (pid, counters) in &inputs.last.counters {
+        per_target.insert(*pid, counter_totals(counters));
+    }
+    let mut stacks: Vec<StackReport> = inputs
+        .last
+        .sites
+        .iter()
+        .map(|(key, stats)| {
+            let totals = per_target.entry(key.tgid).or_default();
+            totals.live_bytes += stats.live_bytes;
+            totals.live_allocs += stats.live_allocs;
+            totals.allocated_bytes += stats.alloc_bytes;
+            let series = inputs.history.series(key).to_vec();
+            StackReport {
+                pid: key.tgid,
+                kind: kind_name(key.kind).to_string(),
+                live_bytes: stats.live_bytes,
+                live_allocs: stats.live_allocs,
+                allocated_bytes: stats.alloc_bytes,
+                alloc_calls: stats.alloc_calls,
+                growth: growth::classify(&series),
+                series,
+                frames: inputs.frames.get(key).cloned().unwrap_or_default(),
+            }
+        })
+        .collect();
+    stacks.sort_by(|a, b| {
+        b.live_bytes
+            .cmp(&a.live_bytes)
+            .then(b.allocated_bytes.cmp(&a.allocated_bytes))
+            .then(a.pid.cmp(&b.pid))
+            .then_with(|| a.frames.first().map(|f| &f.address).cmp(&b.frames.first().map(|f| &f.address)))
+    });
+    let omitted = match inputs.top {
+        Some(top) if top < stacks.len() => {
+            let omitted = stacks.len() - top;
+            stacks.truncate(top);
+            omitted
+        }
+        _ => 0,
+    };
+
+    let mut totals = Totals::default();
+    let targets = inputs
+        .targets
+        .into_iter()
+        .map(|t| {
+            let target_totals = per_target.remove(&t.pid).unwrap_or_default();
+            totals.add(&target_totals);
+            TargetReport {
+                pid: t.pid,
+                command: t.command,
+                allocator: t.allocator,
+                functions: t.functions,
+                free_probe: t.free_probe,
+                alive_at_end: t.alive_at_end,
+                exit_code: t.exit_code,
+                totals: target_totals,
+            }
+        })
+        .collect();
+
+    Report {
+        format_version: FORMAT_VERSION,
+        tool: "leaktrace".into(),
+        tool_version: env!("CARGO_PKG_VERSION").into(),
+        trace: TraceInfo {
+            duration_s: inputs.duration_s,
+            interval_s: inputs.interval_s,
+            ended_by: inputs.ended_by.into(),
+            stacks_omitted: omitted,
+        },
+        targets,
+        totals,
+        stacks,
+    }
+}
+
+/// The call and loss counts of one target (live and allocated bytes come from its sites).
+fn counter_totals(c: &[u64; NUM_COUNTERS]) -> Totals {
+    let n = |counter: Counter| c[counter as usize];
+    Totals {
+        alloc_calls: n(Counter::AllocCalls),
+        free_calls: n(Counter::FreeCalls),
+        failed_allocs: n(Counter::FailedAllocs),
+        losses: Losses {
+            unknown_frees: n(Counter::UnknownFrees),
+            live_map_full: n(Counter::LiveMapFull),
+            stack_map_full: n(Counter::StackMapFull),
+            stack_capture_failed: n(Counter::StackCaptureFailed),
+            stack_collisions: n(Counter::StackCollision),
+            pending_map_full: n(Counter::PendingMapFull),
+            missed_frees: n(Counter::MissedFrees),
+            missed_returns: n(Counter::MissedReturns),
+        },
+        ..Totals::default()
+    }
+}
+
+fn kind_name(kind: u32) -> &'static str {
+    if kind == AllocKind::Mmap as u32 {
+        "mmap"
+    } else {
+        "heap"
+    }
+}

@@ -1,0 +1,140 @@
+//! The report's data: what every output format renders, and the JSON format scripts rely on.
+//!
+//! The JSON layout is versioned by [`FORMAT_VERSION`]: fields are only ever added within a
+//! version; renaming or removing one bumps it. See `docs/report-format.md`.
+
+use serde::{Deserialize, Serialize};
+
+use crate::analyze::growth::Growth;
+
+/// Version of the JSON report layout.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub format_version: u32,
+    pub tool: String,
+    pub tool_version: String,
+    pub trace: TraceInfo,
+    pub targets: Vec<TargetReport>,
+    pub totals: Totals,
+    /// Allocation sites, by live bytes, largest first.
+    pub stacks: Vec<StackReport>,
+}
+
+/// How the trace was taken.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TraceInfo {
+    /// Seconds the probes were attached.
+    pub duration_s: f64,
+    pub interval_s: f64,
+    /// Why the trace ended: `duration`, `signal`, `targets-exited`.
+    pub ended_by: String,
+    /// Sites left out of `stacks` by `--top` (their bytes are still in `totals`).
+    pub stacks_omitted: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TargetReport {
+    pub pid: u32,
+    pub command: String,
+    /// The allocator library probed, as the host reaches it.
+    pub allocator: String,
+    pub functions: Vec<String>,
+    /// Where the `free` probe sits: an offset past the function's entry, and why.
+    pub free_probe: String,
+    /// Whether the process still ran when the trace ended.
+    pub alive_at_end: bool,
+    /// Exit status, for a command started by `leaktrace run`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    pub totals: Totals,
+}
+
+/// Totals and loss counters. Losses are never hidden: each one is reported, zero or not.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Totals {
+    pub live_bytes: i64,
+    pub live_allocs: i64,
+    pub allocated_bytes: u64,
+    pub alloc_calls: u64,
+    pub free_calls: u64,
+    pub failed_allocs: u64,
+    pub losses: Losses,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Losses {
+    /// Frees of blocks allocated before the trace began (or whose allocation was not recorded).
+    pub unknown_frees: u64,
+    /// Allocations not recorded: the live-allocation map was full (raise `--max-live-allocs`).
+    pub live_map_full: u64,
+    /// Allocations not attributed: the stack map was full (raise `--max-stacks`).
+    pub stack_map_full: u64,
+    /// Allocations whose stack could not be captured (kept under their direct caller).
+    pub stack_capture_failed: u64,
+    /// Allocations whose stack collided with another in the kernel's stack map (kept under their
+    /// direct caller; raise `--max-stack-traces`).
+    pub stack_collisions: u64,
+    /// Allocation calls lost because too many threads were inside the allocator at once.
+    pub pending_map_full: u64,
+    /// Blocks returned at an address still recorded as live (their free was not seen).
+    pub missed_frees: u64,
+    /// Allocation calls whose return was not seen (longjmp, or a return probe not placed).
+    pub missed_returns: u64,
+}
+
+impl Totals {
+    /// Adds another set of totals into this one.
+    pub fn add(&mut self, other: &Totals) {
+        self.live_bytes += other.live_bytes;
+        self.live_allocs += other.live_allocs;
+        self.allocated_bytes += other.allocated_bytes;
+        self.alloc_calls += other.alloc_calls;
+        self.free_calls += other.free_calls;
+        self.failed_allocs += other.failed_allocs;
+        let (l, o) = (&mut self.losses, &other.losses);
+        l.unknown_frees += o.unknown_frees;
+        l.live_map_full += o.live_map_full;
+        l.stack_map_full += o.stack_map_full;
+        l.stack_capture_failed += o.stack_capture_failed;
+        l.stack_collisions += o.stack_collisions;
+        l.pending_map_full += o.pending_map_full;
+        l.missed_frees += o.missed_frees;
+        l.missed_returns += o.missed_returns;
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StackReport {
+    pub pid: u32,
+    /// `heap` for allocator blocks.
+    pub kind: String,
+    pub live_bytes: i64,
+    pub live_allocs: i64,
+    pub allocated_bytes: u64,
+    pub alloc_calls: u64,
+    /// Trend of this site's live bytes over the trace.
+    pub growth: Growth,
+    /// `[seconds since attach, live bytes]` at each interval.
+    pub series: Vec<(f64, i64)>,
+    /// Innermost first: the allocation function, then its caller, and so on.
+    pub frames: Vec<Frame>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Frame {
+    /// The instruction address, hex (`0x7f...`): JSON numbers lose precision above 2^53.
+    pub address: String,
+    /// `native` here; JS frames are `js`.
+    pub kind: String,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// The file that holds the code.
+    pub module: Option<String>,
+    /// Offset of the address in `module`, for frames without a symbol.
+    pub module_offset: Option<String>,
+    /// This frame was inlined into the one after it.
+    pub inlined: bool,
+}

@@ -1,0 +1,126 @@
+//! The terminal report: what an engineer reads first during an incident.
+
+use std::fmt::Write as _;
+
+use super::{Report, bytes, model::{Frame, Losses, StackReport}};
+use crate::analyze::growth::sparkline;
+
+/// Stacks shown when `--top` is not given.
+pub const DEFAULT_TOP: usize = 10;
+
+pub fn render(report: &Report, top: Option<usize>) -> String {
+    let mut out = String::new();
+    let t = &report.trace;
+    let _ = writeln!(
+        out,
+        "leaktrace: traced {} process{} for {:.1}s (interval {}s), ended by {}",
+        report.targets.len(),
+        if report.targets.len() == 1 { "" } else { "es" },
+        t.duration_s,
+        t.interval_s,
+        t.ended_by,
+    );
+    for target in &report.targets {
+        let state = match (target.alive_at_end, target.exit_code) {
+            (true, _) => "running".to_string(),
+            (false, Some(code)) => format!("exited with {code}"),
+            (false, None) => "exited".to_string(),
+        };
+        let _ = writeln!(out, "  PID {}  {}  [{state}]", target.pid, target.command);
+        let _ = writeln!(
+            out,
+            "    allocator {} (free probe {})",
+            target.allocator, target.free_probe
+        );
+        let tt = &target.totals;
+        let _ = writeln!(
+            out,
+            "    live {} in {} blocks; allocated {} in {} calls; {} frees, {} failed allocations",
+            bytes(tt.live_bytes),
+            tt.live_allocs,
+            bytes(tt.allocated_bytes as i64),
+            tt.alloc_calls,
+            tt.free_calls,
+            tt.failed_allocs,
+        );
+        let _ = writeln!(out, "    {}", losses(&tt.losses));
+    }
+
+    let shown = top.unwrap_or(DEFAULT_TOP).min(report.stacks.len());
+    let total = report.stacks.len() + t.stacks_omitted;
+    let _ = writeln!(out, "\nTop {shown} of {total} stacks by live bytes:");
+    for (i, stack) in report.stacks.iter().take(shown).enumerate() {
+        write_stack(&mut out, i + 1, stack);
+    }
+    out
+}
+
+fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
+    let _ = writeln!(
+        out,
+        "\n#{rank}  {} live in {} blocks  ({} allocated in {} calls)  {} {}/s {}  [pid {}, {}]",
+        bytes(s.live_bytes),
+        s.live_allocs,
+        bytes(s.allocated_bytes as i64),
+        s.alloc_calls,
+        s.growth.verdict.as_str(),
+        Rate(s.growth.bytes_per_s),
+        sparkline(&s.series, 16),
+        s.pid,
+        s.kind,
+    );
+    for frame in &s.frames {
+        let _ = writeln!(out, "      {}", frame_line(frame));
+    }
+}
+
+/// One frame: function, source line, module.
+fn frame_line(f: &Frame) -> String {
+    let name = f.function.as_deref().unwrap_or("??");
+    let mut line = format!("{:<18} {name}", f.address);
+    if let Some(file) = &f.file {
+        let _ = write!(line, "  {file}");
+        if let Some(n) = f.line {
+            let _ = write!(line, ":{n}");
+        }
+    }
+    if let Some(module) = &f.module {
+        let short = module.rsplit('/').next().unwrap_or(module);
+        let _ = write!(line, "  ({short}");
+        if let Some(offset) = &f.module_offset {
+            let _ = write!(line, "+{offset}");
+        }
+        line.push(')');
+    }
+    if f.inlined {
+        line.push_str("  [inlined]");
+    }
+    line
+}
+
+/// Every loss counter, zero or not: a reader must see that nothing was dropped.
+fn losses(l: &Losses) -> String {
+    format!(
+        "losses: {} unknown frees (allocated before attach), {} live-map full, {} stack-map full, \
+         {} stack captures failed, {} stack collisions, {} in-flight map full, {} missed frees, \
+         {} missed returns",
+        l.unknown_frees,
+        l.live_map_full,
+        l.stack_map_full,
+        l.stack_capture_failed,
+        l.stack_collisions,
+        l.pending_map_full,
+        l.missed_frees,
+        l.missed_returns,
+    )
+}
+
+/// A growth rate in human units.
+struct Rate(f64);
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let sign = if self.0 < 0.0 { "-" } else { "+" };
+        write!(f, "{sign}{}", bytes(self.0.abs().round() as i64))
+    }
+}

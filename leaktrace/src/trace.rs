@@ -1,0 +1,382 @@
+//! One trace from start to report: attach, sample the probes' totals at each interval, end on
+//! the first of duration, signal or the targets' exit, detach, then build the report.
+
+use std::{
+    collections::{HashMap, HashSet},
+    ffi::OsString,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use leaktrace_common::StackKey;
+use tokio::{signal::unix::{SignalKind, signal}, sync::oneshot};
+use tracing::info;
+
+use crate::{
+    analyze::History,
+    collect::{self, Snapshot, StackCache},
+    preflight,
+    probe::{Attachment, MapLimits, Probes},
+    process::{Target, spawn},
+    report::{
+        Report,
+        build::{self, TargetSummary},
+        model::Frame,
+    },
+    symbolize::{AddrKind, Symbolizer},
+};
+
+/// How to trace, from the command line.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub duration: Option<Duration>,
+    pub interval: Duration,
+    pub top: Option<usize>,
+    pub limits: MapLimits,
+}
+
+/// What to trace.
+pub enum Start {
+    /// Running processes, by PID.
+    Attach(Vec<u32>),
+    /// A command started by leaktrace and traced from its first instruction.
+    Run(Vec<OsString>),
+}
+
+/// A finished trace.
+pub struct Outcome {
+    pub report: Report,
+    /// The exit status of the command started by `run`.
+    pub exit_code: Option<i32>,
+}
+
+struct Traced {
+    target: Target,
+    attachment: Attachment,
+    exit_code: Option<i32>,
+}
+
+struct Session {
+    probes: Probes,
+    traced: Vec<Traced>,
+    history: History,
+    stacks: StackCache,
+    symbolizer: Symbolizer,
+    frames: HashMap<StackKey, Vec<Frame>>,
+    last: Snapshot,
+    started: Instant,
+}
+
+/// Runs one trace to its end.
+pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
+    preflight::check()?;
+    match start {
+        Start::Attach(pids) => {
+            let mut targets = Vec::new();
+            for pid in pids {
+                let target = Target::open(pid)?;
+                if !target.is_alive() {
+                    bail!("process {pid} has exited (it is a zombie waiting for its parent)");
+                }
+                let allocator = target.allocator()?;
+                targets.push((target, allocator));
+            }
+            let mut session = Session::new(options.limits)?;
+            for (target, allocator) in targets {
+                session.attach(target, &allocator)?;
+            }
+            let (ended_by, _) = session.run(options, None).await?;
+            Ok(Outcome {
+                report: session.finish(options, ended_by)?,
+                exit_code: None,
+            })
+        }
+        Start::Run(argv) => {
+            let held = spawn::hold(&argv)?;
+            let pid = held.pid;
+            let mut session = match Session::new(options.limits) {
+                Ok(session) => session,
+                Err(err) => {
+                    // The child would run untraced: end it before reporting the error.
+                    // SAFETY: signalling the child this function forked.
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                    drop(held);
+                    reap(pid);
+                    return Err(err);
+                }
+            };
+            // Before exec the child maps leaktrace's own libc: the file most commands use.
+            let mut target = Target::open(pid)?;
+            let allocator = target.allocator()?;
+            target.command = argv
+                .iter()
+                .map(|a| a.to_string_lossy())
+                .collect::<Vec<_>>()
+                .join(" ");
+            session.attach(target, &allocator)?;
+            held.release()?;
+            let (tx, mut exited) = oneshot::channel();
+            tokio::task::spawn_blocking(move || {
+                let _ = tx.send(reap(pid));
+            });
+            let (ended_by, status) = session.run(options, Some(&mut exited)).await?;
+            let code = match status {
+                Some(code) => code,
+                None => {
+                    if ended_by == "signal" {
+                        // SAFETY: signalling the child this function started.
+                        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+                    }
+                    session.detach();
+                    info!(pid, "tracing ended; waiting for the command to finish");
+                    exited.await.unwrap_or(1)
+                }
+            };
+            if let Some(t) = session.traced.first_mut() {
+                t.exit_code = Some(code);
+            }
+            Ok(Outcome {
+                report: session.finish(options, ended_by)?,
+                exit_code: Some(code),
+            })
+        }
+    }
+}
+
+/// Waits for a child and returns its exit status the way a shell reports it.
+fn reap(pid: u32) -> i32 {
+    let mut status = 0;
+    // SAFETY: waiting on a child of this process.
+    let r = unsafe { libc::waitpid(pid as i32, &raw mut status, 0) };
+    if r < 0 {
+        1
+    } else if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    }
+}
+
+impl Session {
+    fn new(limits: MapLimits) -> anyhow::Result<Self> {
+        Ok(Self {
+            probes: Probes::load(limits)?,
+            traced: Vec::new(),
+            history: History::default(),
+            stacks: StackCache::default(),
+            symbolizer: Symbolizer::new(),
+            frames: HashMap::new(),
+            last: Snapshot::default(),
+            started: Instant::now(),
+        })
+    }
+
+    fn attach(&mut self, target: Target, allocator: &crate::process::Allocator) -> anyhow::Result<()> {
+        let attachment = match self.probes.attach(&target, allocator) {
+            Ok(a) => a,
+            Err(err) if !target.is_alive() => {
+                return Err(err).context(format!(
+                    "process {} exited while leaktrace was attaching",
+                    target.pid
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        info!(
+            pid = target.pid,
+            allocator = %allocator.host_path.display(),
+            free_probe = attachment.free.note,
+            "attached"
+        );
+        self.symbolizer.remember(target.pid);
+        self.traced.push(Traced {
+            target,
+            attachment,
+            exit_code: None,
+        });
+        self.started = Instant::now();
+        Ok(())
+    }
+
+    /// Samples until the trace ends; returns why it ended, and the exit status of `child` if
+    /// that is what ended it.
+    async fn run(
+        &mut self,
+        options: &Options,
+        mut child: Option<&mut oneshot::Receiver<i32>>,
+    ) -> anyhow::Result<(&'static str, Option<i32>)> {
+        let mut interval = tokio::time::interval(options.interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        let watch_targets = child.is_none();
+        let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+        let child_exited = async {
+            match child.as_mut() {
+                Some(rx) => (&mut **rx).await.unwrap_or(1),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(child_exited);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {
+                    self.sample()?;
+                    if watch_targets && self.traced.iter().all(|t| !t.target.is_alive()) {
+                        return Ok(("targets-exited", None));
+                    }
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => return Ok(("duration", None)),
+                _ = terminate.recv() => return Ok(("signal", None)),
+                _ = interrupt.recv() => return Ok(("signal", None)),
+                code = &mut child_exited => return Ok(("targets-exited", Some(code))),
+            }
+        }
+    }
+
+    /// Reads the probes' totals, extends the series and names any new stack.
+    fn sample(&mut self) -> anyhow::Result<()> {
+        let snapshot = collect::snapshot(&self.probes)?;
+        let at = self.started.elapsed().as_secs_f64();
+        self.history.record(at, &snapshot);
+        let alive: HashSet<u32> = self
+            .traced
+            .iter()
+            .filter(|t| t.target.is_alive())
+            .map(|t| t.target.pid)
+            .collect();
+        for pid in &alive {
+            // Mappings change (dlopen, exec): keep the latest for symbolizing after exit.
+            self.symbolizer.remember(*pid);
+        }
+        self.name_new_sites(&snapshot, &alive)?;
+        self.last = snapshot;
+        Ok(())
+    }
+
+    fn name_new_sites(&mut self, snapshot: &Snapshot, alive: &HashSet<u32>) -> anyhow::Result<()> {
+        let mut new: Vec<(StackKey, Vec<(u64, AddrKind)>)> = Vec::new();
+        for key in snapshot.sites.keys() {
+            if self.frames.contains_key(key) {
+                continue;
+            }
+            let ips = self.stacks.frames(&self.probes, key.stack_id)?;
+            new.push((*key, call_chain(ips, key.caller)));
+        }
+        let mut by_pid: HashMap<u32, Vec<(u64, AddrKind)>> = HashMap::new();
+        for (key, chain) in &new {
+            by_pid.entry(key.tgid).or_default().extend(chain);
+        }
+        for (pid, addrs) in by_pid {
+            self.symbolizer.resolve(pid, &addrs, alive.contains(&pid));
+        }
+        for (key, chain) in new {
+            let frames = chain
+                .iter()
+                .flat_map(|(addr, _)| self.symbolizer.frames(key.tgid, *addr))
+                .collect();
+            self.frames.insert(key, frames);
+        }
+        Ok(())
+    }
+
+    fn detach(&mut self) {
+        self.probes.detach_all();
+    }
+
+    /// Detaches, takes the final sample and builds the report.
+    fn finish(mut self, options: &Options, ended_by: &'static str) -> anyhow::Result<Report> {
+        self.detach();
+        self.sample()?;
+        let targets = self
+            .traced
+            .iter()
+            .map(|t| TargetSummary {
+                pid: t.target.pid,
+                command: t.target.command.clone(),
+                allocator: t.attachment.allocator.host_path.display().to_string(),
+                functions: t.attachment.functions.iter().map(|f| f.to_string()).collect(),
+                free_probe: t.attachment.free.note.clone(),
+                alive_at_end: t.target.is_alive(),
+                exit_code: t.exit_code,
+            })
+            .collect();
+        Ok(build::build(build::Inputs {
+            targets,
+            last: &self.last,
+            history: &self.history,
+            frames: &self.frames,
+            duration_s: self.started.elapsed().as_secs_f64(),
+            interval_s: options.interval.as_secs_f64(),
+            ended_by,
+            top: options.top,
+        }))
+    }
+}
+
+/// The addresses of one allocation, innermost first: the allocation function, the direct caller
+/// read at entry (the kernel's walk omits it at a function-entry probe, unless the function starts
+/// with `push %rbp` or `endbr64`), then the rest of the kernel's walk.
+fn call_chain(ips: &[u64], caller: u64) -> Vec<(u64, AddrKind)> {
+    let mut chain = Vec::with_capacity(ips.len() + 1);
+    if let Some(&first) = ips.first() {
+        chain.push((first, AddrKind::Exact));
+    }
+    if caller != 0 && ips.get(1) != Some(&caller) {
+        chain.push((caller, AddrKind::Return));
+    }
+    chain.extend(ips.iter().skip(1).map(|&ip| (ip, AddrKind::Return)));
+    chain
+}
+
+/// Why the report could not be written to `path`, checked before tracing so a trace is never
+/// taken only to be lost.
+pub fn output_path_problem(path: &std::path::Path) -> Option<String> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    if path.is_dir() {
+        return Some(format!("{} is a directory", path.display()));
+    }
+    if !dir.is_dir() {
+        return Some(format!("directory {} does not exist", dir.display()));
+    }
+    let c = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(dir.as_os_str())).ok()?;
+    // SAFETY: `c` is a valid NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Some(format!("directory {} is not writable", dir.display()));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_chain_inserts_the_direct_caller_once() {
+        assert_eq!(
+            call_chain(&[0x10, 0x30, 0x40], 0x20),
+            vec![
+                (0x10, AddrKind::Exact),
+                (0x20, AddrKind::Return),
+                (0x30, AddrKind::Return),
+                (0x40, AddrKind::Return)
+            ]
+        );
+        // Kernel already has it (the function began with push %rbp).
+        assert_eq!(call_chain(&[0x10, 0x20, 0x40], 0x20).len(), 3);
+        // Failed capture: the caller alone still places the allocation.
+        assert_eq!(call_chain(&[], 0x20), vec![(0x20, AddrKind::Return)]);
+        assert_eq!(call_chain(&[], 0), vec![]);
+    }
+}
