@@ -96,7 +96,10 @@ pub fn record_free(counters: *mut u64, tgid: u32, addr: u64) {
 #[inline(always)]
 fn release(block: &LiveAlloc) {
     if let Some(stats) = STACK_STATS.get_ptr_mut(&block.site) {
-        add_i64(unsafe { &raw mut (*stats).live_bytes }, -(block.size as i64));
+        add_i64(
+            unsafe { &raw mut (*stats).live_bytes },
+            -(block.size as i64),
+        );
         add_i64(unsafe { &raw mut (*stats).live_allocs }, -1);
     }
 }

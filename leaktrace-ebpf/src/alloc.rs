@@ -172,7 +172,10 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
         op: op as u32,
         depth: 1,
     };
-    if PENDING.insert(&pid_tgid, &call, u64::from(BPF_ANY)).is_err() {
+    if PENDING
+        .insert(&pid_tgid, &call, u64::from(BPF_ANY))
+        .is_err()
+    {
         bump(counters, Counter::PendingMapFull);
     }
     0

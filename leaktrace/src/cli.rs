@@ -34,7 +34,9 @@ pub enum Command {
         trace: TraceArgs,
     },
     /// Start a command and trace it from its first allocation; exits with the command's status.
-    #[command(after_help = "Example:\n  leaktrace run --format json -o out.json -- ./my-server --port 8080")]
+    #[command(
+        after_help = "Example:\n  leaktrace run --format json -o out.json -- ./my-server --port 8080"
+    )]
     Run {
         #[command(flatten)]
         trace: TraceArgs,

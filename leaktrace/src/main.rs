@@ -1,5 +1,8 @@
 //! The `leaktrace` binary: a thin shell over the library (see `leaktrace::trace`).
-#![allow(unused_crate_dependencies, reason = "the library uses them; this file is a thin shell")]
+#![allow(
+    unused_crate_dependencies,
+    reason = "the library uses them; this file is a thin shell"
+)]
 
 use std::{
     io::{self, Write as _},
@@ -14,7 +17,21 @@ use leaktrace::{
 };
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if err.use_stderr() => {
+            // Bad input gets one line: clap's first line, without its usage hint.
+            let text = err.render().to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            eprintln!("leaktrace: error: {}", line.trim_start_matches("error: "));
+            return ExitCode::from(2);
+        }
+        Err(err) => {
+            // --help and --version.
+            let _ = err.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     cli::init_logging(cli.verbose);
     // A bug must still end in one line, not a backtrace over the user's terminal.
     std::panic::set_hook(Box::new(|info| {

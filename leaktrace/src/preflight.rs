@@ -11,9 +11,13 @@ pub enum PreflightError {
          programs; run it with sudo"
     )]
     NotPrivileged,
-    #[error("this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): build it with CONFIG_DEBUG_INFO_BTF=y")]
+    #[error(
+        "this kernel has no BTF (/sys/kernel/btf/vmlinux is missing): build it with CONFIG_DEBUG_INFO_BTF=y"
+    )]
     NoBtf,
-    #[error("this kernel has no uprobes (/sys/bus/event_source/devices/uprobe is missing): build it with CONFIG_UPROBE_EVENTS=y")]
+    #[error(
+        "this kernel has no uprobes (/sys/bus/event_source/devices/uprobe is missing): build it with CONFIG_UPROBE_EVENTS=y"
+    )]
     NoUprobes,
 }
 

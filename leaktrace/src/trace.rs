@@ -10,7 +10,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use leaktrace_common::StackKey;
-use tokio::{signal::unix::{SignalKind, signal}, sync::oneshot};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::oneshot,
+};
 use tracing::info;
 
 use crate::{
@@ -35,6 +38,12 @@ pub struct Options {
     pub top: Option<usize>,
     pub limits: MapLimits,
 }
+
+const LOADER_POLL: Duration = Duration::from_micros(200);
+const LOADER_SETTLE: Duration = Duration::from_millis(3);
+const LOADER_WAIT_MAX: Duration = Duration::from_millis(50);
+const MAPS_WATCH_PERIOD: Duration = Duration::from_millis(5);
+const MAPS_WATCH_SPAN: Duration = Duration::from_secs(1);
 
 /// What to trace.
 pub enum Start {
@@ -66,6 +75,8 @@ struct Session {
     frames: HashMap<StackKey, Vec<Frame>>,
     last: Snapshot,
     started: Instant,
+    /// When the probes were detached: the end of the traced window.
+    detached: Option<Instant>,
 }
 
 /// Runs one trace to its end.
@@ -86,6 +97,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
             for (target, allocator) in targets {
                 session.attach(target, &allocator)?;
             }
+            session.announce();
             let (ended_by, _) = session.run(options, None).await?;
             Ok(Outcome {
                 report: session.finish(options, ended_by)?,
@@ -115,7 +127,9 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
                 .collect::<Vec<_>>()
                 .join(" ");
             session.attach(target, &allocator)?;
+            session.announce();
             held.release()?;
+            session.follow_loader(pid);
             let (tx, mut exited) = oneshot::channel();
             tokio::task::spawn_blocking(move || {
                 let _ = tx.send(reap(pid));
@@ -171,10 +185,15 @@ impl Session {
             frames: HashMap::new(),
             last: Snapshot::default(),
             started: Instant::now(),
+            detached: None,
         })
     }
 
-    fn attach(&mut self, target: Target, allocator: &crate::process::Allocator) -> anyhow::Result<()> {
+    fn attach(
+        &mut self,
+        target: Target,
+        allocator: &crate::process::Allocator,
+    ) -> anyhow::Result<()> {
         let attachment = match self.probes.attach(&target, allocator) {
             Ok(a) => a,
             Err(err) if !target.is_alive() => {
@@ -201,6 +220,19 @@ impl Session {
         Ok(())
     }
 
+    /// Says on stderr that the probes are in place: from here on, every allocation counts.
+    fn announce(&self) {
+        let pids: Vec<String> = self
+            .traced
+            .iter()
+            .map(|t| t.target.pid.to_string())
+            .collect();
+        eprintln!(
+            "leaktrace: attached to PID {}; Ctrl-C ends the trace",
+            pids.join(", ")
+        );
+    }
+
     /// Samples until the trace ends; returns why it ended, and the exit status of `child` if
     /// that is what ended it.
     async fn run(
@@ -210,9 +242,17 @@ impl Session {
     ) -> anyhow::Result<(&'static str, Option<i32>)> {
         let mut interval = tokio::time::interval(options.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut terminate = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        let mut interrupt = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+        let mut terminate =
+            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+        let mut interrupt =
+            signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
         let watch_targets = child.is_none();
+        // A short-lived command can map its libraries, allocate and exit between two samples;
+        // its mappings must be remembered before it exits, or its stacks cannot be named. So
+        // for the first second mapping changes are polled far more often than samples are taken.
+        let mut maps_watch = tokio::time::interval(MAPS_WATCH_PERIOD);
+        let maps_watch_until = tokio::time::Instant::now() + MAPS_WATCH_SPAN;
+        let mut seen_maps: HashMap<u32, u64> = HashMap::new();
         let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
         let child_exited = async {
             match child.as_mut() {
@@ -235,9 +275,55 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 } => return Ok(("duration", None)),
+                _ = maps_watch.tick(), if tokio::time::Instant::now() < maps_watch_until => {
+                    self.remember_changed_mappings(&mut seen_maps);
+                }
                 _ = terminate.recv() => return Ok(("signal", None)),
                 _ = interrupt.recv() => return Ok(("signal", None)),
                 code = &mut child_exited => return Ok(("targets-exited", Some(code))),
+            }
+        }
+    }
+
+    /// Remembers a just-exec'd command's mappings as the dynamic loader creates them.
+    ///
+    /// A command can map its libraries, allocate and exit within milliseconds; its stacks can
+    /// only be named from mappings seen while it lived. So until the mappings have been still for
+    /// `LOADER_SETTLE` (the loader is done), they are polled every `LOADER_POLL`.
+    fn follow_loader(&self, pid: u32) {
+        let started = Instant::now();
+        let mut last: Option<Vec<u8>> = None;
+        let mut still_since = Instant::now();
+        while started.elapsed() < LOADER_WAIT_MAX {
+            let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
+                return;
+            };
+            if maps.is_empty() {
+                return;
+            }
+            if last.as_ref() != Some(&maps) {
+                self.symbolizer.remember(pid);
+                last = Some(maps);
+                still_since = Instant::now();
+            } else if still_since.elapsed() >= LOADER_SETTLE {
+                return;
+            }
+            std::thread::sleep(LOADER_POLL);
+        }
+    }
+
+    /// Remembers the mappings of every target whose `/proc/PID/maps` changed since last seen.
+    fn remember_changed_mappings(&self, seen: &mut HashMap<u32, u64>) {
+        for traced in &self.traced {
+            let pid = traced.target.pid;
+            let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
+                continue;
+            };
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&maps, &mut hasher);
+            let hash = std::hash::Hasher::finish(&hasher);
+            if seen.insert(pid, hash) != Some(hash) {
+                self.symbolizer.remember(pid);
             }
         }
     }
@@ -289,7 +375,10 @@ impl Session {
     }
 
     fn detach(&mut self) {
-        self.probes.detach_all();
+        if self.detached.is_none() {
+            self.probes.detach_all();
+            self.detached = Some(Instant::now());
+        }
     }
 
     /// Detaches, takes the final sample and builds the report.
@@ -303,7 +392,12 @@ impl Session {
                 pid: t.target.pid,
                 command: t.target.command.clone(),
                 allocator: t.attachment.allocator.host_path.display().to_string(),
-                functions: t.attachment.functions.iter().map(|f| f.to_string()).collect(),
+                functions: t
+                    .attachment
+                    .functions
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
                 free_probe: t.attachment.free.note.clone(),
                 alive_at_end: t.target.is_alive(),
                 exit_code: t.exit_code,
@@ -314,7 +408,10 @@ impl Session {
             last: &self.last,
             history: &self.history,
             frames: &self.frames,
-            duration_s: self.started.elapsed().as_secs_f64(),
+            duration_s: self
+                .detached
+                .map_or_else(|| self.started.elapsed(), |d| d - self.started)
+                .as_secs_f64(),
             interval_s: options.interval.as_secs_f64(),
             ended_by,
             top: options.top,

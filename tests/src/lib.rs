@@ -1,1 +1,286 @@
+//! Harness for the end-to-end tests: fixtures built with gcc at test time, the real `leaktrace`
+//! binary, and helpers to read its JSON report.
+//!
+//! The tests load eBPF into the running kernel, so they need root. Outside CI a test without
+//! root says loudly that it did not run; in CI (`CI` set) that is a failure.
 
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate sits in the workspace")
+        .to_path_buf()
+}
+
+/// Whether this test may load eBPF. Without root: fails in CI, says it did not run elsewhere.
+pub fn have_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: CI must run the eBPF tests as root; failing instead of skipping"
+    );
+    eprintln!("NOT RUN (needs root to load eBPF; this would fail in CI): {test}");
+    false
+}
+
+/// The `leaktrace` binary under test (`cargo xtask test` builds it first).
+pub fn leaktrace() -> Command {
+    let bin = std::env::var_os("LEAKTRACE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/debug/leaktrace"));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo xtask test`",
+        bin.display()
+    );
+    let mut cmd = Command::new(bin);
+    cmd.env_remove("LEAKTRACE_LOG").env("RUST_BACKTRACE", "1");
+    cmd
+}
+
+static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+/// Builds `tests/fixtures/<name>.c` with gcc (frame pointers kept, so stacks are whole) and
+/// returns the executable. `extra` adds compiler flags (e.g. `-static`), and names the variant.
+pub fn fixture(name: &str, extra: &[&str]) -> PathBuf {
+    let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let source = root().join(format!("tests/fixtures/{name}.c"));
+    let dir = root().join("target/fixtures");
+    fs::create_dir_all(&dir).expect("creating target/fixtures");
+    let variant = extra.join("").replace(['-', '/', '='], "");
+    let exe = dir.join(if variant.is_empty() {
+        name.to_string()
+    } else {
+        format!("{name}-{variant}")
+    });
+    let fresh = |exe: &Path| {
+        let (Ok(src), Ok(bin)) = (fs::metadata(&source), fs::metadata(exe)) else {
+            return false;
+        };
+        matches!((src.modified(), bin.modified()), (Ok(s), Ok(b)) if b >= s)
+    };
+    if !fresh(&exe) {
+        let status = Command::new("gcc")
+            .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
+            .arg(&exe)
+            .arg(&source)
+            .args(extra)
+            .status()
+            .expect("running gcc");
+        assert!(status.success(), "gcc failed on {}", source.display());
+    }
+    exe
+}
+
+/// A fixture process that waits for `go` on stdin. Killed on drop, so a failing test leaves
+/// nothing running.
+pub struct Target {
+    pub child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Target {
+    /// Starts `exe args` and waits for its `ready` line.
+    pub fn start(exe: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("starting fixture");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut target = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        target.expect_line("ready");
+        target
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends one line to the fixture.
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin still open");
+        writeln!(stdin, "{line}").expect("writing to fixture");
+        stdin.flush().expect("flushing fixture stdin");
+    }
+
+    /// Reads lines until one starts with `prefix`; returns it.
+    pub fn expect_line(&mut self, prefix: &str) -> String {
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self.stdout.read_line(&mut line).expect("reading fixture");
+            assert!(n > 0, "fixture ended before printing {prefix:?}");
+            if line.starts_with(prefix) {
+                return line.trim_end().to_string();
+            }
+        }
+    }
+
+    /// Closes stdin (the fixture then exits) and returns its exit status.
+    pub fn finish(mut self) -> i32 {
+        drop(self.stdin.take());
+        let status = self.child.wait().expect("waiting for fixture");
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A `leaktrace attach` running in the background.
+pub struct Tracer {
+    child: Child,
+    stderr: BufReader<std::process::ChildStderr>,
+    log: String,
+}
+
+impl Tracer {
+    /// Starts `leaktrace attach` with `args` and waits until it says it is attached.
+    pub fn attach(args: &[&str]) -> Self {
+        let mut child = leaktrace()
+            .arg("attach")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting leaktrace");
+        let stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+        let mut tracer = Self {
+            child,
+            stderr,
+            log: String::new(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let mut line = String::new();
+            let n = tracer
+                .stderr
+                .read_line(&mut line)
+                .expect("reading leaktrace");
+            tracer.log.push_str(&line);
+            assert!(
+                n > 0 && Instant::now() < deadline,
+                "leaktrace ended before attaching:\n{}",
+                tracer.log
+            );
+            if line.contains("attached") {
+                return tracer;
+            }
+        }
+    }
+
+    /// Sends SIGINT (as Ctrl-C would) and waits for the report.
+    pub fn interrupt(mut self) -> Output {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stderr, &mut rest);
+        let mut output = self
+            .child
+            .wait_with_output()
+            .expect("waiting for leaktrace");
+        output.stderr = format!("{}{rest}", self.log).into_bytes();
+        output
+    }
+}
+
+/// Reads a JSON report.
+pub fn read_report(path: &Path) -> Value {
+    let text = fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("reading report {}: {e}", path.display()));
+    serde_json::from_str(&text).expect("report is valid JSON")
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = root().join("target/test-scratch").join(test);
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("creating scratch dir");
+    dir
+}
+
+/// Sums of the stacks of `pid` that have a frame in `function`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SiteTotals {
+    pub stacks: usize,
+    pub live_bytes: i64,
+    pub live_allocs: i64,
+    pub allocated_bytes: u64,
+    pub alloc_calls: u64,
+}
+
+pub fn site(report: &Value, pid: u32, function: &str) -> SiteTotals {
+    let mut totals = SiteTotals::default();
+    for stack in report["stacks"].as_array().expect("stacks[]") {
+        if stack["pid"].as_u64() != Some(u64::from(pid)) {
+            continue;
+        }
+        let has = stack["frames"]
+            .as_array()
+            .expect("frames[]")
+            .iter()
+            .any(|f| f["function"].as_str() == Some(function));
+        if has {
+            totals.stacks += 1;
+            totals.live_bytes += stack["live_bytes"].as_i64().expect("live_bytes");
+            totals.live_allocs += stack["live_allocs"].as_i64().expect("live_allocs");
+            totals.allocated_bytes += stack["allocated_bytes"].as_u64().expect("allocated_bytes");
+            totals.alloc_calls += stack["alloc_calls"].as_u64().expect("alloc_calls");
+        }
+    }
+    totals
+}
+
+/// The loss counters of a report's totals.
+pub fn losses(report: &Value) -> &serde_json::Map<String, Value> {
+    report["totals"]["losses"]
+        .as_object()
+        .expect("totals.losses")
+}
+
+/// Asserts a failed run printed exactly one line on stderr, with no panic or backtrace.
+pub fn assert_one_line_error(output: &Output, expect: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        !output.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
+    assert_eq!(
+        lines.len(),
+        1,
+        "expected one line on stderr, got:\n{stderr}"
+    );
+    assert!(
+        lines[0].contains(expect),
+        "expected {expect:?} in the error line, got: {}",
+        lines[0]
+    );
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
+}

@@ -47,15 +47,14 @@ pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
     )
     .map_err(map_err("STACK_STATS"))?;
     let mut sites = HashMap::new();
-    for entry in stats.iter() {
-        // An entry deleted between listing its key and reading it is simply skipped.
-        if let Ok((key, value)) = entry {
-            sites.insert(key, value);
-        }
+    // An entry deleted between listing its key and reading it is simply skipped.
+    for (key, value) in stats.iter().flatten() {
+        sites.insert(key, value);
     }
 
     let targets: PerCpuHashMap<&MapData, u32, TargetCounters> = PerCpuHashMap::try_from(
-        ebpf.map("TARGETS").ok_or(CollectError::MissingMap("TARGETS"))?,
+        ebpf.map("TARGETS")
+            .ok_or(CollectError::MissingMap("TARGETS"))?,
     )
     .map_err(map_err("TARGETS"))?;
     let mut counters = HashMap::new();
@@ -83,7 +82,7 @@ impl StackCache {
         if stack_id < 0 {
             return Ok(&[]);
         }
-        if !self.stacks.contains_key(&stack_id) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(stack_id) {
             let map: StackTraceMap<&MapData> = StackTraceMap::try_from(
                 probes
                     .ebpf()
@@ -95,7 +94,7 @@ impl StackCache {
                 Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
                 Err(_) => Vec::new(),
             };
-            self.stacks.insert(stack_id, frames);
+            slot.insert(frames);
         }
         Ok(&self.stacks[&stack_id])
     }

@@ -62,7 +62,15 @@ pub enum ProbeError {
         source: std::io::Error,
     },
     #[error("{library} has no `{function}` symbol: it is not a C library leaktrace can trace")]
-    MissingSymbol { library: String, function: &'static str },
+    MissingSymbol {
+        library: String,
+        function: &'static str,
+    },
+    #[error("`{function}` in {library} starts with instructions the kernel cannot probe")]
+    Unprobeable {
+        library: String,
+        function: &'static str,
+    },
     #[error("{0} is missing from the probes object (a build problem: rebuild leaktrace)")]
     Missing(&'static str),
     #[error("updating the target table: {0}")]
@@ -113,6 +121,35 @@ const PROGRAMS: &[&str] = &[
     RETURN_PROGRAM,
     FREE_PROGRAM,
 ];
+
+/// Says where the `free` probe sits and what it costs; fails when `free` cannot be probed.
+fn free_note(placed: &placement::Placement, library: &str) -> Result<String, ProbeError> {
+    use placement::PlacementReason as Why;
+    Ok(match &placed.reason {
+        Why::EntryEmulated => "at entry (emulated by the kernel)".to_string(),
+        Why::AfterPrologue { skipped } => {
+            format!(
+                "at +{} past `{}` (emulated)",
+                placed.offset,
+                skipped.join("; ")
+            )
+        }
+        Why::NoEmulatedInstruction | Why::EntryRejected { .. } => {
+            warn!(
+                library,
+                offset = placed.offset,
+                "no emulated instruction early in free: its probe is single-stepped (slow)"
+            );
+            format!("at +{} (single-stepped: slow)", placed.offset)
+        }
+        Why::Unprobeable => {
+            return Err(ProbeError::Unprobeable {
+                library: library.to_string(),
+                function: "free",
+            });
+        }
+    })
+}
 
 /// Where the `free` probe of a library sits, for the report.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -170,7 +207,11 @@ impl Probes {
     }
 
     /// Starts tracing `target`: registers it with the probes, then attaches them to its allocator.
-    pub fn attach(&mut self, target: &Target, allocator: &Allocator) -> Result<Attachment, ProbeError> {
+    pub fn attach(
+        &mut self,
+        target: &Target,
+        allocator: &Allocator,
+    ) -> Result<Attachment, ProbeError> {
         self.register(target.pid)?;
         match self.attach_hooks(target, allocator) {
             Ok(attachment) => Ok(attachment),
@@ -181,7 +222,11 @@ impl Probes {
         }
     }
 
-    fn attach_hooks(&mut self, target: &Target, allocator: &Allocator) -> Result<Attachment, ProbeError> {
+    fn attach_hooks(
+        &mut self,
+        target: &Target,
+        allocator: &Allocator,
+    ) -> Result<Attachment, ProbeError> {
         let library = allocator.host_path.display().to_string();
         let elf = fs::read(&allocator.host_path).map_err(|source| ProbeError::Library {
             path: library.clone(),
@@ -207,20 +252,35 @@ impl Probes {
                 }
             };
             let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset);
-            self.attach_one(hook.program, hook.function, location, &allocator.host_path, scope, target.pid)?;
+            self.attach_one(
+                hook.program,
+                hook.function,
+                location,
+                &allocator.host_path,
+                scope,
+                target.pid,
+            )?;
             if hook.returns {
-                self.attach_one(RETURN_PROGRAM, hook.function, location, &allocator.host_path, scope, target.pid)?;
+                self.attach_one(
+                    RETURN_PROGRAM,
+                    hook.function,
+                    location,
+                    &allocator.host_path,
+                    scope,
+                    target.pid,
+                )?;
             }
             functions.push(hook.function);
         }
 
-        let free = placement::function_bytes(&elf, "free", 64).map_err(|err| {
-            debug!(%err, "free lookup failed");
-            ProbeError::MissingSymbol {
-                library: library.clone(),
-                function: "free",
-            }
-        })?;
+        let free =
+            placement::function_bytes(&elf, "free", placement::MAX_SCAN_BYTES).map_err(|err| {
+                debug!(%err, "free lookup failed");
+                ProbeError::MissingSymbol {
+                    library: library.clone(),
+                    function: "free",
+                }
+            })?;
         let placed = placement::choose(
             &free.bytes,
             free.address,
@@ -229,20 +289,7 @@ impl Probes {
                 stack_pointer: false,
             },
         );
-        let note = match &placed.reason {
-            placement::PlacementReason::EntryEmulated => "entry (emulated by the kernel)".to_string(),
-            placement::PlacementReason::AfterPrologue { skipped } => {
-                format!("+{} past {}", placed.offset, skipped.join("; "))
-            }
-            placement::PlacementReason::NoEmulatedInstruction => {
-                warn!(
-                    library,
-                    "no emulated instruction early in free: probing its entry, which the kernel \
-                     single-steps (slow)"
-                );
-                "entry (single-stepped: slow)".to_string()
-            }
-        };
+        let note = free_note(&placed, &library)?;
         self.attach_one(
             FREE_PROGRAM,
             "free",
@@ -262,6 +309,7 @@ impl Probes {
         })
     }
 
+    /// Attaches one program at one location of `library` for `pid`.
     fn attach_one(
         &mut self,
         program: &'static str,
@@ -276,14 +324,14 @@ impl Probes {
             .program_mut(program)
             .and_then(|p| p.try_into().ok())
             .ok_or(ProbeError::Missing(program))?;
-        let link = prog
-            .attach([location], library, scope)
-            .map_err(|source| ProbeError::Attach {
-                function,
-                library: library.display().to_string(),
-                pid,
-                source: Box::new(source),
-            })?;
+        let link =
+            prog.attach([location], library, scope)
+                .map_err(|source| ProbeError::Attach {
+                    function,
+                    library: library.display().to_string(),
+                    pid,
+                    source: Box::new(source),
+                })?;
         self.links.entry(pid).or_default().push((program, link));
         Ok(())
     }
@@ -323,7 +371,8 @@ impl Probes {
 
     fn targets_mut(
         &mut self,
-    ) -> Result<aya::maps::PerCpuHashMap<&mut aya::maps::MapData, u32, TargetCounters>, ProbeError> {
+    ) -> Result<aya::maps::PerCpuHashMap<&mut aya::maps::MapData, u32, TargetCounters>, ProbeError>
+    {
         let map = self
             .ebpf
             .map_mut("TARGETS")

@@ -45,9 +45,8 @@ fn parse_line(line: &str) -> Option<Mapping> {
 
     let (start, end) = range.split_once('-')?;
     let perms: [u8; 4] = perms.as_bytes().try_into().ok()?;
-    let path = (path.starts_with('/')).then(|| {
-        PathBuf::from(path.strip_suffix(" (deleted)").unwrap_or(path))
-    });
+    let path = (path.starts_with('/'))
+        .then(|| PathBuf::from(path.strip_suffix(" (deleted)").unwrap_or(path)));
     Some(Mapping {
         start: u64::from_str_radix(start, 16).ok()?,
         end: u64::from_str_radix(end, 16).ok()?,

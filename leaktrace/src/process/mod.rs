@@ -54,7 +54,9 @@ impl Target {
             .collect::<Vec<_>>()
             .join(" ");
         let command = if command.is_empty() {
-            String::from_utf8_lossy(&read(pid, "comm")?).trim().to_string()
+            String::from_utf8_lossy(&read(pid, "comm")?)
+                .trim()
+                .to_string()
         } else {
             command
         };
@@ -73,8 +75,7 @@ impl Target {
 
     /// A path the process names, as the host reaches it.
     pub fn host_path(&self, path: &Path) -> PathBuf {
-        self.root
-            .join(path.strip_prefix("/").unwrap_or(path))
+        self.root.join(path.strip_prefix("/").unwrap_or(path))
     }
 
     /// Whether the process still exists (a zombie counts as gone: it allocates nothing more).

@@ -7,7 +7,10 @@
 use std::{
     ffi::{CString, OsString},
     io,
-    os::{fd::{AsRawFd, FromRawFd, OwnedFd}, unix::ffi::OsStrExt},
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
     path::{Path, PathBuf},
 };
 
@@ -154,8 +157,14 @@ mod tests {
 
     #[test]
     fn resolves_like_execvp() {
-        assert_eq!(resolve(Path::new("sh")).map(|p| p.is_absolute()), Some(true));
-        assert_eq!(resolve(Path::new("/bin/sh")), Some(PathBuf::from("/bin/sh")));
+        assert_eq!(
+            resolve(Path::new("sh")).map(|p| p.is_absolute()),
+            Some(true)
+        );
+        assert_eq!(
+            resolve(Path::new("/bin/sh")),
+            Some(PathBuf::from("/bin/sh"))
+        );
         assert_eq!(resolve(Path::new("no-such-command-leaktrace")), None);
         assert_eq!(resolve(Path::new("./no/such")), None);
     }

@@ -7,7 +7,10 @@ use leaktrace_common::{AllocKind, Counter, NUM_COUNTERS, StackKey};
 use super::model::{
     FORMAT_VERSION, Frame, Losses, Report, StackReport, TargetReport, Totals, TraceInfo,
 };
-use crate::{analyze::{History, growth}, collect::Snapshot};
+use crate::{
+    analyze::{History, growth},
+    collect::Snapshot,
+};
 
 /// One traced process, as the report describes it.
 pub struct TargetSummary {
@@ -66,7 +69,12 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             .cmp(&a.live_bytes)
             .then(b.allocated_bytes.cmp(&a.allocated_bytes))
             .then(a.pid.cmp(&b.pid))
-            .then_with(|| a.frames.first().map(|f| &f.address).cmp(&b.frames.first().map(|f| &f.address)))
+            .then_with(|| {
+                a.frames
+                    .first()
+                    .map(|f| &f.address)
+                    .cmp(&b.frames.first().map(|f| &f.address))
+            })
     });
     let omitted = match inputs.top {
         Some(top) if top < stacks.len() => {

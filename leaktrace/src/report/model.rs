@@ -3,14 +3,14 @@
 //! The JSON layout is versioned by [`FORMAT_VERSION`]: fields are only ever added within a
 //! version; renaming or removing one bumps it. See `docs/report-format.md`.
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use crate::analyze::growth::Growth;
 
 /// Version of the JSON report layout.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub format_version: u32,
     pub tool: String,
@@ -23,7 +23,7 @@ pub struct Report {
 }
 
 /// How the trace was taken.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TraceInfo {
     /// Seconds the probes were attached.
     pub duration_s: f64,
@@ -34,7 +34,7 @@ pub struct TraceInfo {
     pub stacks_omitted: usize,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct TargetReport {
     pub pid: u32,
     pub command: String,
@@ -52,7 +52,7 @@ pub struct TargetReport {
 }
 
 /// Totals and loss counters. Losses are never hidden: each one is reported, zero or not.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Totals {
     pub live_bytes: i64,
     pub live_allocs: i64,
@@ -63,7 +63,7 @@ pub struct Totals {
     pub losses: Losses,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Losses {
     /// Frees of blocks allocated before the trace began (or whose allocation was not recorded).
     pub unknown_frees: u64,
@@ -105,7 +105,7 @@ impl Totals {
     }
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct StackReport {
     pub pid: u32,
     /// `heap` for allocator blocks.
@@ -122,7 +122,7 @@ pub struct StackReport {
     pub frames: Vec<Frame>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Frame {
     /// The instruction address, hex (`0x7f...`): JSON numbers lose precision above 2^53.
     pub address: String,

@@ -2,7 +2,10 @@
 
 use std::fmt::Write as _;
 
-use super::{Report, bytes, model::{Frame, Losses, StackReport}};
+use super::{
+    Report, bytes,
+    model::{Frame, Losses, StackReport},
+};
 use crate::analyze::growth::sparkline;
 
 /// Stacks shown when `--top` is not given.

@@ -40,7 +40,10 @@ pub enum AddrKind {
 impl Symbolizer {
     pub fn new() -> Self {
         Self {
-            blaze: Blaze::builder().enable_code_info(true).enable_inlined_fns(true).build(),
+            blaze: Blaze::builder()
+                .enable_code_info(true)
+                .enable_inlined_fns(true)
+                .build(),
             frames: HashMap::new(),
         }
     }
@@ -85,10 +88,20 @@ impl Symbolizer {
                 Vec::new()
             }
         };
+        debug!(
+            pid,
+            asked = lookup.len(),
+            got = results.len(),
+            alive,
+            "symbolized"
+        );
         for (i, &(addr, _)) in todo.iter().enumerate() {
             let frames = match results.get(i) {
                 Some(Symbolized::Sym(sym)) => {
-                    let module = sym.module.as_ref().map(|m| m.to_string_lossy().into_owned());
+                    let module = sym
+                        .module
+                        .as_ref()
+                        .map(|m| m.to_string_lossy().into_owned());
                     let mut frames: Vec<Frame> = sym
                         .inlined
                         .iter()
@@ -105,11 +118,16 @@ impl Symbolizer {
                     });
                     frames
                 }
-                _ => vec![Frame {
-                    address: hex(addr),
-                    kind: "native".into(),
-                    ..Frame::default()
-                }],
+                other => {
+                    if let Some(Symbolized::Unknown(reason)) = other {
+                        debug!(pid, addr = %hex(addr), %reason, "address not symbolized");
+                    }
+                    vec![Frame {
+                        address: hex(addr),
+                        kind: "native".into(),
+                        ..Frame::default()
+                    }]
+                }
             };
             self.frames.insert((pid, addr), frames);
         }

@@ -1,0 +1,292 @@
+//! The foundation tracer end to end: exact numbers for named allocation sites, under `run` and
+//! `attach`, and one clear line for every kind of bad input.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    process::Stdio,
+};
+
+use leaktrace_tests::{
+    Target, Tracer, assert_one_line_error, fixture, have_root, leaktrace, losses, read_report,
+    scratch, site,
+};
+use serde_json::Value;
+
+const ROUNDS: i64 = 10;
+
+/// What leaky.c allocates in `ROUNDS` rounds, site by site (see the fixture's comments).
+fn assert_leaky_is_exact(report: &Value, pid: u32) {
+    let r = ROUNDS;
+    let ru = ROUNDS as u64;
+    let check = |function: &str, live: i64, blocks: i64, allocated: u64, calls: u64| {
+        let got = site(report, pid, function);
+        assert!(got.stacks > 0, "no stack names {function}");
+        assert_eq!(
+            (
+                got.live_bytes,
+                got.live_allocs,
+                got.allocated_bytes,
+                got.alloc_calls
+            ),
+            (live, blocks, allocated, calls),
+            "{function}: {got:?}"
+        );
+    };
+    check("leak_malloc", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
+    // leak_malloc's direct caller is on its stack: the kernel's walk alone would drop it.
+    check("leak_outer", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
+    check("leak_calloc", 2000 * r, 2 * r, 2000 * ru, 2 * ru);
+    // 100 -> 300 -> 700: only the last block lives; each step is one allocation.
+    check("leak_realloc_chain", 700 * r, r, 1100 * ru, 3 * ru);
+    check("leak_reallocarray", 512 * r, r, 512 * ru, ru);
+    // Five 4 KiB blocks freed, and realloc(NULL, 64) freed by realloc(p, 0).
+    check("no_leak", 0, 0, (5 * 4096 + 64) * ru, 6 * ru);
+
+    let target = report["targets"]
+        .as_array()
+        .expect("targets[]")
+        .iter()
+        .find(|t| t["pid"].as_u64() == Some(u64::from(pid)))
+        .expect("the fixture is a target");
+    // Frees per round: 5 in no_leak, 1 by realloc(q, 0), 2 by the realloc chain.
+    assert_eq!(target["totals"]["free_calls"].as_u64(), Some(8 * ru));
+    assert_eq!(target["totals"]["failed_allocs"].as_u64(), Some(0));
+    for (name, value) in losses(report) {
+        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
+    }
+}
+
+/// `leaktrace run [args] -- leaky ROUNDS 0 EXIT_CODE`, driven through the fixture's handshake:
+/// `go` once it is ready, stdin closed once it is done.
+fn run_leaky(args: &[&str], exit_code: &str) -> std::process::Output {
+    let mut child = leaktrace()
+        .args(["run", "--interval", "100ms"])
+        .args(args)
+        .arg("--")
+        .arg(fixture("leaky", &[]))
+        .args([&ROUNDS.to_string(), "0", exit_code])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting leaktrace run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut seen = String::new();
+    let mut line = String::new();
+    for (expect, reply) in [("ready", Some("go\n")), ("done", None)] {
+        loop {
+            line.clear();
+            let n = stdout.read_line(&mut line).expect("reading the fixture");
+            assert!(n > 0, "no {expect:?} from the fixture; output: {seen}");
+            seen.push_str(&line);
+            if line.starts_with(expect) {
+                break;
+            }
+        }
+        if let Some(reply) = reply {
+            stdin
+                .write_all(reply.as_bytes())
+                .expect("writing to the fixture");
+        }
+    }
+    drop(stdin);
+    let mut output = child.wait_with_output().expect("leaktrace run");
+    // Put back what was read, so the caller sees the whole standard output.
+    let mut all = seen.into_bytes();
+    std::io::Read::read_to_end(&mut stdout, &mut all).expect("reading leaktrace");
+    all.extend_from_slice(&output.stdout);
+    output.stdout = all;
+    output
+}
+
+/// Every frame carries the documented fields.
+fn assert_frames_documented(report: &Value) {
+    let stacks = report["stacks"].as_array().expect("stacks[]");
+    assert!(!stacks.is_empty());
+    for stack in stacks {
+        assert_eq!(stack["kind"], "heap");
+        for frame in stack["frames"].as_array().expect("frames[]") {
+            for field in ["address", "function", "file", "line", "module"] {
+                assert!(frame.get(field).is_some(), "frame lacks {field}: {frame}");
+            }
+            assert!(
+                frame["address"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("0x"))
+            );
+        }
+    }
+    assert_eq!(report["format_version"], 1);
+}
+
+#[test]
+fn run_traces_a_command_exactly_and_passes_its_exit_status() {
+    if !have_root("run_traces_a_command_exactly_and_passes_its_exit_status") {
+        return;
+    }
+    let out = scratch("run_exact").join("report.json");
+    let output = run_leaky(
+        &["--format", "json", "--output", out.to_str().expect("utf-8")],
+        "7",
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(7),
+        "the command's exit status passes through; stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(&out);
+    let target = &report["targets"][0];
+    let pid = target["pid"].as_u64().expect("pid") as u32;
+    assert_eq!(target["exit_code"], 7);
+    assert_eq!(target["alive_at_end"], false);
+    assert!(
+        target["command"]
+            .as_str()
+            .is_some_and(|c| c.contains("leaky"))
+    );
+    // Symbols resolve although the command exited before the report was built.
+    assert_leaky_is_exact(&report, pid);
+    assert_frames_documented(&report);
+}
+
+#[test]
+fn attach_traces_a_running_process_exactly() {
+    if !have_root("attach_traces_a_running_process_exactly") {
+        return;
+    }
+    let out = scratch("attach_exact").join("report.json");
+    let mut target = Target::start(&fixture("leaky", &[]), &[&ROUNDS.to_string()]);
+    let pid = target.pid().to_string();
+    let tracer = Tracer::attach(&[
+        &pid,
+        "--interval",
+        "100ms",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    target.send("go");
+    target.expect_line("done");
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "leaktrace failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(&out);
+    assert_eq!(report["trace"]["ended_by"], "signal");
+    assert_eq!(report["targets"][0]["alive_at_end"], true);
+    assert_leaky_is_exact(&report, target.pid());
+    assert_eq!(target.finish(), 0, "the target is unharmed");
+}
+
+#[test]
+fn text_report_lists_stacks_and_every_loss_counter() {
+    if !have_root("text_report_lists_stacks_and_every_loss_counter") {
+        return;
+    }
+    let output = run_leaky(&[], "0");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{text}");
+    assert!(text.contains("stacks by live bytes"), "{text}");
+    assert!(text.contains("leak_malloc"), "{text}");
+    assert!(text.contains("losses: 0 unknown frees"), "{text}");
+    assert!(text.contains("0 missed returns"), "{text}");
+}
+
+/// A PID that belonged to a process that has exited and been reaped.
+fn dead_pid() -> String {
+    let mut child = std::process::Command::new("true").spawn().expect("true");
+    let pid = child.id();
+    child.wait().expect("wait");
+    pid.to_string()
+}
+
+#[test]
+fn bad_options_get_one_clear_line() {
+    let dir = scratch("bad_options");
+    let missing_dir = dir.join("no/such/dir.json").display().to_string();
+    let as_dir = dir.display().to_string();
+    let cases: &[(&[&str], &str)] = &[
+        (&["attach", "soon"], "not a process id"),
+        (&["attach", "0"], "not a process id"),
+        (&["attach", "1", "--duration", "soon"], "not a duration"),
+        (&["attach", "1", "--interval", "1ms"], "too short"),
+        (&["attach", "1", "--format", "xml"], "invalid value"),
+        (&["run"], "required"),
+        (&["attach", "1", "-o", &missing_dir], "does not exist"),
+        (&["attach", "1", "-o", &as_dir], "is a directory"),
+    ];
+    for (args, expect) in cases {
+        let output = leaktrace().args(*args).output().expect("leaktrace");
+        assert_one_line_error(&output, expect);
+    }
+}
+
+#[test]
+fn missing_processes_and_commands_get_one_clear_line() {
+    if !have_root("missing_processes_and_commands_get_one_clear_line") {
+        return;
+    }
+    let dead = dead_pid();
+    let output = leaktrace()
+        .args(["attach", &dead])
+        .output()
+        .expect("leaktrace");
+    assert_one_line_error(&output, &format!("no process with PID {dead}"));
+    let output = leaktrace()
+        .args(["run", "--", "/no/such/program"])
+        .output()
+        .expect("leaktrace");
+    assert_one_line_error(&output, "command not found");
+}
+
+#[test]
+fn unusable_targets_get_one_clear_line() {
+    if !have_root("unusable_targets_get_one_clear_line") {
+        return;
+    }
+    // A zombie: its PID exists, but the process has exited.
+    let parent = Target::start(&fixture("zombie", &[]), &[]);
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", parent.pid()))
+        .expect("reading the fixture's children");
+    let zombie = children.split_whitespace().next().expect("a zombie child");
+    let output = leaktrace()
+        .args(["attach", zombie])
+        .output()
+        .expect("leaktrace");
+    assert_one_line_error(&output, "has exited");
+
+    // A statically linked program maps no C library.
+    let static_target = Target::start(&fixture("leaky", &["-static"]), &["1"]);
+    let output = leaktrace()
+        .args(["attach", &static_target.pid().to_string()])
+        .output()
+        .expect("leaktrace");
+    assert_one_line_error(&output, "maps no C library");
+}
+
+#[test]
+fn without_privileges_it_says_what_to_do() {
+    if !have_root("without_privileges_it_says_what_to_do") {
+        return;
+    }
+    let target = Target::start(&fixture("leaky", &[]), &["1"]);
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(leaktrace().get_program())
+        .args(["attach", &target.pid().to_string()])
+        .output()
+        .expect("setpriv");
+    assert_one_line_error(&output, "needs root");
+}

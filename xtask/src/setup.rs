@@ -1,0 +1,100 @@
+//! Installing what a fresh machine lacks, and nothing when all is present.
+
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+use crate::shell::{self, output, succeeds};
+
+/// Debian packages the build and the tests need, with the command that shows each is present.
+///
+/// LLVM 22 matches the LLVM inside rustc 1.98, which bpf-linker must link against; bpftool lets
+/// the tests check the kernel's own list of loaded programs.
+const PACKAGES: &[&str] = &[
+    "gcc",
+    "llvm-22-dev",
+    "libclang-22-dev",
+    "libpolly-22-dev",
+    "bpftool",
+    "nodejs",
+];
+
+/// bpf-linker built against Debian's LLVM 22 (its default features want LLVM 23).
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn run() -> anyhow::Result<()> {
+    rust_components()?;
+    debian_packages()?;
+    bpf_linker()
+}
+
+fn rust_components() -> anyhow::Result<()> {
+    // rust-toolchain.toml lists rust-src, but rustup does not add components to a toolchain that
+    // is already installed: add whatever is missing.
+    let installed = output(shell::rustup().args(["component", "list", "--installed"]))
+        .context("asking rustup which components are installed (is rustup on PATH?)")?;
+    let missing: Vec<&str> = ["rust-src", "rustfmt", "clippy"]
+        .into_iter()
+        .filter(|c| !installed.lines().any(|l| l.starts_with(c)))
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("setup: adding rust components {}", missing.join(", "));
+        shell::run(shell::rustup().args(["component", "add"]).args(&missing))?;
+    }
+    Ok(())
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_some_and(|s| s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !shell::is_root() {
+        bail!(
+            "missing Debian packages: {}; run `sudo apt-get install -y {}` or run this as root",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("setup: installing {}", missing.join(" "));
+    shell::run(Command::new("apt-get").args(["update", "-qq"]))?;
+    shell::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let version = output(Command::new("bpf-linker").arg("--version"));
+    if version.is_some_and(|v| v.contains(BPF_LINKER_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    shell::run(
+        shell::cargo()
+            .args([
+                "install",
+                "--locked",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+    )?;
+    if !succeeds(Command::new("bpf-linker").arg("--version")) {
+        bail!("bpf-linker was installed but is not on PATH: add ~/.cargo/bin to PATH");
+    }
+    Ok(())
+}
