@@ -182,7 +182,7 @@ impl Probes {
             .map_max_entries("STACK_TRACES", limits.stack_traces)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
-                "/leaktrace"
+                "/leaktrace-probes"
             )))
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
         for &name in PROGRAMS {
