@@ -27,15 +27,25 @@ const CAP_BPF: u32 = 39;
 
 /// Checks privileges and the kernel features the probes need.
 pub fn check() -> Result<(), PreflightError> {
-    let caps = effective_capabilities();
+    check_privileges(effective_capabilities())?;
+    check_kernel(Path::new("/sys"))
+}
+
+fn check_privileges(caps: u64) -> Result<(), PreflightError> {
     let has = |cap: u32| caps & (1u64 << cap) != 0;
-    if !(has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))) {
-        return Err(PreflightError::NotPrivileged);
+    if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
+        Ok(())
+    } else {
+        Err(PreflightError::NotPrivileged)
     }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+}
+
+/// The kernel features, as `sysfs` (mounted at `sys`) shows them.
+fn check_kernel(sys: &Path) -> Result<(), PreflightError> {
+    if !sys.join("kernel/btf/vmlinux").exists() {
         return Err(PreflightError::NoBtf);
     }
-    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+    if !sys.join("bus/event_source/devices/uprobe").exists() {
         return Err(PreflightError::NoUprobes);
     }
     Ok(())
@@ -64,5 +74,33 @@ mod tests {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         assert_eq!(parse_cap_eff(status), Some(0x1ff_ffff_ffff));
         assert_eq!(parse_cap_eff("Name: x\n"), None);
+    }
+
+    #[test]
+    fn privileges_need_sys_admin_or_bpf_with_perfmon() {
+        assert!(check_privileges(1 << CAP_SYS_ADMIN).is_ok());
+        assert!(check_privileges((1 << CAP_BPF) | (1 << CAP_PERFMON)).is_ok());
+        assert!(matches!(
+            check_privileges(1 << CAP_BPF),
+            Err(PreflightError::NotPrivileged)
+        ));
+        assert!(matches!(
+            check_privileges(0),
+            Err(PreflightError::NotPrivileged)
+        ));
+    }
+
+    #[test]
+    fn kernel_without_btf_or_uprobes_is_named() {
+        let sys = std::env::temp_dir().join(format!("leaktrace-sysfs-{}", std::process::id()));
+        let btf = sys.join("kernel/btf");
+        let uprobe = sys.join("bus/event_source/devices/uprobe");
+        fs::create_dir_all(&btf).unwrap();
+        assert!(matches!(check_kernel(&sys), Err(PreflightError::NoBtf)));
+        fs::write(btf.join("vmlinux"), b"").unwrap();
+        assert!(matches!(check_kernel(&sys), Err(PreflightError::NoUprobes)));
+        fs::create_dir_all(&uprobe).unwrap();
+        assert!(check_kernel(&sys).is_ok());
+        fs::remove_dir_all(&sys).unwrap();
     }
 }

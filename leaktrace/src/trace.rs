@@ -2,7 +2,7 @@
 //! the first of duration, signal or the targets' exit, detach, then build the report.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     ffi::OsString,
     path::PathBuf,
     time::{Duration, Instant},
@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use leaktrace_common::StackKey;
 use tokio::{
-    signal::unix::{SignalKind, signal},
+    signal::unix::{Signal, SignalKind, signal},
     sync::oneshot,
 };
 use tracing::info;
@@ -41,7 +41,7 @@ pub struct Options {
 
 const LOADER_POLL: Duration = Duration::from_micros(200);
 const LOADER_SETTLE: Duration = Duration::from_millis(3);
-const LOADER_WAIT_MAX: Duration = Duration::from_millis(50);
+const LOADER_WAIT_MAX: Duration = Duration::from_millis(500);
 const MAPS_WATCH_PERIOD: Duration = Duration::from_millis(5);
 const MAPS_WATCH_SPAN: Duration = Duration::from_secs(1);
 
@@ -79,9 +79,34 @@ struct Session {
     detached: Option<Instant>,
 }
 
+/// SIGTERM and SIGINT, caught from before the first probe is attached: a signal that arrives
+/// while attaching must end the trace cleanly, not kill the tracer.
+struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+        })
+    }
+
+    /// Waits for either signal.
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
 /// Runs one trace to its end.
 pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
     preflight::check()?;
+    let mut stop = StopSignals::install()?;
     match start {
         Start::Attach(pids) => {
             let mut targets = Vec::new();
@@ -98,7 +123,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
                 session.attach(target, &allocator)?;
             }
             session.announce();
-            let (ended_by, _) = session.run(options, None).await?;
+            let (ended_by, _) = session.run(options, &mut stop, None).await?;
             Ok(Outcome {
                 report: session.finish(options, ended_by)?,
                 exit_code: None,
@@ -129,12 +154,12 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
             session.attach(target, &allocator)?;
             session.announce();
             held.release()?;
-            session.follow_loader(pid);
+            session.follow_loader(pid, &allocator.path);
             let (tx, mut exited) = oneshot::channel();
             tokio::task::spawn_blocking(move || {
                 let _ = tx.send(reap(pid));
             });
-            let (ended_by, status) = session.run(options, Some(&mut exited)).await?;
+            let (ended_by, status) = session.run(options, &mut stop, Some(&mut exited)).await?;
             let code = match status {
                 Some(code) => code,
                 None => {
@@ -238,14 +263,11 @@ impl Session {
     async fn run(
         &mut self,
         options: &Options,
+        stop: &mut StopSignals,
         mut child: Option<&mut oneshot::Receiver<i32>>,
     ) -> anyhow::Result<(&'static str, Option<i32>)> {
         let mut interval = tokio::time::interval(options.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut terminate =
-            signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
-        let mut interrupt =
-            signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
         let watch_targets = child.is_none();
         // A short-lived command can map its libraries, allocate and exit between two samples;
         // its mappings must be remembered before it exits, or its stacks cannot be named. So
@@ -278,24 +300,26 @@ impl Session {
                 _ = maps_watch.tick(), if tokio::time::Instant::now() < maps_watch_until => {
                     self.remember_changed_mappings(&mut seen_maps);
                 }
-                _ = terminate.recv() => return Ok(("signal", None)),
-                _ = interrupt.recv() => return Ok(("signal", None)),
+                () = stop.recv() => return Ok(("signal", None)),
                 code = &mut child_exited => return Ok(("targets-exited", Some(code))),
             }
         }
     }
 
-    /// Remembers a just-exec'd command's mappings as the dynamic loader creates them.
+    /// Remembers a just-exec'd command's mappings as the kernel and the dynamic loader create
+    /// them.
     ///
     /// A command can map its libraries, allocate and exit within milliseconds; its stacks can
-    /// only be named from mappings seen while it lived. So until the mappings have been still for
-    /// `LOADER_SETTLE` (the loader is done), they are polled every `LOADER_POLL`.
-    fn follow_loader(&self, pid: u32) {
+    /// only be named from mappings seen while it lived. The exec has replaced the address space
+    /// when this runs, but the program and its libraries appear over the next milliseconds: the
+    /// mappings are polled every `LOADER_POLL` until `allocator` (the library the probes sit in,
+    /// mapped by the loader) is there and nothing has changed for `LOADER_SETTLE`.
+    fn follow_loader(&mut self, pid: u32, allocator: &std::path::Path) {
         let started = Instant::now();
-        let mut last: Option<Vec<u8>> = None;
+        let mut last: Option<String> = None;
         let mut still_since = Instant::now();
         while started.elapsed() < LOADER_WAIT_MAX {
-            let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
+            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
                 return;
             };
             if maps.is_empty() {
@@ -305,7 +329,9 @@ impl Session {
                 self.symbolizer.remember(pid);
                 last = Some(maps);
                 still_since = Instant::now();
-            } else if still_since.elapsed() >= LOADER_SETTLE {
+            } else if still_since.elapsed() >= LOADER_SETTLE
+                && maps.contains(allocator.to_string_lossy().as_ref())
+            {
                 return;
             }
             std::thread::sleep(LOADER_POLL);
@@ -313,9 +339,9 @@ impl Session {
     }
 
     /// Remembers the mappings of every target whose `/proc/PID/maps` changed since last seen.
-    fn remember_changed_mappings(&self, seen: &mut HashMap<u32, u64>) {
-        for traced in &self.traced {
-            let pid = traced.target.pid;
+    fn remember_changed_mappings(&mut self, seen: &mut HashMap<u32, u64>) {
+        let pids: Vec<u32> = self.traced.iter().map(|t| t.target.pid).collect();
+        for pid in pids {
             let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
                 continue;
             };
@@ -333,22 +359,17 @@ impl Session {
         let snapshot = collect::snapshot(&self.probes)?;
         let at = self.started.elapsed().as_secs_f64();
         self.history.record(at, &snapshot);
-        let alive: HashSet<u32> = self
-            .traced
-            .iter()
-            .filter(|t| t.target.is_alive())
-            .map(|t| t.target.pid)
-            .collect();
-        for pid in &alive {
-            // Mappings change (dlopen, exec): keep the latest for symbolizing after exit.
-            self.symbolizer.remember(*pid);
+        for traced in &self.traced {
+            // Mappings change (dlopen, exec): keep the latest for symbolizing after exit. A
+            // process that is gone leaves the last ones in place.
+            self.symbolizer.remember(traced.target.pid);
         }
-        self.name_new_sites(&snapshot, &alive)?;
+        self.name_new_sites(&snapshot)?;
         self.last = snapshot;
         Ok(())
     }
 
-    fn name_new_sites(&mut self, snapshot: &Snapshot, alive: &HashSet<u32>) -> anyhow::Result<()> {
+    fn name_new_sites(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         let mut new: Vec<(StackKey, Vec<(u64, AddrKind)>)> = Vec::new();
         for key in snapshot.sites.keys() {
             if self.frames.contains_key(key) {
@@ -362,7 +383,7 @@ impl Session {
             by_pid.entry(key.tgid).or_default().extend(chain);
         }
         for (pid, addrs) in by_pid {
-            self.symbolizer.resolve(pid, &addrs, alive.contains(&pid));
+            self.symbolizer.resolve(pid, &addrs);
         }
         for (key, chain) in new {
             let frames = chain

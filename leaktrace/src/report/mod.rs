@@ -97,3 +97,142 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+#[cfg(test)]
+mod render_tests {
+    use super::{
+        model::{FORMAT_VERSION, Frame, Losses, StackReport, TargetReport, Totals, TraceInfo},
+        *,
+    };
+    use crate::analyze::growth::classify;
+
+    fn sample() -> Report {
+        let series = vec![(1.0, 1000), (2.0, 2000), (3.0, 3000)];
+        let totals = Totals {
+            live_bytes: 3000,
+            live_allocs: 3,
+            allocated_bytes: 4096 + 3000,
+            alloc_calls: 4,
+            free_calls: 1,
+            failed_allocs: 0,
+            losses: Losses {
+                unknown_frees: 2,
+                ..Losses::default()
+            },
+        };
+        Report {
+            format_version: FORMAT_VERSION,
+            tool: "leaktrace".into(),
+            tool_version: "0.1.0".into(),
+            trace: TraceInfo {
+                duration_s: 3.0,
+                interval_s: 1.0,
+                ended_by: "duration".into(),
+                stacks_omitted: 0,
+            },
+            targets: vec![TargetReport {
+                pid: 42,
+                command: "./app --flag".into(),
+                allocator: "/usr/lib/libc.so.6".into(),
+                functions: vec!["malloc".into(), "free".into()],
+                free_probe: "at +3".into(),
+                alive_at_end: true,
+                exit_code: None,
+                totals: totals.clone(),
+            }],
+            totals,
+            stacks: vec![StackReport {
+                pid: 42,
+                kind: "heap".into(),
+                live_bytes: 3000,
+                live_allocs: 3,
+                allocated_bytes: 3000,
+                alloc_calls: 3,
+                growth: classify(&series),
+                series,
+                frames: vec![
+                    Frame {
+                        address: "0x1000".into(),
+                        kind: "native".into(),
+                        function: Some("malloc".into()),
+                        module: Some("/usr/lib/libc.so.6".into()),
+                        ..Frame::default()
+                    },
+                    Frame {
+                        address: "0x5000".into(),
+                        kind: "native".into(),
+                        function: Some("make_session".into()),
+                        file: Some("app.c".into()),
+                        line: Some(12),
+                        module: Some("/srv/app".into()),
+                        ..Frame::default()
+                    },
+                    Frame {
+                        address: "0x6000".into(),
+                        kind: "native".into(),
+                        module: Some("/srv/app".into()),
+                        module_offset: Some("0x2000".into()),
+                        ..Frame::default()
+                    },
+                ],
+            }],
+        }
+    }
+
+    #[test]
+    fn text_report_layout() {
+        let text = render(&sample(), Format::Text, None);
+        let expected = "\
+leaktrace: traced 1 process for 3.0s (interval 1s), ended by duration
+  PID 42  ./app --flag  [running]
+    allocator /usr/lib/libc.so.6 (free probe at +3)
+    live 2.9 KiB in 3 blocks; allocated 6.9 KiB in 4 calls; 1 frees, 0 failed allocations
+    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stack captures failed, 0 stack collisions, 0 in-flight map full, 0 missed frees, 0 missed returns
+
+Top 1 of 1 stacks by live bytes:
+";
+        assert!(text.starts_with(expected), "{text}");
+        assert!(text.contains("#1  2.9 KiB live in 3 blocks  (2.9 KiB allocated in 3 calls)"));
+        assert!(
+            text.contains("0x1000             malloc  (libc.so.6)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0x5000             make_session  app.c:12  (app)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("0x6000             ??  (app+0x2000)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_report_has_the_documented_fields() {
+        let json: serde_json::Value =
+            serde_json::from_str(&render(&sample(), Format::Json, None)).unwrap();
+        assert_eq!(json["format_version"], FORMAT_VERSION);
+        assert_eq!(json["targets"][0]["pid"], 42);
+        assert_eq!(json["targets"][0]["command"], "./app --flag");
+        assert_eq!(json["totals"]["losses"]["unknown_frees"], 2);
+        let stack = &json["stacks"][0];
+        for field in [
+            "kind",
+            "live_bytes",
+            "live_allocs",
+            "allocated_bytes",
+            "alloc_calls",
+        ] {
+            assert!(stack.get(field).is_some(), "stacks[] lacks {field}");
+        }
+        assert_eq!(stack["growth"]["method"], "mann-kendall+theil-sen");
+        assert_eq!(stack["series"][2], serde_json::json!([3.0, 3000]));
+        let frame = &stack["frames"][1];
+        assert_eq!(frame["address"], "0x5000");
+        assert_eq!(frame["function"], "make_session");
+        assert_eq!(frame["file"], "app.c");
+        assert_eq!(frame["line"], 12);
+        assert_eq!(frame["module"], "/srv/app");
+        assert_eq!(stack["frames"][2]["function"], serde_json::Value::Null);
+    }
+}

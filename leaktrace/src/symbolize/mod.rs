@@ -1,26 +1,36 @@
 //! Naming the addresses of a stack: function, source line, inlined frames, module.
 //!
-//! Addresses are symbolized while their process lives, as soon as their stack is first seen,
-//! and the results are kept: a report printed after the target exited still names every frame.
+//! Each address is placed in the mapping that held it, as the process's `/proc/PID/maps` showed
+//! while it lived, and symbolized by file offset in the file behind that mapping. Every mapped
+//! file is opened once while the process lives and kept open, so its symbols stay reachable after
+//! the process exits, even when the file lived in a container's file system.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
 
-use blazesym::{
-    Pid,
-    symbolize::{
-        CodeInfo, Input, Symbolized, Symbolizer as Blaze,
-        cache::{Cache, Process as ProcessCache},
-        source::{Process, Source},
-    },
+use blazesym::symbolize::{
+    CodeInfo, Input, Symbolized, Symbolizer as Blaze,
+    source::{Elf, Source},
 };
 use tracing::debug;
 
-use crate::report::model::Frame;
+use crate::{
+    process::maps::{self, Mapping},
+    report::model::Frame,
+};
 
 /// Symbolizes and remembers the frames of every address seen, per process.
 pub struct Symbolizer {
     blaze: Blaze,
     frames: HashMap<(u32, u64), Vec<Frame>>,
+    /// The last mappings seen of each process.
+    mappings: HashMap<u32, Vec<Mapping>>,
+    /// Mapped files, opened while their process lived, by (pid, path as the process names it).
+    files: HashMap<(u32, PathBuf), Option<File>>,
 }
 
 impl Default for Symbolizer {
@@ -31,7 +41,7 @@ impl Default for Symbolizer {
 
 /// Whether an address is a return address (every frame but the innermost): it points after the
 /// call, possibly into the next line or function, so the call itself is at `address - 1`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum AddrKind {
     Exact,
     Return,
@@ -45,63 +55,78 @@ impl Symbolizer {
                 .enable_inlined_fns(true)
                 .build(),
             frames: HashMap::new(),
+            mappings: HashMap::new(),
+            files: HashMap::new(),
         }
     }
 
-    /// Keeps what is needed to symbolize `pid`'s addresses after it exits.
-    pub fn remember(&self, pid: u32) {
-        let mut cache = ProcessCache::new(Pid::from(pid));
-        cache.cache_vmas = true;
-        cache.cache_perf_map = false;
-        if let Err(err) = self.blaze.cache(&Cache::Process(cache)) {
-            debug!(pid, %err, "caching process mappings failed");
-        }
-    }
-
-    /// Symbolizes the addresses of `pid` not seen before. `alive` selects how files are reached:
-    /// through `/proc/PID/map_files` while the process lives (right even inside a container),
-    /// through the remembered mappings afterwards.
-    pub fn resolve(&mut self, pid: u32, addrs: &[(u64, AddrKind)], alive: bool) {
-        let todo: Vec<(u64, AddrKind)> = addrs
-            .iter()
-            .copied()
-            .filter(|(a, _)| !self.frames.contains_key(&(pid, *a)))
-            .collect();
-        if todo.is_empty() {
+    /// Reads `pid`'s mappings and opens any mapped file not yet open, so its addresses can be
+    /// named later, after the process is gone. A process that is gone keeps what was last seen.
+    pub fn remember(&mut self, pid: u32) {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            return;
+        };
+        if text.is_empty() {
             return;
         }
-        let lookup: Vec<u64> = todo
-            .iter()
-            .map(|&(a, kind)| match kind {
-                AddrKind::Return => a.saturating_sub(1),
-                AddrKind::Exact => a,
-            })
-            .collect();
-        let mut process = Process::new(Pid::from(pid));
-        process.map_files = alive;
-        process.perf_map = false;
-        let source = Source::Process(process);
-        let results = match self.blaze.symbolize(&source, Input::AbsAddr(&lookup)) {
-            Ok(results) => results,
-            Err(err) => {
-                debug!(pid, %err, "symbolization failed");
-                Vec::new()
+        let mappings = maps::parse(&text);
+        for m in mappings.iter().filter(|m| m.is_executable()) {
+            let Some(path) = &m.path else { continue };
+            self.files
+                .entry((pid, path.clone()))
+                .or_insert_with(|| open_mapped(pid, m, path));
+        }
+        self.mappings.insert(pid, mappings);
+    }
+
+    /// Symbolizes the addresses of `pid` not seen before.
+    pub fn resolve(&mut self, pid: u32, addrs: &[(u64, AddrKind)]) {
+        let mut by_file: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
+        for &(addr, kind) in addrs {
+            if self.frames.contains_key(&(pid, addr)) {
+                continue;
             }
-        };
-        debug!(
-            pid,
-            asked = lookup.len(),
-            got = results.len(),
-            alive,
-            "symbolized"
-        );
-        for (i, &(addr, _)) in todo.iter().enumerate() {
+            // A return address points after the call; the call is the instruction before it.
+            let lookup = match kind {
+                AddrKind::Return => addr.saturating_sub(1),
+                AddrKind::Exact => addr,
+            };
+            let placed = self.mapping(pid, lookup).and_then(|m| {
+                let path = m.path.as_ref()?;
+                let file = self.files.get(&(pid, path.clone()))?.as_ref()?;
+                let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                Some((fd_path, lookup - m.start + m.offset))
+            });
+            match placed {
+                Some((file, offset)) => by_file.entry(file).or_default().push((addr, offset)),
+                None => {
+                    let frame = self.unsymbolized(pid, addr);
+                    self.frames.insert((pid, addr), vec![frame]);
+                }
+            }
+        }
+        for (file, addrs) in by_file {
+            self.symbolize_file(pid, &file, &addrs);
+        }
+    }
+
+    /// Names `(address, file offset)` pairs that all lie in `file`.
+    fn symbolize_file(&mut self, pid: u32, file: &Path, addrs: &[(u64, u64)]) {
+        let offsets: Vec<u64> = addrs.iter().map(|&(_, offset)| offset).collect();
+        let results = self
+            .blaze
+            .symbolize(&Source::Elf(Elf::new(file)), Input::FileOffset(&offsets))
+            .unwrap_or_else(|err| {
+                debug!(pid, %err, file = %file.display(), "symbolization failed");
+                Vec::new()
+            });
+        for (i, &(addr, _)) in addrs.iter().enumerate() {
+            let module = self
+                .mapping(pid, addr)
+                .and_then(|m| m.path.as_ref())
+                .map(|p| p.display().to_string());
             let frames = match results.get(i) {
                 Some(Symbolized::Sym(sym)) => {
-                    let module = sym
-                        .module
-                        .as_ref()
-                        .map(|m| m.to_string_lossy().into_owned());
                     let mut frames: Vec<Frame> = sym
                         .inlined
                         .iter()
@@ -118,31 +143,54 @@ impl Symbolizer {
                     });
                     frames
                 }
-                other => {
-                    if let Some(Symbolized::Unknown(reason)) = other {
-                        debug!(pid, addr = %hex(addr), %reason, "address not symbolized");
-                    }
-                    vec![Frame {
-                        address: hex(addr),
-                        kind: "native".into(),
-                        ..Frame::default()
-                    }]
-                }
+                _ => vec![self.unsymbolized(pid, addr)],
             };
             self.frames.insert((pid, addr), frames);
         }
     }
 
+    fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
+        self.mappings
+            .get(&pid)?
+            .iter()
+            .find(|m| (m.start..m.end).contains(&addr))
+    }
+
+    /// A frame no symbol covers: placed by module and offset when a file maps it.
+    fn unsymbolized(&self, pid: u32, addr: u64) -> Frame {
+        let mapping = self.mapping(pid, addr);
+        Frame {
+            address: hex(addr),
+            kind: "native".into(),
+            module: mapping
+                .and_then(|m| m.path.as_ref())
+                .map(|p| p.display().to_string()),
+            module_offset: mapping
+                .filter(|m| m.path.is_some())
+                .map(|m| hex(addr - m.start + m.offset)),
+            ..Frame::default()
+        }
+    }
+
     /// The frames of one address (several when functions were inlined there).
     pub fn frames(&self, pid: u32, addr: u64) -> Vec<Frame> {
-        self.frames.get(&(pid, addr)).cloned().unwrap_or_else(|| {
-            vec![Frame {
-                address: hex(addr),
-                kind: "native".into(),
-                ..Frame::default()
-            }]
-        })
+        self.frames
+            .get(&(pid, addr))
+            .cloned()
+            .unwrap_or_else(|| vec![self.unsymbolized(pid, addr)])
     }
+}
+
+/// Opens the file behind a mapping: through `map_files` (the very file mapped, even if deleted
+/// or replaced since), else through the process's root (right inside a container).
+fn open_mapped(pid: u32, m: &Mapping, path: &Path) -> Option<File> {
+    let by_map = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let by_root =
+        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
+    File::open(&by_map)
+        .or_else(|_| File::open(&by_root))
+        .inspect_err(|err| debug!(pid, path = %path.display(), %err, "cannot open mapped file"))
+        .ok()
 }
 
 fn located(addr: u64, module: Option<String>, code: Option<&CodeInfo<'_>>) -> Frame {
