@@ -9,8 +9,12 @@
 pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
 /// Default capacity of the per-stack statistics map.
 pub const DEFAULT_MAX_STACKS: u32 = 1 << 16;
-/// Default capacity of the kernel's stack-trace map (each entry is 127 frames, preallocated).
-pub const DEFAULT_MAX_STACK_TRACES: u32 = 1 << 14;
+/// Default capacity of the stack map: distinct call stacks kept (not preallocated: each costs
+/// its [`StackFrames`] only once seen).
+pub const DEFAULT_MAX_STACK_TRACES: u32 = 1 << 16;
+/// Deepest stack recorded; deeper ones keep their innermost frames. Node's allocation stacks are
+/// 28-36 frames deep down to `node::Start`.
+pub const MAX_FRAMES: usize = 64;
 /// Capacity of the per-thread in-flight call map: one entry per thread inside an allocator call.
 pub const MAX_PENDING_CALLS: u32 = 1 << 14;
 /// Capacity of the target table: processes traced at once by one loaded program set.
@@ -26,23 +30,34 @@ pub enum AllocKind {
 
 /// Identity of one allocation site of one process.
 ///
-/// The kernel's stack id names the frames it could walk; `caller` adds the return address the
-/// kernel drops at a function-entry uprobe (see PLATFORM.md), so that two call sites in one
-/// function stay apart; `js_id` names the JavaScript frames, whose shared return addresses would
-/// otherwise merge every interpreted function into one stack.
+/// `stack` is a 64-bit hash of the frames the probes walked (the frames themselves are stored
+/// once in the `STACKS` map under it); `js_id` names the JavaScript frames, whose shared return
+/// addresses would otherwise merge every interpreted function into one stack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StackKey {
     pub tgid: u32,
-    /// Id in the `STACK_TRACES` map; negative errno when the capture failed.
-    pub stack_id: i32,
-    /// Return address on top of the stack when the allocation function was entered.
-    pub caller: u64,
-    /// Identity of the JavaScript frames on the stack; 0 when there are none.
-    pub js_id: u64,
     /// An [`AllocKind`] as `u32`.
     pub kind: u32,
+    /// Key of the frames in the `STACKS` map; 0 when they could not be captured.
+    pub stack: u64,
+    /// Identity of the JavaScript frames on the stack; 0 when there are none.
+    pub js_id: u64,
+}
+
+/// The return addresses of one call stack, innermost first, as the probes walked them.
+///
+/// Walked by the probes themselves rather than by `bpf_get_stackid`: the kernel's stack map
+/// drops a stack whenever two hash to the same bucket (thousands of times in a Node process),
+/// its walk at a function-entry uprobe omits the direct caller, and the walk is where the
+/// JavaScript frames are recognised.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct StackFrames {
+    pub len: u32,
     pub _pad: u32,
+    /// `ips[0]` is the probed function, `ips[1]` its caller's return address, and so on.
+    pub ips: [u64; MAX_FRAMES],
 }
 
 /// Running totals of one allocation site, updated by the probes with atomic adds.
@@ -103,6 +118,8 @@ pub struct PendingCall {
     /// Stack pointer at entry: a later entry deeper in the stack is a nested call, one at or
     /// above it means this call never returned through its probe.
     pub entry_sp: u64,
+    /// Return address at entry, to tell a tail call made inside this call from a new call.
+    pub caller: u64,
     /// An [`AllocOp`] as `u32`.
     pub op: u32,
     pub depth: u32,
@@ -126,10 +143,10 @@ pub enum Counter {
     LiveMapFull = 4,
     /// Allocations not attributed to their stack because the stack statistics map was full.
     StackMapFull = 5,
-    /// Stack captures that failed (the allocation is kept under a stack of its caller only).
+    /// Stacks not stored: the stack map was full (the allocation is kept, under an unknown stack).
     StackCaptureFailed = 6,
-    /// Stack captures that hit a hash collision in the stack-trace map.
-    StackCollision = 7,
+    /// Stacks deeper than [`MAX_FRAMES`]: their outermost frames are not recorded.
+    StackTruncated = 7,
     /// Allocation calls lost because the in-flight call map was full.
     PendingMapFull = 8,
     /// A block returned at an address still recorded as live: its free was missed.
@@ -168,4 +185,5 @@ mod pod {
     unsafe impl aya::Pod for super::LiveAlloc {}
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::TargetCounters {}
+    unsafe impl aya::Pod for super::StackFrames {}
 }

@@ -169,6 +169,7 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
         old_addr,
         out_ptr,
         entry_sp: sp,
+        caller,
         op: op as u32,
         depth: 1,
     };
@@ -190,7 +191,7 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
 /// was missed.
 #[inline(always)]
 fn is_nested(sp: u64, caller: u64, pending: &PendingCall) -> bool {
-    sp < pending.entry_sp || (sp == pending.entry_sp && caller != pending.site.caller)
+    sp < pending.entry_sp || (sp == pending.entry_sp && caller != pending.caller)
 }
 
 /// `n * size`, saturated on overflow (the call then fails). The overflow check is written so

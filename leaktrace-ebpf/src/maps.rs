@@ -5,11 +5,11 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuHashMap, StackTrace},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap},
 };
 use leaktrace_common::{
     DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES, DEFAULT_MAX_STACKS, LiveAlloc, LiveKey,
-    MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, StackKey, StackStats, TargetCounters,
+    MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, StackFrames, StackKey, StackStats, TargetCounters,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -34,6 +34,11 @@ pub static LIVE: HashMap<LiveKey, LiveAlloc> =
 pub static STACK_STATS: HashMap<StackKey, StackStats> =
     HashMap::with_max_entries(DEFAULT_MAX_STACKS, BPF_F_NO_PREALLOC);
 
-/// User stacks captured by the kernel's frame-pointer walker, by id.
+/// Every distinct call stack, by the hash of its frames. Not preallocated.
 #[map]
-pub static STACK_TRACES: StackTrace = StackTrace::with_max_entries(DEFAULT_MAX_STACK_TRACES, 0);
+pub static STACKS: HashMap<u64, StackFrames> =
+    HashMap::with_max_entries(DEFAULT_MAX_STACK_TRACES, BPF_F_NO_PREALLOC);
+
+/// Room to walk a stack in: too large for the 512-byte BPF stack.
+#[map]
+pub static SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);

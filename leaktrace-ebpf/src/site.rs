@@ -1,44 +1,83 @@
-//! Naming the allocation site: the user stack plus the direct caller.
+//! Naming the allocation site: a frame-pointer walk of the user stack, stored once per distinct
+//! stack under a 64-bit hash of its frames.
 
-use aya_ebpf::{
-    bindings::BPF_F_USER_STACK,
-    helpers::bpf_probe_read_user,
-    programs::{ProbeContext, tracing::StackIdContext as _},
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
+use leaktrace_common::{AllocKind, Counter, MAX_FRAMES, StackKey};
+
+use crate::{
+    account::bump,
+    maps::{SCRATCH, STACKS},
 };
-use leaktrace_common::{AllocKind, Counter, StackKey};
 
-use crate::{account::bump, maps::STACK_TRACES};
-
-const EEXIST: i32 = 17;
+const EEXIST: i64 = 17;
 
 /// The site of the allocation call whose entry probe is running.
 ///
-/// The kernel's walk at a function-entry uprobe omits the direct caller, so `caller`, the return
-/// address on top of the stack, is kept beside the stack id.
+/// At a function's entry the return address is on top of the stack (`caller`) and `rbp` still
+/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then the
+/// return address above each saved frame pointer.
 #[inline(always)]
 pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -> StackKey {
-    let stack_id = match ctx.get_stackid(&STACK_TRACES, u64::from(BPF_F_USER_STACK)) {
-        Ok(id) => id as i32,
-        Err(err) => {
-            bump(
-                counters,
-                if err == -EEXIST {
-                    Counter::StackCollision
-                } else {
-                    Counter::StackCaptureFailed
-                },
-            );
-            err
-        }
-    };
-    StackKey {
+    let mut key = StackKey {
         tgid,
-        stack_id,
-        caller,
-        js_id: 0,
         kind: AllocKind::Heap as u32,
-        _pad: 0,
+        stack: 0,
+        js_id: 0,
+    };
+    let Some(frames) = SCRATCH.get_ptr_mut(0) else {
+        bump(counters, Counter::StackCaptureFailed);
+        return key;
+    };
+    // SAFETY: this CPU's scratch slot, used by one probe at a time; `regs` is the probe context.
+    let (frames, regs) = unsafe { (&mut *frames, &*ctx.regs) };
+    frames.ips[0] = regs.rip;
+    frames.ips[1] = caller;
+    let mut len = 2;
+    let mut fp = regs.rbp;
+    let mut hash = mix(mix(FNV_OFFSET, regs.rip), caller);
+    for i in 2..MAX_FRAMES {
+        // [fp] is the next frame pointer, [fp + 8] the return address into that frame's function.
+        let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+            break;
+        };
+        if pair[1] == 0 {
+            break;
+        }
+        frames.ips[i] = pair[1];
+        hash = mix(hash, pair[1]);
+        len = i + 1;
+        // Frames lie ever higher on the stack; anything else is not a frame pointer.
+        if pair[0] <= fp {
+            break;
+        }
+        fp = pair[0];
+        if i == MAX_FRAMES - 1 {
+            bump(counters, Counter::StackTruncated);
+        }
     }
+    frames.len = len as u32;
+    // 0 means "no stack".
+    key.stack = hash | 1;
+    match STACKS.insert(&key.stack, frames, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(err) if i64::from(err) == -EEXIST => {}
+        Err(_) => {
+            bump(counters, Counter::StackCaptureFailed);
+            key.stack = 0;
+        }
+    }
+    key
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+/// One step of an FNV-1a style hash over whole 64-bit words, with a fold so that high bits of
+/// each address reach the low bits of the hash.
+#[inline(always)]
+fn mix(hash: u64, word: u64) -> u64 {
+    let h = (hash ^ word).wrapping_mul(FNV_PRIME);
+    h ^ (h >> 29)
 }
 
 /// The return address on top of the stack at a function's entry (0 if unreadable).

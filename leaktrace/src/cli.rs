@@ -69,7 +69,7 @@ pub struct TraceArgs {
     /// Most distinct allocation sites.
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_STACKS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stacks: u32,
-    /// Capacity of the kernel's stack-trace map (each entry costs about 1 KiB of kernel memory).
+    /// Most distinct call stacks stored (each costs about 0.5 KiB of kernel memory once seen).
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_STACK_TRACES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stack_traces: u32,
 }

@@ -72,7 +72,8 @@ struct Session {
     history: History,
     stacks: StackCache,
     symbolizer: Symbolizer,
-    frames: HashMap<StackKey, Vec<Frame>>,
+    /// The call chain of every site seen.
+    chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
     last: Snapshot,
     started: Instant,
     /// When the probes were detached: the end of the traced window.
@@ -207,7 +208,7 @@ impl Session {
             history: History::default(),
             stacks: StackCache::default(),
             symbolizer: Symbolizer::new(),
-            frames: HashMap::new(),
+            chains: HashMap::new(),
             last: Snapshot::default(),
             started: Instant::now(),
             detached: None,
@@ -364,33 +365,18 @@ impl Session {
             // process that is gone leaves the last ones in place.
             self.symbolizer.remember(traced.target.pid);
         }
-        self.name_new_sites(&snapshot)?;
+        self.read_new_stacks(&snapshot)?;
         self.last = snapshot;
         Ok(())
     }
 
-    fn name_new_sites(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
-        let mut new: Vec<(StackKey, Vec<(u64, AddrKind)>)> = Vec::new();
+    /// Reads the frames of any stack not seen before. They are named only when the report is
+    /// built, and only for the stacks it shows: the files they need are kept open meanwhile.
+    fn read_new_stacks(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         for key in snapshot.sites.keys() {
-            if self.frames.contains_key(key) {
-                continue;
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.chains.entry(*key) {
+                slot.insert(call_chain(self.stacks.frames(&self.probes, key.stack)?));
             }
-            let ips = self.stacks.frames(&self.probes, key.stack_id)?;
-            new.push((*key, call_chain(ips, key.caller)));
-        }
-        let mut by_pid: HashMap<u32, Vec<(u64, AddrKind)>> = HashMap::new();
-        for (key, chain) in &new {
-            by_pid.entry(key.tgid).or_default().extend(chain);
-        }
-        for (pid, addrs) in by_pid {
-            self.symbolizer.resolve(pid, &addrs);
-        }
-        for (key, chain) in new {
-            let frames = chain
-                .iter()
-                .flat_map(|(addr, _)| self.symbolizer.frames(key.tgid, *addr))
-                .collect();
-            self.frames.insert(key, frames);
         }
         Ok(())
     }
@@ -424,11 +410,20 @@ impl Session {
                 exit_code: t.exit_code,
             })
             .collect();
+        let (chains, symbolizer) = (&self.chains, &mut self.symbolizer);
+        let mut name = |key: &StackKey| -> Vec<Frame> {
+            let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
+            symbolizer.resolve(key.tgid, chain);
+            chain
+                .iter()
+                .flat_map(|(addr, _)| symbolizer.frames(key.tgid, *addr))
+                .collect()
+        };
         Ok(build::build(build::Inputs {
             targets,
             last: &self.last,
             history: &self.history,
-            frames: &self.frames,
+            frames: &mut name,
             duration_s: self
                 .detached
                 .map_or_else(|| self.started.elapsed(), |d| d - self.started)
@@ -440,19 +435,22 @@ impl Session {
     }
 }
 
-/// The addresses of one allocation, innermost first: the allocation function, the direct caller
-/// read at entry (the kernel's walk omits it at a function-entry probe, unless the function starts
-/// with `push %rbp` or `endbr64`), then the rest of the kernel's walk.
-fn call_chain(ips: &[u64], caller: u64) -> Vec<(u64, AddrKind)> {
-    let mut chain = Vec::with_capacity(ips.len() + 1);
-    if let Some(&first) = ips.first() {
-        chain.push((first, AddrKind::Exact));
-    }
-    if caller != 0 && ips.get(1) != Some(&caller) {
-        chain.push((caller, AddrKind::Return));
-    }
-    chain.extend(ips.iter().skip(1).map(|&ip| (ip, AddrKind::Return)));
-    chain
+/// The addresses of one allocation, innermost first: the allocation function itself (an exact
+/// address), then return addresses.
+fn call_chain(ips: &[u64]) -> Vec<(u64, AddrKind)> {
+    ips.iter()
+        .enumerate()
+        .map(|(i, &ip)| {
+            (
+                ip,
+                if i == 0 {
+                    AddrKind::Exact
+                } else {
+                    AddrKind::Return
+                },
+            )
+        })
+        .collect()
 }
 
 /// Why the report could not be written to `path`, checked before tracing so a trace is never
@@ -481,20 +479,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn call_chain_inserts_the_direct_caller_once() {
+    fn call_chain_marks_return_addresses() {
         assert_eq!(
-            call_chain(&[0x10, 0x30, 0x40], 0x20),
+            call_chain(&[0x10, 0x20, 0x30]),
             vec![
                 (0x10, AddrKind::Exact),
                 (0x20, AddrKind::Return),
-                (0x30, AddrKind::Return),
-                (0x40, AddrKind::Return)
+                (0x30, AddrKind::Return)
             ]
         );
-        // Kernel already has it (the function began with push %rbp).
-        assert_eq!(call_chain(&[0x10, 0x20, 0x40], 0x20).len(), 3);
-        // Failed capture: the caller alone still places the allocation.
-        assert_eq!(call_chain(&[], 0x20), vec![(0x20, AddrKind::Return)]);
-        assert_eq!(call_chain(&[], 0), vec![]);
+        assert_eq!(call_chain(&[]), vec![]);
     }
 }

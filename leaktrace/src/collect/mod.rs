@@ -5,8 +5,8 @@
 
 use std::collections::HashMap;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap};
-use leaktrace_common::{NUM_COUNTERS, StackKey, StackStats, TargetCounters};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use leaktrace_common::{NUM_COUNTERS, StackFrames, StackKey, StackStats, TargetCounters};
 
 use crate::probe::Probes;
 
@@ -70,32 +70,29 @@ pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
     Ok(Snapshot { sites, counters })
 }
 
-/// User stacks by id, read from the kernel once each.
+/// Call stacks by key, read from the probes' stack map once each.
 #[derive(Default)]
 pub struct StackCache {
-    stacks: HashMap<i32, Vec<u64>>,
+    stacks: HashMap<u64, Vec<u64>>,
 }
 
 impl StackCache {
-    /// The frames (innermost first) of a stack id; empty when the capture failed.
-    pub fn frames(&mut self, probes: &Probes, stack_id: i32) -> Result<&[u64], CollectError> {
-        if stack_id < 0 {
-            return Ok(&[]);
-        }
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(stack_id) {
-            let map: StackTraceMap<&MapData> = StackTraceMap::try_from(
+    /// The frames (innermost first) of a stack; empty when it was not captured.
+    pub fn frames(&mut self, probes: &Probes, stack: u64) -> Result<&[u64], CollectError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(stack) {
+            let map: BpfHashMap<&MapData, u64, StackFrames> = BpfHashMap::try_from(
                 probes
                     .ebpf()
-                    .map("STACK_TRACES")
-                    .ok_or(CollectError::MissingMap("STACK_TRACES"))?,
+                    .map("STACKS")
+                    .ok_or(CollectError::MissingMap("STACKS"))?,
             )
-            .map_err(map_err("STACK_TRACES"))?;
-            let frames = match map.get(&(stack_id as u32), 0) {
-                Ok(trace) => trace.frames().iter().map(|f| f.ip).collect(),
+            .map_err(map_err("STACKS"))?;
+            let frames = match map.get(&stack, 0) {
+                Ok(f) => f.ips[..(f.len as usize).min(f.ips.len())].to_vec(),
                 Err(_) => Vec::new(),
             };
             slot.insert(frames);
         }
-        Ok(&self.stacks[&stack_id])
+        Ok(&self.stacks[&stack])
     }
 }

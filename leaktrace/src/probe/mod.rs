@@ -179,7 +179,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("LIVE", limits.live_allocs)
             .map_max_entries("STACK_STATS", limits.stacks)
-            .map_max_entries("STACK_TRACES", limits.stack_traces)
+            .map_max_entries("STACKS", limits.stack_traces)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/leaktrace-probes"

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use leaktrace_common::{AllocKind, Counter, NUM_COUNTERS, StackKey};
+use leaktrace_common::{AllocKind, Counter, NUM_COUNTERS, StackKey, StackStats};
 
 use super::model::{
     FORMAT_VERSION, Frame, Losses, Report, StackReport, TargetReport, Totals, TraceInfo,
@@ -28,8 +28,8 @@ pub struct Inputs<'a> {
     pub targets: Vec<TargetSummary>,
     pub last: &'a Snapshot,
     pub history: &'a History,
-    /// The frames of each site, innermost first, already symbolized.
-    pub frames: &'a HashMap<StackKey, Vec<Frame>>,
+    /// Names the frames of a site, innermost first; asked only for the sites reported.
+    pub frames: &'a mut dyn FnMut(&StackKey) -> Vec<Frame>,
     pub duration_s: f64,
     pub interval_s: f64,
     pub ended_by: &'static str,
@@ -41,15 +41,31 @@ pub fn build(inputs: Inputs<'_>) -> Report {
     for (pid, counters) in &inputs.last.counters {
         per_target.insert(*pid, counter_totals(counters));
     }
-    let mut stacks: Vec<StackReport> = inputs
-        .last
-        .sites
-        .iter()
+    let mut sites: Vec<(&StackKey, &StackStats)> = inputs.last.sites.iter().collect();
+    for (key, stats) in &sites {
+        let totals = per_target.entry(key.tgid).or_default();
+        totals.live_bytes += stats.live_bytes;
+        totals.live_allocs += stats.live_allocs;
+        totals.allocated_bytes += stats.alloc_bytes;
+    }
+    sites.sort_by(|(ka, a), (kb, b)| {
+        b.live_bytes
+            .cmp(&a.live_bytes)
+            .then(b.alloc_bytes.cmp(&a.alloc_bytes))
+            .then(ka.tgid.cmp(&kb.tgid))
+            .then(ka.stack.cmp(&kb.stack))
+    });
+    let omitted = match inputs.top {
+        Some(top) if top < sites.len() => {
+            let omitted = sites.len() - top;
+            sites.truncate(top);
+            omitted
+        }
+        _ => 0,
+    };
+    let stacks: Vec<StackReport> = sites
+        .into_iter()
         .map(|(key, stats)| {
-            let totals = per_target.entry(key.tgid).or_default();
-            totals.live_bytes += stats.live_bytes;
-            totals.live_allocs += stats.live_allocs;
-            totals.allocated_bytes += stats.alloc_bytes;
             let series = inputs.history.series(key).to_vec();
             StackReport {
                 pid: key.tgid,
@@ -60,30 +76,10 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 alloc_calls: stats.alloc_calls,
                 growth: growth::classify(&series),
                 series,
-                frames: inputs.frames.get(key).cloned().unwrap_or_default(),
+                frames: (inputs.frames)(key),
             }
         })
         .collect();
-    stacks.sort_by(|a, b| {
-        b.live_bytes
-            .cmp(&a.live_bytes)
-            .then(b.allocated_bytes.cmp(&a.allocated_bytes))
-            .then(a.pid.cmp(&b.pid))
-            .then_with(|| {
-                a.frames
-                    .first()
-                    .map(|f| &f.address)
-                    .cmp(&b.frames.first().map(|f| &f.address))
-            })
-    });
-    let omitted = match inputs.top {
-        Some(top) if top < stacks.len() => {
-            let omitted = stacks.len() - top;
-            stacks.truncate(top);
-            omitted
-        }
-        _ => 0,
-    };
 
     let mut totals = Totals::default();
     let targets = inputs
@@ -133,7 +129,7 @@ fn counter_totals(c: &[u64; NUM_COUNTERS]) -> Totals {
             live_map_full: n(Counter::LiveMapFull),
             stack_map_full: n(Counter::StackMapFull),
             stack_capture_failed: n(Counter::StackCaptureFailed),
-            stack_collisions: n(Counter::StackCollision),
+            stack_truncated: n(Counter::StackTruncated),
             pending_map_full: n(Counter::PendingMapFull),
             missed_frees: n(Counter::MissedFrees),
             missed_returns: n(Counter::MissedReturns),

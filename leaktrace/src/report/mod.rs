@@ -187,7 +187,7 @@ leaktrace: traced 1 process for 3.0s (interval 1s), ended by duration
   PID 42  ./app --flag  [running]
     allocator /usr/lib/libc.so.6 (free probe at +3)
     live 2.9 KiB in 3 blocks; allocated 6.9 KiB in 4 calls; 1 frees, 0 failed allocations
-    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stack captures failed, 0 stack collisions, 0 in-flight map full, 0 missed frees, 0 missed returns
+    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stacks not stored, 0 stacks truncated, 0 in-flight map full, 0 missed frees, 0 missed returns
 
 Top 1 of 1 stacks by live bytes:
 ";

@@ -71,11 +71,11 @@ pub struct Losses {
     pub live_map_full: u64,
     /// Allocations not attributed: the stack map was full (raise `--max-stacks`).
     pub stack_map_full: u64,
-    /// Allocations whose stack could not be captured (kept under their direct caller).
+    /// Allocations whose stack could not be stored: the stack map was full (raise
+    /// `--max-stack-traces`); they are kept under an unknown stack.
     pub stack_capture_failed: u64,
-    /// Allocations whose stack collided with another in the kernel's stack map (kept under their
-    /// direct caller; raise `--max-stack-traces`).
-    pub stack_collisions: u64,
+    /// Stacks deeper than the probes walk: their outermost frames are missing (no bytes lost).
+    pub stack_truncated: u64,
     /// Allocation calls lost because too many threads were inside the allocator at once.
     pub pending_map_full: u64,
     /// Blocks returned at an address still recorded as live (their free was not seen).
@@ -98,7 +98,7 @@ impl Totals {
         l.live_map_full += o.live_map_full;
         l.stack_map_full += o.stack_map_full;
         l.stack_capture_failed += o.stack_capture_failed;
-        l.stack_collisions += o.stack_collisions;
+        l.stack_truncated += o.stack_truncated;
         l.pending_map_full += o.pending_map_full;
         l.missed_frees += o.missed_frees;
         l.missed_returns += o.missed_returns;
@@ -137,4 +137,6 @@ pub struct Frame {
     pub module_offset: Option<String>,
     /// This frame was inlined into the one after it.
     pub inlined: bool,
+    /// Where the name came from: `dwarf`, `symtab` (ELF symbols only), `perf-map`.
+    pub source: Option<String>,
 }

@@ -105,13 +105,13 @@ fn frame_line(f: &Frame) -> String {
 fn losses(l: &Losses) -> String {
     format!(
         "losses: {} unknown frees (allocated before attach), {} live-map full, {} stack-map full, \
-         {} stack captures failed, {} stack collisions, {} in-flight map full, {} missed frees, \
+         {} stacks not stored, {} stacks truncated, {} in-flight map full, {} missed frees, \
          {} missed returns",
         l.unknown_frees,
         l.live_map_full,
         l.stack_map_full,
         l.stack_capture_failed,
-        l.stack_collisions,
+        l.stack_truncated,
         l.pending_map_full,
         l.missed_frees,
         l.missed_returns,

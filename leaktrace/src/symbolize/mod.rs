@@ -5,6 +5,8 @@
 //! file is opened once while the process lives and kept open, so its symbols stay reachable after
 //! the process exits, even when the file lived in a container's file system.
 
+pub mod perfmap;
+
 use std::{
     collections::HashMap,
     fs::File,
@@ -18,6 +20,7 @@ use blazesym::symbolize::{
 };
 use tracing::debug;
 
+use self::perfmap::PerfMap;
 use crate::{
     process::maps::{self, Mapping},
     report::model::Frame,
@@ -31,6 +34,8 @@ pub struct Symbolizer {
     mappings: HashMap<u32, Vec<Mapping>>,
     /// Mapped files, opened while their process lived, by (pid, path as the process names it).
     files: HashMap<(u32, PathBuf), Option<File>>,
+    /// Perf maps of JIT runtimes, kept open like mapped files.
+    perf_maps: HashMap<u32, (File, PerfMap)>,
 }
 
 impl Default for Symbolizer {
@@ -57,6 +62,7 @@ impl Symbolizer {
             frames: HashMap::new(),
             mappings: HashMap::new(),
             files: HashMap::new(),
+            perf_maps: HashMap::new(),
         }
     }
 
@@ -77,6 +83,28 @@ impl Symbolizer {
                 .or_insert_with(|| open_mapped(pid, m, path));
         }
         self.mappings.insert(pid, mappings);
+        self.refresh_perf_map(pid);
+    }
+
+    /// Whether `pid` has a perf map (checked when its mappings were last remembered).
+    pub fn has_perf_map(&self, pid: u32) -> bool {
+        self.perf_maps.contains_key(&pid)
+    }
+
+    /// Opens `pid`'s perf map once it exists and reads what it gained since last time.
+    fn refresh_perf_map(&mut self, pid: u32) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.perf_maps.entry(pid) {
+            let Some(file) = perf_map_path(pid).and_then(|p| File::open(p).ok()) else {
+                return;
+            };
+            slot.insert((file, PerfMap::default()));
+        }
+        if let Some((file, map)) = self.perf_maps.get_mut(&pid) {
+            let fd_path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+            if let Err(err) = map.refresh(&fd_path) {
+                debug!(pid, %err, "reading the perf map failed");
+            }
+        }
     }
 
     /// Symbolizes the addresses of `pid` not seen before.
@@ -100,7 +128,9 @@ impl Symbolizer {
             match placed {
                 Some((file, offset)) => by_file.entry(file).or_default().push((addr, offset)),
                 None => {
-                    let frame = self.unsymbolized(pid, addr);
+                    let frame = self
+                        .jit_frame(pid, addr, lookup)
+                        .unwrap_or_else(|| self.unsymbolized(pid, addr));
                     self.frames.insert((pid, addr), vec![frame]);
                 }
             }
@@ -149,6 +179,30 @@ impl Symbolizer {
         }
     }
 
+    /// Names JIT-compiled code from the process's perf map.
+    fn jit_frame(&self, pid: u32, addr: u64, lookup: u64) -> Option<Frame> {
+        let symbol = self.perf_maps.get(&pid)?.1.lookup(lookup)?;
+        Some(match perfmap::parse_js_name(&symbol.name) {
+            Some(js) => Frame {
+                address: hex(addr),
+                kind: "js".into(),
+                function: Some(js.function),
+                file: js.file,
+                line: js.line,
+                source: Some("perf-map".into()),
+                ..Frame::default()
+            },
+            None => Frame {
+                address: hex(addr),
+                kind: "native".into(),
+                function: Some(symbol.name.clone()),
+                module: Some("[jit]".into()),
+                source: Some("perf-map".into()),
+                ..Frame::default()
+            },
+        })
+    }
+
     fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
         self.mappings
             .get(&pid)?
@@ -181,6 +235,20 @@ impl Symbolizer {
     }
 }
 
+/// Where `pid`'s perf map is, as the host reaches it: under the process's root, named with the
+/// PID the process has in its own namespace (the last `NStgid` field).
+fn perf_map_path(pid: u32) -> Option<PathBuf> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let ns_pid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NStgid:"))
+        .and_then(|v| v.split_whitespace().last())
+        .and_then(|v| v.parse::<u32>().ok())
+        .unwrap_or(pid);
+    let path = PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map"));
+    path.exists().then_some(path)
+}
+
 /// Opens the file behind a mapping: through `map_files` (the very file mapped, even if deleted
 /// or replaced since), else through the process's root (right inside a container).
 fn open_mapped(pid: u32, m: &Mapping, path: &Path) -> Option<File> {
@@ -195,6 +263,7 @@ fn open_mapped(pid: u32, m: &Mapping, path: &Path) -> Option<File> {
 
 fn located(addr: u64, module: Option<String>, code: Option<&CodeInfo<'_>>) -> Frame {
     Frame {
+        source: Some(if code.is_some() { "dwarf" } else { "symtab" }.into()),
         address: hex(addr),
         kind: "native".into(),
         function: None,
