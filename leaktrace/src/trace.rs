@@ -64,6 +64,8 @@ struct Traced {
     target: Target,
     attachment: Attachment,
     exit_code: Option<i32>,
+    /// The executable, as last seen while the process lived (it changes at exec).
+    exe: Option<PathBuf>,
 }
 
 struct Session {
@@ -238,6 +240,7 @@ impl Session {
         );
         self.symbolizer.remember(target.pid);
         self.traced.push(Traced {
+            exe: std::fs::read_link(format!("/proc/{}/exe", target.pid)).ok(),
             target,
             attachment,
             exit_code: None,
@@ -360,14 +363,36 @@ impl Session {
         let snapshot = collect::snapshot(&self.probes)?;
         let at = self.started.elapsed().as_secs_f64();
         self.history.record(at, &snapshot);
-        for traced in &self.traced {
+        for traced in &mut self.traced {
             // Mappings change (dlopen, exec): keep the latest for symbolizing after exit. A
             // process that is gone leaves the last ones in place.
             self.symbolizer.remember(traced.target.pid);
+            if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", traced.target.pid)) {
+                traced.exe = Some(exe);
+            }
         }
         self.read_new_stacks(&snapshot)?;
         self.last = snapshot;
         Ok(())
+    }
+
+    /// What the reader of the report should know about one target.
+    fn notes(&self, traced: &Traced) -> Vec<String> {
+        let is_node = traced
+            .exe
+            .as_ref()
+            .and_then(|e| e.file_name())
+            .is_some_and(|n| n.to_string_lossy().starts_with("node"));
+        let mut notes = Vec::new();
+        if is_node && !self.symbolizer.has_perf_map(traced.target.pid) {
+            notes.push(format!(
+                "Node.js without a perf map (/tmp/perf-{}.map): JavaScript frames are unnamed. \
+                 Start node with --perf-basic-prof (and --interpreted-frames-native-stack for \
+                 interpreted functions) to name them.",
+                traced.target.pid
+            ));
+        }
+        notes
     }
 
     /// Reads the frames of any stack not seen before. They are named only when the report is
@@ -408,6 +433,7 @@ impl Session {
                 free_probe: t.attachment.free.note.clone(),
                 alive_at_end: t.target.is_alive(),
                 exit_code: t.exit_code,
+                notes: self.notes(t),
             })
             .collect();
         let (chains, symbolizer) = (&self.chains, &mut self.symbolizer);

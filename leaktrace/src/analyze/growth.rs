@@ -91,6 +91,11 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Whether a stack with this verdict is a leak suspect: reported first, never cut by `--top`.
+    pub fn is_suspect(self) -> bool {
+        matches!(self, Self::Leak | Self::Growing)
+    }
+
     /// Lowercase name, the same as the serialized form.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -5,9 +5,11 @@ use std::collections::HashMap;
 use leaktrace_common::{AllocKind, Counter, NUM_COUNTERS, StackKey, StackStats};
 
 use super::model::{
-    FORMAT_VERSION, Frame, Losses, Report, StackReport, TargetReport, Totals, TraceInfo,
+    FORMAT_VERSION, Frame, Losses, OriginReport, Report, StackReport, TargetReport, Totals,
+    TraceInfo,
 };
 use crate::{
+    analyze::origin::{self, Origin},
     analyze::{History, growth},
     collect::Snapshot,
 };
@@ -21,6 +23,7 @@ pub struct TargetSummary {
     pub free_probe: String,
     pub alive_at_end: bool,
     pub exit_code: Option<i32>,
+    pub notes: Vec<String>,
 }
 
 /// Everything a report is made of.
@@ -55,18 +58,11 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             .then(ka.tgid.cmp(&kb.tgid))
             .then(ka.stack.cmp(&kb.stack))
     });
-    let omitted = match inputs.top {
-        Some(top) if top < sites.len() => {
-            let omitted = sites.len() - top;
-            sites.truncate(top);
-            omitted
-        }
-        _ => 0,
-    };
-    let stacks: Vec<StackReport> = sites
+    let mut stacks: Vec<StackReport> = sites
         .into_iter()
         .map(|(key, stats)| {
             let series = inputs.history.series(key).to_vec();
+            let frames = (inputs.frames)(key);
             StackReport {
                 pid: key.tgid,
                 kind: kind_name(key.kind).to_string(),
@@ -75,11 +71,26 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 allocated_bytes: stats.alloc_bytes,
                 alloc_calls: stats.alloc_calls,
                 growth: growth::classify(&series),
+                origin: origin::classify(&frames),
                 series,
-                frames: (inputs.frames)(key),
+                frames,
             }
         })
         .collect();
+    let origins = roll_up(&stacks);
+    // `--top` keeps the largest stacks, and every leak suspect however small.
+    let omitted = match inputs.top {
+        Some(top) if top < stacks.len() => {
+            let before = stacks.len();
+            let mut rank = 0;
+            stacks.retain(|s| {
+                rank += 1;
+                rank <= top || s.growth.verdict.is_suspect()
+            });
+            before - stacks.len()
+        }
+        _ => 0,
+    };
 
     let mut totals = Totals::default();
     let targets = inputs
@@ -96,6 +107,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 free_probe: t.free_probe,
                 alive_at_end: t.alive_at_end,
                 exit_code: t.exit_code,
+                notes: t.notes,
                 totals: target_totals,
             }
         })
@@ -113,8 +125,38 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         },
         targets,
         totals,
+        origins,
         stacks,
     }
+}
+
+/// Live bytes and growth summed by origin, largest first.
+fn roll_up(stacks: &[StackReport]) -> Vec<OriginReport> {
+    let mut by_origin: HashMap<Origin, OriginReport> = HashMap::new();
+    for stack in stacks {
+        let entry = by_origin
+            .entry(stack.origin)
+            .or_insert_with(|| OriginReport {
+                origin: stack.origin,
+                stacks: 0,
+                live_bytes: 0,
+                live_allocs: 0,
+                bytes_per_s: 0.0,
+                leak_suspects: 0,
+            });
+        entry.stacks += 1;
+        entry.live_bytes += stack.live_bytes;
+        entry.live_allocs += stack.live_allocs;
+        entry.bytes_per_s += stack.growth.bytes_per_s;
+        entry.leak_suspects += usize::from(stack.growth.verdict.is_suspect());
+    }
+    let mut origins: Vec<OriginReport> = by_origin.into_values().collect();
+    origins.sort_by(|a, b| {
+        b.live_bytes
+            .cmp(&a.live_bytes)
+            .then(a.origin.cmp(&b.origin))
+    });
+    origins
 }
 
 /// The call and loss counts of one target (live and allocated bytes come from its sites).

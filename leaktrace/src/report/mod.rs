@@ -138,9 +138,11 @@ mod render_tests {
                 free_probe: "at +3".into(),
                 alive_at_end: true,
                 exit_code: None,
+                notes: Vec::new(),
                 totals: totals.clone(),
             }],
             totals,
+            origins: Vec::new(),
             stacks: vec![StackReport {
                 pid: 42,
                 kind: "heap".into(),
@@ -149,6 +151,7 @@ mod render_tests {
                 allocated_bytes: 3000,
                 alloc_calls: 3,
                 growth: classify(&series),
+                origin: crate::analyze::origin::Origin::Other,
                 series,
                 frames: vec![
                     Frame {
@@ -189,7 +192,7 @@ leaktrace: traced 1 process for 3.0s (interval 1s), ended by duration
     live 2.9 KiB in 3 blocks; allocated 6.9 KiB in 4 calls; 1 frees, 0 failed allocations
     losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stacks not stored, 0 stacks truncated, 0 in-flight map full, 0 missed frees, 0 missed returns
 
-Top 1 of 1 stacks by live bytes:
+Leak suspects, fastest growing first (1 of 1):
 ";
         assert!(text.starts_with(expected), "{text}");
         assert!(text.contains("#1  2.9 KiB live in 3 blocks  (2.9 KiB allocated in 3 calls)"));

@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use crate::analyze::growth::Growth;
+use crate::analyze::{growth::Growth, origin::Origin};
 
 /// Version of the JSON report layout.
 pub const FORMAT_VERSION: u32 = 1;
@@ -18,8 +18,23 @@ pub struct Report {
     pub trace: TraceInfo,
     pub targets: Vec<TargetReport>,
     pub totals: Totals,
+    /// Live bytes and growth by the kind of memory allocated.
+    pub origins: Vec<OriginReport>,
     /// Allocation sites, by live bytes, largest first.
     pub stacks: Vec<StackReport>,
+}
+
+/// The stacks of one origin class, summed.
+#[derive(Clone, Debug, Serialize)]
+pub struct OriginReport {
+    pub origin: Origin,
+    pub stacks: usize,
+    pub live_bytes: i64,
+    pub live_allocs: i64,
+    /// Sum of the stacks' growth rates.
+    pub bytes_per_s: f64,
+    /// Stacks with verdict `leak` or `growing`.
+    pub leak_suspects: usize,
 }
 
 /// How the trace was taken.
@@ -48,6 +63,8 @@ pub struct TargetReport {
     /// Exit status, for a command started by `leaktrace run`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
+    /// What the reader should know: missing perf maps and the like.
+    pub notes: Vec<String>,
     pub totals: Totals,
 }
 
@@ -116,6 +133,8 @@ pub struct StackReport {
     pub alloc_calls: u64,
     /// Trend of this site's live bytes over the trace.
     pub growth: Growth,
+    /// What kind of memory this site allocates.
+    pub origin: Origin,
     /// `[seconds since attach, live bytes]` at each interval.
     pub series: Vec<(f64, i64)>,
     /// Innermost first: the allocation function, then its caller, and so on.

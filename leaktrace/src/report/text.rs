@@ -47,12 +47,60 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
             tt.failed_allocs,
         );
         let _ = writeln!(out, "    {}", losses(&tt.losses));
+        for note in &target.notes {
+            let _ = writeln!(out, "    note: {note}");
+        }
     }
 
-    let shown = top.unwrap_or(DEFAULT_TOP).min(report.stacks.len());
+    let limit = top.unwrap_or(DEFAULT_TOP);
+    let mut suspects: Vec<&StackReport> = report
+        .stacks
+        .iter()
+        .filter(|s| s.growth.verdict.is_suspect())
+        .collect();
+    suspects.sort_by(|a, b| b.growth.bytes_per_s.total_cmp(&a.growth.bytes_per_s));
+    if suspects.is_empty() {
+        let _ = writeln!(out, "\nNo leak suspects: no stack grew through the trace.");
+    } else {
+        let _ = writeln!(
+            out,
+            "\nLeak suspects, fastest growing first ({} of {}):",
+            suspects.len().min(limit),
+            suspects.len()
+        );
+        for (i, stack) in suspects.iter().take(limit).enumerate() {
+            write_stack(&mut out, i + 1, stack);
+        }
+    }
+
+    if !report.origins.is_empty() {
+        let _ = writeln!(out, "\nLive bytes by origin:");
+        for o in &report.origins {
+            let _ = writeln!(
+                out,
+                "  {:<13} {:>10} in {:>5} stacks, {}/s, {} suspects",
+                o.origin.as_str(),
+                bytes(o.live_bytes),
+                o.stacks,
+                Rate(o.bytes_per_s),
+                o.leak_suspects
+            );
+        }
+    }
+
+    let others: Vec<&StackReport> = report
+        .stacks
+        .iter()
+        .filter(|s| !s.growth.verdict.is_suspect())
+        .take(limit)
+        .collect();
     let total = report.stacks.len() + t.stacks_omitted;
-    let _ = writeln!(out, "\nTop {shown} of {total} stacks by live bytes:");
-    for (i, stack) in report.stacks.iter().take(shown).enumerate() {
+    let _ = writeln!(
+        out,
+        "\nLargest other stacks by live bytes ({} of {total} stacks in all):",
+        others.len()
+    );
+    for (i, stack) in others.iter().enumerate() {
         write_stack(&mut out, i + 1, stack);
     }
     out
@@ -61,7 +109,7 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
 fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
     let _ = writeln!(
         out,
-        "\n#{rank}  {} live in {} blocks  ({} allocated in {} calls)  {} {}/s {}  [pid {}, {}]",
+        "\n#{rank}  {} live in {} blocks  ({} allocated in {} calls)  {} {}/s {}  [pid {}, {}, {}]",
         bytes(s.live_bytes),
         s.live_allocs,
         bytes(s.allocated_bytes as i64),
@@ -71,6 +119,7 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
         sparkline(&s.series, 16),
         s.pid,
         s.kind,
+        s.origin.as_str(),
     );
     for frame in &s.frames {
         let _ = writeln!(out, "      {}", frame_line(frame));
