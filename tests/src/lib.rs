@@ -54,7 +54,7 @@ pub fn leaktrace() -> Command {
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
-/// Builds `tests/fixtures/<name>.c` with gcc (frame pointers kept, so stacks are whole) and
+/// Builds `tests/fixtures/<name>.c` (`name` may name a subfolder) with gcc (frame pointers kept, so stacks are whole) and
 /// returns the executable. `extra` adds compiler flags (e.g. `-static`), and names the variant.
 pub fn fixture(name: &str, extra: &[&str]) -> PathBuf {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
@@ -62,10 +62,11 @@ pub fn fixture(name: &str, extra: &[&str]) -> PathBuf {
     let dir = root().join("target/fixtures");
     fs::create_dir_all(&dir).expect("creating target/fixtures");
     let variant = extra.join("").replace(['-', '/', '='], "");
+    let base = name.replace('/', "-");
     let exe = dir.join(if variant.is_empty() {
-        name.to_string()
+        base
     } else {
-        format!("{name}-{variant}")
+        format!("{base}-{variant}")
     });
     let fresh = |exe: &Path| {
         let (Ok(src), Ok(bin)) = (fs::metadata(&source), fs::metadata(exe)) else {

@@ -66,6 +66,11 @@ pub enum ProbeError {
         library: String,
         function: &'static str,
     },
+    #[error(
+        "`{function}` in {library} is an alias of another allocation function with other \
+         arguments; leaktrace cannot trace this library"
+    )]
+    Alias { library: String, function: &'static str },
     #[error("`{function}` in {library} starts with instructions the kernel cannot probe")]
     Unprobeable {
         library: String,
@@ -236,6 +241,9 @@ impl Probes {
         let scope = UProbeScope::OneProcess(pid);
         let mut functions = Vec::new();
 
+        // Offsets already probed, with the program there: glibc's aligned_alloc is an alias of
+        // memalign, and two probes at one address would both fire on every call.
+        let mut probed: HashMap<u64, &'static str> = HashMap::new();
         for hook in HOOKS {
             let code = match placement::function_bytes(&elf, hook.function, 0) {
                 Ok(code) => code,
@@ -251,6 +259,18 @@ impl Probes {
                     continue;
                 }
             };
+            if let Some(&program) = probed.get(&code.file_offset) {
+                debug!(function = hook.function, "an alias of a function already probed");
+                if program == hook.program {
+                    functions.push(hook.function);
+                    continue;
+                }
+                return Err(ProbeError::Alias {
+                    library,
+                    function: hook.function,
+                });
+            }
+            probed.insert(code.file_offset, hook.program);
             let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset);
             self.attach_one(
                 hook.program,

@@ -1,0 +1,146 @@
+//! Coverage beyond malloc and free: the aligned allocation functions, failing calls, and
+//! threads that free each other's blocks, exact under glibc.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use leaktrace_tests::{
+    SiteTotals, Target, Tracer, fixture, have_root, losses, read_report, scratch, site,
+};
+use serde_json::Value;
+
+/// Traces a coverage fixture (tests/fixtures/coverage) for `rounds` rounds; returns the report
+/// and the fixture's PID.
+fn trace(name: &str, rounds: u64) -> (Value, u32) {
+    let out = scratch(&format!("coverage_{name}")).join("report.json");
+    let mut target = Target::start(
+        &fixture(&format!("coverage/{name}"), &[]),
+        &[&rounds.to_string()],
+    );
+    let pid = target.pid();
+    let tracer = Tracer::attach(&[
+        &pid.to_string(),
+        "--interval",
+        "100ms",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    target.send("go");
+    target.expect_line("done");
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "leaktrace failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        target.finish(),
+        0,
+        "the fixture's self-checks passed and it is unharmed"
+    );
+    (read_report(&out), pid)
+}
+
+fn totals(live: i64, blocks: i64, allocated: u64, calls: u64) -> SiteTotals {
+    SiteTotals {
+        stacks: 0,
+        live_bytes: live,
+        live_allocs: blocks,
+        allocated_bytes: allocated,
+        alloc_calls: calls,
+    }
+}
+
+fn check(report: &Value, pid: u32, function: &str, expected: SiteTotals) {
+    let mut got = site(report, pid, function);
+    assert!(
+        got.stacks > 0 || expected.alloc_calls == 0,
+        "no stack names {function}"
+    );
+    got.stacks = 0;
+    assert_eq!(got, expected, "{function}");
+}
+
+#[test]
+fn aligned_allocations_and_failures_are_exact() {
+    if !have_root("aligned_allocations_and_failures_are_exact") {
+        return;
+    }
+    let r = 10;
+    let (report, pid) = trace("aligned", r);
+    let ri = r as i64;
+    check(
+        &report,
+        pid,
+        "keep_posix_memalign",
+        totals(3000 * ri, 3 * ri, 3000 * r, 3 * r),
+    );
+    check(
+        &report,
+        pid,
+        "keep_aligned_alloc",
+        totals(4096 * ri, 2 * ri, 4096 * r, 2 * r),
+    );
+    check(
+        &report,
+        pid,
+        "keep_memalign",
+        totals(5000 * ri, ri, 5000 * r, r),
+    );
+    check(
+        &report,
+        pid,
+        "keep_valloc",
+        totals(3000 * ri, ri, 3000 * r, r),
+    );
+    // pvalloc(100) takes a whole page; what was asked for is what counts.
+    check(
+        &report,
+        pid,
+        "keep_pvalloc",
+        totals(100 * ri, ri, 100 * r, r),
+    );
+    check(
+        &report,
+        pid,
+        "free_all_aligned",
+        totals(0, 0, 11148 * r, 5 * r),
+    );
+    check(&report, pid, "fail_posix_memalign", totals(0, 0, 0, 0));
+    check(&report, pid, "fail_malloc", totals(0, 0, 0, 0));
+    let target = &report["targets"][0]["totals"];
+    assert_eq!(target["live_bytes"].as_i64(), Some(15196 * ri));
+    assert_eq!(target["alloc_calls"].as_u64(), Some(13 * r));
+    assert_eq!(target["free_calls"].as_u64(), Some(5 * r));
+    assert_eq!(target["failed_allocs"].as_u64(), Some(2 * r));
+    for (name, value) in losses(&report) {
+        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
+    }
+}
+
+#[test]
+fn threads_freeing_each_others_blocks_are_exact() {
+    if !have_root("threads_freeing_each_others_blocks_are_exact") {
+        return;
+    }
+    let r = 10;
+    let (report, pid) = trace("threads", r);
+    let ri = r as i64;
+    check(
+        &report,
+        pid,
+        "thread_alloc",
+        totals(0, 0, 204_800 * r, 400 * r),
+    );
+    check(
+        &report,
+        pid,
+        "thread_keep",
+        totals(10_240 * ri, 40 * ri, 10_240 * r, 40 * r),
+    );
+    let target = &report["targets"][0]["totals"];
+    assert_eq!(target["free_calls"].as_u64(), Some(400 * r));
+    for (name, value) in losses(&report) {
+        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
+    }
+}
