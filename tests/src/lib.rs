@@ -57,12 +57,20 @@ static BUILD_LOCK: Mutex<()> = Mutex::new(());
 /// Builds `tests/fixtures/<name>.c` (`name` may name a subfolder) with gcc (frame pointers kept, so stacks are whole) and
 /// returns the executable. `extra` adds compiler flags (e.g. `-static`), and names the variant.
 pub fn fixture(name: &str, extra: &[&str]) -> PathBuf {
+    fixture_with("gcc", name, extra)
+}
+
+/// [`fixture`] built by another compiler driver (`musl-gcc` links against musl).
+pub fn fixture_with(cc: &str, name: &str, extra: &[&str]) -> PathBuf {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let source = root().join(format!("tests/fixtures/{name}.c"));
     let dir = root().join("target/fixtures");
     fs::create_dir_all(&dir).expect("creating target/fixtures");
     let variant = extra.join("").replace(['-', '/', '='], "");
-    let base = name.replace('/', "-");
+    let base = match cc {
+        "gcc" => name.replace('/', "-"),
+        other => format!("{}-{other}", name.replace('/', "-")),
+    };
     let exe = dir.join(if variant.is_empty() {
         base
     } else {
@@ -75,14 +83,14 @@ pub fn fixture(name: &str, extra: &[&str]) -> PathBuf {
         matches!((src.modified(), bin.modified()), (Ok(s), Ok(b)) if b >= s)
     };
     if !fresh(&exe) {
-        let status = Command::new("gcc")
+        let status = Command::new(cc)
             .args(["-O1", "-g", "-fno-omit-frame-pointer", "-pthread", "-o"])
             .arg(&exe)
             .arg(&source)
             .args(extra)
             .status()
-            .expect("running gcc");
-        assert!(status.success(), "gcc failed on {}", source.display());
+            .unwrap_or_else(|e| panic!("running {cc} (cargo xtask setup installs it): {e}"));
+        assert!(status.success(), "{cc} failed on {}", source.display());
     }
     exe
 }

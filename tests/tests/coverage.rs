@@ -3,18 +3,16 @@
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
 use leaktrace_tests::{
-    SiteTotals, Target, Tracer, fixture, have_root, losses, read_report, scratch, site,
+    SiteTotals, Target, Tracer, fixture_with, have_root, losses, read_report, scratch, site,
 };
 use serde_json::Value;
 
 /// Traces a coverage fixture (tests/fixtures/coverage) for `rounds` rounds; returns the report
 /// and the fixture's PID.
-fn trace(name: &str, rounds: u64) -> (Value, u32) {
-    let out = scratch(&format!("coverage_{name}")).join("report.json");
-    let mut target = Target::start(
-        &fixture(&format!("coverage/{name}"), &[]),
-        &[&rounds.to_string()],
-    );
+fn trace(cc: &str, name: &str, rounds: u64) -> (Value, u32) {
+    let out = scratch(&format!("coverage_{name}_{cc}")).join("report.json");
+    let exe = fixture_with(cc, &format!("coverage/{name}"), &[]);
+    let mut target = Target::start(&exe, &[&rounds.to_string()]);
     let pid = target.pid();
     let tracer = Tracer::attach(&[
         &pid.to_string(),
@@ -67,7 +65,7 @@ fn aligned_allocations_and_failures_are_exact() {
         return;
     }
     let r = 10;
-    let (report, pid) = trace("aligned", r);
+    let (report, pid) = trace("gcc", "aligned", r);
     let ri = r as i64;
     check(
         &report,
@@ -124,7 +122,7 @@ fn threads_freeing_each_others_blocks_are_exact() {
         return;
     }
     let r = 10;
-    let (report, pid) = trace("threads", r);
+    let (report, pid) = trace("gcc", "threads", r);
     let ri = r as i64;
     check(
         &report,
@@ -140,6 +138,67 @@ fn threads_freeing_each_others_blocks_are_exact() {
     );
     let target = &report["targets"][0]["totals"];
     assert_eq!(target["free_calls"].as_u64(), Some(400 * r));
+    for (name, value) in losses(&report) {
+        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
+    }
+}
+
+#[test]
+fn musl_is_traced_exactly() {
+    if !have_root("musl_is_traced_exactly") {
+        return;
+    }
+    let r = 10;
+    let ri = r as i64;
+    let (report, pid) = trace("musl-gcc", "aligned", r);
+    assert!(
+        report["targets"][0]["allocator"]
+            .as_str()
+            .is_some_and(|a| a.contains("musl")),
+        "{}",
+        report["targets"][0]["allocator"]
+    );
+    check(
+        &report,
+        pid,
+        "keep_posix_memalign",
+        totals(3000 * ri, 3 * ri, 3000 * r, 3 * r),
+    );
+    check(
+        &report,
+        pid,
+        "keep_memalign",
+        totals(5000 * ri, ri, 5000 * r, r),
+    );
+    check(
+        &report,
+        pid,
+        "keep_valloc",
+        totals(3000 * ri, ri, 3000 * r, r),
+    );
+    // musl has no pvalloc: four frees per round, not five.
+    check(
+        &report,
+        pid,
+        "free_all_aligned",
+        totals(0, 0, 11048 * r, 4 * r),
+    );
+    let target = &report["targets"][0]["totals"];
+    assert_eq!(target["live_bytes"].as_i64(), Some(15096 * ri));
+    assert_eq!(target["failed_allocs"].as_u64(), Some(2 * r));
+    let (report, pid) = trace("musl-gcc", "threads", r);
+    check(
+        &report,
+        pid,
+        "thread_alloc",
+        totals(0, 0, 204_800 * r, 400 * r),
+    );
+    check(
+        &report,
+        pid,
+        "thread_keep",
+        totals(10_240 * ri, 40 * ri, 10_240 * r, 40 * r),
+    );
     for (name, value) in losses(&report) {
         assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
     }

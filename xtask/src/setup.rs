@@ -9,7 +9,8 @@ use crate::shell::{self, output, succeeds};
 /// Debian packages the build and the tests need, with the command that shows each is present.
 ///
 /// LLVM 22 matches the LLVM inside rustc 1.98, which bpf-linker must link against; bpftool lets
-/// the tests check the kernel's own list of loaded programs.
+/// the tests check the kernel's own list of loaded programs; musl-tools builds fixtures against
+/// musl.
 const PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -17,6 +18,7 @@ const PACKAGES: &[&str] = &[
     "libpolly-22-dev",
     "bpftool",
     "nodejs",
+    "musl-tools",
 ];
 
 /// bpf-linker built against Debian's LLVM 22 (its default features want LLVM 23).

@@ -70,7 +70,10 @@ pub enum ProbeError {
         "`{function}` in {library} is an alias of another allocation function with other \
          arguments; leaktrace cannot trace this library"
     )]
-    Alias { library: String, function: &'static str },
+    Alias {
+        library: String,
+        function: &'static str,
+    },
     #[error("`{function}` in {library} starts with instructions the kernel cannot probe")]
     Unprobeable {
         library: String,
@@ -260,7 +263,10 @@ impl Probes {
                 }
             };
             if let Some(&program) = probed.get(&code.file_offset) {
-                debug!(function = hook.function, "an alias of a function already probed");
+                debug!(
+                    function = hook.function,
+                    "an alias of a function already probed"
+                );
                 if program == hook.program {
                     functions.push(hook.function);
                     continue;

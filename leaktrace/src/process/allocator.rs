@@ -15,9 +15,11 @@ pub struct Allocator {
     pub inode: u64,
 }
 
-/// File names of the C libraries leaktrace knows: glibc and musl.
+/// File names of the C libraries leaktrace knows: glibc and musl (Alpine's loader name, and
+/// Debian's `libc.so`, which is musl's loader and libc in one).
 fn is_libc(name: &str) -> bool {
     name == "libc.so.6"
+        || name == "libc.so"
         || (name.starts_with("libc-") && name.ends_with(".so"))
         || (name.starts_with("ld-musl-") && name.ends_with(".so.1"))
         || name == "libc.musl-x86_64.so.1"
@@ -47,6 +49,7 @@ mod tests {
             "libc-2.31.so",
             "ld-musl-x86_64.so.1",
             "libc.musl-x86_64.so.1",
+            "libc.so",
         ] {
             assert!(is_libc(name), "{name}");
         }
