@@ -213,3 +213,16 @@ fn array_size(n: u64, size: u64) -> u64 {
 fn arg(ctx: &ProbeContext, n: usize) -> u64 {
     ctx.arg::<u64>(n).unwrap_or(0)
 }
+
+/// Does nothing, attached where the entry and free probes go: `cargo xtask bench` measures the
+/// cost of the traps alone with it (`leaktrace --empty-probes`).
+#[uprobe]
+pub fn empty_enter(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// Does nothing, attached where the return probe goes; see [`empty_enter`].
+#[uretprobe]
+pub fn empty_return(_ctx: RetProbeContext) -> u32 {
+    0
+}

@@ -4,7 +4,10 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{probe::MapLimits, report::Format};
+use crate::{
+    probe::{MapLimits, ProbeMode},
+    report::Format,
+};
 
 /// Find the native allocations that keep growing in a running process.
 ///
@@ -72,9 +75,21 @@ pub struct TraceArgs {
     /// Most distinct call stacks stored (each costs about 0.5 KiB of kernel memory once seen).
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_STACK_TRACES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stack_traces: u32,
+    /// Attach programs that do nothing, at the same places (for `cargo xtask bench`: the cost of
+    /// the traps alone).
+    #[arg(long, hide = true)]
+    pub empty_probes: bool,
 }
 
 impl TraceArgs {
+    pub fn mode(&self) -> ProbeMode {
+        if self.empty_probes {
+            ProbeMode::Empty
+        } else {
+            ProbeMode::Trace
+        }
+    }
+
     pub fn limits(&self) -> MapLimits {
         MapLimits {
             live_allocs: self.max_live_allocs,

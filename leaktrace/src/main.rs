@@ -63,6 +63,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         interval: args.interval,
         top: args.top,
         limits: args.limits(),
+        mode: args.mode(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -20,7 +20,7 @@ use crate::{
     analyze::History,
     collect::{self, Snapshot, StackCache},
     preflight,
-    probe::{Attachment, MapLimits, Probes},
+    probe::{Attachment, MapLimits, ProbeMode, Probes},
     process::{Target, spawn},
     report::{
         Report,
@@ -37,6 +37,7 @@ pub struct Options {
     pub interval: Duration,
     pub top: Option<usize>,
     pub limits: MapLimits,
+    pub mode: ProbeMode,
 }
 
 const LOADER_POLL: Duration = Duration::from_micros(200);
@@ -121,7 +122,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
                 let allocator = target.allocator()?;
                 targets.push((target, allocator));
             }
-            let mut session = Session::new(options.limits)?;
+            let mut session = Session::new(options.limits, options.mode)?;
             for (target, allocator) in targets {
                 session.attach(target, &allocator)?;
             }
@@ -135,7 +136,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
         Start::Run(argv) => {
             let held = spawn::hold(&argv)?;
             let pid = held.pid;
-            let mut session = match Session::new(options.limits) {
+            let mut session = match Session::new(options.limits, options.mode) {
                 Ok(session) => session,
                 Err(err) => {
                     // The child would run untraced: end it before reporting the error.
@@ -203,9 +204,9 @@ fn reap(pid: u32) -> i32 {
 }
 
 impl Session {
-    fn new(limits: MapLimits) -> anyhow::Result<Self> {
+    fn new(limits: MapLimits, mode: ProbeMode) -> anyhow::Result<Self> {
         Ok(Self {
-            probes: Probes::load(limits)?,
+            probes: Probes::load(limits, mode)?,
             traced: Vec::new(),
             history: History::default(),
             stacks: StackCache::default(),

@@ -26,6 +26,17 @@ pub struct MapLimits {
     pub stack_traces: u32,
 }
 
+/// What the attached programs do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// Account for every allocation.
+    #[default]
+    Trace,
+    /// Programs that return at once, at the same places: the cost of the traps alone, the
+    /// floor that `cargo xtask bench` compares the tracer with.
+    Empty,
+}
+
 impl Default for MapLimits {
     fn default() -> Self {
         Self {
@@ -119,7 +130,11 @@ const fn hook(function: &'static str, program: &'static str, required: bool) -> 
 
 const RETURN_PROGRAM: &str = "alloc_return";
 const FREE_PROGRAM: &str = "free_enter";
+const EMPTY_ENTRY: &str = "empty_enter";
+const EMPTY_RETURN: &str = "empty_return";
 const PROGRAMS: &[&str] = &[
+    EMPTY_ENTRY,
+    EMPTY_RETURN,
     "alloc_size_arg0",
     "alloc_size_arg1",
     "calloc_enter",
@@ -178,12 +193,13 @@ pub struct Attachment {
 /// a uprobe when its last link closes, so even a killed tracer leaves nothing behind.
 pub struct Probes {
     ebpf: Ebpf,
+    mode: ProbeMode,
     links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
 impl Probes {
     /// Loads the probes with the given map capacities.
-    pub fn load(limits: MapLimits) -> Result<Self, ProbeError> {
+    pub fn load(limits: MapLimits, mode: ProbeMode) -> Result<Self, ProbeError> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries("LIVE", limits.live_allocs)
             .map_max_entries("STACK_STATS", limits.stacks)
@@ -205,6 +221,7 @@ impl Probes {
         }
         Ok(Self {
             ebpf,
+            mode,
             links: HashMap::new(),
         })
     }
@@ -345,6 +362,11 @@ impl Probes {
         scope: UProbeScope,
         pid: u32,
     ) -> Result<(), ProbeError> {
+        let program = match (self.mode, program) {
+            (ProbeMode::Trace, program) => program,
+            (ProbeMode::Empty, RETURN_PROGRAM) => EMPTY_RETURN,
+            (ProbeMode::Empty, _) => EMPTY_ENTRY,
+        };
         let prog: &mut UProbe = self
             .ebpf
             .program_mut(program)
