@@ -14,7 +14,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::oneshot,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::{
     analyze::History,
@@ -67,6 +67,8 @@ struct Traced {
     exit_code: Option<i32>,
     /// The executable, as last seen while the process lived (it changes at exec).
     exe: Option<PathBuf>,
+    /// Allocator libraries besides libc already probed (the C++ runtime), by path.
+    runtimes: Vec<PathBuf>,
 }
 
 struct Session {
@@ -240,14 +242,41 @@ impl Session {
             "attached"
         );
         self.symbolizer.remember(target.pid);
+        let index = self.traced.len();
         self.traced.push(Traced {
             exe: std::fs::read_link(format!("/proc/{}/exe", target.pid)).ok(),
             target,
             attachment,
             exit_code: None,
+            runtimes: Vec::new(),
         });
+        self.attach_runtimes(index);
         self.started = Instant::now();
         Ok(())
+    }
+
+    /// Probes allocator libraries the target has mapped since last look (a C++ runtime loaded
+    /// after exec, or by dlopen). Failing here costs attribution, not correctness: warn and go on.
+    fn attach_runtimes(&mut self, index: usize) {
+        let traced = &mut self.traced[index];
+        let Ok(runtimes) = traced.target.extra_allocators() else {
+            return;
+        };
+        for runtime in runtimes {
+            if traced.runtimes.contains(&runtime.path) {
+                continue;
+            }
+            traced.runtimes.push(runtime.path.clone());
+            match self.probes.attach_cxx(&traced.target, &runtime) {
+                Ok(functions) => traced.attachment.functions.extend(functions),
+                Err(err) => warn!(
+                    pid = traced.target.pid,
+                    library = %runtime.path.display(),
+                    %err,
+                    "cannot probe operator new: C++ allocations keep only malloc's view"
+                ),
+            }
+        }
     }
 
     /// Says on stderr that the probes are in place: from here on, every allocation counts.
@@ -364,6 +393,11 @@ impl Session {
         let snapshot = collect::snapshot(&self.probes)?;
         let at = self.started.elapsed().as_secs_f64();
         self.history.record(at, &snapshot);
+        for index in 0..self.traced.len() {
+            if self.traced[index].target.is_alive() && self.detached.is_none() {
+                self.attach_runtimes(index);
+            }
+        }
         for traced in &mut self.traced {
             // Mappings change (dlopen, exec): keep the latest for symbolizing after exit. A
             // process that is gone leaves the last ones in place.

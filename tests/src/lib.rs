@@ -63,12 +63,13 @@ pub fn fixture(name: &str, extra: &[&str]) -> PathBuf {
 /// [`fixture`] built by another compiler driver (`musl-gcc` links against musl).
 pub fn fixture_with(cc: &str, name: &str, extra: &[&str]) -> PathBuf {
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let source = root().join(format!("tests/fixtures/{name}.c"));
+    let extension = if cc.ends_with("++") { "cpp" } else { "c" };
+    let source = root().join(format!("tests/fixtures/{name}.{extension}"));
     let dir = root().join("target/fixtures");
     fs::create_dir_all(&dir).expect("creating target/fixtures");
     let variant = extra.join("").replace(['-', '/', '='], "");
     let base = match cc {
-        "gcc" => name.replace('/', "-"),
+        "gcc" | "g++" => name.replace('/', "-"),
         other => format!("{}-{other}", name.replace('/', "-")),
     };
     let exe = dir.join(if variant.is_empty() {

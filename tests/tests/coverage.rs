@@ -203,3 +203,52 @@ fn musl_is_traced_exactly() {
         assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
     }
 }
+
+#[test]
+fn cxx_operator_new_is_attributed_to_its_caller_once() {
+    if !have_root("cxx_operator_new_is_attributed_to_its_caller_once") {
+        return;
+    }
+    let r = 10;
+    let ri = r as i64;
+    let (report, pid) = trace("g++", "cxx_new", r);
+    // Demangled C++ names carry their parameter lists. libstdc++ keeps no frame pointers: these names are on the stacks only because operator new
+    // itself is probed; its malloc inside is the same allocation, counted once.
+    check(
+        &report,
+        pid,
+        "keep_new_object()",
+        totals(288 * ri, 3 * ri, 288 * r, 3 * r),
+    );
+    check(
+        &report,
+        pid,
+        "keep_new_array()",
+        totals(960 * ri, 2 * ri, 960 * r, 2 * r),
+    );
+    check(
+        &report,
+        pid,
+        "keep_aligned_new()",
+        totals(640 * ri, 3 * ri, 640 * r, 3 * r),
+    );
+    check(
+        &report,
+        pid,
+        "keep_nothrow_new()",
+        totals(480 * ri, 3 * ri, 480 * r, 3 * r),
+    );
+    check(
+        &report,
+        pid,
+        "new_then_delete()",
+        totals(0, 0, 1672 * r, 4 * r),
+    );
+    let target = &report["targets"][0]["totals"];
+    assert_eq!(target["live_bytes"].as_i64(), Some(2368 * ri));
+    assert_eq!(target["alloc_calls"].as_u64(), Some(15 * r));
+    assert_eq!(target["free_calls"].as_u64(), Some(4 * r));
+    for (name, value) in losses(&report) {
+        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
+    }
+}

@@ -119,6 +119,27 @@ const HOOKS: &[Hook] = &[
     hook("posix_memalign", "posix_memalign_enter", false),
 ];
 
+/// The C++ runtime's `operator new` family: new, new[], nothrow and aligned, all with the size
+/// first. The deletes are not probed: they reach `free`, which is.
+const CXX_HOOKS: &[Hook] = &[
+    hook("_Znwm", "alloc_size_arg0", false),
+    hook("_Znam", "alloc_size_arg0", false),
+    hook("_ZnwmRKSt9nothrow_t", "alloc_size_arg0", false),
+    hook("_ZnamRKSt9nothrow_t", "alloc_size_arg0", false),
+    hook("_ZnwmSt11align_val_t", "alloc_size_arg0", false),
+    hook("_ZnamSt11align_val_t", "alloc_size_arg0", false),
+    hook(
+        "_ZnwmSt11align_val_tRKSt9nothrow_t",
+        "alloc_size_arg0",
+        false,
+    ),
+    hook(
+        "_ZnamSt11align_val_tRKSt9nothrow_t",
+        "alloc_size_arg0",
+        false,
+    ),
+];
+
 const fn hook(function: &'static str, program: &'static str, required: bool) -> Hook {
     Hook {
         function,
@@ -197,75 +218,32 @@ pub struct Probes {
     links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
+/// Reads an allocator library's ELF file.
+fn read_library(allocator: &Allocator) -> Result<Vec<u8>, ProbeError> {
+    fs::read(&allocator.host_path).map_err(|source| ProbeError::Library {
+        path: allocator.host_path.display().to_string(),
+        source,
+    })
+}
+
 impl Probes {
-    /// Loads the probes with the given map capacities.
-    pub fn load(limits: MapLimits, mode: ProbeMode) -> Result<Self, ProbeError> {
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries("LIVE", limits.live_allocs)
-            .map_max_entries("STACK_STATS", limits.stacks)
-            .map_max_entries("STACKS", limits.stack_traces)
-            .load(aya::include_bytes_aligned!(concat!(
-                env!("OUT_DIR"),
-                "/leaktrace-probes"
-            )))
-            .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        for &name in PROGRAMS {
-            let program: &mut UProbe = ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(ProbeError::Missing(name))?;
-            program.load().map_err(|source| ProbeError::Program {
-                name,
-                source: Box::new(source),
-            })?;
-        }
-        Ok(Self {
-            ebpf,
-            mode,
-            links: HashMap::new(),
-        })
-    }
-
-    /// The loaded object, for reading its maps.
-    pub fn ebpf(&self) -> &Ebpf {
-        &self.ebpf
-    }
-
-    /// Starts tracing `target`: registers it with the probes, then attaches them to its allocator.
-    pub fn attach(
+    /// Attaches the entry (and return) program of each hook found in `elf`.
+    fn attach_functions(
         &mut self,
         target: &Target,
         allocator: &Allocator,
-    ) -> Result<Attachment, ProbeError> {
-        self.register(target.pid)?;
-        match self.attach_hooks(target, allocator) {
-            Ok(attachment) => Ok(attachment),
-            Err(err) => {
-                self.detach(target.pid);
-                Err(err)
-            }
-        }
-    }
-
-    fn attach_hooks(
-        &mut self,
-        target: &Target,
-        allocator: &Allocator,
-    ) -> Result<Attachment, ProbeError> {
+        elf: &[u8],
+        hooks: &[Hook],
+    ) -> Result<Vec<&'static str>, ProbeError> {
         let library = allocator.host_path.display().to_string();
-        let elf = fs::read(&allocator.host_path).map_err(|source| ProbeError::Library {
-            path: library.clone(),
-            source,
-        })?;
         let pid = NonZeroU32::new(target.pid).ok_or(ProbeError::Cpus("pid 0".into()))?;
         let scope = UProbeScope::OneProcess(pid);
         let mut functions = Vec::new();
-
         // Offsets already probed, with the program there: glibc's aligned_alloc is an alias of
         // memalign, and two probes at one address would both fire on every call.
         let mut probed: HashMap<u64, &'static str> = HashMap::new();
-        for hook in HOOKS {
-            let code = match placement::function_bytes(&elf, hook.function, 0) {
+        for hook in hooks {
+            let code = match placement::function_bytes(elf, hook.function, 0) {
                 Ok(code) => code,
                 Err(err) if hook.required => {
                     debug!(%err, function = hook.function, "symbol lookup failed");
@@ -315,6 +293,83 @@ impl Probes {
             }
             functions.push(hook.function);
         }
+        Ok(functions)
+    }
+
+    /// Loads the probes with the given map capacities.
+    pub fn load(limits: MapLimits, mode: ProbeMode) -> Result<Self, ProbeError> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("LIVE", limits.live_allocs)
+            .map_max_entries("STACK_STATS", limits.stacks)
+            .map_max_entries("STACKS", limits.stack_traces)
+            .load(aya::include_bytes_aligned!(concat!(
+                env!("OUT_DIR"),
+                "/leaktrace-probes"
+            )))
+            .map_err(|e| ProbeError::Load(Box::new(e)))?;
+        for &name in PROGRAMS {
+            let program: &mut UProbe = ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(ProbeError::Missing(name))?;
+            program.load().map_err(|source| ProbeError::Program {
+                name,
+                source: Box::new(source),
+            })?;
+        }
+        Ok(Self {
+            ebpf,
+            mode,
+            links: HashMap::new(),
+        })
+    }
+
+    /// The loaded object, for reading its maps.
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    /// Starts tracing `target`: registers it with the probes, then attaches them to its allocator.
+    pub fn attach(
+        &mut self,
+        target: &Target,
+        allocator: &Allocator,
+    ) -> Result<Attachment, ProbeError> {
+        self.register(target.pid)?;
+        match self.attach_hooks(target, allocator) {
+            Ok(attachment) => Ok(attachment),
+            Err(err) => {
+                self.detach(target.pid);
+                Err(err)
+            }
+        }
+    }
+
+    /// Attaches the C++ runtime's `operator new` family for an already registered target.
+    ///
+    /// libstdc++ is built without frame pointers: probed only at `malloc`, a C++ allocation's
+    /// stack would lose the function that called `new`. Probed at `operator new`, whose entry
+    /// still has the caller's return address on top and its frame pointer in `rbp`, the stack is
+    /// whole, and the `malloc` inside is a nested call, counted once.
+    pub fn attach_cxx(
+        &mut self,
+        target: &Target,
+        runtime: &Allocator,
+    ) -> Result<Vec<&'static str>, ProbeError> {
+        let elf = read_library(runtime)?;
+        self.attach_functions(target, runtime, &elf, CXX_HOOKS)
+    }
+
+    fn attach_hooks(
+        &mut self,
+        target: &Target,
+        allocator: &Allocator,
+    ) -> Result<Attachment, ProbeError> {
+        let library = allocator.host_path.display().to_string();
+        let elf = read_library(allocator)?;
+        let mut functions = self.attach_functions(target, allocator, &elf, HOOKS)?;
+        let pid = NonZeroU32::new(target.pid).ok_or(ProbeError::Cpus("pid 0".into()))?;
+        let scope = UProbeScope::OneProcess(pid);
 
         let free =
             placement::function_bytes(&elf, "free", placement::MAX_SCAN_BYTES).map_err(|err| {

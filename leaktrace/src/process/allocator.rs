@@ -4,9 +4,19 @@ use std::path::PathBuf;
 
 use super::{Target, maps::Mapping};
 
-/// The C library a process allocates through.
+/// Which allocation interface a library provides.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocatorKind {
+    /// The C library: malloc and its family, and free.
+    Libc,
+    /// The C++ runtime: the `operator new` family (deletes reach `free`, probed in libc).
+    Cxx,
+}
+
+/// A library a process allocates through.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Allocator {
+    pub kind: AllocatorKind,
     /// The path as the process names it.
     pub path: PathBuf,
     /// The same file as the host reaches it (through `/proc/PID/root`).
@@ -25,17 +35,45 @@ fn is_libc(name: &str) -> bool {
         || name == "libc.musl-x86_64.so.1"
 }
 
+/// File names of the C++ runtimes whose `operator new` is probed.
+fn is_cxx_runtime(name: &str) -> bool {
+    name.starts_with("libstdc++.so") || name.starts_with("libc++.so")
+}
+
 /// The C library among a process's executable mappings.
 pub fn find(target: &Target, mappings: &[Mapping]) -> Option<Allocator> {
-    mappings.iter().filter(|m| m.is_executable()).find_map(|m| {
-        let path = m.path.as_ref()?;
-        let name = path.file_name()?.to_str()?;
-        is_libc(name).then(|| Allocator {
-            path: path.clone(),
-            host_path: target.host_path(path),
-            inode: m.inode,
-        })
-    })
+    find_all(target, mappings)
+        .into_iter()
+        .find(|a| a.kind == AllocatorKind::Libc)
+}
+
+/// Every allocator library among a process's executable mappings, each once.
+pub fn find_all(target: &Target, mappings: &[Mapping]) -> Vec<Allocator> {
+    let mut found: Vec<Allocator> = Vec::new();
+    for m in mappings.iter().filter(|m| m.is_executable()) {
+        let Some(path) = m.path.as_ref() else {
+            continue;
+        };
+        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+            continue;
+        };
+        let kind = if is_libc(name) {
+            AllocatorKind::Libc
+        } else if is_cxx_runtime(name) {
+            AllocatorKind::Cxx
+        } else {
+            continue;
+        };
+        if found.iter().all(|a| a.path != *path) {
+            found.push(Allocator {
+                kind,
+                path: path.clone(),
+                host_path: target.host_path(path),
+                inode: m.inode,
+            });
+        }
+    }
+    found
 }
 
 #[cfg(test)]
@@ -56,5 +94,8 @@ mod tests {
         for name in ["libcrypto.so.3", "libc++.so.1", "libcap.so.2", "node"] {
             assert!(!is_libc(name), "{name}");
         }
+        assert!(is_cxx_runtime("libstdc++.so.6"));
+        assert!(is_cxx_runtime("libc++.so.1"));
+        assert!(!is_cxx_runtime("libc.so.6"));
     }
 }

@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use allocator::Allocator;
+pub use allocator::{Allocator, AllocatorKind};
 
 /// Why a process cannot be traced.
 #[derive(Debug, thiserror::Error)]
@@ -90,7 +90,16 @@ impl Target {
         }
     }
 
-    /// The allocator this process calls.
+    /// The allocator libraries this process maps besides its C library (the C++ runtime).
+    pub fn extra_allocators(&self) -> Result<Vec<Allocator>, ProcessError> {
+        let mappings = self.mappings()?;
+        Ok(allocator::find_all(self, &mappings)
+            .into_iter()
+            .filter(|a| a.kind != AllocatorKind::Libc)
+            .collect())
+    }
+
+    /// The C library this process allocates through.
     pub fn allocator(&self) -> Result<Allocator, ProcessError> {
         let mappings = self.mappings()?;
         allocator::find(self, &mappings).ok_or_else(|| ProcessError::NoAllocator {
