@@ -21,14 +21,14 @@ use crate::{
 };
 
 /// `malloc(size)`, `valloc(size)`, `pvalloc(size)`.
-#[uprobe]
+#[uprobe(multi)]
 pub fn alloc_size_arg0(ctx: ProbeContext) -> u32 {
     let size = arg(&ctx, 0);
     enter(&ctx, AllocOp::Alloc, size, 0, 0)
 }
 
 /// `memalign(align, size)`, `aligned_alloc(align, size)`.
-#[uprobe]
+#[uprobe(multi)]
 pub fn alloc_size_arg1(ctx: ProbeContext) -> u32 {
     let size = arg(&ctx, 1);
     enter(&ctx, AllocOp::Alloc, size, 0, 0)
@@ -36,21 +36,21 @@ pub fn alloc_size_arg1(ctx: ProbeContext) -> u32 {
 
 /// `calloc(n, size)`. An overflowing product makes the call fail; saturating keeps it absurd
 /// rather than small.
-#[uprobe]
+#[uprobe(multi)]
 pub fn calloc_enter(ctx: ProbeContext) -> u32 {
     let size = array_size(arg(&ctx, 0), arg(&ctx, 1));
     enter(&ctx, AllocOp::Alloc, size, 0, 0)
 }
 
 /// `realloc(ptr, size)`.
-#[uprobe]
+#[uprobe(multi)]
 pub fn realloc_enter(ctx: ProbeContext) -> u32 {
     let (old, size) = (arg(&ctx, 0), arg(&ctx, 1));
     enter(&ctx, AllocOp::Realloc, size, old, 0)
 }
 
 /// `reallocarray(ptr, n, size)`.
-#[uprobe]
+#[uprobe(multi)]
 pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
     let old = arg(&ctx, 0);
     let size = array_size(arg(&ctx, 1), arg(&ctx, 2));
@@ -58,14 +58,14 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 }
 
 /// `posix_memalign(&ptr, align, size)`.
-#[uprobe]
+#[uprobe(multi)]
 pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
     let (out, size) = (arg(&ctx, 0), arg(&ctx, 2));
     enter(&ctx, AllocOp::PosixMemalign, size, 0, out)
 }
 
 /// The return of every allocation function above.
-#[uretprobe]
+#[uretprobe(multi)]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some((pid_tgid, counters)) = current_target() else {
         return 0;
@@ -124,7 +124,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
 /// `free(ptr)`. Attached past the function's first instruction where that instruction would be
 /// single-stepped (see PLATFORM.md); it only reads the pointer register, which no emulated
 /// instruction before it changes.
-#[uprobe]
+#[uprobe(multi)]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let addr = arg(&ctx, 0);
     if addr == 0 {
@@ -216,13 +216,13 @@ fn arg(ctx: &ProbeContext, n: usize) -> u64 {
 
 /// Does nothing, attached where the entry and free probes go: `cargo xtask bench` measures the
 /// cost of the traps alone with it (`leaktrace --empty-probes`).
-#[uprobe]
+#[uprobe(multi)]
 pub fn empty_enter(_ctx: ProbeContext) -> u32 {
     0
 }
 
 /// Does nothing, attached where the return probe goes; see [`empty_enter`].
-#[uretprobe]
+#[uretprobe(multi)]
 pub fn empty_return(_ctx: RetProbeContext) -> u32 {
     0
 }

@@ -81,7 +81,7 @@ struct Session {
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
     last: Snapshot,
     started: Instant,
-    /// When the probes were detached: the end of the traced window.
+    /// When the last sample was taken: the end of the traced window.
     detached: Option<Instant>,
 }
 
@@ -173,7 +173,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
                         // SAFETY: signalling the child this function started.
                         unsafe { libc::kill(pid as i32, libc::SIGTERM) };
                     }
-                    session.detach();
+                    session.end_trace()?;
                     info!(pid, "tracing ended; waiting for the command to finish");
                     exited.await.unwrap_or(1)
                 }
@@ -441,17 +441,20 @@ impl Session {
         Ok(())
     }
 
-    fn detach(&mut self) {
+    /// Ends the traced window: takes the last sample, then detaches. Sampling first keeps the
+    /// window exact; detaching can take a while (the kernel waits out a grace period per probe).
+    fn end_trace(&mut self) -> anyhow::Result<()> {
         if self.detached.is_none() {
-            self.probes.detach_all();
+            self.sample()?;
             self.detached = Some(Instant::now());
+            self.probes.detach_all();
         }
+        Ok(())
     }
 
-    /// Detaches, takes the final sample and builds the report.
+    /// Ends the trace (if not yet ended) and builds the report.
     fn finish(mut self, options: &Options, ended_by: &'static str) -> anyhow::Result<Report> {
-        self.detach();
-        self.sample()?;
+        self.end_trace()?;
         let targets = self
             .traced
             .iter()

@@ -107,8 +107,14 @@ pub struct Target {
 impl Target {
     /// Starts `exe args` and waits for its `ready` line.
     pub fn start(exe: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(exe)
-            .args(args)
+        let mut cmd = Command::new(exe);
+        cmd.args(args);
+        Self::spawn(cmd)
+    }
+
+    /// Starts `cmd` (stdin and stdout are piped here) and waits for its `ready` line.
+    pub fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

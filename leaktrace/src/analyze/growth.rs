@@ -34,6 +34,10 @@ const MIN_TEST_POINTS: usize = 5;
 const LEAK_MIN_POINTS: usize = 10;
 /// A shorter window cannot separate a leak from a warm-up either.
 const LEAK_MIN_SECONDS: f64 = 5.0;
+/// Least rise, in bytes, for a leak: a few strings kept by a runtime warming up (a process has
+/// hundreds of such stacks) are not worth an engineer's attention, however steady. Smaller
+/// steady growth stays `growing`, listed but not called a leak.
+const LEAK_MIN_RISE_BYTES: f64 = 64.0 * 1024.0;
 /// A swing of this fraction of the window's peak, down and later up again,
 /// is memory given back: a garbage collector's tooth or a freed buffer.
 const GIVE_BACK: f64 = 0.5;
@@ -294,6 +298,7 @@ fn decide(
     // 8, 9.
     let leak = values.len() >= LEAK_MIN_POINTS
         && duration >= LEAK_MIN_SECONDS
+        && rise >= LEAK_MIN_RISE_BYTES
         && whole.s > 0
         && p < LEAK_SIGNIFICANCE
         && slope > 0.0
@@ -1031,17 +1036,27 @@ mod tests {
 
     #[test]
     fn irregular_late_starting_series_is_judged_by_time() {
-        // First seen at 100 s, sampled at uneven times; 2 KiB/s throughout.
+        // First seen at 100 s, sampled at uneven times; 4 KiB/s throughout.
         let times = [
             100.0, 100.5, 103.0, 104.0, 107.5, 108.0, 111.0, 115.0, 116.0, 120.0, 121.5, 125.0,
         ];
         let series: Vec<(f64, i64)> = times
             .iter()
-            .map(|&t| (t, ((t - 100.0) * 2048.0) as i64))
+            .map(|&t| (t, ((t - 100.0) * 4096.0) as i64))
             .collect();
         let growth = classify(&series);
         assert_eq!(growth.verdict, Verdict::Leak);
-        assert_close(growth.bytes_per_s, 2048.0, 1.0);
+        assert_close(growth.bytes_per_s, 4096.0, 1.0);
+    }
+
+    #[test]
+    fn steady_growth_too_small_to_matter_is_not_a_leak() {
+        // A runtime keeping a few strings: perfectly steady, 10 B/s for 20 s.
+        let series = per_second((0..20).map(|t| t * 10));
+        assert_eq!(classify(&series).verdict, Verdict::Growing);
+        // The same shape at 8 KiB/s is one.
+        let series = per_second((0..20).map(|t| t * 8192));
+        assert_eq!(classify(&series).verdict, Verdict::Leak);
     }
 
     #[test]

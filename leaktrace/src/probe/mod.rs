@@ -242,6 +242,8 @@ impl Probes {
         // Offsets already probed, with the program there: glibc's aligned_alloc is an alias of
         // memalign, and two probes at one address would both fire on every call.
         let mut probed: HashMap<u64, &'static str> = HashMap::new();
+        let mut by_program: Vec<(&'static str, Vec<(&'static str, u64)>)> = Vec::new();
+        let mut returns = Vec::new();
         for hook in hooks {
             let code = match placement::function_bytes(elf, hook.function, 0) {
                 Ok(code) => code,
@@ -272,26 +274,20 @@ impl Probes {
                 });
             }
             probed.insert(code.file_offset, hook.program);
-            let location = UProbeAttachLocation::AbsoluteOffset(code.file_offset);
-            self.attach_one(
-                hook.program,
-                hook.function,
-                location,
-                &allocator.host_path,
-                scope,
-                target.pid,
-            )?;
+            match by_program.iter_mut().find(|(p, _)| *p == hook.program) {
+                Some((_, points)) => points.push((hook.function, code.file_offset)),
+                None => by_program.push((hook.program, vec![(hook.function, code.file_offset)])),
+            }
             if hook.returns {
-                self.attach_one(
-                    RETURN_PROGRAM,
-                    hook.function,
-                    location,
-                    &allocator.host_path,
-                    scope,
-                    target.pid,
-                )?;
+                returns.push((hook.function, code.file_offset));
             }
             functions.push(hook.function);
+        }
+        // One multi-uprobe link per program: attaching and, above all, detaching cost one
+        // kernel grace period per link, not per function.
+        by_program.push((RETURN_PROGRAM, returns));
+        for (program, points) in &by_program {
+            self.attach_many(program, points, &allocator.host_path, scope, target.pid)?;
         }
         Ok(functions)
     }
@@ -388,10 +384,9 @@ impl Probes {
             },
         );
         let note = free_note(&placed, &library)?;
-        self.attach_one(
+        self.attach_many(
             FREE_PROGRAM,
-            "free",
-            UProbeAttachLocation::AbsoluteOffset(free.file_offset + placed.offset),
+            &[("free", free.file_offset + placed.offset)],
             &allocator.host_path,
             scope,
             target.pid,
@@ -408,15 +403,17 @@ impl Probes {
     }
 
     /// Attaches one program at one location of `library` for `pid`.
-    fn attach_one(
+    fn attach_many(
         &mut self,
         program: &'static str,
-        function: &'static str,
-        location: UProbeAttachLocation<'_>,
+        points: &[(&'static str, u64)],
         library: &std::path::Path,
         scope: UProbeScope,
         pid: u32,
     ) -> Result<(), ProbeError> {
+        if points.is_empty() {
+            return Ok(());
+        }
         let program = match (self.mode, program) {
             (ProbeMode::Trace, program) => program,
             (ProbeMode::Empty, RETURN_PROGRAM) => EMPTY_RETURN,
@@ -427,14 +424,17 @@ impl Probes {
             .program_mut(program)
             .and_then(|p| p.try_into().ok())
             .ok_or(ProbeError::Missing(program))?;
-        let link =
-            prog.attach([location], library, scope)
-                .map_err(|source| ProbeError::Attach {
-                    function,
-                    library: library.display().to_string(),
-                    pid,
-                    source: Box::new(source),
-                })?;
+        let locations = points
+            .iter()
+            .map(|&(_, offset)| UProbeAttachLocation::AbsoluteOffset(offset));
+        let link = prog
+            .attach(locations, library, scope)
+            .map_err(|source| ProbeError::Attach {
+                function: points[0].0,
+                library: library.display().to_string(),
+                pid,
+                source: Box::new(source),
+            })?;
         self.links.entry(pid).or_default().push((program, link));
         Ok(())
     }

@@ -1,0 +1,175 @@
+//! Node.js end to end: plain `node --perf-basic-prof` programs with the native-memory leaks
+//! people hit, and controls that churn the same memory without leaking (tests/fixtures/node).
+//! Each leak's top suspect must be a `leak` naming the JavaScript function (or the addon's C
+//! function) that allocates; no control may yield a `leak`.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use std::{path::PathBuf, process::Command, sync::Mutex};
+
+use leaktrace_tests::{Target, Tracer, have_root, read_report, root, scratch};
+use serde_json::Value;
+
+/// Seconds each fixture runs its workload while traced.
+const SECONDS: &str = "15";
+
+static ADDON: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Builds the N-API addon the addon fixtures load (gcc against /usr/include/node).
+fn addon() -> PathBuf {
+    let mut built = ADDON.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let out = root().join("target/fixtures/addon");
+    let status = Command::new("sh")
+        .arg(root().join("tests/fixtures/node/addon/build.sh"))
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running addon/build.sh");
+    assert!(status.success(), "building the N-API addon failed");
+    let path = out.join("leaky_addon.node");
+    *built = Some(path.clone());
+    path
+}
+
+fn start(fixture: &str) -> Target {
+    let mut cmd = Command::new("node");
+    cmd.arg("--perf-basic-prof")
+        .arg(root().join(format!("tests/fixtures/node/{fixture}.js")))
+        .arg(SECONDS)
+        .env("LEAKY_ADDON", addon());
+    Target::spawn(cmd)
+}
+
+/// Traces the fixtures together for their whole workload; returns the report and their PIDs.
+fn trace(test: &str, fixtures: &[&str]) -> (Value, Vec<u32>) {
+    let out = scratch(test).join("report.json");
+    let mut targets: Vec<Target> = fixtures.iter().map(|f| start(f)).collect();
+    let pids: Vec<String> = targets.iter().map(|t| t.pid().to_string()).collect();
+    let mut args: Vec<&str> = pids.iter().map(String::as_str).collect();
+    args.extend(["--interval", "500ms", "--format", "json", "-o"]);
+    args.push(out.to_str().expect("utf-8 path"));
+    let tracer = Tracer::attach(&args);
+    for target in &mut targets {
+        target.send("go");
+    }
+    for target in &mut targets {
+        target.expect_line("done");
+    }
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "leaktrace failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pids = targets.iter().map(Target::pid).collect();
+    for target in targets {
+        assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    }
+    (read_report(&out), pids)
+}
+
+fn stacks_of(report: &Value, pid: u32) -> Vec<&Value> {
+    report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .collect()
+}
+
+fn names(stack: &Value) -> Vec<&str> {
+    stack["frames"]
+        .as_array()
+        .expect("frames[]")
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect()
+}
+
+/// The stack with the fastest growth among `pid`'s leak suspects.
+fn top_suspect(report: &Value, pid: u32) -> &Value {
+    stacks_of(report, pid)
+        .into_iter()
+        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
+        .max_by(|a, b| {
+            let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
+            rate(a).total_cmp(&rate(b))
+        })
+        .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
+}
+
+#[test]
+fn each_leak_pattern_is_found_and_named() {
+    if !have_root("each_leak_pattern_is_found_and_named") {
+        return;
+    }
+    // (fixture, the function that must be on the top suspect's stack, its frame kind)
+    let leaks = [
+        ("leak-global-array", "leakIntoGlobalArray", "js"),
+        ("leak-timer-closure", "scheduleLeakyTimer", "js"),
+        ("leak-event-listener", "handleRequestAddingListener", "js"),
+        ("leak-unbounded-cache", "cacheResponse", "js"),
+        ("leak-addon", "leaky_addon_retain", "native"),
+    ];
+    let fixtures: Vec<&str> = leaks.iter().map(|(f, _, _)| *f).collect();
+    let (report, pids) = trace("node_leaks", &fixtures);
+    for ((fixture, function, kind), pid) in leaks.iter().zip(pids) {
+        let suspect = top_suspect(&report, pid);
+        assert_eq!(
+            suspect["growth"]["verdict"],
+            "leak",
+            "{fixture}: top suspect {:?} is not a leak: {}",
+            names(suspect),
+            suspect["growth"]
+        );
+        let frame = suspect["frames"]
+            .as_array()
+            .expect("frames[]")
+            .iter()
+            .find(|f| f["function"].as_str() == Some(function))
+            .unwrap_or_else(|| panic!("{fixture}: {function} not on {:?}", names(suspect)));
+        assert_eq!(frame["kind"], *kind, "{fixture}: {frame}");
+        if *kind == "js" {
+            assert!(
+                frame["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with(&format!("{fixture}.js"))),
+                "{fixture}: {frame}"
+            );
+            assert!(frame["line"].as_u64().is_some_and(|l| l > 0), "{frame}");
+            assert_eq!(suspect["origin"], "buffer", "{fixture}");
+        } else {
+            assert_eq!(suspect["origin"], "native-addon", "{fixture}");
+        }
+        // About 1 MiB/s: 16 blocks of 64 KiB a second.
+        let rate = suspect["growth"]["bytes_per_s"].as_f64().expect("rate");
+        assert!((0.6e6..1.6e6).contains(&rate), "{fixture}: {rate} B/s");
+    }
+}
+
+#[test]
+fn controls_yield_no_leak() {
+    if !have_root("controls_yield_no_leak") {
+        return;
+    }
+    let controls = [
+        "control-gc-buffers",
+        "control-bounded-cache",
+        "control-listeners-removed",
+        "control-addon",
+    ];
+    let (report, pids) = trace("node_controls", &controls);
+    for (fixture, pid) in controls.iter().zip(pids) {
+        let leaks: Vec<Vec<&str>> = stacks_of(&report, pid)
+            .into_iter()
+            .filter(|s| s["growth"]["verdict"] == "leak")
+            .map(names)
+            .collect();
+        assert!(
+            leaks.is_empty(),
+            "{fixture}: stacks with verdict leak: {leaks:#?}"
+        );
+    }
+}
