@@ -211,18 +211,39 @@ impl Tracer {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the tracer outright (SIGKILL): no chance to clean up.
+    pub fn kill(self) {
+        drop(self);
+    }
+
     /// Sends SIGINT (as Ctrl-C would) and waits for the report.
     pub fn interrupt(mut self) -> Output {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut self.stderr, &mut rest);
-        let mut output = self
-            .child
-            .wait_with_output()
-            .expect("waiting for leaktrace");
-        output.stderr = format!("{}{rest}", self.log).into_bytes();
-        output
+        let mut stdout = Vec::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_end(&mut out, &mut stdout);
+        }
+        let status = self.child.wait().expect("waiting for leaktrace");
+        Output {
+            status,
+            stdout,
+            stderr: format!("{}{rest}", self.log).into_bytes(),
+        }
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        // A failing test must not leave a tracer attached.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

@@ -1,0 +1,85 @@
+//! Never harm the target: whatever happens to the tracer, the target runs on unchanged and the
+//! kernel keeps nothing of the tracer's.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use std::{fs, process::Command, thread, time::Duration};
+
+use leaktrace_tests::{Target, Tracer, fixture, have_root};
+
+/// The ids of the BPF programs and links a process holds, from its descriptors' fdinfo.
+fn bpf_objects(pid: u32) -> (Vec<u64>, Vec<u64>) {
+    let (mut progs, mut links) = (Vec::new(), Vec::new());
+    let dir = fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("reading the tracer's fdinfo");
+    for entry in dir.flatten() {
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        for line in info.lines() {
+            let id = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .and_then(|v| v.trim().parse().ok())
+            };
+            if let Some(id) = id("prog_id:") {
+                progs.push(id);
+            } else if let Some(id) = id("link_id:") {
+                links.push(id);
+            }
+        }
+    }
+    progs.sort_unstable();
+    progs.dedup();
+    links.sort_unstable();
+    links.dedup();
+    (progs, links)
+}
+
+/// Whether the kernel still has the BPF object (`prog` or `link`) with this id.
+fn kernel_has(kind: &str, id: u64) -> bool {
+    Command::new("bpftool")
+        .args([kind, "show", "id", &id.to_string()])
+        .output()
+        .expect("running bpftool (cargo xtask setup installs it)")
+        .status
+        .success()
+}
+
+#[test]
+fn sigkill_of_the_tracer_leaves_the_target_running_and_nothing_in_the_kernel() {
+    if !have_root("sigkill_of_the_tracer_leaves_the_target_running_and_nothing_in_the_kernel") {
+        return;
+    }
+    // Many rounds with pauses: the target is allocating when the tracer dies.
+    let mut target = Target::start(&fixture("leaky", &[]), &["400", "5", "3"]);
+    let tracer = Tracer::attach(&[&target.pid().to_string(), "--interval", "100ms"]);
+    target.send("go");
+    thread::sleep(Duration::from_millis(300));
+    let (progs, links) = bpf_objects(tracer.pid());
+    assert!(
+        !progs.is_empty() && !links.is_empty(),
+        "the tracer holds its programs and links"
+    );
+    for &id in &progs {
+        assert!(
+            kernel_has("prog", id),
+            "program {id} is loaded while tracing"
+        );
+    }
+    tracer.kill();
+
+    // The kernel releases a dead process's objects after an RCU grace period.
+    let released = (0..100).any(|_| {
+        thread::sleep(Duration::from_millis(50));
+        progs.iter().all(|&id| !kernel_has("prog", id))
+            && links.iter().all(|&id| !kernel_has("link", id))
+    });
+    assert!(
+        released,
+        "programs {progs:?} or links {links:?} outlived the tracer"
+    );
+    target.expect_line("done");
+    assert_eq!(
+        target.finish(),
+        3,
+        "the target ran to its own end with its own status"
+    );
+}
