@@ -21,10 +21,13 @@ pub fn run() -> anyhow::Result<()> {
             .arg(&program)
             .arg(root.join("tests/fixtures/demo/session-cache.c")),
     )?;
-    eprintln!("demo: tracing {} for 8 seconds\n", program.display());
+    eprintln!(
+        "demo: `leaktrace run` on {}, a pretend server that keeps a session per request\n",
+        program.display()
+    );
     shell::run(
         Command::new(root.join("target/release/leaktrace"))
-            .args(["run", "--duration", "8s", "--top", "5", "--"])
+            .args(["run", "--interval", "250ms", "--top", "5", "--"])
             .arg(&program),
     )
 }
