@@ -36,6 +36,18 @@ pub enum Command {
         #[command(flatten)]
         trace: TraceArgs,
     },
+    /// Check that this host, and each process given, can be traced safely: one line per check.
+    #[command(
+        after_help = "Exit status: 0 when no check fails, 1 otherwise.\n\nExample:\n  leaktrace doctor 1234"
+    )]
+    Doctor {
+        /// PIDs of processes to check as targets.
+        #[arg(value_parser = parse_pid)]
+        pids: Vec<u32>,
+        /// Output format.
+        #[arg(short, long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Start a command and trace it from its first allocation; exits with the command's status.
     #[command(
         after_help = "Example:\n  leaktrace run --format json -o out.json -- ./my-server --port 8080"

@@ -8,6 +8,7 @@
 pub mod analyze;
 pub mod cli;
 pub mod collect;
+pub mod doctor;
 pub mod preflight;
 pub mod probe;
 pub mod process;

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use leaktrace::{
     cli::{self, Cli, Command},
-    report, trace,
+    doctor, report, trace,
 };
 
 fn main() -> ExitCode {
@@ -50,6 +50,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let (start, args) = match cli.command {
+        Command::Doctor { pids, format } => return doctor(&pids, format),
         Command::Attach { pids, trace } => (trace::Start::Attach(pids), trace),
         Command::Run { trace, command } => (trace::Start::Run(command), trace),
     };
@@ -76,13 +77,32 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     match &args.output {
         Some(path) => report::write_atomically(path, rendered.as_bytes())
             .with_context(|| format!("writing the report to {}", path.display()))?,
-        None => match io::stdout().lock().write_all(rendered.as_bytes()) {
-            // A reader that went away (`| head`) is not an error.
-            Err(err) if err.kind() == io::ErrorKind::BrokenPipe => {}
-            other => other.context("writing the report to stdout")?,
-        },
+        None => write_stdout(&rendered)?,
     }
     Ok(outcome
         .exit_code
         .map_or(0, |code| u8::try_from(code).unwrap_or(1)))
+}
+
+/// `leaktrace doctor`: prints every check; fails when one fails.
+fn doctor(pids: &[u32], format: report::Format) -> anyhow::Result<u8> {
+    let mut checks = doctor::system();
+    for &pid in pids {
+        checks.extend(doctor::target(pid));
+    }
+    let text = match format {
+        report::Format::Json => serde_json::to_string_pretty(&checks)? + "\n",
+        report::Format::Text => doctor::render_text(&checks),
+    };
+    write_stdout(&text)?;
+    let failed = checks.iter().any(|c| c.status == doctor::Status::Fail);
+    Ok(u8::from(failed))
+}
+
+/// Writes to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(text: &str) -> anyhow::Result<()> {
+    match io::stdout().lock().write_all(text.as_bytes()) {
+        Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
+    }
 }

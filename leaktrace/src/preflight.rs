@@ -31,7 +31,7 @@ pub fn check() -> Result<(), PreflightError> {
     check_kernel(Path::new("/sys"))
 }
 
-fn check_privileges(caps: u64) -> Result<(), PreflightError> {
+pub(crate) fn check_privileges(caps: u64) -> Result<(), PreflightError> {
     let has = |cap: u32| caps & (1u64 << cap) != 0;
     if has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON)) {
         Ok(())
@@ -41,7 +41,7 @@ fn check_privileges(caps: u64) -> Result<(), PreflightError> {
 }
 
 /// The kernel features, as `sysfs` (mounted at `sys`) shows them.
-fn check_kernel(sys: &Path) -> Result<(), PreflightError> {
+pub(crate) fn check_kernel(sys: &Path) -> Result<(), PreflightError> {
     if !sys.join("kernel/btf/vmlinux").exists() {
         return Err(PreflightError::NoBtf);
     }
@@ -52,7 +52,7 @@ fn check_kernel(sys: &Path) -> Result<(), PreflightError> {
 }
 
 /// The effective capability set of this process (0 when it cannot be read).
-fn effective_capabilities() -> u64 {
+pub(crate) fn effective_capabilities() -> u64 {
     fs::read_to_string("/proc/self/status")
         .ok()
         .as_deref()

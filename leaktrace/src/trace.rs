@@ -19,7 +19,7 @@ use tracing::{info, warn};
 use crate::{
     analyze::History,
     collect::{self, Snapshot, StackCache},
-    preflight,
+    doctor, preflight,
     probe::{Attachment, MapLimits, ProbeMode, Probes},
     process::{Target, spawn},
     report::{
@@ -112,6 +112,13 @@ impl StopSignals {
 /// Runs one trace to its end.
 pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
     preflight::check()?;
+    let gated: Vec<Option<u32>> = match &start {
+        Start::Attach(pids) => pids.iter().map(|&p| Some(p)).collect(),
+        Start::Run(_) => vec![None],
+    };
+    for pid in gated {
+        doctor::gate(pid).map_err(|line| anyhow::anyhow!("refusing to trace: {line}"))?;
+    }
     let mut stop = StopSignals::install()?;
     match start {
         Start::Attach(pids) => {

@@ -4,7 +4,7 @@
 
 use std::{fs, process::Command, thread, time::Duration};
 
-use leaktrace_tests::{Target, Tracer, fixture, have_root};
+use leaktrace_tests::{Target, Tracer, fixture, have_root, leaktrace};
 
 /// The ids of the BPF programs and links a process holds, from its descriptors' fdinfo.
 fn bpf_objects(pid: u32) -> (Vec<u64>, Vec<u64>) {
@@ -81,5 +81,96 @@ fn sigkill_of_the_tracer_leaves_the_target_running_and_nothing_in_the_kernel() {
         target.finish(),
         3,
         "the target ran to its own end with its own status"
+    );
+}
+
+#[test]
+fn a_seccomp_filtered_target_is_checked_then_traced_unharmed() {
+    if !have_root("a_seccomp_filtered_target_is_checked_then_traced_unharmed") {
+        return;
+    }
+    let mut target = Target::start(&fixture("seccomp", &[]), &["20"]);
+    let pid = target.pid().to_string();
+    let doctor = leaktrace()
+        .args(["doctor", &pid])
+        .output()
+        .expect("leaktrace doctor");
+    let text = String::from_utf8_lossy(&doctor.stdout);
+    // This kernel (6.18) lets the uretprobe syscall through seccomp: the check says so.
+    assert!(
+        text.contains(&format!("ok    seccomp (pid {pid}): filtered (mode 2)")),
+        "{text}"
+    );
+    assert!(doctor.status.success(), "{text}");
+
+    let out = leaktrace_tests::scratch("seccomp").join("report.json");
+    let tracer = Tracer::attach(&[&pid, "--format", "json", "-o", out.to_str().expect("utf-8")]);
+    target.send("go");
+    target.expect_line("done");
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(
+        target.finish(),
+        0,
+        "the filtered target survived its return probes"
+    );
+    let report = leaktrace_tests::read_report(&out);
+    let kept = leaktrace_tests::site(&report, pid.parse().expect("pid"), "keep_blocks");
+    assert_eq!((kept.live_bytes, kept.alloc_calls), (40_000, 40));
+}
+
+#[test]
+fn doctor_reports_every_check_in_text_and_json() {
+    let output = leaktrace()
+        .args(["doctor", "--format", "json"])
+        .output()
+        .expect("doctor");
+    let checks: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("doctor --format json is JSON");
+    let checks = checks.as_array().expect("an array of checks");
+    for check in checks {
+        assert!(
+            matches!(check["status"].as_str(), Some("ok" | "warn" | "fail")),
+            "{check}"
+        );
+        assert!(check["check"].as_str().is_some() && check["found"].as_str().is_some());
+    }
+    let failed = checks.iter().any(|c| c["status"] == "fail");
+    assert_eq!(
+        output.status.success(),
+        !failed,
+        "exit status follows the failures"
+    );
+    if have_root("doctor_reports_every_check_in_text_and_json (root: a clean host)") {
+        assert!(!failed, "this host is fit to trace: {checks:#?}");
+    }
+}
+
+#[test]
+fn doctor_names_missing_privileges() {
+    if !have_root("doctor_names_missing_privileges") {
+        return;
+    }
+    let output = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(leaktrace().get_program())
+        .arg("doctor")
+        .output()
+        .expect("setpriv");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        text.lines().any(|l| l.starts_with("fail  privileges:")),
+        "{text}"
     );
 }
