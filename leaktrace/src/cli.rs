@@ -36,6 +36,15 @@ pub enum Command {
         #[command(flatten)]
         trace: TraceArgs,
     },
+    /// Render a saved JSON report in another format (a trace taken on a production host can be
+    /// examined elsewhere).
+    #[command(after_help = "Example:\n  leaktrace report trace.json -o trace.html -o trace.pb.gz")]
+    Report {
+        /// A report written with `--format json`.
+        trace: PathBuf,
+        #[command(flatten)]
+        outputs: OutputArgs,
+    },
     /// Check that this host, and each process given, can be traced safely: one line per check.
     #[command(
         after_help = "Exit status: 0 when no check fails, 1 otherwise.\n\nExample:\n  leaktrace doctor 1234"
@@ -45,8 +54,8 @@ pub enum Command {
         #[arg(value_parser = parse_pid)]
         pids: Vec<u32>,
         /// Output format.
-        #[arg(short, long, value_enum, default_value_t = Format::Text)]
-        format: Format,
+        #[arg(short, long, value_enum, default_value_t = crate::doctor::Format::Text)]
+        format: crate::doctor::Format,
     },
     /// Start a command and trace it from its first allocation; exits with the command's status.
     #[command(
@@ -61,6 +70,22 @@ pub enum Command {
     },
 }
 
+/// Where the report goes, and in which formats.
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Report format on stdout, and for an output file whose extension names none.
+    #[arg(short, long, value_enum)]
+    pub format: Option<Format>,
+    /// Write the report to this file instead of stdout, atomically (never half-written). Give it
+    /// more than once for several formats from one trace; each file's format follows its
+    /// extension: .txt .json .folded .svg .pb.gz (pprof) .html.
+    #[arg(short, long)]
+    pub output: Vec<PathBuf>,
+    /// Stacks to report (text default: 10; other formats: all).
+    #[arg(long)]
+    pub top: Option<usize>,
+}
+
 #[derive(Debug, Args)]
 pub struct TraceArgs {
     /// Stop after this long (`30s`, `5m`); default: until Ctrl-C or the targets exit.
@@ -69,15 +94,8 @@ pub struct TraceArgs {
     /// How often the probes' totals are sampled into each stack's series.
     #[arg(short, long, default_value = "1s", value_parser = parse_interval)]
     pub interval: Duration,
-    /// Stacks to report (text default: 10; JSON default: all).
-    #[arg(long)]
-    pub top: Option<usize>,
-    /// Report format.
-    #[arg(short, long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    /// Write the report here instead of stdout (atomically: never half-written).
-    #[arg(short, long)]
-    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub outputs: OutputArgs,
     /// Most live blocks tracked at once, over all targets.
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_LIVE_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_live_allocs: u32,

@@ -14,6 +14,13 @@ use crate::{
     process::{AllocatorKind, Target, allocator},
 };
 
+/// How `doctor` prints its checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Text,
+    Json,
+}
+
 /// How a check came out.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

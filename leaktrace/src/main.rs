@@ -6,13 +6,14 @@
 
 use std::{
     io::{self, Write as _},
+    path::PathBuf,
     process::ExitCode,
 };
 
 use anyhow::Context as _;
 use clap::Parser as _;
 use leaktrace::{
-    cli::{self, Cli, Command},
+    cli::{self, Cli, Command, OutputArgs},
     doctor, report, trace,
 };
 
@@ -51,18 +52,21 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<u8> {
     let (start, args) = match cli.command {
         Command::Doctor { pids, format } => return doctor(&pids, format),
+        Command::Report { trace, outputs } => {
+            let targets = output_formats(&outputs)?;
+            let report = report::read(&trace)?;
+            emit(&report, &outputs, &targets)?;
+            return Ok(0);
+        }
         Command::Attach { pids, trace } => (trace::Start::Attach(pids), trace),
         Command::Run { trace, command } => (trace::Start::Run(command), trace),
     };
-    if let Some(path) = &args.output
-        && let Some(problem) = trace::output_path_problem(path)
-    {
-        anyhow::bail!("cannot write the report to {}: {problem}", path.display());
-    }
+    // Every output is checked before tracing: a trace is never taken only to be lost.
+    let targets = output_formats(&args.outputs)?;
     let options = trace::Options {
         duration: args.duration,
         interval: args.interval,
-        top: args.top,
+        top: args.outputs.top,
         limits: args.limits(),
         mode: args.mode(),
     };
@@ -72,36 +76,69 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         .build()
         .context("starting the async runtime")?;
     let outcome = runtime.block_on(trace::trace(start, &options))?;
-
-    let rendered = report::render(&outcome.report, args.format, args.top);
-    match &args.output {
-        Some(path) => report::write_atomically(path, rendered.as_bytes())
-            .with_context(|| format!("writing the report to {}", path.display()))?,
-        None => write_stdout(&rendered)?,
-    }
+    emit(&outcome.report, &args.outputs, &targets)?;
     Ok(outcome
         .exit_code
         .map_or(0, |code| u8::try_from(code).unwrap_or(1)))
 }
 
+/// Each output file with its format, checked: a known format, a writable place.
+fn output_formats(args: &OutputArgs) -> anyhow::Result<Vec<(PathBuf, report::Format)>> {
+    args.output
+        .iter()
+        .map(|path| {
+            if let Some(problem) = trace::output_path_problem(path) {
+                anyhow::bail!("cannot write the report to {}: {problem}", path.display());
+            }
+            let format = report::Format::from_path(path)
+                .or(args.format)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "cannot tell the format of {} from its extension (.txt .json .folded .svg \
+                     .pb.gz .html); add --format",
+                        path.display()
+                    )
+                })?;
+            Ok((path.clone(), format))
+        })
+        .collect()
+}
+
+/// Writes the report to every output, or to stdout when none is given.
+fn emit(
+    report: &report::Report,
+    args: &OutputArgs,
+    targets: &[(PathBuf, report::Format)],
+) -> anyhow::Result<()> {
+    if targets.is_empty() {
+        let format = args.format.unwrap_or(report::Format::Text);
+        return write_stdout(&report::render(report, format, args.top));
+    }
+    for (path, format) in targets {
+        report::write_atomically(path, &report::render(report, *format, args.top))
+            .with_context(|| format!("writing the report to {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// `leaktrace doctor`: prints every check; fails when one fails.
-fn doctor(pids: &[u32], format: report::Format) -> anyhow::Result<u8> {
+fn doctor(pids: &[u32], format: doctor::Format) -> anyhow::Result<u8> {
     let mut checks = doctor::system();
     for &pid in pids {
         checks.extend(doctor::target(pid));
     }
     let text = match format {
-        report::Format::Json => serde_json::to_string_pretty(&checks)? + "\n",
-        report::Format::Text => doctor::render_text(&checks),
+        doctor::Format::Json => serde_json::to_string_pretty(&checks)? + "\n",
+        doctor::Format::Text => doctor::render_text(&checks),
     };
-    write_stdout(&text)?;
+    write_stdout(text.as_bytes())?;
     let failed = checks.iter().any(|c| c.status == doctor::Status::Fail);
     Ok(u8::from(failed))
 }
 
 /// Writes to stdout; a reader that went away (`| head`) is not an error.
-fn write_stdout(text: &str) -> anyhow::Result<()> {
-    match io::stdout().lock().write_all(text.as_bytes()) {
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<()> {
+    match io::stdout().lock().write_all(bytes) {
         Err(err) if err.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         other => other.context("writing to stdout"),
     }

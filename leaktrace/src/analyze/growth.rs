@@ -11,7 +11,7 @@
 use std::f64::consts::SQRT_2;
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Name of the method, reported with every [`Growth`].
 pub const METHOD: &str = "mann-kendall+theil-sen";
@@ -79,7 +79,7 @@ const LEVEL_POINTS_DIVISOR: usize = 10;
 const LEVEL_MAX_POINTS: usize = 5;
 
 /// What a live-bytes series says about its allocation site.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
     /// Sustained growth through the window, not given back.
@@ -119,7 +119,7 @@ impl fmt::Display for Verdict {
 }
 
 /// Verdict on one series, with the statistics it rests on.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Growth {
     pub verdict: Verdict,
     /// Theil-Sen slope over the whole window, bytes per second.
@@ -141,7 +141,7 @@ pub struct Growth {
     /// time. The trend statistics use at most [`MAX_TREND_POINTS`] of them.
     pub points: usize,
     /// Human-readable name of the method, [`METHOD`].
-    pub method: &'static str,
+    pub method: String,
 }
 
 /// Classifies a live-bytes series; never panics, and every number in the
@@ -202,7 +202,7 @@ pub fn classify(series: &[(f64, i64)]) -> Growth {
         p_value: mk.p_two_sided(),
         max_drawdown: max_drawdown(&values),
         points: points.len(),
-        method: METHOD,
+        method: METHOD.to_string(),
     }
 }
 
@@ -973,7 +973,7 @@ mod tests {
                 p_value: 1.0,
                 max_drawdown: 0.0,
                 points: 0,
-                method: METHOD,
+                method: METHOD.to_string(),
             }
         );
     }

@@ -4,12 +4,12 @@
 //! The innermost frame that says something decides: every Node stack has `uv_run` and V8 entry
 //! frames at its root, so only the code nearest the allocation tells what it allocates.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::report::model::Frame;
 
 /// The kind of native memory a stack allocates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Origin {
     /// `Buffer`, `ArrayBuffer` and typed-array backing stores.

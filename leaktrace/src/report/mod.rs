@@ -1,8 +1,12 @@
 //! Turning a finished trace into a report, and each output format.
 
 pub mod build;
+pub mod flamegraph;
+pub mod folded;
+pub mod html;
 pub mod json;
 pub mod model;
+pub mod pprof;
 pub mod text;
 
 use std::{
@@ -11,21 +15,107 @@ use std::{
     path::Path,
 };
 
-pub use model::Report;
+pub use model::{FORMAT_VERSION, Report};
 
 /// The output formats.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
+    /// For a terminal.
     Text,
+    /// The versioned format scripts read (docs/report-format.md).
     Json,
+    /// Folded stacks weighted by live bytes, for flame graph tools.
+    Folded,
+    /// A flame graph of live bytes.
+    Svg,
+    /// Gzipped profile.proto for `go tool pprof`, Pyroscope, Parca.
+    Pprof,
+    /// One self-contained page with charts and the flame graph.
+    Html,
+}
+
+impl Format {
+    /// The format a file name asks for, by its extension.
+    pub fn from_path(path: &Path) -> Option<Self> {
+        let name = path.file_name()?.to_str()?;
+        [
+            (".pb.gz", Self::Pprof),
+            (".json", Self::Json),
+            (".folded", Self::Folded),
+            (".svg", Self::Svg),
+            (".html", Self::Html),
+            (".txt", Self::Text),
+        ]
+        .into_iter()
+        .find_map(|(ext, format)| name.ends_with(ext).then_some(format))
+    }
 }
 
 /// Renders `report` in `format`.
-pub fn render(report: &Report, format: Format, top: Option<usize>) -> String {
+pub fn render(report: &Report, format: Format, top: Option<usize>) -> Vec<u8> {
     match format {
-        Format::Text => text::render(report, top),
-        Format::Json => json::render(report),
+        Format::Text => text::render(report, top).into_bytes(),
+        Format::Json => json::render(report).into_bytes(),
+        Format::Folded => folded::render(report).into_bytes(),
+        Format::Svg => flamegraph::render(report).into_bytes(),
+        Format::Pprof => pprof::render(report),
+        Format::Html => html::render(report).into_bytes(),
     }
+}
+
+/// Why a saved report cannot be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is larger than {MAX_REPORT_BYTES} bytes; not a leaktrace report")]
+    TooLarge { path: String },
+    #[error("{path} is not a leaktrace JSON report: {source}")]
+    Json {
+        path: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error(
+        "{path} has report format version {found}; this leaktrace reads version {FORMAT_VERSION}"
+    )]
+    Version { path: String, found: u64 },
+}
+
+/// Largest saved report read back.
+pub const MAX_REPORT_BYTES: u64 = 1 << 30;
+
+/// Reads a report saved with `--format json`, to render it again in another format.
+pub fn read(path: &Path) -> Result<Report, ReadError> {
+    use std::io::Read as _;
+    let name = path.display().to_string();
+    let io_err = |source| ReadError::Io {
+        path: name.clone(),
+        source,
+    };
+    let mut text = Vec::new();
+    fs::File::open(path)
+        .map_err(io_err)?
+        .take(MAX_REPORT_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(io_err)?;
+    if text.len() as u64 > MAX_REPORT_BYTES {
+        return Err(ReadError::TooLarge { path: name });
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|source| ReadError::Json {
+            path: name.clone(),
+            source,
+        })?;
+    let found = value["format_version"].as_u64().unwrap_or(0);
+    if found != u64::from(FORMAT_VERSION) {
+        return Err(ReadError::Version { path: name, found });
+    }
+    serde_json::from_value(value).map_err(|source| ReadError::Json { path: name, source })
 }
 
 /// Writes `contents` to `path` atomically: to a temporary file beside it, then renamed over it,
@@ -184,7 +274,7 @@ mod render_tests {
 
     #[test]
     fn text_report_layout() {
-        let text = render(&sample(), Format::Text, None);
+        let text = String::from_utf8(render(&sample(), Format::Text, None)).unwrap();
         let expected = "\
 leaktrace: traced 1 process for 3.0s (interval 1s), ended by duration
   PID 42  ./app --flag  [running]
@@ -213,7 +303,7 @@ Leak suspects, fastest growing first (1 of 1):
     #[test]
     fn json_report_has_the_documented_fields() {
         let json: serde_json::Value =
-            serde_json::from_str(&render(&sample(), Format::Json, None)).unwrap();
+            serde_json::from_slice(&render(&sample(), Format::Json, None)).unwrap();
         assert_eq!(json["format_version"], FORMAT_VERSION);
         assert_eq!(json["targets"][0]["pid"], 42);
         assert_eq!(json["targets"][0]["command"], "./app --flag");

@@ -3,14 +3,14 @@
 //! The JSON layout is versioned by [`FORMAT_VERSION`]: fields are only ever added within a
 //! version; renaming or removing one bumps it. See `docs/report-format.md`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::analyze::{growth::Growth, origin::Origin};
 
 /// Version of the JSON report layout.
 pub const FORMAT_VERSION: u32 = 1;
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
     pub format_version: u32,
     pub tool: String,
@@ -25,7 +25,7 @@ pub struct Report {
 }
 
 /// The stacks of one origin class, summed.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct OriginReport {
     pub origin: Origin,
     pub stacks: usize,
@@ -38,7 +38,7 @@ pub struct OriginReport {
 }
 
 /// How the trace was taken.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TraceInfo {
     /// Seconds the probes were attached.
     pub duration_s: f64,
@@ -49,7 +49,7 @@ pub struct TraceInfo {
     pub stacks_omitted: usize,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TargetReport {
     pub pid: u32,
     pub command: String,
@@ -69,7 +69,7 @@ pub struct TargetReport {
 }
 
 /// Totals and loss counters. Losses are never hidden: each one is reported, zero or not.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     pub live_bytes: i64,
     pub live_allocs: i64,
@@ -80,7 +80,7 @@ pub struct Totals {
     pub losses: Losses,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Losses {
     /// Frees of blocks allocated before the trace began (or whose allocation was not recorded).
     pub unknown_frees: u64,
@@ -122,7 +122,7 @@ impl Totals {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StackReport {
     pub pid: u32,
     /// `heap` for allocator blocks.
@@ -141,7 +141,7 @@ pub struct StackReport {
     pub frames: Vec<Frame>,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
     /// The instruction address, hex (`0x7f...`): JSON numbers lose precision above 2^53.
     pub address: String,
