@@ -35,7 +35,9 @@ fn addon() -> PathBuf {
 
 fn start(fixture: &str) -> Target {
     let mut cmd = Command::new("node");
-    cmd.arg("--perf-basic-prof")
+    // Node writes profiler logs into its working directory: keep them out of the repository.
+    cmd.current_dir(scratch(&format!("node_cwd_{fixture}")))
+        .arg("--perf-basic-prof")
         .arg(root().join(format!("tests/fixtures/node/{fixture}.js")))
         .arg(SECONDS)
         .env("LEAKY_ADDON", addon());

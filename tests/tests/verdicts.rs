@@ -16,7 +16,11 @@ fn verdict_of(report: &Value, function: &str) -> String {
         // frames[0] is the allocator function; frames[1] the function that called it.
         .filter(|s| s["frames"][1]["function"].as_str() == Some(function))
         .collect();
-    assert_eq!(stacks.len(), 1, "one stack allocates directly in {function}");
+    assert_eq!(
+        stacks.len(),
+        1,
+        "one stack allocates directly in {function}"
+    );
     stacks[0]["growth"]["verdict"]
         .as_str()
         .expect("verdict")
