@@ -247,11 +247,33 @@ impl Drop for Tracer {
     }
 }
 
-/// Reads a JSON report.
+/// Reads a JSON report, checked against the written schema (docs/report.schema.json).
 pub fn read_report(path: &Path) -> Value {
     let text = fs::read_to_string(path)
         .unwrap_or_else(|e| panic!("reading report {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("report is valid JSON")
+    let report: Value = serde_json::from_str(&text).expect("report is valid JSON");
+    assert_matches_schema(&report);
+    report
+}
+
+/// Panics with every violation when `report` does not match the report schema.
+pub fn assert_matches_schema(report: &Value) {
+    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    let validator = SCHEMA.get_or_init(|| {
+        let text = fs::read_to_string(root().join("docs/report.schema.json"))
+            .expect("reading docs/report.schema.json");
+        let schema: Value = serde_json::from_str(&text).expect("the schema is JSON");
+        jsonschema::validator_for(&schema).expect("the schema is a valid JSON Schema")
+    });
+    let errors: Vec<String> = validator
+        .iter_errors(report)
+        .map(|e| format!("{} at {}", e, e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "the report breaks its schema:\n{}",
+        errors.join("\n")
+    );
 }
 
 /// A fresh scratch directory for one test.
