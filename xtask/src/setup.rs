@@ -10,7 +10,7 @@ use crate::shell::{self, output, succeeds};
 ///
 /// LLVM 22 matches the LLVM inside rustc 1.98, which bpf-linker must link against; bpftool lets
 /// the tests check the kernel's own list of loaded programs; musl-tools builds fixtures against
-/// musl.
+/// musl; chromium renders the HTML report in a test.
 const PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -19,6 +19,8 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "nodejs",
     "musl-tools",
+    "chromium",
+    "wrk",
 ];
 
 /// bpf-linker built against Debian's LLVM 22 (its default features want LLVM 23).
