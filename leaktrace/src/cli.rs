@@ -96,6 +96,9 @@ pub struct TraceArgs {
     pub interval: Duration,
     #[command(flatten)]
     pub outputs: OutputArgs,
+    /// No live status line on stderr while tracing.
+    #[arg(short, long)]
+    pub quiet: bool,
     /// Most live blocks tracked at once, over all targets.
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_LIVE_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_live_allocs: u32,

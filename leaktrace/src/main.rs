@@ -69,6 +69,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         top: args.outputs.top,
         limits: args.limits(),
         mode: args.mode(),
+        quiet: args.quiet,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

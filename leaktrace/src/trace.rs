@@ -25,6 +25,7 @@ use crate::{
     report::{
         Report,
         build::{self, TargetSummary},
+        live::LiveStatus,
         model::Frame,
     },
     symbolize::{AddrKind, Symbolizer},
@@ -38,6 +39,8 @@ pub struct Options {
     pub top: Option<usize>,
     pub limits: MapLimits,
     pub mode: ProbeMode,
+    /// No live status line on stderr.
+    pub quiet: bool,
 }
 
 const LOADER_POLL: Duration = Duration::from_micros(200);
@@ -83,6 +86,7 @@ struct Session {
     started: Instant,
     /// When the last sample was taken: the end of the traced window.
     detached: Option<Instant>,
+    status: LiveStatus,
 }
 
 /// SIGTERM and SIGINT, caught from before the first probe is attached: a signal that arrives
@@ -131,7 +135,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
                 let allocator = target.allocator()?;
                 targets.push((target, allocator));
             }
-            let mut session = Session::new(options.limits, options.mode)?;
+            let mut session = Session::new(options.limits, options.mode, options.quiet)?;
             for (target, allocator) in targets {
                 session.attach(target, &allocator)?;
             }
@@ -145,7 +149,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
         Start::Run(argv) => {
             let held = spawn::hold(&argv)?;
             let pid = held.pid;
-            let mut session = match Session::new(options.limits, options.mode) {
+            let mut session = match Session::new(options.limits, options.mode, options.quiet) {
                 Ok(session) => session,
                 Err(err) => {
                     // The child would run untraced: end it before reporting the error.
@@ -213,7 +217,7 @@ fn reap(pid: u32) -> i32 {
 }
 
 impl Session {
-    fn new(limits: MapLimits, mode: ProbeMode) -> anyhow::Result<Self> {
+    fn new(limits: MapLimits, mode: ProbeMode, quiet: bool) -> anyhow::Result<Self> {
         Ok(Self {
             probes: Probes::load(limits, mode)?,
             traced: Vec::new(),
@@ -224,6 +228,7 @@ impl Session {
             last: Snapshot::default(),
             started: Instant::now(),
             detached: None,
+            status: LiveStatus::new(quiet),
         })
     }
 
@@ -327,7 +332,9 @@ impl Session {
         loop {
             tokio::select! {
                 _ = interval.tick() => {
+                    let calls_before = total_alloc_calls(&self.last);
                     self.sample()?;
+                    self.show_status(options, calls_before);
                     if watch_targets && self.traced.iter().all(|t| !t.target.is_alive()) {
                         return Ok(("targets-exited", None));
                     }
@@ -395,6 +402,60 @@ impl Session {
         }
     }
 
+    /// Redraws the live status: elapsed time, targets, live bytes, call rate, fastest grower.
+    fn show_status(&mut self, options: &Options, calls_before: u64) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let calls = total_alloc_calls(&self.last).saturating_sub(calls_before);
+        let rate = calls as f64 / options.interval.as_secs_f64();
+        let live: i64 = self.last.sites.values().map(|s| s.live_bytes).sum();
+        let top = self.fastest_grower().map(|(key, rate)| {
+            let chain = self.chains.get(&key).cloned().unwrap_or_default();
+            self.symbolizer.resolve(key.tgid, &chain);
+            let frames: Vec<Frame> = chain
+                .iter()
+                .flat_map(|(addr, _)| self.symbolizer.frames(key.tgid, *addr))
+                .collect();
+            // The first JavaScript frame says most; else the allocation function's caller.
+            let frame = frames
+                .iter()
+                .find(|f| f.kind == "js")
+                .or_else(|| frames.get(1))
+                .or_else(|| frames.first());
+            let name = frame.map_or_else(|| "?".to_string(), crate::report::folded::label);
+            format!("{name} {}/s", crate::report::bytes(rate as i64))
+        });
+        let duration = options
+            .duration
+            .map_or_else(String::new, |d| format!("/{:.0}s", d.as_secs_f64()));
+        let targets = self.traced.len();
+        self.status.update(|| {
+            format!(
+                "leaktrace: {elapsed:.0}s{duration}, {targets} target{}, live {}, {:.0} allocs/s, \
+                 fastest growing: {}",
+                if targets == 1 { "" } else { "s" },
+                crate::report::bytes(live),
+                rate,
+                top.as_deref().unwrap_or("none")
+            )
+        });
+    }
+
+    /// The site whose live bytes grew fastest over the last few samples, with its rate.
+    fn fastest_grower(&self) -> Option<(StackKey, f64)> {
+        const WINDOW: usize = 10;
+        self.last
+            .sites
+            .keys()
+            .filter_map(|key| {
+                let series = self.history.series(key);
+                let recent = &series[series.len().saturating_sub(WINDOW)..];
+                let (first, last) = (recent.first()?, recent.last()?);
+                let span = last.0 - first.0;
+                (span > 0.0 && last.1 > first.1).then(|| (*key, (last.1 - first.1) as f64 / span))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
     /// Reads the probes' totals, extends the series and names any new stack.
     fn sample(&mut self) -> anyhow::Result<()> {
         let snapshot = collect::snapshot(&self.probes)?;
@@ -451,6 +512,7 @@ impl Session {
     /// Ends the traced window: takes the last sample, then detaches. Sampling first keeps the
     /// window exact; detaching can take a while (the kernel waits out a grace period per probe).
     fn end_trace(&mut self) -> anyhow::Result<()> {
+        self.status.finish();
         if self.detached.is_none() {
             self.sample()?;
             self.detached = Some(Instant::now());
@@ -504,6 +566,15 @@ impl Session {
             top: options.top,
         }))
     }
+}
+
+/// Allocation calls of every target so far.
+fn total_alloc_calls(snapshot: &Snapshot) -> u64 {
+    snapshot
+        .counters
+        .values()
+        .map(|c| c[leaktrace_common::Counter::AllocCalls as usize])
+        .sum()
 }
 
 /// The addresses of one allocation, innermost first: the allocation function itself (an exact

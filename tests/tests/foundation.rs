@@ -210,6 +210,11 @@ fn text_report_lists_stacks_and_every_loss_counter() {
     }
     let output = run_leaky(&[], "0");
     let text = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("leaktrace: 0s, 1 target, live "),
+        "a live status line on stderr: {stderr}"
+    );
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("stacks by live bytes"), "{text}");
     assert!(text.contains("leak_malloc"), "{text}");

@@ -5,6 +5,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod html;
 pub mod json;
+pub mod live;
 pub mod model;
 pub mod pprof;
 pub mod text;
