@@ -108,6 +108,22 @@ fn one_trace_yields_every_format_and_they_agree() {
             .any(|s| s.contains("leakIntoGlobalArray"))
     );
 
+    // And the reference reader, `go tool pprof`, shows the same totals.
+    for (index, total) in [("inuse_space", live), ("alloc_space", allocated)] {
+        let output = Command::new("go")
+            .args(["tool", "pprof", "-top", "-unit=B"])
+            .arg(format!("-sample_index={index}"))
+            .arg(dir.join("trace.pb.gz"))
+            .env("HOME", &dir)
+            .output()
+            .expect("running go tool pprof (cargo xtask setup installs golang-go)");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            text.contains(&format!("Total samples = {total}B")),
+            "go tool pprof -sample_index={index}: {text}"
+        );
+    }
+
     check_html_in_chromium(&dir.join("trace.html"), &dir);
 
     // A saved trace renders again, the same.

@@ -10,7 +10,7 @@ use crate::shell::{self, output, succeeds};
 ///
 /// LLVM 22 matches the LLVM inside rustc 1.98, which bpf-linker must link against; bpftool lets
 /// the tests check the kernel's own list of loaded programs; musl-tools builds fixtures against
-/// musl; chromium renders the HTML report in a test.
+/// musl; chromium renders the HTML report and `go tool pprof` reads the pprof one in a test.
 const PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -20,6 +20,7 @@ const PACKAGES: &[&str] = &[
     "nodejs",
     "musl-tools",
     "chromium",
+    "golang-go",
     "wrk",
 ];
 
