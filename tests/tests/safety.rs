@@ -174,3 +174,153 @@ fn doctor_names_missing_privileges() {
         "{text}"
     );
 }
+
+#[test]
+fn tiny_maps_count_exactly_what_they_could_not_record() {
+    if !have_root("tiny_maps_count_exactly_what_they_could_not_record") {
+        return;
+    }
+    // leaky.c makes 15 allocations per round; 8 live blocks fit.
+    let out = leaktrace_tests::scratch("tiny_maps").join("report.json");
+    let mut target = Target::start(&fixture("leaky", &[]), &["10"]);
+    let pid = target.pid();
+    let tracer = Tracer::attach(&[
+        &pid.to_string(),
+        "--max-live-allocs",
+        "8",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    target.send("go");
+    target.expect_line("done");
+    assert!(tracer.interrupt().status.success());
+    assert_eq!(target.finish(), 0);
+    let report = leaktrace_tests::read_report(&out);
+    let totals = &report["targets"][0]["totals"];
+    let full = totals["losses"]["live_map_full"].as_u64().expect("counter");
+    let live = totals["live_allocs"].as_i64().expect("live");
+    assert!(full > 0, "the map filled up: {totals}");
+    assert!(live <= 8, "no more than the map holds: {totals}");
+    // Every allocation call is either recorded or counted as dropped: 150 calls in all.
+    assert_eq!(totals["alloc_calls"].as_u64(), Some(150));
+    let recorded: u64 = report["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .map(|s| s["alloc_calls"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(
+        recorded, 150,
+        "per-site call counts are kept even when blocks are not"
+    );
+    // A free of a block that was never recorded is an unknown free, also counted.
+    assert!(totals["losses"]["unknown_frees"].as_u64().unwrap_or(0) > 0);
+}
+
+#[test]
+fn attaching_and_detaching_fifty_times_leaves_the_target_unchanged() {
+    if !have_root("attaching_and_detaching_fifty_times_leaves_the_target_unchanged") {
+        return;
+    }
+    // Four threads freeing each other's blocks, for long enough to see every attach.
+    let mut target = Target::start(&fixture("coverage/threads", &[]), &["2000"]);
+    let pid = target.pid().to_string();
+    target.send("go");
+    for round in 0..50 {
+        let status = leaktrace()
+            .args([
+                "attach",
+                &pid,
+                "--duration",
+                "50ms",
+                "--interval",
+                "20ms",
+                "--quiet",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("leaktrace");
+        if !status.success() {
+            // The workload may finish before fifty rounds on a fast machine.
+            assert!(round > 10, "attach {round} failed with {status}");
+            break;
+        }
+    }
+    target.expect_line("done");
+    assert_eq!(
+        target.finish(),
+        0,
+        "the target's self-checks passed: nothing was disturbed"
+    );
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    if !have_root("output_into_a_closed_pipe_ends_quietly") {
+        return;
+    }
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo go | {} run --quiet -- {} 3 | head -1 > /dev/null",
+            leaktrace().get_program().to_string_lossy(),
+            fixture("leaky", &[]).display()
+        ))
+        .output()
+        .expect("sh");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("error") && !stderr.contains("panicked"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_full_disk_leaves_no_half_written_report() {
+    if !have_root("a_full_disk_leaves_no_half_written_report") {
+        return;
+    }
+    let dir = leaktrace_tests::scratch("full_disk").join("tiny");
+    fs::create_dir_all(&dir).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .expect("mount");
+    assert!(mounted.success(), "mounting a tiny tmpfs");
+    let report = dir.join("report.json");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo go | {} run --quiet -o {} -- {} 20",
+            leaktrace().get_program().to_string_lossy(),
+            report.display(),
+            fixture("leaky", &[]).display()
+        ))
+        .output()
+        .expect("leaktrace");
+    let listing: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    let _ = Command::new("umount").arg(&dir).status();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "a report that did not fit is an error"
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("writing the report to") && l.contains("No space")),
+        "{stderr}"
+    );
+    assert!(
+        listing.is_empty(),
+        "nothing half-written is left: {listing:?}"
+    );
+}
