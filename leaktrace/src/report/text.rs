@@ -128,8 +128,11 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
 
 /// One frame: function, source line, module.
 fn frame_line(f: &Frame) -> String {
-    let name = f.function.as_deref().unwrap_or("??");
+    let name = f.function.as_deref().map_or("??".into(), short_name);
     let mut line = format!("{:<18} {name}", f.address);
+    if f.kind == "js" {
+        line.push_str("  [js]");
+    }
     if let Some(file) = &f.file {
         let _ = write!(line, "  {file}");
         if let Some(n) = f.line {
@@ -148,6 +151,18 @@ fn frame_line(f: &Frame) -> String {
         line.push_str("  [inlined]");
     }
     line
+}
+
+/// A C++ name without its parameter list, which can run to hundreds of characters
+/// (`v8::internal::Execution::Call(v8::internal::Isolate*, ...)`); the JSON keeps it whole.
+fn short_name(name: &str) -> String {
+    const LONG: usize = 60;
+    match name.find('(') {
+        Some(open) if name.len() > LONG && !name.starts_with('(') => {
+            format!("{}(…)", &name[..open])
+        }
+        _ => name.to_string(),
+    }
 }
 
 /// Every loss counter, zero or not: a reader must see that nothing was dropped.
@@ -174,5 +189,22 @@ impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let sign = if self.0 < 0.0 { "-" } else { "+" };
         write!(f, "{sign}{}", bytes(self.0.abs().round() as i64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::short_name;
+
+    #[test]
+    fn long_cxx_names_lose_their_parameters_only() {
+        assert_eq!(
+            short_name(
+                "v8::internal::Execution::Call(v8::internal::Isolate*, v8::internal::Handle<v8::internal::Object>)"
+            ),
+            "v8::internal::Execution::Call(…)"
+        );
+        assert_eq!(short_name("keep_new_object()"), "keep_new_object()");
+        assert_eq!(short_name("leakIntoGlobalArray"), "leakIntoGlobalArray");
     }
 }
