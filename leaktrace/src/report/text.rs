@@ -157,12 +157,28 @@ fn frame_line(f: &Frame) -> String {
 /// (`v8::internal::Execution::Call(v8::internal::Isolate*, ...)`); the JSON keeps it whole.
 fn short_name(name: &str) -> String {
     const LONG: usize = 60;
-    match name.find('(') {
-        Some(open) if name.len() > LONG && !name.starts_with('(') => {
-            format!("{}(…)", &name[..open])
-        }
-        _ => name.to_string(),
+    if name.len() <= LONG {
+        return name.to_string();
     }
+    // The parameter list is the parenthesis that closes last; `(anonymous namespace)` inside
+    // the qualified name must stay.
+    let Some(close) = name.rfind(')') else {
+        return name.to_string();
+    };
+    let mut depth = 0;
+    for (i, c) in name[..=close].char_indices().rev() {
+        match c {
+            ')' => depth += 1,
+            '(' => {
+                depth -= 1;
+                if depth == 0 {
+                    return format!("{}(…){}", &name[..i], &name[close + 1..]);
+                }
+            }
+            _ => {}
+        }
+    }
+    name.to_string()
 }
 
 /// Every loss counter, zero or not: a reader must see that nothing was dropped.
@@ -203,6 +219,18 @@ mod tests {
                 "v8::internal::Execution::Call(v8::internal::Isolate*, v8::internal::Handle<v8::internal::Object>)"
             ),
             "v8::internal::Execution::Call(…)"
+        );
+        assert_eq!(
+            short_name(
+                "v8::internal::(anonymous namespace)::ConstructBuffer(v8::internal::Isolate*, v8::internal::Handle<v8::internal::JSFunction>)"
+            ),
+            "v8::internal::(anonymous namespace)::ConstructBuffer(…)"
+        );
+        assert_eq!(
+            short_name(
+                "std::vector<int, std::allocator<int> >::push_back(int const&, unsigned long) const"
+            ),
+            "std::vector<int, std::allocator<int> >::push_back(…) const"
         );
         assert_eq!(short_name("keep_new_object()"), "keep_new_object()");
         assert_eq!(short_name("leakIntoGlobalArray"), "leakIntoGlobalArray");
