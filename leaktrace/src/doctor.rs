@@ -427,7 +427,7 @@ fn node(target: &Target, name: &str) -> Option<Check> {
         return None;
     }
     let check = format!("node.js ({name})");
-    let map = target.host_path(Path::new(&format!("/tmp/perf-{}.map", ns_pid(target.pid))));
+    let map = target.host_path(Path::new(&format!("/tmp/perf-{}.map", target.ns_pid)));
     Some(if map.exists() {
         Check::ok(
             &check,
@@ -443,19 +443,6 @@ fn node(target: &Target, name: &str) -> Option<Check> {
             "start node with --perf-basic-prof (and --interpreted-frames-native-stack)",
         )
     })
-}
-
-/// The PID the process has in its own PID namespace (the last `NStgid` field).
-fn ns_pid(pid: u32) -> u32 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("NStgid:"))
-                .and_then(|v| v.split_whitespace().last())
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(pid)
 }
 
 /// Renders checks as text, one line each.

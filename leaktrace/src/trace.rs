@@ -529,8 +529,9 @@ impl Session {
             .iter()
             .map(|t| TargetSummary {
                 pid: t.target.pid,
+                ns_pid: t.target.ns_pid,
                 command: t.target.command.clone(),
-                allocator: t.attachment.allocator.host_path.display().to_string(),
+                allocator: t.attachment.allocator.path.display().to_string(),
                 functions: t
                     .attachment
                     .functions

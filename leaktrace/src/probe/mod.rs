@@ -166,6 +166,47 @@ const PROGRAMS: &[&str] = &[
     FREE_PROGRAM,
 ];
 
+/// Where an allocation function's entry and return probes go: past leading instructions the
+/// kernel would single-step (libstdc++'s `operator new` starts with `endbr64`: ~30 µs a call
+/// under this VM, 30 times an emulated probe), as long as nothing skipped touches the arguments,
+/// the stack pointer (the return probe takes the return address from `*rsp`, the entry probe
+/// reads it too) or the frame pointer (the stack walk starts from it). `None`: not probeable.
+fn entry_offset(code: &placement::FunctionCode, function: &str, library: &str) -> Option<u64> {
+    use placement::PlacementReason as Why;
+    let placed = placement::choose(
+        &code.bytes,
+        code.address,
+        placement::Needs {
+            arg_regs: &[
+                iced_x86::Register::RDI,
+                iced_x86::Register::RSI,
+                iced_x86::Register::RDX,
+                iced_x86::Register::RBP,
+            ],
+            stack_pointer: true,
+        },
+    );
+    match placed.reason {
+        Why::EntryEmulated | Why::AfterPrologue { .. } => Some(placed.offset),
+        Why::NoEmulatedInstruction | Why::EntryRejected { .. } => {
+            debug!(
+                function,
+                library,
+                offset = placed.offset,
+                "probe single-stepped (slow)"
+            );
+            Some(placed.offset)
+        }
+        Why::Unprobeable => {
+            warn!(
+                function,
+                library, "cannot be probed: its allocations are seen below it, if at all"
+            );
+            None
+        }
+    }
+}
+
 /// Says where the `free` probe sits and what it costs; fails when `free` cannot be probed.
 fn free_note(placed: &placement::Placement, library: &str) -> Result<String, ProbeError> {
     use placement::PlacementReason as Why;
@@ -245,7 +286,11 @@ impl Probes {
         let mut by_program: Vec<(&'static str, Vec<(&'static str, u64)>)> = Vec::new();
         let mut returns = Vec::new();
         for hook in hooks {
-            let code = match placement::function_bytes(elf, hook.function, 0) {
+            let code = match placement::function_bytes(
+                elf,
+                hook.function,
+                placement::MAX_SCAN_BYTES,
+            ) {
                 Ok(code) => code,
                 Err(err) if hook.required => {
                     debug!(%err, function = hook.function, "symbol lookup failed");
@@ -274,12 +319,16 @@ impl Probes {
                 });
             }
             probed.insert(code.file_offset, hook.program);
+            let Some(offset) = entry_offset(&code, hook.function, &library) else {
+                continue;
+            };
+            let at = code.file_offset + offset;
             match by_program.iter_mut().find(|(p, _)| *p == hook.program) {
-                Some((_, points)) => points.push((hook.function, code.file_offset)),
-                None => by_program.push((hook.program, vec![(hook.function, code.file_offset)])),
+                Some((_, points)) => points.push((hook.function, at)),
+                None => by_program.push((hook.program, vec![(hook.function, at)])),
             }
             if hook.returns {
-                returns.push((hook.function, code.file_offset));
+                returns.push((hook.function, at));
             }
             functions.push(hook.function);
         }

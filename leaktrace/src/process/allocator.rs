@@ -19,7 +19,9 @@ pub struct Allocator {
     pub kind: AllocatorKind,
     /// The path as the process names it.
     pub path: PathBuf,
-    /// The same file as the host reaches it (through `/proc/PID/root`).
+    /// The same file as the host reaches it: `/proc/PID/map_files/<range>`, the very file
+    /// mapped (a path in `/proc/PID/maps` is relative to the reader's root, which is not the
+    /// container's), else through `/proc/PID/root`.
     pub host_path: PathBuf,
     /// Inode of the file: the same library in several processes is one probe target.
     pub inode: u64,
@@ -65,10 +67,18 @@ pub fn find_all(target: &Target, mappings: &[Mapping]) -> Vec<Allocator> {
             continue;
         };
         if found.iter().all(|a| a.path != *path) {
+            let by_map = PathBuf::from(format!(
+                "/proc/{}/map_files/{:x}-{:x}",
+                target.pid, m.start, m.end
+            ));
             found.push(Allocator {
                 kind,
                 path: path.clone(),
-                host_path: target.host_path(path),
+                host_path: if by_map.exists() {
+                    by_map
+                } else {
+                    target.host_path(path)
+                },
                 inode: m.inode,
             });
         }

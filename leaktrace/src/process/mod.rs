@@ -32,7 +32,11 @@ pub enum ProcessError {
 /// A process being traced, as the host sees it.
 #[derive(Clone, Debug)]
 pub struct Target {
+    /// The PID as the host sees it.
     pub pid: u32,
+    /// The PID inside the process's own PID namespace (a container's view); equal to `pid`
+    /// outside containers.
+    pub ns_pid: u32,
     /// The command line, arguments joined with spaces.
     pub command: String,
     /// `/proc/PID/root`: files the process names are opened under it, so that a process in a
@@ -62,6 +66,7 @@ impl Target {
         };
         Ok(Self {
             pid,
+            ns_pid: ns_pid(pid).unwrap_or(pid),
             command,
             root: proc_dir.join("root"),
         })
@@ -107,6 +112,18 @@ impl Target {
             command: self.command.clone(),
         })
     }
+}
+
+/// The PID inside the process's innermost PID namespace: the last `NStgid` field.
+pub fn ns_pid(pid: u32) -> Option<u32> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("NStgid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
 }
 
 fn read(pid: u32, what: &'static str) -> Result<Vec<u8>, ProcessError> {

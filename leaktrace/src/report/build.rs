@@ -17,6 +17,7 @@ use crate::{
 /// One traced process, as the report describes it.
 pub struct TargetSummary {
     pub pid: u32,
+    pub ns_pid: u32,
     pub command: String,
     pub allocator: String,
     pub functions: Vec<String>,
@@ -101,6 +102,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             totals.add(&target_totals);
             TargetReport {
                 pid: t.pid,
+                ns_pid: t.ns_pid,
                 command: t.command,
                 allocator: t.allocator,
                 functions: t.functions,

@@ -223,6 +223,7 @@ mod render_tests {
             },
             targets: vec![TargetReport {
                 pid: 42,
+                ns_pid: 42,
                 command: "./app --flag".into(),
                 allocator: "/usr/lib/libc.so.6".into(),
                 functions: vec!["malloc".into(), "free".into()],

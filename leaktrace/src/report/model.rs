@@ -52,6 +52,8 @@ pub struct TraceInfo {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TargetReport {
     pub pid: u32,
+    /// The PID inside the process's PID namespace (as a container sees it).
+    pub ns_pid: u32,
     pub command: String,
     /// The allocator library probed, as the host reaches it.
     pub allocator: String,

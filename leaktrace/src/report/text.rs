@@ -29,7 +29,16 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
             (false, Some(code)) => format!("exited with {code}"),
             (false, None) => "exited".to_string(),
         };
-        let _ = writeln!(out, "  PID {}  {}  [{state}]", target.pid, target.command);
+        let ns = if target.ns_pid == target.pid {
+            String::new()
+        } else {
+            format!(" (PID {} in its namespace)", target.ns_pid)
+        };
+        let _ = writeln!(
+            out,
+            "  PID {}{ns}  {}  [{state}]",
+            target.pid, target.command
+        );
         let _ = writeln!(
             out,
             "    allocator {} (free probe {})",

@@ -238,13 +238,7 @@ impl Symbolizer {
 /// Where `pid`'s perf map is, as the host reaches it: under the process's root, named with the
 /// PID the process has in its own namespace (the last `NStgid` field).
 fn perf_map_path(pid: u32) -> Option<PathBuf> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let ns_pid = status
-        .lines()
-        .find_map(|l| l.strip_prefix("NStgid:"))
-        .and_then(|v| v.split_whitespace().last())
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(pid);
+    let ns_pid = crate::process::ns_pid(pid).unwrap_or(pid);
     let path = PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map"));
     path.exists().then_some(path)
 }

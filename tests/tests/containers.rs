@@ -1,0 +1,72 @@
+//! A target in its own mount and PID namespace, as every container is, traced from the host: its
+//! C library is its own file, reached through /proc/PID/root, and it is PID 1 inside.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use std::{fs, path::Path, process::Command};
+
+use leaktrace_tests::{Target, Tracer, fixture, have_root, read_report, scratch, site};
+
+/// A root file system holding the fixture, the dynamic loader and a copy of libc (another file,
+/// another inode, than the host's).
+fn make_root(dir: &Path) {
+    for (from, to) in [
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+    ] {
+        let to = dir.join(to);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(fs::canonicalize(from).unwrap(), &to).unwrap();
+    }
+    fs::copy(fixture("leaky", &[]), dir.join("leaky")).unwrap();
+}
+
+#[test]
+fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
+    if !have_root("a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly") {
+        return;
+    }
+    let root = scratch("container").join("root");
+    make_root(&root);
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--pid", "--fork", "--kill-child", "chroot"])
+        .arg(&root)
+        .args(["/leaky", "10"]);
+    let mut unshare = Target::spawn(cmd);
+    // The fixture is unshare's child; inside its namespace it is PID 1.
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.pid()))
+        .expect("unshare's children");
+    let pid: u32 = children
+        .split_whitespace()
+        .next()
+        .expect("a child")
+        .parse()
+        .unwrap();
+
+    let out = scratch("container").join("report.json");
+    let tracer = Tracer::attach(&[
+        &pid.to_string(),
+        "--format",
+        "json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    unshare.send("go");
+    unshare.expect_line("done");
+    assert!(tracer.interrupt().status.success());
+    assert_eq!(unshare.finish(), 0);
+
+    let report = read_report(&out);
+    let target = &report["targets"][0];
+    assert_eq!(target["pid"], pid);
+    assert_eq!(target["ns_pid"], 1, "the PID the container sees");
+    // Its own copy of libc (/proc/PID/maps names it as the host reaches it).
+    let libc = root.join("lib/x86_64-linux-gnu/libc.so.6");
+    assert_eq!(target["allocator"], libc.display().to_string());
+    let leak = site(&report, pid, "leak_malloc");
+    assert_eq!((leak.live_bytes, leak.live_allocs), (30_000, 30));
+    let chain = site(&report, pid, "leak_realloc_chain");
+    assert_eq!((chain.live_bytes, chain.allocated_bytes), (7_000, 11_000));
+}
