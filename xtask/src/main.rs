@@ -1,6 +1,7 @@
-//! `cargo xtask`: the project's tasks. `setup` installs what a fresh machine lacks; `demo` and
-//! `test` run it first, so each is the one command a new user needs.
+//! `cargo xtask`: the project's tasks. `setup` installs what a fresh machine lacks; `demo`,
+//! `test` and `bench` run it first, so each is the one command a new user needs.
 
+mod bench;
 mod demo;
 mod setup;
 mod shell;
@@ -29,6 +30,20 @@ enum Task {
         /// Only run tests whose name contains this.
         filter: Option<String>,
     },
+    /// Set up, build leaktrace (release), and measure what tracing costs: each workload untraced
+    /// and under each tracer configuration, in alternating rounds (needs root).
+    Bench {
+        /// Rounds; each runs every configuration once, in a rotated order [default: 3, 1 with
+        /// --quick].
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rounds: Option<u32>,
+        /// Workloads to run, comma-separated [default: all].
+        #[arg(long, value_enum, value_delimiter = ',')]
+        workloads: Vec<bench::Workload>,
+        /// One round of shorter workloads: a smoke run.
+        #[arg(long)]
+        quick: bool,
+    },
 }
 
 fn main() {
@@ -39,6 +54,17 @@ fn main() {
         Task::Test { no_lint, filter } => {
             setup::run().and_then(|()| test::run(!no_lint, filter.as_deref()))
         }
+        Task::Bench {
+            rounds,
+            workloads,
+            quick,
+        } => setup::run().and_then(|()| {
+            bench::run(bench::Options {
+                rounds: rounds.map(|r| r as usize),
+                workloads,
+                quick,
+            })
+        }),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");

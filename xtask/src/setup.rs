@@ -10,7 +10,8 @@ use crate::shell::{self, output, succeeds};
 ///
 /// LLVM 22 matches the LLVM inside rustc 1.98, which bpf-linker must link against; bpftool lets
 /// the tests check the kernel's own list of loaded programs; musl-tools builds fixtures against
-/// musl; chromium renders the HTML report and `go tool pprof` reads the pprof one in a test.
+/// musl; chromium renders the HTML report and `go tool pprof` reads the pprof one in a test;
+/// wrk loads and bpftrace runs the memleak-style reference of `cargo xtask bench`.
 const PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -22,6 +23,7 @@ const PACKAGES: &[&str] = &[
     "chromium",
     "golang-go",
     "wrk",
+    "bpftrace",
 ];
 
 /// bpf-linker built against Debian's LLVM 22 (its default features want LLVM 23).
