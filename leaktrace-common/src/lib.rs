@@ -85,7 +85,11 @@ pub struct LiveKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LiveAlloc {
+    /// Bytes this block stands for: its size, or in sampled mode its size over the probability
+    /// it had of being sampled (an unbiased estimate of the bytes it represents).
     pub size: u64,
+    /// Blocks this one stands for: 1, or in sampled mode the inverse of its probability.
+    pub count: u64,
     /// `bpf_ktime_get_ns` at allocation, for the age of what is held.
     pub ts_ns: u64,
     pub site: StackKey,
@@ -123,6 +127,42 @@ pub struct PendingCall {
     /// An [`AllocOp`] as `u32`.
     pub op: u32,
     pub depth: u32,
+    /// Probability the call was sampled with, scaled by 2^32; 0 when it is recorded for sure
+    /// (exact mode, or large enough to be certain).
+    pub p32: u32,
+    /// 1 when the block is recorded, 0 when sampling passed it over.
+    pub sampled: u32,
+}
+
+/// Sampling settings the tracer writes into the probes' `SAMPLING` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sampling {
+    /// Mean bytes between samples; 0 records every allocation.
+    pub sample_bytes: u64,
+}
+
+/// Buckets of the sampling-probability table: 1024 linear over sizes below the sampling
+/// interval N, 1024 linear over N to 17 N; larger allocations are always recorded.
+pub const SAMPLE_BUCKETS: u32 = 2048;
+
+/// The probability bucket of an allocation of `size` bytes, for interval `n`; `None` when it is
+/// recorded for sure. Used by the probes to look probabilities up and by the tracer to fill the
+/// table, so both agree on every boundary.
+///
+/// Divisions are by `NonZeroU64`: a division the compiler cannot prove safe would carry a panic
+/// path, which the BPF verifier rejects.
+#[inline(always)]
+pub fn sample_bucket(size: u64, n: u64) -> Option<u32> {
+    let n = core::num::NonZeroU64::new(n)?;
+    let n16 = core::num::NonZeroU64::new(n.get().saturating_mul(16))?;
+    if size < n.get() {
+        Some((size.saturating_mul(1024) / n) as u32)
+    } else if size < n.get().saturating_add(n16.get()) {
+        Some(1024 + ((size - n.get()).saturating_mul(1024) / n16) as u32)
+    } else {
+        None
+    }
 }
 
 /// Per-target event and loss counters; indices into [`TargetCounters::values`].
@@ -186,4 +226,5 @@ mod pod {
     unsafe impl aya::Pod for super::PendingCall {}
     unsafe impl aya::Pod for super::TargetCounters {}
     unsafe impl aya::Pod for super::StackFrames {}
+    unsafe impl aya::Pod for super::Sampling {}
 }

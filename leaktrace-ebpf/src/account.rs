@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
 };
-use leaktrace_common::{Counter, LiveAlloc, LiveKey, StackKey, StackStats};
+use leaktrace_common::{Counter, LiveAlloc, LiveKey, PendingCall, StackKey, StackStats};
 
 use crate::maps::{LIVE, STACK_STATS, TARGETS};
 
@@ -29,16 +29,25 @@ pub fn bump(counters: *mut u64, counter: Counter) {
     unsafe { *counters.add(counter as usize) += 1 };
 }
 
-/// Records a block returned by an allocation function.
+/// Records a block returned by the allocation call `call` (if sampling picked it).
 #[inline(always)]
-pub fn record_alloc(counters: *mut u64, addr: u64, size: u64, site: &StackKey) {
+pub fn record_alloc(counters: *mut u64, addr: u64, call: &PendingCall) {
     bump(counters, Counter::AllocCalls);
+    if call.sampled == 0 {
+        return;
+    }
+    // What the block stands for: itself, or, sampled with probability p, 1/p of its kind.
+    let (size, count) = match core::num::NonZeroU64::new(u64::from(call.p32)) {
+        None => (call.size, 1),
+        Some(p) => ((call.size << 32) / p, ((1u64 << 32) + p.get() / 2) / p),
+    };
+    let site = &call.site;
     let Some(stats) = site_stats(site) else {
         bump(counters, Counter::StackMapFull);
         return;
     };
     add_u64(unsafe { &raw mut (*stats).alloc_bytes }, size);
-    add_u64(unsafe { &raw mut (*stats).alloc_calls }, 1);
+    add_u64(unsafe { &raw mut (*stats).alloc_calls }, count);
 
     let key = LiveKey {
         tgid: site.tgid,
@@ -47,6 +56,7 @@ pub fn record_alloc(counters: *mut u64, addr: u64, size: u64, site: &StackKey) {
     };
     let block = LiveAlloc {
         size,
+        count,
         ts_ns: unsafe { bpf_ktime_get_ns() },
         site: *site,
     };
@@ -70,7 +80,7 @@ pub fn record_alloc(counters: *mut u64, addr: u64, size: u64, site: &StackKey) {
         }
     }
     add_i64(unsafe { &raw mut (*stats).live_bytes }, size as i64);
-    add_i64(unsafe { &raw mut (*stats).live_allocs }, 1);
+    add_i64(unsafe { &raw mut (*stats).live_allocs }, count as i64);
 }
 
 /// Records the release of a block (free, or the old block of a successful realloc).

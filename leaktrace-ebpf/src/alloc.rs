@@ -8,15 +8,15 @@
 
 use aya_ebpf::{
     bindings::BPF_ANY,
-    helpers::bpf_probe_read_user,
+    helpers::{bpf_get_prandom_u32, bpf_probe_read_user},
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use leaktrace_common::{AllocOp, Counter, PendingCall};
+use leaktrace_common::{AllocOp, Counter, PendingCall, StackKey, sample_bucket};
 
 use crate::{
     account::{bump, current_target, record_alloc, record_free},
-    maps::PENDING,
+    maps::{PENDING, SAMPLE_TABLE, SAMPLING},
     site,
 };
 
@@ -92,7 +92,7 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
                 if call.old_addr != 0 {
                     record_free(counters, tgid, call.old_addr);
                 }
-                record_alloc(counters, ret, call.size, &call.site);
+                record_alloc(counters, ret, &call);
             } else if call.size == 0 && call.old_addr != 0 {
                 // realloc(p, 0) that returns NULL has freed p (glibc, musl).
                 record_free(counters, tgid, call.old_addr);
@@ -105,14 +105,14 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
             // SAFETY: a user-memory read through the helper.
             let block = unsafe { bpf_probe_read_user(call.out_ptr as *const u64) }.unwrap_or(0);
             if ret == 0 && block != 0 {
-                record_alloc(counters, block, call.size, &call.site);
+                record_alloc(counters, block, &call);
             } else {
                 bump(counters, Counter::FailedAllocs);
             }
         }
         _ => {
             if ret != 0 {
-                record_alloc(counters, ret, call.size, &call.site);
+                record_alloc(counters, ret, &call);
             } else {
                 bump(counters, Counter::FailedAllocs);
             }
@@ -163,8 +163,15 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
         // probe the kernel could not place): start afresh rather than swallow every later call.
         bump(counters, Counter::MissedReturns);
     }
+    // Passed-over calls still get an entry: calls nested inside them must not be sampled again.
+    let (sampled, p32) = sample(size);
+    let site = if sampled {
+        site::capture(ctx, (pid_tgid >> 32) as u32, caller, counters)
+    } else {
+        StackKey::default()
+    };
     let call = PendingCall {
-        site: site::capture(ctx, (pid_tgid >> 32) as u32, caller, counters),
+        site,
         size,
         old_addr,
         out_ptr,
@@ -172,6 +179,8 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
         caller,
         op: op as u32,
         depth: 1,
+        p32,
+        sampled: u32::from(sampled),
     };
     if PENDING
         .insert(&pid_tgid, &call, u64::from(BPF_ANY))
@@ -180,6 +189,22 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
         bump(counters, Counter::PendingMapFull);
     }
     0
+}
+
+/// Whether to record an allocation of `size` bytes, and the probability it had (scaled by 2^32;
+/// 0 = certain). Poisson sampling by bytes: 1 - exp(-size/N), from the tracer's table.
+#[inline(always)]
+fn sample(size: u64) -> (bool, u32) {
+    let n = SAMPLING.get(0).map_or(0, |s| s.sample_bytes);
+    let Some(bucket) = sample_bucket(size, n) else {
+        return (true, 0);
+    };
+    let p32 = SAMPLE_TABLE.get(bucket).copied().unwrap_or(0);
+    if p32 == 0 {
+        return (true, 0);
+    }
+    // SAFETY: a helper call without arguments.
+    (unsafe { bpf_get_prandom_u32() } < p32, p32)
 }
 
 /// Whether a call entered at `sp` with return address `caller` runs inside the pending call.

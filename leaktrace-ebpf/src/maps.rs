@@ -5,11 +5,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
 };
 use leaktrace_common::{
     DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES, DEFAULT_MAX_STACKS, LiveAlloc, LiveKey,
-    MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, StackFrames, StackKey, StackStats, TargetCounters,
+    MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, SAMPLE_BUCKETS, Sampling, StackFrames, StackKey,
+    StackStats, TargetCounters,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -42,3 +43,12 @@ pub static STACKS: HashMap<u64, StackFrames> =
 /// Room to walk a stack in: too large for the 512-byte BPF stack.
 #[map]
 pub static SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+
+/// Sampling settings, written by the tracer (index 0); all zero means exact.
+#[map]
+pub static SAMPLING: Array<Sampling> = Array::with_max_entries(1, 0);
+
+/// Probability of recording an allocation, by `leaktrace_common::sample_bucket`, scaled by 2^32:
+/// 1 - exp(-s/N) at the bucket's middle size, computed by the tracer (no floating point here).
+#[map]
+pub static SAMPLE_TABLE: Array<u32> = Array::with_max_entries(SAMPLE_BUCKETS, 0);

@@ -70,6 +70,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         limits: args.limits(),
         mode: args.mode(),
         quiet: args.quiet,
+        sample_bytes: args.sample_bytes,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

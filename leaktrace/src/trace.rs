@@ -41,6 +41,8 @@ pub struct Options {
     pub mode: ProbeMode,
     /// No live status line on stderr.
     pub quiet: bool,
+    /// Poisson sampling by bytes with this mean interval; `None` records every allocation.
+    pub sample_bytes: Option<u64>,
 }
 
 const LOADER_POLL: Duration = Duration::from_micros(200);
@@ -135,7 +137,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
                 let allocator = target.allocator()?;
                 targets.push((target, allocator));
             }
-            let mut session = Session::new(options.limits, options.mode, options.quiet)?;
+            let mut session = Session::new(options)?;
             for (target, allocator) in targets {
                 session.attach(target, &allocator)?;
             }
@@ -149,7 +151,7 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
         Start::Run(argv) => {
             let held = spawn::hold(&argv)?;
             let pid = held.pid;
-            let mut session = match Session::new(options.limits, options.mode, options.quiet) {
+            let mut session = match Session::new(options) {
                 Ok(session) => session,
                 Err(err) => {
                     // The child would run untraced: end it before reporting the error.
@@ -217,9 +219,14 @@ fn reap(pid: u32) -> i32 {
 }
 
 impl Session {
-    fn new(limits: MapLimits, mode: ProbeMode, quiet: bool) -> anyhow::Result<Self> {
+    fn new(options: &Options) -> anyhow::Result<Self> {
+        let mut probes = Probes::load(options.limits, options.mode)?;
+        if let Some(n) = options.sample_bytes {
+            probes.set_sampling(n)?;
+        }
+        let quiet = options.quiet;
         Ok(Self {
-            probes: Probes::load(limits, mode)?,
+            probes,
             traced: Vec::new(),
             history: History::default(),
             stacks: StackCache::default(),
@@ -563,6 +570,7 @@ impl Session {
                 .map_or_else(|| self.started.elapsed(), |d| d - self.started)
                 .as_secs_f64(),
             interval_s: options.interval.as_secs_f64(),
+            sample_bytes: options.sample_bytes.unwrap_or(0),
             ended_by,
             top: options.top,
         }))

@@ -314,3 +314,42 @@ fn without_privileges_it_says_what_to_do() {
         .expect("setpriv");
     assert_one_line_error(&output, "needs root");
 }
+
+#[test]
+fn sampled_mode_estimates_without_bias() {
+    if !have_root("sampled_mode_estimates_without_bias") {
+        return;
+    }
+    let rounds: i64 = 10_000;
+    let out = scratch("sampled").join("report.json");
+    let mut target = Target::start(&fixture("leaky", &[]), &[&rounds.to_string()]);
+    let pid = target.pid();
+    let tracer = Tracer::attach(&[
+        &pid.to_string(),
+        "--sample-bytes",
+        "64KiB",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    target.send("go");
+    target.expect_line("done");
+    assert!(tracer.interrupt().status.success());
+    assert_eq!(target.finish(), 0);
+    let report = read_report(&out);
+    assert_eq!(report["trace"]["sample_bytes"], 65536);
+    // Every call is still counted; only what is recorded is sampled.
+    assert_eq!(
+        report["targets"][0]["totals"]["alloc_calls"].as_i64(),
+        Some(15 * rounds)
+    );
+    // 30,000 blocks of 1000 bytes: the estimate's standard deviation is about
+    // sqrt(30,000 x 1000 x 65,536) = 1.4 MB, 4.7 %; allow five of them.
+    let leak = site(&report, pid, "leak_malloc");
+    let truth = 3000 * rounds;
+    let error = (leak.live_bytes - truth).abs() as f64 / truth as f64;
+    assert!(error < 0.25, "estimate {} vs {truth}", leak.live_bytes);
+    // Freed blocks leave nothing behind, sampled or not: their weights come off exactly.
+    assert_eq!(site(&report, pid, "no_leak").live_bytes, 0);
+}

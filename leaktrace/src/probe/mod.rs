@@ -13,7 +13,7 @@ use aya::{
     },
     util::nr_cpus,
 };
-use leaktrace_common::TargetCounters;
+use leaktrace_common::{Sampling, TargetCounters};
 use tracing::{debug, warn};
 
 use crate::process::{Allocator, Target};
@@ -259,6 +259,28 @@ pub struct Probes {
     links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
+/// The probability of recording an allocation in each bucket of
+/// [`leaktrace_common::sample_bucket`], scaled by 2^32: 1 - exp(-s/n) at the bucket's middle
+/// size. Any probability gives unbiased estimates as long as the probes weight each record by the
+/// same one; the middle keeps it close to Poisson sampling by bytes.
+pub fn sample_table(n: u64) -> Vec<u32> {
+    let n = n.max(1) as f64;
+    (0..leaktrace_common::SAMPLE_BUCKETS)
+        .map(|bucket| {
+            let b = f64::from(bucket);
+            let size = if bucket < 1024 {
+                (b + 0.5) / 1024.0 * n
+            } else {
+                n + (b - 1024.0 + 0.5) / 1024.0 * 16.0 * n
+            };
+            let p = 1.0 - (-size / n).exp();
+            (p * 4_294_967_296.0)
+                .round()
+                .clamp(1.0, f64::from(u32::MAX)) as u32
+        })
+        .collect()
+}
+
 /// Reads an allocator library's ELF file.
 fn read_library(allocator: &Allocator) -> Result<Vec<u8>, ProbeError> {
     fs::read(&allocator.host_path).map_err(|source| ProbeError::Library {
@@ -367,6 +389,32 @@ impl Probes {
             mode,
             links: HashMap::new(),
         })
+    }
+
+    /// Switches the probes to Poisson sampling by bytes with mean interval `n` (0: exact). An
+    /// allocation of `s` bytes is then recorded with probability 1 - exp(-s/n), weighted by the
+    /// inverse of the probability it had, so sums are unbiased estimates.
+    pub fn set_sampling(&mut self, n: u64) -> Result<(), ProbeError> {
+        let map_err = |e| ProbeError::Map(Box::new(e));
+        let mut table: aya::maps::Array<&mut aya::maps::MapData, u32> = aya::maps::Array::try_from(
+            self.ebpf
+                .map_mut("SAMPLE_TABLE")
+                .ok_or(ProbeError::Missing("SAMPLE_TABLE"))?,
+        )
+        .map_err(map_err)?;
+        for (bucket, p32) in sample_table(n).into_iter().enumerate() {
+            table.set(bucket as u32, &p32, 0).map_err(map_err)?;
+        }
+        let mut sampling: aya::maps::Array<&mut aya::maps::MapData, Sampling> =
+            aya::maps::Array::try_from(
+                self.ebpf
+                    .map_mut("SAMPLING")
+                    .ok_or(ProbeError::Missing("SAMPLING"))?,
+            )
+            .map_err(map_err)?;
+        sampling
+            .set(0, &Sampling { sample_bytes: n }, 0)
+            .map_err(map_err)
     }
 
     /// The loaded object, for reading its maps.
@@ -536,5 +584,34 @@ impl Probes {
 impl Drop for Probes {
     fn drop(&mut self) {
         self.detach_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use leaktrace_common::sample_bucket;
+
+    use super::sample_table;
+
+    #[test]
+    fn sampling_probabilities_follow_poisson_by_bytes() {
+        let n = 512 * 1024;
+        let table = sample_table(n);
+        let p = |size: u64| {
+            f64::from(table[sample_bucket(size, n).unwrap() as usize]) / 4_294_967_296.0
+        };
+        // 1 - exp(-s/N) within the bucket's width.
+        assert!((p(n) - (1.0 - (-1.0f64).exp())).abs() < 0.01);
+        assert!((p(n / 2) - (1.0 - (-0.5f64).exp())).abs() < 0.01);
+        assert!(p(16) > 0.0 && p(16) < 0.001);
+        assert!(p(16 * n) > 0.999);
+        assert_eq!(
+            sample_bucket(17 * n, n),
+            None,
+            "large blocks are always recorded"
+        );
+        assert_eq!(sample_bucket(100, 0), None, "N = 0 is exact");
+        // Monotone: a larger block is never less likely to be recorded.
+        assert!(table.windows(2).all(|w| w[0] <= w[1]));
     }
 }

@@ -36,6 +36,7 @@ pub struct Inputs<'a> {
     pub frames: &'a mut dyn FnMut(&StackKey) -> Vec<Frame>,
     pub duration_s: f64,
     pub interval_s: f64,
+    pub sample_bytes: u64,
     pub ended_by: &'static str,
     pub top: Option<usize>,
 }
@@ -122,6 +123,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
         trace: TraceInfo {
             duration_s: inputs.duration_s,
             interval_s: inputs.interval_s,
+            sample_bytes: inputs.sample_bytes,
             ended_by: inputs.ended_by.into(),
             stacks_omitted: omitted,
         },

@@ -218,6 +218,7 @@ mod render_tests {
             trace: TraceInfo {
                 duration_s: 3.0,
                 interval_s: 1.0,
+                sample_bytes: 0,
                 ended_by: "duration".into(),
                 stacks_omitted: 0,
             },

@@ -43,6 +43,10 @@ pub struct TraceInfo {
     /// Seconds the probes were attached.
     pub duration_s: f64,
     pub interval_s: f64,
+    /// 0 when every allocation was recorded; else the mean bytes between samples: byte and
+    /// block counts are then unbiased estimates, and unknown frees include frees of blocks
+    /// sampling passed over.
+    pub sample_bytes: u64,
     /// Why the trace ended: `duration`, `signal`, `targets-exited`.
     pub ended_by: String,
     /// Sites left out of `stacks` by `--top` (their bytes are still in `totals`).

@@ -23,6 +23,15 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
         t.interval_s,
         t.ended_by,
     );
+    if t.sample_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "  sampled: one record per {} on average (Poisson by bytes); byte and block counts are \
+             unbiased estimates, each within about ±2·sqrt({} x its bytes) at 95 %",
+            bytes(t.sample_bytes as i64),
+            bytes(t.sample_bytes as i64)
+        );
+    }
     for target in &report.targets {
         let state = match (target.alive_at_end, target.exit_code) {
             (true, _) => "running".to_string(),
