@@ -247,6 +247,27 @@ impl Drop for Tracer {
     }
 }
 
+/// Traces the workload of `target` (running as host PID `pid`): attaches with `args` and a JSON
+/// report to `out`, sends `go`, waits for `done`, ends the trace as Ctrl-C would, and returns
+/// the report. The target keeps running: [`Target::finish`] ends it.
+pub fn trace_workload(target: &mut Target, pid: u32, args: &[&str], out: &Path) -> Value {
+    let pid = pid.to_string();
+    let out_arg = out.to_str().expect("utf-8 path");
+    let mut all = vec![pid.as_str()];
+    all.extend_from_slice(args);
+    all.extend(["--format", "json", "-o", out_arg]);
+    let tracer = Tracer::attach(&all);
+    target.send("go");
+    target.expect_line("done");
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "leaktrace failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    read_report(out)
+}
+
 /// Reads a JSON report, checked against the written schema (docs/report.schema.json).
 pub fn read_report(path: &Path) -> Value {
     let text = fs::read_to_string(path)

@@ -4,7 +4,7 @@
 
 use std::{fs, path::Path, process::Command};
 
-use leaktrace_tests::{Target, Tracer, fixture, have_root, read_report, scratch, site};
+use leaktrace_tests::{Target, fixture, have_root, scratch, site, trace_workload};
 
 /// A root file system holding the fixture, the dynamic loader and a copy of libc (another file,
 /// another inode, than the host's).
@@ -46,19 +46,9 @@ fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
         .unwrap();
 
     let out = scratch("container").join("report.json");
-    let tracer = Tracer::attach(&[
-        &pid.to_string(),
-        "--format",
-        "json",
-        "-o",
-        out.to_str().unwrap(),
-    ]);
-    unshare.send("go");
-    unshare.expect_line("done");
-    assert!(tracer.interrupt().status.success());
+    let report = trace_workload(&mut unshare, pid, &[], &out);
     assert_eq!(unshare.finish(), 0);
 
-    let report = read_report(&out);
     let target = &report["targets"][0];
     assert_eq!(target["pid"], pid);
     assert_eq!(target["ns_pid"], 1, "the PID the container sees");

@@ -3,7 +3,7 @@
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
 use leaktrace_tests::{
-    SiteTotals, Target, Tracer, fixture_with, have_root, losses, read_report, scratch, site,
+    SiteTotals, Target, fixture_with, have_root, losses, scratch, site, trace_workload,
 };
 use serde_json::Value;
 
@@ -14,29 +14,13 @@ fn trace(cc: &str, name: &str, rounds: u64) -> (Value, u32) {
     let exe = fixture_with(cc, &format!("coverage/{name}"), &[]);
     let mut target = Target::start(&exe, &[&rounds.to_string()]);
     let pid = target.pid();
-    let tracer = Tracer::attach(&[
-        &pid.to_string(),
-        "--interval",
-        "100ms",
-        "--format",
-        "json",
-        "-o",
-        out.to_str().expect("utf-8 path"),
-    ]);
-    target.send("go");
-    target.expect_line("done");
-    let output = tracer.interrupt();
-    assert!(
-        output.status.success(),
-        "leaktrace failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = trace_workload(&mut target, pid, &["--interval", "100ms"], &out);
     assert_eq!(
         target.finish(),
         0,
         "the fixture's self-checks passed and it is unharmed"
     );
-    (read_report(&out), pid)
+    (report, pid)
 }
 
 fn totals(live: i64, blocks: i64, allocated: u64, calls: u64) -> SiteTotals {

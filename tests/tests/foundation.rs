@@ -9,7 +9,7 @@ use std::{
 
 use leaktrace_tests::{
     Target, Tracer, assert_one_line_error, fixture, have_root, leaktrace, losses, read_report,
-    scratch, site,
+    scratch, site, trace_workload,
 };
 use serde_json::Value;
 
@@ -324,20 +324,8 @@ fn sampled_mode_estimates_without_bias() {
     let out = scratch("sampled").join("report.json");
     let mut target = Target::start(&fixture("leaky", &[]), &[&rounds.to_string()]);
     let pid = target.pid();
-    let tracer = Tracer::attach(&[
-        &pid.to_string(),
-        "--sample-bytes",
-        "64KiB",
-        "--format",
-        "json",
-        "-o",
-        out.to_str().expect("utf-8 path"),
-    ]);
-    target.send("go");
-    target.expect_line("done");
-    assert!(tracer.interrupt().status.success());
+    let report = trace_workload(&mut target, pid, &["--sample-bytes", "64KiB"], &out);
     assert_eq!(target.finish(), 0);
-    let report = read_report(&out);
     assert_eq!(report["trace"]["sample_bytes"], 65536);
     // Every call is still counted; only what is recorded is sampled.
     assert_eq!(

@@ -163,7 +163,7 @@ fn controls_yield_no_leak() {
         "control-addon",
     ];
     let (report, pids) = trace("node_controls", &controls);
-    for (fixture, pid) in controls.iter().zip(pids) {
+    for (fixture, &pid) in controls.iter().zip(&pids) {
         let leaks: Vec<Vec<&str>> = stacks_of(&report, pid)
             .into_iter()
             .filter(|s| s["growth"]["verdict"] == "leak")
@@ -174,4 +174,22 @@ fn controls_yield_no_leak() {
             "{fixture}: stacks with verdict leak: {leaks:#?}"
         );
     }
+}
+
+#[test]
+fn without_a_perf_map_the_report_says_how_to_get_one() {
+    if !have_root("without_a_perf_map_the_report_says_how_to_get_one") {
+        return;
+    }
+    let mut cmd = Command::new("node");
+    cmd.current_dir(scratch("node_cwd_plain"))
+        .arg(root().join("tests/fixtures/node/leak-global-array.js"))
+        .arg("2");
+    let mut target = Target::spawn(cmd);
+    let pid = target.pid();
+    let out = scratch("node_plain").join("report.json");
+    let report = leaktrace_tests::trace_workload(&mut target, pid, &[], &out);
+    assert_eq!(target.finish(), 0);
+    let notes = report["targets"][0]["notes"].to_string();
+    assert!(notes.contains("--perf-basic-prof"), "{notes}");
 }

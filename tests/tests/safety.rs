@@ -4,7 +4,7 @@
 
 use std::{fs, process::Command, thread, time::Duration};
 
-use leaktrace_tests::{Target, Tracer, fixture, have_root, leaktrace};
+use leaktrace_tests::{Target, Tracer, fixture, have_root, leaktrace, trace_workload};
 
 /// The ids of the BPF programs and links a process holds, from its descriptors' fdinfo.
 fn bpf_objects(pid: u32) -> (Vec<u64>, Vec<u64>) {
@@ -104,21 +104,12 @@ fn a_seccomp_filtered_target_is_checked_then_traced_unharmed() {
     assert!(doctor.status.success(), "{text}");
 
     let out = leaktrace_tests::scratch("seccomp").join("report.json");
-    let tracer = Tracer::attach(&[&pid, "--format", "json", "-o", out.to_str().expect("utf-8")]);
-    target.send("go");
-    target.expect_line("done");
-    let output = tracer.interrupt();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let report = trace_workload(&mut target, pid.parse().expect("pid"), &[], &out);
     assert_eq!(
         target.finish(),
         0,
         "the filtered target survived its return probes"
     );
-    let report = leaktrace_tests::read_report(&out);
     let kept = leaktrace_tests::site(&report, pid.parse().expect("pid"), "keep_blocks");
     assert_eq!((kept.live_bytes, kept.alloc_calls), (40_000, 40));
 }
@@ -184,20 +175,8 @@ fn tiny_maps_count_exactly_what_they_could_not_record() {
     let out = leaktrace_tests::scratch("tiny_maps").join("report.json");
     let mut target = Target::start(&fixture("leaky", &[]), &["10"]);
     let pid = target.pid();
-    let tracer = Tracer::attach(&[
-        &pid.to_string(),
-        "--max-live-allocs",
-        "8",
-        "--format",
-        "json",
-        "-o",
-        out.to_str().expect("utf-8"),
-    ]);
-    target.send("go");
-    target.expect_line("done");
-    assert!(tracer.interrupt().status.success());
+    let report = trace_workload(&mut target, pid, &["--max-live-allocs", "8"], &out);
     assert_eq!(target.finish(), 0);
-    let report = leaktrace_tests::read_report(&out);
     let totals = &report["targets"][0]["totals"];
     let full = totals["losses"]["live_map_full"].as_u64().expect("counter");
     let live = totals["live_allocs"].as_i64().expect("live");

@@ -44,6 +44,9 @@ const GIVE_BACK: f64 = 0.5;
 /// Least rise, from the first to the last trough between give-backs, as a
 /// fraction of the peak, for the floor under the churn to be growing.
 const FLOOR_RISE: f64 = 0.1;
+/// A floor under the churn of this fraction of the peak, not rising, is memory
+/// held steadily under garbage that comes and goes: a plateau.
+const HELD_FLOOR: f64 = 0.25;
 /// A leak never falls by this fraction of its rise (peak minus start
 /// level): its noise is small beside its growth. A random walk, whose falls
 /// grow with its range, stays out.
@@ -159,8 +162,10 @@ pub struct Growth {
 ///    once the series has climbed half the peak again) trend upward at
 ///    p < 0.05, which takes at least 5 of them, and the last is 10 % of the
 ///    peak or more above the first: memory is retained under the churn.
-///    Else `churn`. So a saw-tooth is never a leak, however steeply its
-///    teeth climb.
+///    Else `plateau` if at least two troughs sit level at a floor of a
+///    quarter of the peak or more (a bounded cache under a garbage
+///    collector), else `churn`. So a saw-tooth is never a leak, however steeply its teeth
+///    climb.
 /// 3. Downward trend, Mann-Kendall p < 0.05: `churn`.
 /// 4. No sign of growth: `stable`. From 5 points on, a sign is an upward
 ///    trend at p < 0.05, or a rise of 5 times the step noise (the scaled
@@ -226,6 +231,8 @@ fn decide(
     if !troughs.is_empty() {
         return if floor_rises(&troughs, peak) {
             Verdict::Growing
+        } else if floor_held(&troughs, peak) {
+            Verdict::Plateau
         } else {
             Verdict::Churn
         };
@@ -324,6 +331,22 @@ fn floor_rises(troughs: &[i64], peak: f64) -> bool {
     floor.s > 0
         && floor.p_two_sided() < SIGNIFICANCE
         && last as f64 - first as f64 >= FLOOR_RISE * peak
+}
+
+/// Rule 2's test for a bounded set kept under the churn (a cache whose evicted entries wait for a
+/// garbage collector): the troughs, at least two of them, stay level (first to last within 10 %
+/// of the peak) at a floor of a quarter of the peak or more. A saw-tooth of pure garbage falls
+/// to (nearly) nothing instead.
+fn floor_held(troughs: &[i64], peak: f64) -> bool {
+    let (Some(&first), Some(&last)) = (troughs.first(), troughs.last()) else {
+        return false;
+    };
+    let mut sorted = troughs.to_vec();
+    sorted.sort_unstable();
+    let median = sorted[sorted.len() / 2] as f64;
+    troughs.len() >= 2
+        && median >= HELD_FLOOR * peak
+        && ((last - first) as f64).abs() < FLOOR_RISE * peak
 }
 
 /// Mann-Kendall trend statistics of a series in time order.
@@ -1135,5 +1158,19 @@ mod tests {
         .collect();
         assert_eq!(names, ["leak", "growing", "plateau", "churn", "stable"]);
         assert_eq!(Verdict::Plateau.to_string(), "plateau");
+    }
+
+    #[test]
+    fn bounded_cache_under_a_garbage_collector_is_a_plateau() {
+        // A 2 MiB cache fills in 2 s; evicted entries pile up 1 MiB/s on top until a collection
+        // every 3 s frees them: the floor holds at 2 MiB.
+        let series = per_second((0..21).map(|t| {
+            let cache = (t.min(2)) * MIB;
+            cache + (t % 3) * MIB
+        }));
+        assert_eq!(classify(&series).verdict, Verdict::Plateau);
+        // The same teeth falling to nothing are churn.
+        let series = per_second((0..21).map(|t| (t % 3) * MIB));
+        assert_eq!(classify(&series).verdict, Verdict::Churn);
     }
 }

@@ -4,10 +4,7 @@
 
 use std::{collections::BTreeMap, fmt::Write as _};
 
-use super::{
-    Report, bytes, flamegraph, folded,
-    model::{Losses, StackReport},
-};
+use super::{Report, bytes, flamegraph, folded, model::StackReport};
 
 /// Suspects drawn, at most.
 const MAX_SUSPECTS: usize = 20;
@@ -45,7 +42,7 @@ pub fn render(report: &Report) -> String {
             target.totals.live_allocs,
             bytes(target.totals.allocated_bytes as i64),
             target.totals.alloc_calls,
-            losses(&target.totals.losses),
+            target.totals.losses,
         );
         for note in &target.notes {
             let _ = writeln!(
@@ -116,7 +113,7 @@ pub fn render(report: &Report) -> String {
     // Inline the SVG element itself, without its XML prologue.
     out.push_str(svg.find("<svg").map_or(svg.as_str(), |i| &svg[i..]));
     out.push_str("</div>\n<h2>Loss counters</h2>\n<p>");
-    out.push_str(&losses(&report.totals.losses));
+    out.push_str(&report.totals.losses.to_string());
     out.push_str("</p>\n</body></html>\n");
     out
 }
@@ -170,21 +167,6 @@ fn total_series(stacks: &[StackReport]) -> Vec<(f64, i64)> {
         }
     }
     sums.into_values().collect()
-}
-
-fn losses(l: &Losses) -> String {
-    format!(
-        "{} unknown frees, {} live-map full, {} stack-map full, {} stacks not stored, {} stacks \
-         truncated, {} in-flight map full, {} missed frees, {} missed returns",
-        l.unknown_frees,
-        l.live_map_full,
-        l.stack_map_full,
-        l.stack_capture_failed,
-        l.stack_truncated,
-        l.pending_map_full,
-        l.missed_frees,
-        l.missed_returns
-    )
 }
 
 /// Escapes text for HTML content and attribute values.

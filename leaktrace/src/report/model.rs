@@ -107,6 +107,26 @@ pub struct Losses {
     pub missed_returns: u64,
 }
 
+impl std::fmt::Display for Losses {
+    /// Every counter, zero or not: a reader must see that nothing was dropped.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} unknown frees (allocated before attach), {} live-map full, {} stack-map full, \
+             {} stacks not stored, {} stacks truncated, {} in-flight map full, {} missed frees, \
+             {} missed returns",
+            self.unknown_frees,
+            self.live_map_full,
+            self.stack_map_full,
+            self.stack_capture_failed,
+            self.stack_truncated,
+            self.pending_map_full,
+            self.missed_frees,
+            self.missed_returns,
+        )
+    }
+}
+
 impl Totals {
     /// Adds another set of totals into this one.
     pub fn add(&mut self, other: &Totals) {

@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::{
     Report, bytes,
-    model::{Frame, Losses, StackReport},
+    model::{Frame, StackReport},
 };
 use crate::analyze::growth::sparkline;
 
@@ -64,7 +64,7 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
             tt.free_calls,
             tt.failed_allocs,
         );
-        let _ = writeln!(out, "    {}", losses(&tt.losses));
+        let _ = writeln!(out, "    losses: {}", tt.losses);
         for note in &target.notes {
             let _ = writeln!(out, "    note: {note}");
         }
@@ -197,23 +197,6 @@ fn short_name(name: &str) -> String {
         }
     }
     name.to_string()
-}
-
-/// Every loss counter, zero or not: a reader must see that nothing was dropped.
-fn losses(l: &Losses) -> String {
-    format!(
-        "losses: {} unknown frees (allocated before attach), {} live-map full, {} stack-map full, \
-         {} stacks not stored, {} stacks truncated, {} in-flight map full, {} missed frees, \
-         {} missed returns",
-        l.unknown_frees,
-        l.live_map_full,
-        l.stack_map_full,
-        l.stack_capture_failed,
-        l.stack_truncated,
-        l.pending_map_full,
-        l.missed_frees,
-        l.missed_returns,
-    )
 }
 
 /// A growth rate in human units.
