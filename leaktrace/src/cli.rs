@@ -101,6 +101,10 @@ pub struct TraceArgs {
     /// processes: a passed-over call costs no stack walk and no map update.
     #[arg(long, value_parser = parse_bytes)]
     pub sample_bytes: Option<u64>,
+    /// Most CPU the probes may cost the targets, in percent of one CPU (`5` = 5 %): over it,
+    /// sampling is raised, and when that cannot help leaktrace detaches and says so.
+    #[arg(long, value_parser = parse_percent)]
+    pub max_overhead: Option<f64>,
     /// No live status line on stderr while tracing.
     #[arg(short, long)]
     pub quiet: bool,
@@ -179,6 +183,13 @@ fn parse_bytes(s: &str) -> Result<u64, String> {
         return Err(format!("`{s}` is out of range: use 1 byte to 128MiB"));
     }
     Ok(n)
+}
+
+fn parse_percent(s: &str) -> Result<f64, String> {
+    match s.trim_end_matches('%').parse::<f64>() {
+        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
+        _ => Err(format!("`{s}` is not a percentage between 0 and 100")),
+    }
 }
 
 fn parse_pid(s: &str) -> Result<u32, String> {

@@ -71,6 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         mode: args.mode(),
         quiet: args.quiet,
         sample_bytes: args.sample_bytes,
+        max_overhead: args.max_overhead,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

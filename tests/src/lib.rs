@@ -215,6 +215,18 @@ impl Tracer {
         self.child.id()
     }
 
+    /// Waits for the tracer to end by itself.
+    pub fn wait(mut self) -> Output {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stderr, &mut rest);
+        let status = self.child.wait().expect("waiting for leaktrace");
+        Output {
+            status,
+            stdout: Vec::new(),
+            stderr: format!("{}{rest}", self.log).into_bytes(),
+        }
+    }
+
     /// Kills the tracer outright (SIGKILL): no chance to clean up.
     pub fn kill(self) {
         drop(self);

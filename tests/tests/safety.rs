@@ -303,3 +303,42 @@ fn a_full_disk_leaves_no_half_written_report() {
         "nothing half-written is left: {listing:?}"
     );
 }
+
+#[test]
+fn an_overhead_budget_detaches_rather_than_slow_a_busy_target() {
+    if !have_root("an_overhead_budget_detaches_rather_than_slow_a_busy_target") {
+        return;
+    }
+    // A tight allocation loop: the traps alone cost far more than 2 % of a CPU.
+    let mut target = Target::start(&fixture("leaky", &[]), &["400000", "0", "5"]);
+    let pid = target.pid();
+    let out = leaktrace_tests::scratch("budget").join("report.json");
+    let tracer = Tracer::attach(&[
+        &pid.to_string(),
+        "--max-overhead",
+        "2",
+        "--interval",
+        "300ms",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    target.send("go");
+    // The tracer ends by itself, while the target still runs.
+    let output = tracer.wait();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = leaktrace_tests::read_report(&out);
+    assert_eq!(report["trace"]["ended_by"], "overhead-budget");
+    let notes = report["trace"]["notes"].to_string();
+    assert!(
+        notes.contains("detached") && notes.contains("--max-overhead"),
+        "{notes}"
+    );
+    target.expect_line("done");
+    assert_eq!(target.finish(), 5, "the target ran to its own end");
+}

@@ -417,6 +417,16 @@ impl Probes {
             .map_err(map_err)
     }
 
+    /// Time the kernel has spent running the probes' programs (counted only while BPF run-time
+    /// statistics are enabled).
+    pub fn run_time(&self) -> std::time::Duration {
+        PROGRAMS
+            .iter()
+            .filter_map(|&name| self.ebpf.program(name)?.info().ok())
+            .map(|info| info.run_time())
+            .sum()
+    }
+
     /// The loaded object, for reading its maps.
     pub fn ebpf(&self) -> &Ebpf {
         &self.ebpf

@@ -37,6 +37,7 @@ pub struct Inputs<'a> {
     pub duration_s: f64,
     pub interval_s: f64,
     pub sample_bytes: u64,
+    pub notes: Vec<String>,
     pub ended_by: &'static str,
     pub top: Option<usize>,
 }
@@ -124,6 +125,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             duration_s: inputs.duration_s,
             interval_s: inputs.interval_s,
             sample_bytes: inputs.sample_bytes,
+            notes: inputs.notes,
             ended_by: inputs.ended_by.into(),
             stacks_omitted: omitted,
         },

@@ -219,6 +219,7 @@ mod render_tests {
                 duration_s: 3.0,
                 interval_s: 1.0,
                 sample_bytes: 0,
+                notes: Vec::new(),
                 ended_by: "duration".into(),
                 stacks_omitted: 0,
             },

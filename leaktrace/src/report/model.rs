@@ -47,7 +47,9 @@ pub struct TraceInfo {
     /// block counts are then unbiased estimates, and unknown frees include frees of blocks
     /// sampling passed over.
     pub sample_bytes: u64,
-    /// Why the trace ended: `duration`, `signal`, `targets-exited`.
+    /// What happened to the trace as a whole (the overhead budget's actions).
+    pub notes: Vec<String>,
+    /// Why the trace ended: `duration`, `signal`, `targets-exited`, `overhead-budget`.
     pub ended_by: String,
     /// Sites left out of `stacks` by `--top` (their bytes are still in `totals`).
     pub stacks_omitted: usize,

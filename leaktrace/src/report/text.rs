@@ -23,6 +23,9 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
         t.interval_s,
         t.ended_by,
     );
+    for note in &t.notes {
+        let _ = writeln!(out, "  note: {note}");
+    }
     if t.sample_bytes > 0 {
         let _ = writeln!(
             out,
