@@ -52,6 +52,20 @@ pub fn leaktrace() -> Command {
     cmd
 }
 
+/// The `leaktrace` binary run as an unprivileged user with no capabilities at all (`setpriv`).
+pub fn leaktrace_unprivileged() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+    ])
+    .arg(leaktrace().get_program());
+    cmd
+}
+
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// Builds `tests/fixtures/<name>.c` (`name` may name a subfolder) with gcc (frame pointers kept, so stacks are whole) and

@@ -8,8 +8,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, Tracer, assert_one_line_error, fixture, have_root, leaktrace, losses, read_report,
-    scratch, site, trace_workload,
+    Target, Tracer, assert_one_line_error, fixture, have_root, leaktrace, leaktrace_unprivileged,
+    losses, read_report, scratch, site, trace_workload,
 };
 use serde_json::Value;
 
@@ -300,15 +300,7 @@ fn without_privileges_it_says_what_to_do() {
         return;
     }
     let target = Target::start(&fixture("leaky", &[]), &["1"]);
-    let output = std::process::Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(leaktrace().get_program())
+    let output = leaktrace_unprivileged()
         .args(["attach", &target.pid().to_string()])
         .output()
         .expect("setpriv");

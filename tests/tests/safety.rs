@@ -4,7 +4,9 @@
 
 use std::{fs, process::Command, thread, time::Duration};
 
-use leaktrace_tests::{Target, Tracer, fixture, have_root, leaktrace, trace_workload};
+use leaktrace_tests::{
+    Target, Tracer, fixture, have_root, leaktrace, leaktrace_unprivileged, trace_workload,
+};
 
 /// The ids of the BPF programs and links a process holds, from its descriptors' fdinfo.
 fn bpf_objects(pid: u32) -> (Vec<u64>, Vec<u64>) {
@@ -146,15 +148,7 @@ fn doctor_names_missing_privileges() {
     if !have_root("doctor_names_missing_privileges") {
         return;
     }
-    let output = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
-        .arg(leaktrace().get_program())
+    let output = leaktrace_unprivileged()
         .arg("doctor")
         .output()
         .expect("setpriv");
