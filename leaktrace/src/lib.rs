@@ -6,6 +6,7 @@
 //! runs one trace through all of them.
 
 pub mod analyze;
+pub mod budget;
 pub mod cli;
 pub mod collect;
 pub mod doctor;

@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     analyze::History,
+    budget::{self, Budget},
     collect::{self, Snapshot, StackCache},
     doctor, preflight,
     probe::{Attachment, MapLimits, ProbeMode, Probes},
@@ -46,34 +47,6 @@ pub struct Options {
     /// Most CPU the probes may cost the targets, in percent of one CPU; over it, sampling is
     /// raised, and when that cannot help the probes are detached.
     pub max_overhead: Option<f64>,
-}
-
-/// What one trap into a uprobe costs the traced thread, measured by `cargo xtask bench` on this
-/// project's machines (the empty-probe floor: ~2.7 µs for the three traps of a malloc+free pair).
-/// Probe run time is measured by the kernel; the traps around it are not, so they are estimated.
-const TRAP_COST: Duration = Duration::from_nanos(900);
-/// The sampling interval the budget starts from, and the largest it goes to.
-const BUDGET_FIRST_SAMPLE_BYTES: u64 = 64 << 10;
-const BUDGET_MAX_SAMPLE_BYTES: u64 = 128 << 20;
-
-/// The overhead budget's state: the last reading, and what it has done.
-struct Budget {
-    percent: f64,
-    /// Kernel BPF run-time statistics are on while this is held.
-    _stats: std::os::fd::OwnedFd,
-    last_run_time: Duration,
-    last_traps: u64,
-    last_at: Instant,
-    sample_bytes: Option<u64>,
-}
-
-/// What the budget decided.
-enum BudgetAction {
-    Keep,
-    /// Raise sampling to this interval.
-    Sample(u64),
-    /// Nothing left to cut: detach.
-    Detach(String),
 }
 
 const LOADER_POLL: Duration = Duration::from_micros(200);
@@ -271,15 +244,14 @@ impl Session {
             detached: None,
             status: LiveStatus::new(quiet),
             budget: match options.max_overhead {
-                Some(percent) => Some(Budget {
+                Some(percent) => Some(Budget::new(
                     percent,
-                    _stats: aya::sys::enable_stats(aya::sys::Stats::RunTime)
-                        .context("enabling BPF run-time statistics for --max-overhead")?,
-                    last_run_time: Duration::ZERO,
-                    last_traps: 0,
-                    last_at: Instant::now(),
-                    sample_bytes: options.sample_bytes,
-                }),
+                    options.sample_bytes,
+                    Some(
+                        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                            .context("enabling BPF run-time statistics for --max-overhead")?,
+                    ),
+                )),
                 None => None,
             },
             notes: Vec::new(),
@@ -466,59 +438,17 @@ impl Session {
         let Some(budget) = self.budget.as_mut() else {
             return Ok(false);
         };
-        // Rates over less than a quarter second are noise (two ticks can fire back to back).
-        let elapsed = budget.last_at.elapsed().as_secs_f64();
-        if elapsed < 0.25 {
-            return Ok(false);
-        }
-        let run_time = self.probes.run_time();
-        let traps = total_traps(&self.last);
-        let traps_s = traps.saturating_sub(budget.last_traps) as f64 * TRAP_COST.as_secs_f64();
-        let programs_s = run_time.saturating_sub(budget.last_run_time).as_secs_f64();
-        (budget.last_run_time, budget.last_traps, budget.last_at) =
-            (run_time, traps, Instant::now());
-        let (traps_pct, total_pct) = (
-            traps_s / elapsed * 100.0,
-            (traps_s + programs_s) / elapsed * 100.0,
-        );
-        let action = if total_pct <= budget.percent {
-            BudgetAction::Keep
-        } else if traps_pct > budget.percent {
-            BudgetAction::Detach(format!(
-                "detached: the uprobe traps alone cost about {traps_pct:.1} % of a CPU, over the \
-                 --max-overhead budget of {} %; sampling cannot reduce traps",
-                budget.percent
-            ))
-        } else {
-            match budget.sample_bytes {
-                None => BudgetAction::Sample(BUDGET_FIRST_SAMPLE_BYTES),
-                Some(n) if n < BUDGET_MAX_SAMPLE_BYTES => {
-                    BudgetAction::Sample((n * 4).min(BUDGET_MAX_SAMPLE_BYTES))
-                }
-                Some(_) => BudgetAction::Detach(format!(
-                    "detached: the probes cost about {total_pct:.1} % of a CPU at the sparsest \
-                     sampling, over the --max-overhead budget of {} %",
-                    budget.percent
-                )),
-            }
-        };
+        let traps = self.last.counters.values().map(budget::traps).sum();
         let at = self.started.elapsed().as_secs_f64();
-        match action {
-            BudgetAction::Keep => Ok(false),
-            BudgetAction::Sample(n) => {
-                budget.sample_bytes = Some(n);
+        match budget.check(self.probes.run_time(), traps) {
+            budget::Action::Keep => Ok(false),
+            budget::Action::Sample(n, why) => {
                 self.probes.set_sampling(n)?;
-                let note = format!(
-                    "at {at:.1}s the probes cost about {total_pct:.1} % of a CPU, over the \
-                     --max-overhead budget of {} %: sampling raised to one record per {}",
-                    budget.percent,
-                    crate::report::bytes(n as i64)
-                );
-                warn!("{note}");
-                self.notes.push(note);
+                warn!("{why}");
+                self.notes.push(format!("at {at:.1}s {why}"));
                 Ok(false)
             }
-            BudgetAction::Detach(why) => {
+            budget::Action::Detach(why) => {
                 warn!("{why}");
                 self.notes.push(format!("at {at:.1}s {why}"));
                 Ok(true)
@@ -690,29 +620,13 @@ impl Session {
             sample_bytes: self
                 .budget
                 .as_ref()
-                .map_or(options.sample_bytes, |b| b.sample_bytes)
+                .map_or(options.sample_bytes, Budget::sample_bytes)
                 .unwrap_or(0),
             notes: self.notes.clone(),
             ended_by,
             top: options.top,
         }))
     }
-}
-
-/// Uprobe hits so far, of every target: an allocation call traps at entry and return, a free
-/// once.
-fn total_traps(snapshot: &Snapshot) -> u64 {
-    use leaktrace_common::Counter;
-    snapshot
-        .counters
-        .values()
-        .map(|c| {
-            let calls = c[Counter::AllocCalls as usize]
-                + c[Counter::FailedAllocs as usize]
-                + c[Counter::NestedCalls as usize];
-            2 * calls + c[Counter::FreeCalls as usize]
-        })
-        .sum()
 }
 
 /// Allocation calls of every target so far.
