@@ -22,7 +22,7 @@ use crate::{
     collect::{self, Snapshot, StackCache},
     doctor, preflight,
     probe::{Attachment, MapLimits, ProbeMode, Probes},
-    process::{Target, spawn},
+    process::{AllocatorKind, Target, spawn},
     report::{
         Report,
         build::{self, TargetSummary},
@@ -180,7 +180,9 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
             session.attach(target, &allocator)?;
             session.announce();
             held.release()?;
-            session.follow_loader(pid, &allocator.path);
+            session.follow_loader(pid);
+            // The program may be linked against another C library than the tracer's.
+            session.attach_runtimes(0);
             let (tx, mut exited) = oneshot::channel();
             tokio::task::spawn_blocking(move || {
                 let _ = tx.send(reap(pid));
@@ -293,25 +295,37 @@ impl Session {
         Ok(())
     }
 
-    /// Probes allocator libraries the target has mapped since last look (a C++ runtime loaded
-    /// after exec, or by dlopen). Failing here costs attribution, not correctness: warn and go on.
+    /// Probes allocator libraries the target has mapped since last look: a C++ runtime loaded
+    /// after exec or by dlopen, or the C library of a command that exec'd into a program linked
+    /// against another libc than the tracer's. Failing here is warned about, and the trace goes
+    /// on.
     fn attach_runtimes(&mut self, index: usize) {
         let traced = &mut self.traced[index];
-        let Ok(runtimes) = traced.target.extra_allocators() else {
+        let Ok(allocators) = traced.target.allocators() else {
             return;
         };
-        for runtime in runtimes {
-            if traced.runtimes.contains(&runtime.path) {
+        for lib in allocators {
+            if lib.path == traced.attachment.allocator.path || traced.runtimes.contains(&lib.path) {
                 continue;
             }
-            traced.runtimes.push(runtime.path.clone());
-            match self.probes.attach_cxx(&traced.target, &runtime) {
-                Ok(functions) => traced.attachment.functions.extend(functions),
+            traced.runtimes.push(lib.path.clone());
+            let attached = match lib.kind {
+                AllocatorKind::Cxx => self.probes.attach_cxx(&traced.target, &lib),
+                AllocatorKind::Libc => self
+                    .probes
+                    .attach_libc(&traced.target, &lib)
+                    .map(|a| a.functions),
+            };
+            match attached {
+                Ok(functions) => {
+                    info!(pid = traced.target.pid, library = %lib.path.display(), "probed");
+                    traced.attachment.functions.extend(functions);
+                }
                 Err(err) => warn!(
                     pid = traced.target.pid,
-                    library = %runtime.path.display(),
+                    library = %lib.path.display(),
                     %err,
-                    "cannot probe operator new: C++ allocations keep only malloc's view"
+                    "cannot probe this allocator library: its allocations are missed"
                 ),
             }
         }
@@ -389,9 +403,9 @@ impl Session {
     /// A command can map its libraries, allocate and exit within milliseconds; its stacks can
     /// only be named from mappings seen while it lived. The exec has replaced the address space
     /// when this runs, but the program and its libraries appear over the next milliseconds: the
-    /// mappings are polled every `LOADER_POLL` until `allocator` (the library the probes sit in,
-    /// mapped by the loader) is there and nothing has changed for `LOADER_SETTLE`.
-    fn follow_loader(&mut self, pid: u32, allocator: &std::path::Path) {
+    /// mappings are polled every `LOADER_POLL` until a C library (mapped by the loader) is there
+    /// and nothing has changed for `LOADER_SETTLE`.
+    fn follow_loader(&mut self, pid: u32) {
         let started = Instant::now();
         let mut last: Option<String> = None;
         let mut still_since = Instant::now();
@@ -406,9 +420,7 @@ impl Session {
                 self.symbolizer.remember(pid);
                 last = Some(maps);
                 still_since = Instant::now();
-            } else if still_since.elapsed() >= LOADER_SETTLE
-                && maps.contains(allocator.to_string_lossy().as_ref())
-            {
+            } else if still_since.elapsed() >= LOADER_SETTLE && maps_a_libc(&maps) {
                 return;
             }
             std::thread::sleep(LOADER_POLL);
@@ -627,6 +639,13 @@ impl Session {
             top: options.top,
         }))
     }
+}
+
+/// Whether `/proc/PID/maps` text shows a C library mapped executable.
+fn maps_a_libc(maps: &str) -> bool {
+    crate::process::maps::parse(maps)
+        .iter()
+        .any(|m| m.is_executable() && crate::process::allocator::is_libc_path(m.path.as_deref()))
 }
 
 /// Allocation calls of every target so far.

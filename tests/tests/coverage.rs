@@ -236,3 +236,59 @@ fn cxx_operator_new_is_attributed_to_its_caller_once() {
         assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
     }
 }
+
+#[test]
+fn run_follows_a_command_into_another_c_library() {
+    if !have_root("run_follows_a_command_into_another_c_library") {
+        return;
+    }
+    use std::io::{BufRead as _, BufReader, Write as _};
+    // leaktrace is linked against glibc; this command, against musl. Its probes are placed
+    // once the loader has mapped musl, right after exec.
+    let out = scratch("run_musl").join("report.json");
+    let mut child = leaktrace_tests::leaktrace()
+        .args([
+            "run",
+            "--quiet",
+            "--interval",
+            "100ms",
+            "--format",
+            "json",
+            "-o",
+        ])
+        .arg(&out)
+        .arg("--")
+        .arg(fixture_with("musl-gcc", "coverage/aligned", &[]))
+        .arg("10")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("leaktrace run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("ready line");
+    assert!(line.starts_with("ready"), "{line}");
+    // The late attach runs beside the command's start: leave it time before the workload.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stdin.write_all(b"go\n").expect("go");
+    line.clear();
+    stdout.read_line(&mut line).expect("done line");
+    assert!(line.starts_with("done"), "{line}");
+    drop(stdin);
+    assert!(child.wait().expect("leaktrace").success());
+    let report = leaktrace_tests::read_report(&out);
+    let pid = report["targets"][0]["pid"].as_u64().expect("pid") as u32;
+    let functions = report["targets"][0]["functions"].to_string();
+    assert!(
+        functions.matches("\"malloc\"").count() == 2,
+        "glibc's and musl's: {functions}"
+    );
+    check(
+        &report,
+        pid,
+        "keep_memalign",
+        totals(50_000, 10, 50_000, 10),
+    );
+    check(&report, pid, "free_all_aligned", totals(0, 0, 110_480, 40));
+}

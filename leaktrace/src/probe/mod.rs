@@ -463,6 +463,16 @@ impl Probes {
         self.attach_functions(target, runtime, &elf, CXX_HOOKS)
     }
 
+    /// Attaches to another C library of an already registered target (a command that exec'd
+    /// into a program linked against a different libc than the tracer's).
+    pub fn attach_libc(
+        &mut self,
+        target: &Target,
+        libc: &Allocator,
+    ) -> Result<Attachment, ProbeError> {
+        self.attach_hooks(target, libc)
+    }
+
     fn attach_hooks(
         &mut self,
         target: &Target,

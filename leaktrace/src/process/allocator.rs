@@ -37,6 +37,13 @@ fn is_libc(name: &str) -> bool {
         || name == "libc.musl-x86_64.so.1"
 }
 
+/// Whether a mapped path names a C library leaktrace knows.
+pub fn is_libc_path(path: Option<&std::path::Path>) -> bool {
+    path.and_then(|p| p.file_name())
+        .and_then(|n| n.to_str())
+        .is_some_and(is_libc)
+}
+
 /// File names of the C++ runtimes whose `operator new` is probed.
 fn is_cxx_runtime(name: &str) -> bool {
     name.starts_with("libstdc++.so") || name.starts_with("libc++.so")

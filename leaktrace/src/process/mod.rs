@@ -95,13 +95,9 @@ impl Target {
         }
     }
 
-    /// The allocator libraries this process maps besides its C library (the C++ runtime).
-    pub fn extra_allocators(&self) -> Result<Vec<Allocator>, ProcessError> {
-        let mappings = self.mappings()?;
-        Ok(allocator::find_all(self, &mappings)
-            .into_iter()
-            .filter(|a| a.kind != AllocatorKind::Libc)
-            .collect())
+    /// Every allocator library this process maps: C libraries and C++ runtimes.
+    pub fn allocators(&self) -> Result<Vec<Allocator>, ProcessError> {
+        Ok(allocator::find_all(self, &self.mappings()?))
     }
 
     /// The C library this process allocates through.
