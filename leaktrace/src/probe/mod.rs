@@ -96,6 +96,8 @@ pub enum ProbeError {
     Map(#[source] Box<aya::maps::MapError>),
     #[error("cannot count CPUs: {0}")]
     Cpus(String),
+    #[error("PID 0 is not a process")]
+    NoPid,
 }
 
 /// One allocator function: the program that serves it and whether its result is needed.
@@ -281,6 +283,13 @@ pub fn sample_table(n: u64) -> Vec<u32> {
         .collect()
 }
 
+/// Probes that fire for one process only.
+fn process_scope(pid: u32) -> Result<UProbeScope, ProbeError> {
+    NonZeroU32::new(pid)
+        .map(UProbeScope::OneProcess)
+        .ok_or(ProbeError::NoPid)
+}
+
 /// Reads an allocator library's ELF file.
 fn read_library(allocator: &Allocator) -> Result<Vec<u8>, ProbeError> {
     fs::read(&allocator.host_path).map_err(|source| ProbeError::Library {
@@ -299,8 +308,7 @@ impl Probes {
         hooks: &[Hook],
     ) -> Result<Vec<&'static str>, ProbeError> {
         let library = allocator.host_path.display().to_string();
-        let pid = NonZeroU32::new(target.pid).ok_or(ProbeError::Cpus("pid 0".into()))?;
-        let scope = UProbeScope::OneProcess(pid);
+        let scope = process_scope(target.pid)?;
         let mut functions = Vec::new();
         // Offsets already probed, with the program there: glibc's aligned_alloc is an alias of
         // memalign, and two probes at one address would both fire on every call.
@@ -481,8 +489,7 @@ impl Probes {
         let library = allocator.host_path.display().to_string();
         let elf = read_library(allocator)?;
         let mut functions = self.attach_functions(target, allocator, &elf, HOOKS)?;
-        let pid = NonZeroU32::new(target.pid).ok_or(ProbeError::Cpus("pid 0".into()))?;
-        let scope = UProbeScope::OneProcess(pid);
+        let scope = process_scope(target.pid)?;
 
         let free =
             placement::function_bytes(&elf, "free", placement::MAX_SCAN_BYTES).map_err(|err| {
