@@ -16,3 +16,7 @@ pub mod process;
 pub mod report;
 pub mod symbolize;
 pub mod trace;
+
+// A dev-dependency of the integration tests (tests/hostile_input.rs), not of the unit tests.
+#[cfg(test)]
+use proptest as _;
