@@ -273,18 +273,26 @@ impl Drop for Tracer {
     }
 }
 
-/// Traces the workload of `target` (running as host PID `pid`): attaches with `args` and a JSON
-/// report to `out`, sends `go`, waits for `done`, ends the trace as Ctrl-C would, and returns
-/// the report. The target keeps running: [`Target::finish`] ends it.
+/// Traces the workload of `target` (running as host PID `pid`); see [`trace_workloads`].
 pub fn trace_workload(target: &mut Target, pid: u32, args: &[&str], out: &Path) -> Value {
-    let pid = pid.to_string();
-    let out_arg = out.to_str().expect("utf-8 path");
-    let mut all = vec![pid.as_str()];
+    trace_workloads(std::slice::from_mut(target), &[pid], args, out)
+}
+
+/// Traces the workloads of `targets` (running as host PIDs `pids`) in one trace: attaches with
+/// `args` and a JSON report to `out`, sends each `go`, waits for each `done`, ends the trace as
+/// Ctrl-C would, and returns the report. The targets keep running: [`Target::finish`] ends them.
+pub fn trace_workloads(targets: &mut [Target], pids: &[u32], args: &[&str], out: &Path) -> Value {
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    let mut all: Vec<&str> = pids.iter().map(String::as_str).collect();
     all.extend_from_slice(args);
-    all.extend(["--format", "json", "-o", out_arg]);
+    all.extend(["--format", "json", "-o", out.to_str().expect("utf-8 path")]);
     let tracer = Tracer::attach(&all);
-    target.send("go");
-    target.expect_line("done");
+    for target in targets.iter_mut() {
+        target.send("go");
+    }
+    for target in targets.iter_mut() {
+        target.expect_line("done");
+    }
     let output = tracer.interrupt();
     assert!(
         output.status.success(),

@@ -8,8 +8,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, Tracer, assert_one_line_error, fixture, have_root, leaktrace, leaktrace_unprivileged,
-    losses, read_report, scratch, site, trace_workload,
+    Target, assert_one_line_error, fixture, have_root, leaktrace, leaktrace_unprivileged, losses,
+    read_report, scratch, site, trace_workload, trace_workloads,
 };
 use serde_json::Value;
 
@@ -166,28 +166,8 @@ fn attach_traces_running_processes_exactly() {
         Target::start(&exe, &[&ROUNDS.to_string()]),
         Target::start(&exe, &[&ROUNDS.to_string()]),
     ];
-    let (a, b) = (targets[0].pid().to_string(), targets[1].pid().to_string());
-    let tracer = Tracer::attach(&[
-        &a,
-        &b,
-        "--interval",
-        "100ms",
-        "--format",
-        "json",
-        "-o",
-        out.to_str().expect("utf-8 path"),
-    ]);
-    for target in &mut targets {
-        target.send("go");
-        target.expect_line("done");
-    }
-    let output = tracer.interrupt();
-    assert!(
-        output.status.success(),
-        "leaktrace failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = read_report(&out);
+    let pids = [targets[0].pid(), targets[1].pid()];
+    let report = trace_workloads(&mut targets, &pids, &["--interval", "100ms"], &out);
     assert_eq!(report["trace"]["ended_by"], "signal");
     assert_eq!(report["targets"].as_array().map(Vec::len), Some(2));
     for target in targets {

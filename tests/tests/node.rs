@@ -6,7 +6,7 @@
 
 use std::{path::PathBuf, process::Command, sync::Mutex};
 
-use leaktrace_tests::{Target, Tracer, have_root, read_report, root, scratch};
+use leaktrace_tests::{Target, have_root, root, scratch, trace_workloads};
 use serde_json::Value;
 
 /// Seconds each fixture runs its workload while traced.
@@ -48,28 +48,12 @@ fn start(fixture: &str) -> Target {
 fn trace(test: &str, fixtures: &[&str]) -> (Value, Vec<u32>) {
     let out = scratch(test).join("report.json");
     let mut targets: Vec<Target> = fixtures.iter().map(|f| start(f)).collect();
-    let pids: Vec<String> = targets.iter().map(|t| t.pid().to_string()).collect();
-    let mut args: Vec<&str> = pids.iter().map(String::as_str).collect();
-    args.extend(["--interval", "500ms", "--format", "json", "-o"]);
-    args.push(out.to_str().expect("utf-8 path"));
-    let tracer = Tracer::attach(&args);
-    for target in &mut targets {
-        target.send("go");
-    }
-    for target in &mut targets {
-        target.expect_line("done");
-    }
-    let output = tracer.interrupt();
-    assert!(
-        output.status.success(),
-        "leaktrace failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let pids = targets.iter().map(Target::pid).collect();
+    let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
+    let report = trace_workloads(&mut targets, &pids, &["--interval", "500ms"], &out);
     for target in targets {
         assert_eq!(target.finish(), 0, "the fixture is unharmed");
     }
-    (read_report(&out), pids)
+    (report, pids)
 }
 
 fn stacks_of(report: &Value, pid: u32) -> Vec<&Value> {
