@@ -22,7 +22,7 @@ use crate::{
     collect::{self, Snapshot, StackCache},
     doctor, preflight,
     probe::{Attachment, MapLimits, ProbeMode, Probes},
-    process::{AllocatorKind, Target, spawn},
+    process::{AllocatorKind, Target, allocator, spawn},
     report::{
         Report,
         build::{self, TargetSummary},
@@ -301,9 +301,9 @@ impl Session {
     /// on.
     fn attach_runtimes(&mut self, index: usize) {
         let traced = &mut self.traced[index];
-        let Ok(allocators) = traced.target.allocators() else {
-            return;
-        };
+        // The mappings the symbolizer just remembered: /proc/PID/maps is read once a sample.
+        let allocators =
+            allocator::find_all(&traced.target, self.symbolizer.mappings(traced.target.pid));
         for lib in allocators {
             if lib.path == traced.attachment.allocator.path || traced.runtimes.contains(&lib.path) {
                 continue;
@@ -527,17 +527,17 @@ impl Session {
         let snapshot = collect::snapshot(&self.probes)?;
         let at = self.started.elapsed().as_secs_f64();
         self.history.record(at, &snapshot);
-        for index in 0..self.traced.len() {
-            if self.traced[index].target.is_alive() && self.detached.is_none() {
-                self.attach_runtimes(index);
-            }
-        }
         for traced in &mut self.traced {
             // Mappings change (dlopen, exec): keep the latest for symbolizing after exit. A
             // process that is gone leaves the last ones in place.
             self.symbolizer.remember(traced.target.pid);
             if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", traced.target.pid)) {
                 traced.exe = Some(exe);
+            }
+        }
+        for index in 0..self.traced.len() {
+            if self.traced[index].target.is_alive() && self.detached.is_none() {
+                self.attach_runtimes(index);
             }
         }
         self.read_new_stacks(&snapshot)?;

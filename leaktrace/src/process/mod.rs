@@ -95,11 +95,6 @@ impl Target {
         }
     }
 
-    /// Every allocator library this process maps: C libraries and C++ runtimes.
-    pub fn allocators(&self) -> Result<Vec<Allocator>, ProcessError> {
-        Ok(allocator::find_all(self, &self.mappings()?))
-    }
-
     /// The C library this process allocates through.
     pub fn allocator(&self) -> Result<Allocator, ProcessError> {
         let mappings = self.mappings()?;

@@ -86,6 +86,11 @@ impl Symbolizer {
         self.refresh_perf_map(pid);
     }
 
+    /// The mappings of `pid` last remembered (none if never seen).
+    pub fn mappings(&self, pid: u32) -> &[Mapping] {
+        self.mappings.get(&pid).map_or(&[], Vec::as_slice)
+    }
+
     /// Whether `pid` has a perf map (checked when its mappings were last remembered).
     pub fn has_perf_map(&self, pid: u32) -> bool {
         self.perf_maps.contains_key(&pid)
