@@ -57,6 +57,15 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = crate::doctor::Format::Text)]
         format: crate::doctor::Format,
     },
+    /// Run until stopped, tracing every process the rules select as it starts, and serve what
+    /// is found over HTTP: Prometheus metrics, the targets, and each one's report.
+    #[command(
+        after_help = "Examples:\n  leaktrace agent --listen 127.0.0.1:9464 --match-exe 'node*'\n  \
+        leaktrace agent --config /etc/leaktrace/agent.toml\n\n\
+        A process is traced when every given rule matches it (any pattern of a repeated rule may \
+        match). Flags override the config file."
+    )]
+    Agent(crate::agent::config::AgentArgs),
     /// Start a command and trace it from its first allocation; exits with the command's status.
     #[command(
         after_help = "Example:\n  leaktrace run --format json -o out.json -- ./my-server --port 8080"
@@ -141,24 +150,49 @@ impl TraceArgs {
     }
 }
 
-/// Logs go to stderr, at `warn` unless `-v` or `LEAKTRACE_LOG` (an `EnvFilter`) asks for more.
-pub fn init_logging(verbose: u8) {
+/// How log lines are written.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs go to stderr, at `quietest` (`warn` for a trace, `info` for the agent, whose log is its
+/// record of targets coming and going) unless `-v` or `LEAKTRACE_LOG` (an `EnvFilter`) asks
+/// for more.
+pub fn init_logging(verbose: u8, quietest: tracing::Level, format: LogFormat) {
     let level = match verbose {
-        0 => "warn",
-        1 => "info",
-        _ => "debug",
+        0 => quietest,
+        1 => tracing::Level::INFO.max(quietest),
+        _ => tracing::Level::DEBUG,
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LEAKTRACE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LEAKTRACE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 /// A byte count: plain, or with a `KiB`/`MiB` (or `k`/`m`) suffix; 1 byte to 128 MiB.
-fn parse_bytes(s: &str) -> Result<u64, String> {
+pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     let lower = s.trim().to_ascii_lowercase();
     let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => lower.split_at(i),
@@ -209,7 +243,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-fn parse_interval(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < Duration::from_millis(10) {
         return Err(format!("`{s}` is too short an interval: use 10ms or more"));

@@ -86,16 +86,17 @@ impl Check {
 /// The host's checks: privileges, BPF, BTF, uprobes, lockdown, and the uretprobe/seccomp hazard.
 pub fn system() -> Vec<Check> {
     let mut checks = Vec::new();
-    let privileged = preflight::check_privileges(preflight::effective_capabilities()).is_ok();
+    let missing = preflight::missing_capabilities(preflight::effective_capabilities());
+    let privileged = missing.is_empty();
     checks.push(if privileged {
         Check::ok(
             "privileges",
-            "root, or CAP_BPF with CAP_PERFMON, or CAP_SYS_ADMIN",
+            "CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE are effective",
         )
     } else {
         Check::fail(
             "privileges",
-            "neither root nor CAP_BPF+CAP_PERFMON nor CAP_SYS_ADMIN",
+            format!("missing {}", preflight::describe(&missing)),
             "run leaktrace as root (sudo), or grant CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE",
         )
     });

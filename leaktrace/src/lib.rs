@@ -5,6 +5,7 @@
 //! series and verdicts, [`symbolize`] names the frames, [`report`] renders the result; [`trace`]
 //! runs one trace through all of them.
 
+pub mod agent;
 pub mod analyze;
 pub mod budget;
 pub mod cli;
@@ -14,6 +15,7 @@ pub mod preflight;
 pub mod probe;
 pub mod process;
 pub mod report;
+mod session;
 pub mod symbolize;
 pub mod trace;
 

@@ -13,12 +13,13 @@ use std::{
 use anyhow::Context as _;
 use clap::Parser as _;
 use leaktrace::{
+    agent,
     cli::{self, Cli, Command, OutputArgs},
     doctor, report, trace,
 };
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if err.use_stderr() => {
             // Bad input gets one line: clap's first line, without its usage hint.
@@ -33,13 +34,43 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    cli::init_logging(cli.verbose);
+    // The agent's settings are read before logging starts: they choose the log format.
+    let agent = match cli.command {
+        Command::Agent(ref _args) => {
+            let Command::Agent(args) = std::mem::replace(
+                &mut cli.command,
+                Command::Doctor {
+                    pids: Vec::new(),
+                    format: doctor::Format::Text,
+                },
+            ) else {
+                unreachable!("matched just above")
+            };
+            match agent::config::AgentConfig::load(args) {
+                Ok(config) => Some(config),
+                Err(err) => {
+                    eprintln!("leaktrace: error: {err}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        _ => None,
+    };
+    let (quietest, log_format) = match &agent {
+        Some(config) => (tracing::Level::INFO, config.log_format),
+        None => (tracing::Level::WARN, cli::LogFormat::Text),
+    };
+    cli::init_logging(cli.verbose, quietest, log_format);
     // A bug must still end in one line, not a backtrace over the user's terminal.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("leaktrace: internal error: {info} (please report this)");
     }));
 
-    match run(cli) {
+    let result = match agent {
+        Some(config) => run_agent(config),
+        None => run(cli),
+    };
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             // One line, never a backtrace: the chain of contexts says what failed and why.
@@ -47,6 +78,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `leaktrace agent`: runs until SIGINT or SIGTERM.
+fn run_agent(config: agent::config::AgentConfig) -> anyhow::Result<u8> {
+    if config.check {
+        write_stdout((serde_json::to_string_pretty(&config)? + "\n").as_bytes())?;
+        return Ok(0);
+    }
+    runtime()?.block_on(agent::run(config))?;
+    Ok(0)
+}
+
+/// Two workers: tracing is light work, and the target's CPUs are not ours to take.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
@@ -60,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         }
         Command::Attach { pids, trace } => (trace::Start::Attach(pids), trace),
         Command::Run { trace, command } => (trace::Start::Run(command), trace),
+        Command::Agent(_) => unreachable!("the agent is started by run_agent"),
     };
     // Every output is checked before tracing: a trace is never taken only to be lost.
     let targets = output_formats(&args.outputs)?;
@@ -73,12 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         sample_bytes: args.sample_bytes,
         max_overhead: args.max_overhead,
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let outcome = runtime.block_on(trace::trace(start, &options))?;
+    let outcome = runtime()?.block_on(trace::trace(start, &options))?;
     emit(&outcome.report, &args.outputs, &targets)?;
     Ok(outcome
         .exit_code

@@ -398,3 +398,7 @@ pub fn assert_one_line_error(output: &Output, expect: &str) {
     );
     assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"));
 }
+
+// A dev-dependency of the agent's tests (tests/agent.rs), not of this library's unit tests.
+#[cfg(test)]
+use ureq as _;

@@ -29,10 +29,45 @@ const PACKAGES: &[&str] = &[
 /// bpf-linker built against Debian's LLVM 22 (its default features want LLVM 23).
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// Python packages the tests use as independent readers of leaktrace's output: a real
+/// Prometheus/OpenMetrics parser for the agent's `/metrics`, and the Kubernetes schemas to
+/// validate the deployment manifests against (offline), by module name and package. The schemas
+/// of Kubernetes 1.37, which tests/tests/deploy.rs names, came with kubernetes-validate 1.37.
+const PYTHON_PACKAGES: &[(&str, &str)] = &[
+    ("prometheus_client", "prometheus-client>=0.20"),
+    ("kubernetes_validate", "kubernetes-validate>=1.37"),
+];
+
 pub fn run() -> anyhow::Result<()> {
     rust_components()?;
     debian_packages()?;
+    python_packages()?;
     bpf_linker()
+}
+
+fn python_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PYTHON_PACKAGES
+        .iter()
+        .filter(|(module, _)| {
+            !succeeds(Command::new("python3").args(["-c", &format!("import {module}")]))
+        })
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("setup: installing Python packages {}", missing.join(" "));
+    shell::run(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&missing),
+    )
 }
 
 fn rust_components() -> anyhow::Result<()> {

@@ -31,6 +31,11 @@ impl History {
         }
     }
 
+    /// Drops the series of one target's sites.
+    pub fn forget(&mut self, pid: u32) {
+        self.series.retain(|k, _| k.tgid != pid);
+    }
+
     /// The series of one site (empty if it was never seen).
     pub fn series(&self, key: &StackKey) -> &[(f64, i64)] {
         self.series.get(key).map_or(&[], Vec::as_slice)

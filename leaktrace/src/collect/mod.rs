@@ -18,6 +18,26 @@ pub struct Snapshot {
     pub counters: HashMap<u32, [u64; NUM_COUNTERS]>,
 }
 
+impl Snapshot {
+    /// The part of this snapshot that concerns one target.
+    pub fn only(&self, pid: u32) -> Snapshot {
+        Snapshot {
+            sites: self
+                .sites
+                .iter()
+                .filter(|(k, _)| k.tgid == pid)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+            counters: self
+                .counters
+                .iter()
+                .filter(|(p, _)| **p == pid)
+                .map(|(p, c)| (*p, *c))
+                .collect(),
+        }
+    }
+}
+
 /// Why the maps could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum CollectError {
@@ -94,5 +114,12 @@ impl StackCache {
             slot.insert(frames);
         }
         Ok(&self.stacks[&stack])
+    }
+
+    /// Drops stacks no site refers to any more.
+    pub fn forget(&mut self, stacks: &[u64]) {
+        for stack in stacks {
+            self.stacks.remove(stack);
+        }
     }
 }

@@ -2,7 +2,11 @@
 
 pub mod placement;
 
-use std::{collections::HashMap, fs, num::NonZeroU32};
+use std::{
+    collections::{HashMap, HashSet},
+    fs,
+    num::NonZeroU32,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -13,7 +17,9 @@ use aya::{
     },
     util::nr_cpus,
 };
-use leaktrace_common::{Sampling, TargetCounters};
+use leaktrace_common::{
+    LiveAlloc, LiveKey, PendingCall, Sampling, StackFrames, StackKey, StackStats, TargetCounters,
+};
 use tracing::{debug, warn};
 
 use crate::process::{Allocator, Target};
@@ -594,6 +600,34 @@ impl Probes {
         for pid in pids {
             self.detach(pid);
         }
+    }
+
+    /// Drops every entry of a target from the maps (its live blocks, sites, pending calls and
+    /// counters) and the stored stacks only it used: an agent that traces processes as they
+    /// come and go must not fill its maps with the dead. Call after [`Probes::detach`].
+    pub fn forget(&mut self, pid: u32, stacks: &[u64]) -> Result<(), ProbeError> {
+        fn remove_where<K: aya::Pod + Eq, V: aya::Pod>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+            doomed: impl Fn(&K) -> bool,
+        ) -> Result<(), ProbeError> {
+            let map = ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?;
+            let mut map: aya::maps::HashMap<_, K, V> =
+                aya::maps::HashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))?;
+            let keys: Vec<K> = map.keys().flatten().filter(|k| doomed(k)).collect();
+            for key in keys {
+                // An entry gone already (a free racing the sweep) is what we wanted.
+                let _ = map.remove(&key);
+            }
+            Ok(())
+        }
+        let stacks: HashSet<u64> = stacks.iter().copied().collect();
+        remove_where::<LiveKey, LiveAlloc>(&mut self.ebpf, "LIVE", |k| k.tgid == pid)?;
+        remove_where::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS", |k| k.tgid == pid)?;
+        remove_where::<u64, PendingCall>(&mut self.ebpf, "PENDING", |k| (k >> 32) as u32 == pid)?;
+        remove_where::<u64, StackFrames>(&mut self.ebpf, "STACKS", |k| stacks.contains(k))?;
+        let _ = self.targets_mut()?.remove(&pid);
+        Ok(())
     }
 
     fn targets_mut(

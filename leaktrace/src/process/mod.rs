@@ -1,6 +1,7 @@
 //! Finding the processes to trace and the allocator each one maps.
 
 pub mod allocator;
+pub mod cgroup;
 pub mod maps;
 pub mod spawn;
 

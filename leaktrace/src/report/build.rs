@@ -32,6 +32,8 @@ pub struct Inputs<'a> {
     pub targets: Vec<TargetSummary>,
     pub last: &'a Snapshot,
     pub history: &'a History,
+    /// Series time that becomes 0 in the report: when the reported window began.
+    pub time_zero_s: f64,
     /// Names the frames of a site, innermost first; asked only for the sites reported.
     pub frames: &'a mut dyn FnMut(&StackKey) -> Vec<Frame>,
     pub duration_s: f64,
@@ -64,7 +66,12 @@ pub fn build(inputs: Inputs<'_>) -> Report {
     let mut stacks: Vec<StackReport> = sites
         .into_iter()
         .map(|(key, stats)| {
-            let series = inputs.history.series(key).to_vec();
+            let series: Vec<(f64, i64)> = inputs
+                .history
+                .series(key)
+                .iter()
+                .map(|&(t, v)| (t - inputs.time_zero_s, v))
+                .collect();
             let frames = (inputs.frames)(key);
             StackReport {
                 pid: key.tgid,

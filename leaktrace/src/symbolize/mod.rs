@@ -87,6 +87,14 @@ impl Symbolizer {
     }
 
     /// The mappings of `pid` last remembered (none if never seen).
+    /// Drops everything kept for a process: its names, mappings and open files.
+    pub fn forget(&mut self, pid: u32) {
+        self.frames.retain(|(p, _), _| *p != pid);
+        self.mappings.remove(&pid);
+        self.files.retain(|(p, _), _| *p != pid);
+        self.perf_maps.remove(&pid);
+    }
+
     pub fn mappings(&self, pid: u32) -> &[Mapping] {
         self.mappings.get(&pid).map_or(&[], Vec::as_slice)
     }

@@ -1,0 +1,413 @@
+//! The agent's settings: flags over an optional TOML file over defaults, checked as a whole
+//! before anything is attached.
+
+use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, time::Duration};
+
+use clap::{Args, ValueEnum};
+use serde::{Deserialize, Serialize};
+
+use super::select::{Selector, SelectorError};
+use crate::{
+    cli::{LogFormat, parse_bytes, parse_duration, parse_interval},
+    probe::MapLimits,
+};
+
+/// `leaktrace agent` on the command line. Every option is optional here so that the config
+/// file can supply it; [`AgentConfig::load`] applies the defaults.
+#[derive(Debug, Default, Args)]
+pub struct AgentArgs {
+    /// TOML file with the same settings (see deploy/kubernetes/configmap.yaml); flags override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings as JSON and exit: checks a config before deploying it.
+    #[arg(long)]
+    pub check: bool,
+    /// Address to serve HTTP on [default: 127.0.0.1:9464].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Trace processes whose executable's file name matches this glob (a glob with a `/`
+    /// matches the whole path) [default: node].
+    #[arg(long = "match-exe", value_name = "GLOB")]
+    pub match_exe: Vec<String>,
+    /// Trace only processes whose cgroup path matches this glob.
+    #[arg(long = "match-cgroup", value_name = "GLOB")]
+    pub match_cgroup: Vec<String>,
+    /// Trace only processes of pods in a Kubernetes namespace matching this glob.
+    #[arg(long = "k8s-namespace", value_name = "GLOB")]
+    pub k8s_namespace: Vec<String>,
+    /// Trace only processes of pods with this label (`KEY=VALUE`; all given must match).
+    #[arg(long = "k8s-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub k8s_label: Vec<(String, String)>,
+    /// Trace only processes of pods annotated `leaktrace.dev/trace: "true"`.
+    #[arg(long)]
+    pub require_annotation: bool,
+    /// This node's name: only its pods are watched [default: $NODE_NAME].
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// Read pod names, namespaces and labels from the Kubernetes API [default: auto, on when
+    /// running in a cluster].
+    #[arg(long, value_enum)]
+    pub kubernetes: Option<KubeMode>,
+    /// How often each target's totals are sampled [default: 10s].
+    #[arg(long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
+    /// How often /proc is scanned for new processes [default: 2s].
+    #[arg(long, value_parser = parse_interval)]
+    pub scan_interval: Option<Duration>,
+    /// How long an exited target's series stay served [default: 5m].
+    #[arg(long, value_parser = parse_duration)]
+    pub grace: Option<Duration>,
+    /// Poisson sampling by bytes, one sample per this many bytes on average; 0 records every
+    /// allocation [default: 512KiB].
+    #[arg(long, value_parser = parse_sample_bytes)]
+    pub sample_bytes: Option<u64>,
+    /// Most processes traced at once [default: 32].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_targets: Option<u32>,
+    /// Most live blocks tracked per process; a process over it is no longer traced (its data
+    /// stays served) [default: 262144].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_allocs_per_target: Option<u32>,
+    /// Most live blocks tracked at once, over all targets [default: 1048576].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_live_allocs: Option<u32>,
+    /// Most distinct allocation sites, over all targets [default: 65536].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_stacks: Option<u32>,
+    /// Log lines as text or JSON [default: text].
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Whether to ask the Kubernetes API about pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeMode {
+    /// When running in a cluster (`KUBERNETES_SERVICE_HOST` set) or given a `KUBECONFIG`.
+    #[default]
+    Auto,
+    /// Always; failing to reach the API is an error at start.
+    On,
+    /// Never: pods are known only by the UID in their cgroup path.
+    Off,
+}
+
+/// The config file. Unknown keys are errors: a typo must not silently select every process.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    interval: Option<String>,
+    scan_interval: Option<String>,
+    grace: Option<String>,
+    sample_bytes: Option<u64>,
+    max_targets: Option<u32>,
+    max_live_allocs_per_target: Option<u32>,
+    max_live_allocs: Option<u32>,
+    max_stacks: Option<u32>,
+    log_format: Option<LogFormat>,
+    kubernetes: Option<KubeMode>,
+    node_name: Option<String>,
+    #[serde(rename = "match", default)]
+    select: FileMatch,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileMatch {
+    exe: Option<Vec<String>>,
+    cgroup: Option<Vec<String>>,
+    namespace: Option<Vec<String>>,
+    labels: Option<BTreeMap<String, String>>,
+    require_annotation: Option<bool>,
+}
+
+/// The agent's settings, complete and checked.
+#[derive(Debug, Serialize)]
+pub struct AgentConfig {
+    pub listen: SocketAddr,
+    #[serde(with = "humantime_serde_secs")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde_secs")]
+    pub scan_interval: Duration,
+    #[serde(with = "humantime_serde_secs")]
+    pub grace: Duration,
+    /// `None` records every allocation.
+    pub sample_bytes: Option<u64>,
+    pub max_targets: usize,
+    pub max_live_allocs_per_target: u64,
+    #[serde(skip)]
+    pub limits: MapLimits,
+    pub log_format: LogFormat,
+    pub kubernetes: KubeMode,
+    pub node_name: Option<String>,
+    #[serde(rename = "match")]
+    pub selector: Selector,
+    /// Print the settings and exit.
+    #[serde(skip)]
+    pub check: bool,
+}
+
+/// Why the settings are unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: `{key}`: {message}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+    #[error(transparent)]
+    Selector(#[from] SelectorError),
+}
+
+const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
+const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
+const DEFAULT_MAX_TARGETS: u32 = 32;
+const DEFAULT_MAX_LIVE_PER_TARGET: u32 = 1 << 18;
+
+impl AgentConfig {
+    /// Merges flags over the config file over defaults.
+    pub fn load(args: AgentArgs) -> Result<Self, ConfigError> {
+        let (file, path) = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    // toml's message spans lines (it quotes the input): keep its first.
+                    message: e.message().lines().next().unwrap_or("invalid TOML").into(),
+                })?;
+                (file, path.clone())
+            }
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        let value_err = |key: &'static str| {
+            let path = path.clone();
+            move |message: String| ConfigError::Value {
+                path: path.clone(),
+                key,
+                message,
+            }
+        };
+        let duration = |flag: Option<Duration>,
+                        text: &Option<String>,
+                        key: &'static str,
+                        parse: fn(&str) -> Result<Duration, String>,
+                        default: Duration| {
+            match (flag, text) {
+                (Some(d), _) => Ok(d),
+                (None, Some(t)) => parse(t).map_err(value_err(key)),
+                (None, None) => Ok(default),
+            }
+        };
+        let interval = duration(
+            args.interval,
+            &file.interval,
+            "interval",
+            parse_interval,
+            Duration::from_secs(10),
+        )?;
+        let scan_interval = duration(
+            args.scan_interval,
+            &file.scan_interval,
+            "scan_interval",
+            parse_interval,
+            Duration::from_secs(2),
+        )?;
+        let grace = duration(
+            args.grace,
+            &file.grace,
+            "grace",
+            parse_duration,
+            Duration::from_secs(300),
+        )?;
+        let sample_bytes = match (args.sample_bytes, file.sample_bytes) {
+            (Some(n), _) => n,
+            (None, Some(n)) => {
+                check_sample_bytes(n).map_err(value_err("sample_bytes"))?;
+                n
+            }
+            (None, None) => DEFAULT_SAMPLE_BYTES,
+        };
+        let positive =
+            |flag: Option<u32>, file: Option<u32>, key: &'static str, default: u32| match flag
+                .or(file)
+            {
+                Some(0) => Err(value_err(key)("must be at least 1".into())),
+                Some(n) => Ok(n),
+                None => Ok(default),
+            };
+        let limits = MapLimits {
+            live_allocs: positive(
+                args.max_live_allocs,
+                file.max_live_allocs,
+                "max_live_allocs",
+                leaktrace_common::DEFAULT_MAX_LIVE_ALLOCS,
+            )?,
+            stacks: positive(
+                args.max_stacks,
+                file.max_stacks,
+                "max_stacks",
+                leaktrace_common::DEFAULT_MAX_STACKS,
+            )?,
+            stack_traces: leaktrace_common::DEFAULT_MAX_STACK_TRACES,
+        };
+        let select = file.select;
+        let or_file = |flag: Vec<String>, file: Option<Vec<String>>| {
+            if flag.is_empty() {
+                file.unwrap_or_default()
+            } else {
+                flag
+            }
+        };
+        let mut exe = or_file(args.match_exe, select.exe);
+        if exe.is_empty() {
+            exe.push("node".into());
+        }
+        let labels: BTreeMap<String, String> = if args.k8s_label.is_empty() {
+            select.labels.unwrap_or_default()
+        } else {
+            args.k8s_label.into_iter().collect()
+        };
+        let selector = Selector::new(
+            exe,
+            or_file(args.match_cgroup, select.cgroup),
+            or_file(args.k8s_namespace, select.namespace),
+            labels,
+            args.require_annotation || select.require_annotation.unwrap_or(false),
+        )?;
+        Ok(Self {
+            listen: args
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("a valid address literal")),
+            interval,
+            scan_interval,
+            grace,
+            sample_bytes: (sample_bytes > 0).then_some(sample_bytes),
+            max_targets: positive(
+                args.max_targets,
+                file.max_targets,
+                "max_targets",
+                DEFAULT_MAX_TARGETS,
+            )? as usize,
+            max_live_allocs_per_target: u64::from(positive(
+                args.max_live_allocs_per_target,
+                file.max_live_allocs_per_target,
+                "max_live_allocs_per_target",
+                DEFAULT_MAX_LIVE_PER_TARGET,
+            )?),
+            limits,
+            log_format: args.log_format.or(file.log_format).unwrap_or_default(),
+            kubernetes: args.kubernetes.or(file.kubernetes).unwrap_or_default(),
+            node_name: args
+                .node_name
+                .or(file.node_name)
+                .or_else(|| std::env::var("NODE_NAME").ok().filter(|n| !n.is_empty())),
+            selector,
+            check: args.check,
+        })
+    }
+}
+
+/// `KEY=VALUE`.
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{s}` is not a label selector: write KEY=VALUE")),
+    }
+}
+
+/// A byte count as `--sample-bytes` takes it, or 0 for every allocation.
+fn parse_sample_bytes(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_bytes(s)
+}
+
+fn check_sample_bytes(n: u64) -> Result<(), String> {
+    if n > 128 << 20 {
+        return Err(format!("{n} is out of range: use 0 (exact) to 128MiB"));
+    }
+    Ok(())
+}
+
+/// Durations shown as `10s` when the settings are printed.
+mod humantime_serde_secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str, args: AgentArgs) -> Result<AgentConfig, ConfigError> {
+        let dir =
+            std::env::temp_dir().join(format!("leaktrace-agent-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("{}.toml", text.len()));
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(AgentArgs {
+            config: Some(path),
+            ..args
+        })
+    }
+
+    #[test]
+    fn defaults_trace_node_sampled() {
+        let c = AgentConfig::load(AgentArgs::default()).unwrap();
+        assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.interval, Duration::from_secs(10));
+        assert_eq!(c.sample_bytes, Some(DEFAULT_SAMPLE_BYTES));
+        assert_eq!(c.max_targets, 32);
+        assert_eq!(c.selector.exe_patterns(), ["node"]);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let c = load_toml(
+            "listen = \"0.0.0.0:1\"\ninterval = \"5s\"\nsample_bytes = 0\n[match]\nexe = [\"python*\"]\n",
+            AgentArgs {
+                interval: Some(Duration::from_secs(1)),
+                ..AgentArgs::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:1");
+        assert_eq!(c.interval, Duration::from_secs(1));
+        assert_eq!(c.sample_bytes, None);
+        assert_eq!(c.selector.exe_patterns(), ["python*"]);
+    }
+
+    #[test]
+    fn bad_files_say_where() {
+        let typo = load_toml("[match]\nexes = [\"node\"]\n", AgentArgs::default()).unwrap_err();
+        assert!(typo.to_string().contains("exes"), "{typo}");
+        let bad = load_toml("grace = \"soon\"\n", AgentArgs::default()).unwrap_err();
+        assert!(bad.to_string().contains("`grace`"), "{bad}");
+        let glob = load_toml("[match]\nexe = [\"[\"]\n", AgentArgs::default()).unwrap_err();
+        assert!(glob.to_string().contains('['), "{glob}");
+    }
+
+    #[test]
+    fn labels_parse() {
+        assert_eq!(parse_label("app=web"), Ok(("app".into(), "web".into())));
+        assert!(parse_label("=web").is_err());
+        assert!(parse_label("app").is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! Finding the host's processes: each one's executable, cgroup and start time, from /proc.
+
+use std::{fs, path::PathBuf};
+
+use crate::process::cgroup::{self, Placement};
+
+/// One process as a scan of /proc sees it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub pid: u32,
+    /// Start time in clock ticks since boot: with the PID, it names one process even after
+    /// the PID is reused.
+    pub start_time: u64,
+    /// The executable as /proc/PID/exe names it: by its path from the host's root when that
+    /// reaches it, else by its path in the process's own mount namespace.
+    pub exe: PathBuf,
+    pub cgroup: Placement,
+}
+
+/// Every user-space process of the host but this one. Kernel threads (no executable) and
+/// processes that exit mid-scan are left out.
+pub fn scan() -> Vec<Seen> {
+    let me = std::process::id();
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| pid != me)
+        .filter_map(|pid| {
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            let start_time = start_time(pid)?;
+            let cgroup = cgroup::read(pid).ok()?;
+            Some(Seen {
+                pid,
+                start_time,
+                exe,
+                cgroup,
+            })
+        })
+        .collect()
+}
+
+/// The start time of a process (field 22 of /proc/PID/stat), or `None` once it is gone.
+pub fn start_time(pid: u32) -> Option<u64> {
+    parse_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 of a stat line. The command (field 2) is in parentheses and may itself hold
+/// spaces and parentheses, so fields are counted from the last `)`.
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // Fields 3.. follow; the start time is the 20th of them.
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_survives_odd_command_names() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(parse_start_time(stat), Some(987_654));
+        assert_eq!(parse_start_time("42 (x) S 1"), None);
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn scan_finds_this_test_s_parent_not_itself() {
+        let seen = scan();
+        let me = std::process::id();
+        assert!(seen.iter().all(|s| s.pid != me));
+        let parent = std::os::unix::process::parent_id();
+        assert!(seen.iter().any(|s| s.pid == parent && s.start_time > 0));
+    }
+
+    #[test]
+    fn own_start_time_is_read() {
+        assert!(start_time(std::process::id()).is_some_and(|t| t > 0));
+        assert_eq!(start_time(0), None);
+    }
+}

@@ -1,0 +1,328 @@
+//! `/metrics`: the published view in the OpenMetrics text format, which Prometheus scrapes.
+//!
+//! A registry is built afresh from the view at each scrape: series of targets that were
+//! forgotten simply stop appearing, with no bookkeeping of what to remove.
+
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use super::view::{Published, TargetView};
+
+/// The content type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric of the view. The names and their meaning are documented in the README; a
+/// change here is a change of a public contract.
+pub fn render(view: &Published) -> String {
+    let mut registry = Registry::with_prefix("leaktrace");
+    target_metrics(&mut registry, &view.targets);
+    agent_metrics(&mut registry, view);
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+/// The labels of one target: the host PID always, the rest empty when unknown.
+fn labels(t: &TargetView) -> Labels {
+    let p = &t.placement;
+    let or_empty = |v: &Option<String>| v.clone().unwrap_or_default();
+    vec![
+        ("pid", t.pid.to_string()),
+        ("ns_pid", t.ns_pid.to_string()),
+        ("exe", t.exe.clone()),
+        ("container_id", or_empty(&p.container_id)),
+        ("pod_uid", or_empty(&p.pod_uid)),
+        ("pod", or_empty(&p.pod)),
+        ("namespace", or_empty(&p.namespace)),
+        ("container", or_empty(&p.container)),
+    ]
+}
+
+fn gauge_i64(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    targets: &[TargetView],
+    value: impl Fn(&TargetView) -> i64,
+) {
+    let family = Family::<Labels, Gauge<i64>>::default();
+    for t in targets {
+        family.get_or_create(&labels(t)).set(value(t));
+    }
+    registry.register(name, help, family);
+}
+
+fn gauge_f64(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    targets: &[TargetView],
+    value: impl Fn(&TargetView) -> f64,
+) {
+    let family = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+    for t in targets {
+        family.get_or_create(&labels(t)).set(value(t));
+    }
+    registry.register(name, help, family);
+}
+
+fn counter(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    targets: &[TargetView],
+    value: impl Fn(&TargetView) -> u64,
+) {
+    let family = Family::<Labels, Counter>::default();
+    for t in targets {
+        family.get_or_create(&labels(t)).inc_by(value(t));
+    }
+    registry.register(name, help, family);
+}
+
+fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
+    gauge_i64(
+        registry,
+        "target_live_bytes",
+        "Bytes in blocks allocated since attach and not yet freed (estimated when sampling)",
+        targets,
+        |t| t.live_bytes,
+    );
+    gauge_i64(
+        registry,
+        "target_live_allocations",
+        "Blocks allocated since attach and not yet freed (estimated when sampling)",
+        targets,
+        |t| t.live_allocs,
+    );
+    gauge_f64(
+        registry,
+        "target_growth_bytes_per_second",
+        "Theil-Sen slope of the target's live bytes over its recent samples",
+        targets,
+        |t| t.growth_bytes_per_s,
+    );
+    gauge_i64(
+        registry,
+        "target_leak_suspects",
+        "Call stacks whose live bytes are judged a leak or growing",
+        targets,
+        |t| t.leak_suspects as i64,
+    );
+    gauge_f64(
+        registry,
+        "target_top_suspect_growth_bytes_per_second",
+        "Growth of the fastest-growing leak suspect (0 without suspects)",
+        targets,
+        |t| t.top_suspect_bytes_per_s,
+    );
+    gauge_i64(
+        registry,
+        "target_traced",
+        "1 while the target is traced; 0 once it exited or went over its live-allocation cap",
+        targets,
+        |t| i64::from(t.state == "traced"),
+    );
+    gauge_f64(
+        registry,
+        "target_traced_seconds",
+        "Seconds since the target's probes were attached",
+        targets,
+        |t| t.traced_s,
+    );
+    counter(
+        registry,
+        "target_allocations",
+        "Allocation calls seen since attach",
+        targets,
+        |t| t.alloc_calls,
+    );
+    counter(
+        registry,
+        "target_frees",
+        "Free calls seen since attach",
+        targets,
+        |t| t.free_calls,
+    );
+    counter(
+        registry,
+        "target_failed_allocations",
+        "Allocation calls that returned no memory",
+        targets,
+        |t| t.failed_allocs,
+    );
+    let lost = Family::<Labels, Counter>::default();
+    for t in targets {
+        let l = &t.losses;
+        for (reason, n) in [
+            ("unknown_free", l.unknown_frees),
+            ("live_map_full", l.live_map_full),
+            ("stack_map_full", l.stack_map_full),
+            ("stack_capture_failed", l.stack_capture_failed),
+            ("stack_truncated", l.stack_truncated),
+            ("pending_map_full", l.pending_map_full),
+            ("missed_free", l.missed_frees),
+            ("missed_return", l.missed_returns),
+        ] {
+            let mut with_reason = labels(t);
+            with_reason.push(("reason", reason.to_string()));
+            lost.get_or_create(&with_reason).inc_by(n);
+        }
+    }
+    registry.register(
+        "target_lost_events",
+        "Events not fully accounted for, by reason (see the README's loss counters)",
+        lost,
+    );
+}
+
+fn agent_metrics(registry: &mut Registry, view: &Published) {
+    let a = &view.agent;
+    let plain = |registry: &mut Registry, name: &str, help: &str, value: i64| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    };
+    let total = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    };
+    let info = Family::<Labels, Gauge<i64>>::default();
+    info.get_or_create(&vec![
+        ("version", a.version.to_string()),
+        ("sample_bytes", a.sample_bytes.to_string()),
+    ])
+    .set(1);
+    registry.register("agent_info", "The agent's version and sampling", info);
+    plain(
+        registry,
+        "agent_targets",
+        "Processes traced now",
+        a.traced as i64,
+    );
+    plain(
+        registry,
+        "agent_targets_served",
+        "Targets with series served, exited ones within their grace period included",
+        view.targets.len() as i64,
+    );
+    plain(
+        registry,
+        "agent_max_targets",
+        "The --max-targets cap",
+        a.max_targets as i64,
+    );
+    total(
+        registry,
+        "agent_refused_targets",
+        "Matching processes not traced because --max-targets were traced already",
+        a.refused_max_targets,
+    );
+    total(
+        registry,
+        "agent_capped_targets",
+        "Targets that went over --max-live-allocs-per-target and were no longer traced",
+        a.capped,
+    );
+    total(
+        registry,
+        "agent_attach_failures",
+        "Matching processes the agent could not attach to (see its log)",
+        a.attach_failures,
+    );
+    total(registry, "agent_scans", "Scans of /proc", a.scans);
+    total(
+        registry,
+        "agent_samples",
+        "Samples of the probes' maps",
+        a.samples,
+    );
+    plain(
+        registry,
+        "agent_resident_bytes",
+        "The agent's own resident memory",
+        i64::try_from(a.resident_bytes).unwrap_or(i64::MAX),
+    );
+    if let Some(k) = &a.kubernetes {
+        plain(
+            registry,
+            "agent_kubernetes_synced",
+            "1 once the list of this node's pods has arrived",
+            i64::from(k.synced),
+        );
+        plain(
+            registry,
+            "agent_kubernetes_pods",
+            "Pods of this node known",
+            k.pods as i64,
+        );
+        total(
+            registry,
+            "agent_kubernetes_watch_errors",
+            "Errors of the pod watch (it retries)",
+            k.watch_errors,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::view::PlacementView;
+
+    fn target(pid: u32) -> TargetView {
+        TargetView {
+            pid,
+            ns_pid: 1,
+            command: "node app.js".into(),
+            exe: "/usr/bin/node".into(),
+            state: "traced",
+            traced_s: 12.5,
+            placement: PlacementView {
+                pod: Some("web-0".into()),
+                ..PlacementView::default()
+            },
+            live_bytes: 4096,
+            live_allocs: 2,
+            allocated_bytes: 8192,
+            alloc_calls: 4,
+            free_calls: 2,
+            failed_allocs: 0,
+            losses: Default::default(),
+            growth_bytes_per_s: 100.5,
+            leak_suspects: 1,
+            top_suspect_bytes_per_s: 100.0,
+            top_suspect: None,
+        }
+    }
+
+    #[test]
+    fn one_series_per_target_with_its_labels() {
+        let text = render(&Published {
+            targets: vec![target(7), target(9)],
+            ..Published::default()
+        });
+        assert!(
+            text.contains("# TYPE leaktrace_target_live_bytes gauge"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaktrace_target_live_bytes{pid=\"7\",ns_pid=\"1\""),
+            "{text}"
+        );
+        assert!(text.contains("pod=\"web-0\""), "{text}");
+        assert!(
+            text.contains("leaktrace_target_allocations_total{pid=\"9\""),
+            "{text}"
+        );
+        assert!(text.contains("reason=\"unknown_free\"} 0"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

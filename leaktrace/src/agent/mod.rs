@@ -1,0 +1,484 @@
+//! `leaktrace agent`: one tracing session that lives as long as the agent, into which processes
+//! are attached as the rules select them and from which they are dropped after they exit.
+//!
+//! One task owns the session (the probes, the series, the symbolizer): it scans /proc, samples,
+//! and answers report requests. After each sample it publishes a read-only view that the HTTP
+//! server reads without ever touching the session, so a slow scrape cannot stall tracing, and
+//! nothing a caller sends can start, stop or change it.
+
+pub mod config;
+mod discover;
+mod http;
+mod metrics;
+pub mod pods;
+pub mod select;
+mod view;
+
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{info, warn};
+
+use self::{
+    config::{AgentConfig, KubeMode},
+    discover::Seen,
+    pods::Pods,
+    select::Decision,
+    view::{AgentView, KubeView, PlacementView, Published, TargetView},
+};
+use crate::{
+    analyze::growth,
+    doctor, preflight,
+    process::{Target, cgroup::Placement},
+    report::{self, Report},
+    session::{Session, StopSignals},
+    trace::Options,
+};
+
+/// Points of each target's total live bytes kept for its growth rate.
+const TOTAL_POINTS: usize = 64;
+
+/// A question from the HTTP server, answered by the task that owns the session.
+pub(crate) enum Request {
+    /// The JSON report of one target, `None` when it is not (or no longer) traced.
+    Report {
+        pid: u32,
+        top: Option<usize>,
+        reply: oneshot::Sender<Option<String>>,
+    },
+}
+
+/// One process the agent traces or has traced.
+struct Tracked {
+    start_time: u64,
+    exe: PathBuf,
+    placement: Placement,
+    attached_at: Instant,
+    /// When it was seen gone; it is forgotten `grace` later.
+    exited_at: Option<Instant>,
+    capped: bool,
+    /// Its total live bytes at recent samples.
+    totals: VecDeque<(f64, i64)>,
+}
+
+/// Counts of what the agent did, for its own metrics.
+#[derive(Default)]
+struct Tally {
+    scans: u64,
+    samples: u64,
+    refused_max_targets: u64,
+    capped: u64,
+    attach_failures: u64,
+}
+
+struct Agent {
+    config: AgentConfig,
+    options: Options,
+    session: Session,
+    tracked: HashMap<u32, Tracked>,
+    /// Processes decided against, by PID, start time and executable (an exec may change the
+    /// answer): never looked at again.
+    passed_over: HashSet<(u32, u64, PathBuf)>,
+    /// Matching processes refused for the target cap, counted once each.
+    refused: HashSet<(u32, u64)>,
+    pods: Option<Pods>,
+    tally: Tally,
+}
+
+/// Runs the agent until SIGINT or SIGTERM.
+pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    preflight::check()?;
+    doctor::gate(None).map_err(|line| anyhow::anyhow!("refusing to trace: {line}"))?;
+    let mut stop = StopSignals::install()?;
+    // Listening first: a taken port is an error before anything is attached.
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let pods = match (config.kubernetes, in_cluster()) {
+        (KubeMode::Off, _) | (KubeMode::Auto, false) => None,
+        (KubeMode::On, _) | (KubeMode::Auto, true) => {
+            Some(pods::watch(config.node_name.as_deref()).await?)
+        }
+    };
+    if pods.is_none() && config.selector.needs_pods() {
+        anyhow::bail!(
+            "the namespace, label and annotation rules need the Kubernetes API: run in a \
+             cluster, set KUBECONFIG, or pass --kubernetes on"
+        );
+    }
+    let options = Options {
+        duration: None,
+        interval: config.interval,
+        top: None,
+        limits: config.limits,
+        mode: crate::probe::ProbeMode::Trace,
+        quiet: true,
+        sample_bytes: config.sample_bytes,
+        max_overhead: None,
+    };
+    let session = Session::new(&options)?;
+    let (published_tx, published_rx) = watch::channel(Arc::new(Published::default()));
+    let (request_tx, mut requests) = mpsc::channel(16);
+    let server = http::serve(listener, published_rx, request_tx);
+    info!(
+        listen = %config.listen,
+        exe = ?config.selector.exe_patterns(),
+        kubernetes = pods.is_some(),
+        sample_bytes = config.sample_bytes.unwrap_or(0),
+        "agent started"
+    );
+    let mut agent = Agent {
+        config,
+        options,
+        session,
+        tracked: HashMap::new(),
+        passed_over: HashSet::new(),
+        refused: HashSet::new(),
+        pods,
+        tally: Tally::default(),
+    };
+    let mut scan = tokio::time::interval(agent.config.scan_interval);
+    let mut sample = tokio::time::interval(agent.config.interval);
+    for timer in [&mut scan, &mut sample] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    tokio::pin!(server);
+    loop {
+        tokio::select! {
+            _ = scan.tick() => agent.scan(),
+            _ = sample.tick() => {
+                agent.sample()?;
+                published_tx.send_replace(Arc::new(agent.publish()));
+            }
+            Some(request) = requests.recv() => agent.answer(request),
+            () = stop.recv() => break,
+            result = &mut server => {
+                result.context("the HTTP server stopped")?;
+                break;
+            }
+        }
+    }
+    info!("agent stopping; detaching from every target");
+    let pids: Vec<u32> = agent.tracked.keys().copied().collect();
+    for pid in pids {
+        agent.session.detach(pid);
+    }
+    Ok(())
+}
+
+/// Whether this process runs in a Kubernetes pod, or was given a kubeconfig.
+fn in_cluster() -> bool {
+    std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+        || std::env::var_os("KUBECONFIG").is_some()
+}
+
+impl Agent {
+    /// Attaches to every new process the rules select.
+    fn scan(&mut self) {
+        self.tally.scans += 1;
+        let pods_known = self.pods.as_ref().is_none_or(Pods::synced);
+        for seen in discover::scan() {
+            if self.tracked.contains_key(&seen.pid) {
+                continue;
+            }
+            let key = (seen.pid, seen.start_time, seen.exe.clone());
+            if self.passed_over.contains(&key) {
+                continue;
+            }
+            let pod = self.pod_of(&seen.cgroup);
+            match self.config.selector.decide(
+                &seen.exe,
+                &seen.cgroup.path,
+                pod.as_ref(),
+                pods_known,
+            ) {
+                Decision::Skip => {
+                    self.passed_over.insert(key);
+                }
+                Decision::Undecided => {}
+                Decision::Trace => {
+                    if !self.try_attach(&seen) {
+                        self.passed_over.insert(key);
+                    }
+                }
+            }
+        }
+        // Processes gone since: their entries would only grow the set.
+        if self.passed_over.len() > 4 * 65536 {
+            self.passed_over.clear();
+        }
+    }
+
+    /// Attaches to one selected process; `false` when it must not be tried again.
+    fn try_attach(&mut self, seen: &Seen) -> bool {
+        let traced = self
+            .tracked
+            .values()
+            .filter(|t| t.exited_at.is_none() && !t.capped)
+            .count();
+        if traced >= self.config.max_targets {
+            if self.refused.insert((seen.pid, seen.start_time)) {
+                self.tally.refused_max_targets += 1;
+                warn!(
+                    pid = seen.pid,
+                    exe = %seen.exe.display(),
+                    max_targets = self.config.max_targets,
+                    "not traced: --max-targets processes are traced already"
+                );
+            }
+            // Tried again at the next scan: a slot may free up.
+            return true;
+        }
+        let attached = doctor::gate(Some(seen.pid))
+            .map_err(|line| anyhow::anyhow!(line))
+            .and_then(|()| {
+                let target = Target::open(seen.pid)?;
+                let allocator = target.allocator()?;
+                self.session.attach(target, &allocator)
+            });
+        match attached {
+            Ok(()) => {
+                self.refused.remove(&(seen.pid, seen.start_time));
+                info!(
+                    pid = seen.pid,
+                    exe = %seen.exe.display(),
+                    cgroup = %seen.cgroup.path,
+                    container_id = seen.cgroup.container_id.as_deref().unwrap_or(""),
+                    pod_uid = seen.cgroup.pod_uid.as_deref().unwrap_or(""),
+                    "target attached"
+                );
+                self.tracked.insert(
+                    seen.pid,
+                    Tracked {
+                        start_time: seen.start_time,
+                        exe: seen.exe.clone(),
+                        placement: seen.cgroup.clone(),
+                        attached_at: Instant::now(),
+                        exited_at: None,
+                        capped: false,
+                        totals: VecDeque::new(),
+                    },
+                );
+                true
+            }
+            Err(err) => {
+                self.tally.attach_failures += 1;
+                warn!(pid = seen.pid, exe = %seen.exe.display(), error = %format!("{err:#}"), "cannot trace this process");
+                false
+            }
+        }
+    }
+
+    fn pod_of(&self, placement: &Placement) -> Option<pods::PodMeta> {
+        self.pods.as_ref()?.get(placement.pod_uid.as_deref()?)
+    }
+
+    /// Samples the probes, then handles targets that exited, went over their cap, or whose
+    /// grace period is over.
+    fn sample(&mut self) -> anyhow::Result<()> {
+        self.session.sample()?;
+        self.tally.samples += 1;
+        let now = Instant::now();
+        let at = self.session.seconds_at(now);
+        let mut live: HashMap<u32, (i64, i64)> = HashMap::new();
+        for (key, stats) in &self.session.last().sites {
+            let entry = live.entry(key.tgid).or_default();
+            entry.0 += stats.live_bytes;
+            entry.1 += stats.live_allocs;
+        }
+        let mut forget = Vec::new();
+        for (&pid, tracked) in &mut self.tracked {
+            if let Some(exited) = tracked.exited_at {
+                if now.duration_since(exited) >= self.config.grace {
+                    forget.push(pid);
+                }
+                continue;
+            }
+            let (bytes, allocs) = live.get(&pid).copied().unwrap_or_default();
+            let gone = discover::start_time(pid) != Some(tracked.start_time)
+                || !self
+                    .session
+                    .traced
+                    .iter()
+                    .any(|t| t.target.pid == pid && t.target.is_alive());
+            if gone {
+                tracked.exited_at = Some(now);
+                self.session.detach(pid);
+                info!(pid, exe = %tracked.exe.display(), grace_s = self.config.grace.as_secs(), "target exited");
+                continue;
+            }
+            if !tracked.capped {
+                tracked.totals.push_back((at, bytes));
+                if tracked.totals.len() > TOTAL_POINTS {
+                    tracked.totals.pop_front();
+                }
+                if allocs as u64 > self.config.max_live_allocs_per_target {
+                    tracked.capped = true;
+                    self.tally.capped += 1;
+                    self.session.detach(pid);
+                    warn!(
+                        pid,
+                        live_allocs = allocs,
+                        cap = self.config.max_live_allocs_per_target,
+                        "target over --max-live-allocs-per-target: no longer traced, its last \
+                         numbers stay served"
+                    );
+                }
+            }
+        }
+        for pid in forget {
+            self.tracked.remove(&pid);
+            self.session.forget(pid);
+            info!(pid, "target forgotten: its series are dropped");
+        }
+        Ok(())
+    }
+
+    /// The view the HTTP server serves until the next sample.
+    fn publish(&mut self) -> Published {
+        let now = Instant::now();
+        let mut options = self.options.clone();
+        // Suspects are always kept; no other stack need be named for the numbers.
+        options.top = Some(0);
+        let mut pids: Vec<u32> = self.tracked.keys().copied().collect();
+        pids.sort_unstable();
+        let mut targets = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let report = self.session.report(&options, Some(pid), "running");
+            let pod = self.pod_of(&self.tracked[&pid].placement);
+            targets.push(target_view(&self.tracked[&pid], &report, pod, now));
+        }
+        Published {
+            agent: AgentView {
+                version: env!("CARGO_PKG_VERSION"),
+                sample_bytes: self.config.sample_bytes.unwrap_or(0),
+                interval_s: self.config.interval.as_secs_f64(),
+                max_targets: self.config.max_targets,
+                traced: self
+                    .tracked
+                    .values()
+                    .filter(|t| t.exited_at.is_none() && !t.capped)
+                    .count(),
+                scans: self.tally.scans,
+                samples: self.tally.samples,
+                refused_max_targets: self.tally.refused_max_targets,
+                capped: self.tally.capped,
+                attach_failures: self.tally.attach_failures,
+                resident_bytes: resident_bytes(),
+                kubernetes: self.pods.as_ref().map(|p| KubeView {
+                    synced: p.synced(),
+                    pods: p.count(),
+                    watch_errors: p.errors(),
+                }),
+            },
+            targets,
+        }
+    }
+
+    fn answer(&mut self, request: Request) {
+        match request {
+            Request::Report { pid, top, reply } => {
+                let report = self.tracked.contains_key(&pid).then(|| {
+                    let mut options = self.options.clone();
+                    options.top = top;
+                    let report = self.session.report(&options, Some(pid), "running");
+                    String::from_utf8_lossy(&report::render(&report, report::Format::Json, top))
+                        .into_owned()
+                });
+                // A client that went away no longer wants it.
+                let _ = reply.send(report);
+            }
+        }
+    }
+}
+
+/// One target's line in the published view.
+fn target_view(
+    tracked: &Tracked,
+    report: &Report,
+    pod: Option<pods::PodMeta>,
+    now: Instant,
+) -> TargetView {
+    let target = report.targets.first();
+    let totals = target.map(|t| t.totals.clone()).unwrap_or_default();
+    let suspects: Vec<_> = report
+        .stacks
+        .iter()
+        .filter(|s| s.growth.verdict.is_suspect())
+        .collect();
+    let top = suspects
+        .iter()
+        .max_by(|a, b| a.growth.bytes_per_s.total_cmp(&b.growth.bytes_per_s));
+    let points: Vec<(f64, i64)> = tracked.totals.iter().copied().collect();
+    let placement = &tracked.placement;
+    let container = pod.as_ref().and_then(|p| {
+        let id = placement.container_id.as_deref()?;
+        p.containers.get(id).cloned()
+    });
+    TargetView {
+        pid: target.map_or(0, |t| t.pid),
+        ns_pid: target.map_or(0, |t| t.ns_pid),
+        command: target.map(|t| t.command.clone()).unwrap_or_default(),
+        exe: tracked.exe.display().to_string(),
+        state: if tracked.exited_at.is_some() {
+            "exited"
+        } else if tracked.capped {
+            "capped"
+        } else {
+            "traced"
+        },
+        traced_s: tracked
+            .exited_at
+            .unwrap_or(now)
+            .duration_since(tracked.attached_at)
+            .as_secs_f64(),
+        placement: PlacementView {
+            cgroup: placement.path.clone(),
+            runtime: placement.runtime,
+            container_id: placement.container_id.clone(),
+            pod_uid: placement.pod_uid.clone(),
+            pod: pod.as_ref().map(|p| p.name.clone()),
+            namespace: pod.as_ref().map(|p| p.namespace.clone()),
+            container,
+        },
+        live_bytes: totals.live_bytes,
+        live_allocs: totals.live_allocs,
+        allocated_bytes: totals.allocated_bytes,
+        alloc_calls: totals.alloc_calls,
+        free_calls: totals.free_calls,
+        failed_allocs: totals.failed_allocs,
+        losses: totals.losses.clone(),
+        growth_bytes_per_s: growth::theil_sen(&points).unwrap_or(0.0),
+        leak_suspects: suspects.len(),
+        top_suspect_bytes_per_s: top.map_or(0.0, |s| s.growth.bytes_per_s),
+        top_suspect: top.and_then(|s| {
+            s.frames
+                .iter()
+                .skip(1)
+                .find(|f| f.function.is_some())
+                .map(report::folded::label)
+        }),
+    }
+}
+
+/// This process's resident memory, in bytes.
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+/// How long the agent waits for the session's task to answer a report request.
+pub(crate) const REPORT_TIMEOUT: Duration = Duration::from_secs(30);

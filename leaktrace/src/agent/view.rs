@@ -1,0 +1,89 @@
+//! What the agent publishes after each sample: every target's numbers and its own health, as
+//! `/metrics` and `/api/v1/targets` serve them.
+
+use serde::Serialize;
+
+use crate::report::model::Losses;
+
+/// The agent's state at its last sample, shared read-only with the HTTP server.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Published {
+    pub agent: AgentView,
+    pub targets: Vec<TargetView>,
+}
+
+/// One traced process.
+#[derive(Clone, Debug, Serialize)]
+pub struct TargetView {
+    /// The PID as the host sees it.
+    pub pid: u32,
+    /// The PID inside its own PID namespace (a container's view).
+    pub ns_pid: u32,
+    pub command: String,
+    pub exe: String,
+    /// `traced`, `exited` (served until the grace period ends) or `capped` (over
+    /// `--max-live-allocs-per-target`: no longer traced, its last numbers served).
+    pub state: &'static str,
+    /// Seconds since its probes were attached.
+    pub traced_s: f64,
+    pub placement: PlacementView,
+    pub live_bytes: i64,
+    pub live_allocs: i64,
+    pub allocated_bytes: u64,
+    pub alloc_calls: u64,
+    pub free_calls: u64,
+    pub failed_allocs: u64,
+    pub losses: Losses,
+    /// Theil-Sen slope of the process's live bytes over the last minutes.
+    pub growth_bytes_per_s: f64,
+    /// Stacks whose verdict is `leak` or `growing`.
+    pub leak_suspects: usize,
+    /// The fastest-growing suspect's slope (0 without suspects).
+    pub top_suspect_bytes_per_s: f64,
+    /// The innermost named frame of that suspect, for a human glancing at the list.
+    pub top_suspect: Option<String>,
+}
+
+/// Where a process runs: container and pod, as far as they are known.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PlacementView {
+    pub cgroup: String,
+    pub runtime: Option<&'static str>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    /// From the Kubernetes API, when the agent reads it.
+    pub pod: Option<String>,
+    pub namespace: Option<String>,
+    pub container: Option<String>,
+}
+
+/// The agent's own health.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AgentView {
+    pub version: &'static str,
+    /// 0 when every allocation is recorded.
+    pub sample_bytes: u64,
+    pub interval_s: f64,
+    pub max_targets: usize,
+    /// Targets currently traced (not exited or capped).
+    pub traced: usize,
+    pub scans: u64,
+    pub samples: u64,
+    /// Matching processes not traced because `--max-targets` were already traced (each counted
+    /// once).
+    pub refused_max_targets: u64,
+    /// Targets that went over `--max-live-allocs-per-target`.
+    pub capped: u64,
+    /// Matching processes leaktrace could not attach to.
+    pub attach_failures: u64,
+    pub resident_bytes: u64,
+    /// `None` when the agent does not read the Kubernetes API.
+    pub kubernetes: Option<KubeView>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct KubeView {
+    pub synced: bool,
+    pub pods: usize,
+    pub watch_errors: u64,
+}

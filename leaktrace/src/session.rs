@@ -1,0 +1,664 @@
+//! One tracing session: the loaded probes, the processes attached to them, and everything
+//! gathered about their allocations. `trace` drives one to a single report; the agent keeps one
+//! running and adds and drops targets as they come and go.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use leaktrace_common::StackKey;
+use tokio::{
+    signal::unix::{Signal, SignalKind, signal},
+    sync::oneshot,
+};
+use tracing::{info, warn};
+
+use crate::{
+    analyze::History,
+    budget::{self, Budget},
+    collect::{self, Snapshot, StackCache},
+    probe::{Attachment, Probes},
+    process::{AllocatorKind, Target, allocator},
+    report::{
+        Report,
+        build::{self, TargetSummary},
+        live::LiveStatus,
+        model::Frame,
+    },
+    symbolize::{AddrKind, Symbolizer},
+    trace::Options,
+};
+
+const LOADER_POLL: Duration = Duration::from_micros(200);
+const LOADER_SETTLE: Duration = Duration::from_millis(3);
+const LOADER_WAIT_MAX: Duration = Duration::from_millis(500);
+const MAPS_WATCH_PERIOD: Duration = Duration::from_millis(5);
+const MAPS_WATCH_SPAN: Duration = Duration::from_secs(1);
+
+/// One process the probes were attached to.
+pub(crate) struct Traced {
+    pub(crate) target: Target,
+    attachment: Attachment,
+    pub(crate) exit_code: Option<i32>,
+    /// The executable, as last seen while the process lived (it changes at exec).
+    exe: Option<PathBuf>,
+    /// Allocator libraries besides libc already probed (the C++ runtime), by path.
+    runtimes: Vec<PathBuf>,
+    /// When its probes were attached.
+    pub(crate) attached_at: Instant,
+    /// When its probes were detached, if they were before the session ended.
+    pub(crate) detached_at: Option<Instant>,
+}
+
+pub(crate) struct Session {
+    probes: Probes,
+    pub(crate) traced: Vec<Traced>,
+    history: History,
+    stacks: StackCache,
+    symbolizer: Symbolizer,
+    /// The call chain of every site seen.
+    chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
+    last: Snapshot,
+    /// Time zero of every series.
+    started: Instant,
+    /// Samples taken so far.
+    samples: u64,
+    /// When the last sample was taken: the end of the traced window.
+    detached: Option<Instant>,
+    status: LiveStatus,
+    budget: Option<Budget>,
+    /// What the reader should know about the trace as a whole.
+    notes: Vec<String>,
+}
+
+/// SIGTERM and SIGINT, caught from before the first probe is attached: a signal that arrives
+/// while attaching must end the trace cleanly, not kill the tracer.
+pub(crate) struct StopSignals {
+    terminate: Signal,
+    interrupt: Signal,
+}
+
+impl StopSignals {
+    pub(crate) fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            terminate: signal(SignalKind::terminate()).context("installing a SIGTERM handler")?,
+            interrupt: signal(SignalKind::interrupt()).context("installing a SIGINT handler")?,
+        })
+    }
+
+    /// Waits for either signal.
+    pub(crate) async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+    }
+}
+
+impl Session {
+    pub(crate) fn new(options: &Options) -> anyhow::Result<Self> {
+        let mut probes = Probes::load(options.limits, options.mode)?;
+        if let Some(n) = options.sample_bytes {
+            probes.set_sampling(n)?;
+        }
+        let quiet = options.quiet;
+        Ok(Self {
+            probes,
+            traced: Vec::new(),
+            history: History::default(),
+            stacks: StackCache::default(),
+            symbolizer: Symbolizer::new(),
+            chains: HashMap::new(),
+            last: Snapshot::default(),
+            started: Instant::now(),
+            samples: 0,
+            detached: None,
+            status: LiveStatus::new(quiet),
+            budget: match options.max_overhead {
+                Some(percent) => Some(Budget::new(
+                    percent,
+                    options.sample_bytes,
+                    Some(
+                        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                            .context("enabling BPF run-time statistics for --max-overhead")?,
+                    ),
+                )),
+                None => None,
+            },
+            notes: Vec::new(),
+        })
+    }
+
+    pub(crate) fn attach(
+        &mut self,
+        target: Target,
+        allocator: &crate::process::Allocator,
+    ) -> anyhow::Result<()> {
+        let attachment = match self.probes.attach(&target, allocator) {
+            Ok(a) => a,
+            Err(err) if !target.is_alive() => {
+                return Err(err).context(format!(
+                    "process {} exited while leaktrace was attaching",
+                    target.pid
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        };
+        info!(
+            pid = target.pid,
+            allocator = %allocator.host_path.display(),
+            free_probe = attachment.free.note,
+            "attached"
+        );
+        self.symbolizer.remember(target.pid);
+        let index = self.traced.len();
+        self.traced.push(Traced {
+            exe: std::fs::read_link(format!("/proc/{}/exe", target.pid)).ok(),
+            target,
+            attachment,
+            exit_code: None,
+            runtimes: Vec::new(),
+            attached_at: Instant::now(),
+            detached_at: None,
+        });
+        self.attach_runtimes(index);
+        // The window starts once the first targets are attached; after the first sample, time
+        // runs on for every series alike.
+        if self.samples == 0 {
+            self.started = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// Probes allocator libraries the target has mapped since last look: a C++ runtime loaded
+    /// after exec or by dlopen, or the C library of a command that exec'd into a program linked
+    /// against another libc than the tracer's. Failing here is warned about, and the trace goes
+    /// on.
+    pub(crate) fn attach_runtimes(&mut self, index: usize) {
+        let traced = &mut self.traced[index];
+        // The mappings the symbolizer just remembered: /proc/PID/maps is read once a sample.
+        let allocators =
+            allocator::find_all(&traced.target, self.symbolizer.mappings(traced.target.pid));
+        for lib in allocators {
+            if lib.path == traced.attachment.allocator.path || traced.runtimes.contains(&lib.path) {
+                continue;
+            }
+            traced.runtimes.push(lib.path.clone());
+            let attached = match lib.kind {
+                AllocatorKind::Cxx => self.probes.attach_cxx(&traced.target, &lib),
+                AllocatorKind::Libc => self
+                    .probes
+                    .attach_libc(&traced.target, &lib)
+                    .map(|a| a.functions),
+            };
+            match attached {
+                Ok(functions) => {
+                    info!(pid = traced.target.pid, library = %lib.path.display(), "probed");
+                    traced.attachment.functions.extend(functions);
+                }
+                Err(err) => warn!(
+                    pid = traced.target.pid,
+                    library = %lib.path.display(),
+                    %err,
+                    "cannot probe this allocator library: its allocations are missed"
+                ),
+            }
+        }
+    }
+
+    /// Says on stderr that the probes are in place: from here on, every allocation counts.
+    pub(crate) fn announce(&self) {
+        let pids: Vec<String> = self
+            .traced
+            .iter()
+            .map(|t| t.target.pid.to_string())
+            .collect();
+        eprintln!(
+            "leaktrace: attached to PID {}; Ctrl-C ends the trace",
+            pids.join(", ")
+        );
+    }
+
+    /// Samples until the trace ends; returns why it ended, and the exit status of `child` if
+    /// that is what ended it.
+    pub(crate) async fn run(
+        &mut self,
+        options: &Options,
+        stop: &mut StopSignals,
+        mut child: Option<&mut oneshot::Receiver<i32>>,
+    ) -> anyhow::Result<(&'static str, Option<i32>)> {
+        let mut interval = tokio::time::interval(options.interval);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watch_targets = child.is_none();
+        // A short-lived command can map its libraries, allocate and exit between two samples;
+        // its mappings must be remembered before it exits, or its stacks cannot be named. So
+        // for the first second mapping changes are polled far more often than samples are taken.
+        let mut maps_watch = tokio::time::interval(MAPS_WATCH_PERIOD);
+        let maps_watch_until = tokio::time::Instant::now() + MAPS_WATCH_SPAN;
+        let mut seen_maps: HashMap<u32, u64> = HashMap::new();
+        let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
+        let child_exited = async {
+            match child.as_mut() {
+                Some(rx) => (&mut **rx).await.unwrap_or(1),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(child_exited);
+        loop {
+            tokio::select! {
+                _ = interval.tick() => {
+                    let calls_before = total_alloc_calls(&self.last);
+                    self.sample()?;
+                    self.show_status(options, calls_before);
+                    if self.enforce_budget()? {
+                        return Ok(("overhead-budget", None));
+                    }
+                    if watch_targets && self.traced.iter().all(|t| !t.target.is_alive()) {
+                        return Ok(("targets-exited", None));
+                    }
+                }
+                _ = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                } => return Ok(("duration", None)),
+                _ = maps_watch.tick(), if tokio::time::Instant::now() < maps_watch_until => {
+                    self.remember_changed_mappings(&mut seen_maps);
+                }
+                () = stop.recv() => return Ok(("signal", None)),
+                code = &mut child_exited => return Ok(("targets-exited", Some(code))),
+            }
+        }
+    }
+
+    /// Remembers a just-exec'd command's mappings as the kernel and the dynamic loader create
+    /// them.
+    ///
+    /// A command can map its libraries, allocate and exit within milliseconds; its stacks can
+    /// only be named from mappings seen while it lived. The exec has replaced the address space
+    /// when this runs, but the program and its libraries appear over the next milliseconds: the
+    /// mappings are polled every `LOADER_POLL` until a C library (mapped by the loader) is there
+    /// and nothing has changed for `LOADER_SETTLE`.
+    pub(crate) fn follow_loader(&mut self, pid: u32) {
+        let started = Instant::now();
+        let mut last: Option<String> = None;
+        let mut still_since = Instant::now();
+        while started.elapsed() < LOADER_WAIT_MAX {
+            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+                return;
+            };
+            if maps.is_empty() {
+                return;
+            }
+            if last.as_ref() != Some(&maps) {
+                self.symbolizer.remember(pid);
+                last = Some(maps);
+                still_since = Instant::now();
+            } else if still_since.elapsed() >= LOADER_SETTLE && maps_a_libc(&maps) {
+                return;
+            }
+            std::thread::sleep(LOADER_POLL);
+        }
+    }
+
+    /// Remembers the mappings of every target whose `/proc/PID/maps` changed since last seen.
+    fn remember_changed_mappings(&mut self, seen: &mut HashMap<u32, u64>) {
+        let pids: Vec<u32> = self.traced.iter().map(|t| t.target.pid).collect();
+        for pid in pids {
+            let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
+                continue;
+            };
+            let mut hasher = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&maps, &mut hasher);
+            let hash = std::hash::Hasher::finish(&hasher);
+            if seen.insert(pid, hash) != Some(hash) {
+                self.symbolizer.remember(pid);
+            }
+        }
+    }
+
+    /// Estimates what the probes cost the targets since the last look, and acts when it is over
+    /// `--max-overhead`: sampling first (it spares the probes' work), detaching when the traps
+    /// alone are over (sampling cannot spare those). Returns whether the trace must end.
+    fn enforce_budget(&mut self) -> anyhow::Result<bool> {
+        let Some(budget) = self.budget.as_mut() else {
+            return Ok(false);
+        };
+        let traps = self.last.counters.values().map(budget::traps).sum();
+        let at = self.started.elapsed().as_secs_f64();
+        match budget.check(self.probes.run_time(), traps) {
+            budget::Action::Keep => Ok(false),
+            budget::Action::Sample(n, why) => {
+                self.probes.set_sampling(n)?;
+                warn!("{why}");
+                self.notes.push(format!("at {at:.1}s {why}"));
+                Ok(false)
+            }
+            budget::Action::Detach(why) => {
+                warn!("{why}");
+                self.notes.push(format!("at {at:.1}s {why}"));
+                Ok(true)
+            }
+        }
+    }
+
+    /// Redraws the live status: elapsed time, targets, live bytes, call rate, fastest grower.
+    fn show_status(&mut self, options: &Options, calls_before: u64) {
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let calls = total_alloc_calls(&self.last).saturating_sub(calls_before);
+        let rate = calls as f64 / options.interval.as_secs_f64();
+        let live: i64 = self.last.sites.values().map(|s| s.live_bytes).sum();
+        let top = self.fastest_grower().map(|(key, rate)| {
+            let chain = self.chains.get(&key).cloned().unwrap_or_default();
+            self.symbolizer.resolve(key.tgid, &chain);
+            let frames: Vec<Frame> = chain
+                .iter()
+                .flat_map(|(addr, _)| self.symbolizer.frames(key.tgid, *addr))
+                .collect();
+            // The first JavaScript frame says most; else the allocation function's caller.
+            let frame = frames
+                .iter()
+                .find(|f| f.kind == "js")
+                .or_else(|| frames.get(1))
+                .or_else(|| frames.first());
+            let name = frame.map_or_else(|| "?".to_string(), crate::report::folded::label);
+            format!("{name} {}/s", crate::report::bytes(rate as i64))
+        });
+        let duration = options
+            .duration
+            .map_or_else(String::new, |d| format!("/{:.0}s", d.as_secs_f64()));
+        let targets = self.traced.len();
+        self.status.update(|| {
+            format!(
+                "leaktrace: {elapsed:.0}s{duration}, {targets} target{}, live {}, {:.0} allocs/s, \
+                 fastest growing: {}",
+                if targets == 1 { "" } else { "s" },
+                crate::report::bytes(live),
+                rate,
+                top.as_deref().unwrap_or("none")
+            )
+        });
+    }
+
+    /// The site whose live bytes grew fastest over the last few samples, with its rate.
+    fn fastest_grower(&self) -> Option<(StackKey, f64)> {
+        const WINDOW: usize = 10;
+        self.last
+            .sites
+            .keys()
+            .filter_map(|key| {
+                let series = self.history.series(key);
+                let recent = &series[series.len().saturating_sub(WINDOW)..];
+                let (first, last) = (recent.first()?, recent.last()?);
+                let span = last.0 - first.0;
+                (span > 0.0 && last.1 > first.1).then(|| (*key, (last.1 - first.1) as f64 / span))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+    }
+
+    /// Reads the probes' totals, extends the series and names any new stack.
+    pub(crate) fn sample(&mut self) -> anyhow::Result<()> {
+        let snapshot = collect::snapshot(&self.probes)?;
+        let at = self.started.elapsed().as_secs_f64();
+        self.history.record(at, &snapshot);
+        self.samples += 1;
+        let ended = self.detached.is_some();
+        for index in 0..self.traced.len() {
+            let traced = &mut self.traced[index];
+            if traced.detached_at.is_some() {
+                continue;
+            }
+            // Mappings change (dlopen, exec): keep the latest for symbolizing after exit. A
+            // process that is gone leaves the last ones in place.
+            self.symbolizer.remember(traced.target.pid);
+            if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", traced.target.pid)) {
+                traced.exe = Some(exe);
+            }
+            if traced.target.is_alive() && !ended {
+                self.attach_runtimes(index);
+            }
+        }
+        self.read_new_stacks(&snapshot)?;
+        self.last = snapshot;
+        Ok(())
+    }
+
+    /// The probes' totals at the last sample.
+    pub(crate) fn last(&self) -> &Snapshot {
+        &self.last
+    }
+
+    /// Seconds from time zero of the series to `at`.
+    pub(crate) fn seconds_at(&self, at: Instant) -> f64 {
+        at.saturating_duration_since(self.started).as_secs_f64()
+    }
+
+    /// Detaches the probes from one target, keeping what was gathered about it: the process
+    /// exited, or the agent stops tracing it.
+    pub(crate) fn detach(&mut self, pid: u32) {
+        if let Some(traced) = self.traced.iter_mut().find(|t| t.target.pid == pid)
+            && traced.detached_at.is_none()
+        {
+            self.probes.detach(pid);
+            traced.detached_at = Some(Instant::now());
+        }
+    }
+
+    /// Detaches from one target and drops everything known about it, in the kernel's maps and
+    /// here, so that a long-running agent holds nothing for processes long gone.
+    pub(crate) fn forget(&mut self, pid: u32) {
+        self.detach(pid);
+        self.traced.retain(|t| t.target.pid != pid);
+        let gone: Vec<StackKey> = self
+            .last
+            .sites
+            .keys()
+            .filter(|k| k.tgid == pid)
+            .copied()
+            .collect();
+        let kept: std::collections::HashSet<u64> = self
+            .last
+            .sites
+            .keys()
+            .filter(|k| k.tgid != pid)
+            .map(|k| k.stack)
+            .collect();
+        let orphaned: Vec<u64> = gone
+            .iter()
+            .map(|k| k.stack)
+            .filter(|s| !kept.contains(s))
+            .collect();
+        if let Err(err) = self.probes.forget(pid, &orphaned) {
+            warn!(pid, %err, "cannot drop this target's entries from the probes' maps");
+        }
+        self.stacks.forget(&orphaned);
+        for key in &gone {
+            self.chains.remove(key);
+            self.last.sites.remove(key);
+        }
+        self.last.counters.remove(&pid);
+        self.history.forget(pid);
+        self.symbolizer.forget(pid);
+    }
+
+    /// What the reader of the report should know about one target.
+    fn notes(&self, traced: &Traced) -> Vec<String> {
+        let is_node = traced
+            .exe
+            .as_ref()
+            .and_then(|e| e.file_name())
+            .is_some_and(|n| n.to_string_lossy().starts_with("node"));
+        let mut notes = Vec::new();
+        if is_node && !self.symbolizer.has_perf_map(traced.target.pid) {
+            notes.push(format!(
+                "Node.js without a perf map (/tmp/perf-{}.map): JavaScript frames are unnamed. \
+                 Start node with --perf-basic-prof (and --interpreted-frames-native-stack for \
+                 interpreted functions) to name them.",
+                traced.target.pid
+            ));
+        }
+        notes
+    }
+
+    /// Reads the frames of any stack not seen before. They are named only when the report is
+    /// built, and only for the stacks it shows: the files they need are kept open meanwhile.
+    fn read_new_stacks(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
+        for key in snapshot.sites.keys() {
+            if let std::collections::hash_map::Entry::Vacant(slot) = self.chains.entry(*key) {
+                slot.insert(call_chain(self.stacks.frames(&self.probes, key.stack)?));
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the traced window: takes the last sample, then detaches. Sampling first keeps the
+    /// window exact; detaching can take a while (the kernel waits out a grace period per probe).
+    pub(crate) fn end_trace(&mut self) -> anyhow::Result<()> {
+        self.status.finish();
+        if self.detached.is_none() {
+            self.sample()?;
+            self.detached = Some(Instant::now());
+            self.probes.detach_all();
+        }
+        Ok(())
+    }
+
+    /// Ends the trace (if not yet ended) and builds the report.
+    pub(crate) fn finish(
+        mut self,
+        options: &Options,
+        ended_by: &'static str,
+    ) -> anyhow::Result<Report> {
+        self.end_trace()?;
+        Ok(self.report(options, None, ended_by))
+    }
+
+    /// The report so far, of every target or of one: the session goes on.
+    pub(crate) fn report(
+        &mut self,
+        options: &Options,
+        only: Option<u32>,
+        ended_by: &'static str,
+    ) -> Report {
+        let now = Instant::now();
+        let chosen: Vec<&Traced> = self
+            .traced
+            .iter()
+            .filter(|t| only.is_none_or(|pid| t.target.pid == pid))
+            .collect();
+        let targets = chosen
+            .iter()
+            .map(|t| TargetSummary {
+                pid: t.target.pid,
+                ns_pid: t.target.ns_pid,
+                command: t.target.command.clone(),
+                allocator: t.attachment.allocator.path.display().to_string(),
+                functions: t
+                    .attachment
+                    .functions
+                    .iter()
+                    .map(|f| f.to_string())
+                    .collect(),
+                free_probe: t.attachment.free.note.clone(),
+                alive_at_end: t.target.is_alive(),
+                exit_code: t.exit_code,
+                notes: self.notes(t),
+            })
+            .collect();
+        // The traced window: the whole session's, or one target's from attach to detach.
+        let end = self.detached.unwrap_or(now);
+        let (from, to) = match (only, chosen.first()) {
+            (Some(_), Some(t)) => (
+                t.attached_at.max(self.started),
+                t.detached_at.unwrap_or(end),
+            ),
+            _ => (self.started, end),
+        };
+        let last = match only {
+            Some(pid) => self.last.only(pid),
+            None => self.last.clone(),
+        };
+        let (chains, symbolizer) = (&self.chains, &mut self.symbolizer);
+        let mut name = |key: &StackKey| -> Vec<Frame> {
+            let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
+            symbolizer.resolve(key.tgid, chain);
+            chain
+                .iter()
+                .flat_map(|(addr, _)| symbolizer.frames(key.tgid, *addr))
+                .collect()
+        };
+        build::build(build::Inputs {
+            targets,
+            last: &last,
+            history: &self.history,
+            time_zero_s: from.saturating_duration_since(self.started).as_secs_f64(),
+            frames: &mut name,
+            duration_s: to.saturating_duration_since(from).as_secs_f64(),
+            interval_s: options.interval.as_secs_f64(),
+            sample_bytes: self
+                .budget
+                .as_ref()
+                .map_or(options.sample_bytes, Budget::sample_bytes)
+                .unwrap_or(0),
+            notes: self.notes.clone(),
+            ended_by,
+            top: options.top,
+        })
+    }
+}
+
+/// Whether `/proc/PID/maps` text shows a C library mapped executable.
+fn maps_a_libc(maps: &str) -> bool {
+    crate::process::maps::parse(maps)
+        .iter()
+        .any(|m| m.is_executable() && crate::process::allocator::is_libc_path(m.path.as_deref()))
+}
+
+/// Allocation calls of every target so far.
+fn total_alloc_calls(snapshot: &Snapshot) -> u64 {
+    snapshot
+        .counters
+        .values()
+        .map(|c| c[leaktrace_common::Counter::AllocCalls as usize])
+        .sum()
+}
+
+/// The addresses of one allocation, innermost first: the allocation function itself (an exact
+/// address), then return addresses.
+fn call_chain(ips: &[u64]) -> Vec<(u64, AddrKind)> {
+    ips.iter()
+        .enumerate()
+        .map(|(i, &ip)| {
+            (
+                ip,
+                if i == 0 {
+                    AddrKind::Exact
+                } else {
+                    AddrKind::Return
+                },
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_chain_marks_return_addresses() {
+        assert_eq!(
+            call_chain(&[0x10, 0x20, 0x30]),
+            vec![
+                (0x10, AddrKind::Exact),
+                (0x20, AddrKind::Return),
+                (0x30, AddrKind::Return)
+            ]
+        );
+        assert_eq!(call_chain(&[]), vec![]);
+    }
+}

@@ -1,0 +1,646 @@
+//! `leaktrace agent` for real: processes started after it, one in its own mount and PID
+//! namespace under a kubelet-shaped cgroup, are found, traced and served on `/metrics` (read by
+//! Python's `prometheus_client` OpenMetrics parser) and `/api/v1`; exited ones disappear.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use std::{
+    collections::HashMap,
+    fs,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use leaktrace_tests::{
+    Target, assert_matches_schema, assert_one_line_error, fixture, have_root, leaktrace, scratch,
+    site,
+};
+use serde_json::Value;
+
+/// What one round of the `leaky` fixture leaves live: 3000 + 2000 + 700 + 512 bytes.
+const LEAK_PER_ROUND: i64 = 6212;
+
+/// A running agent, stopped with SIGTERM (and killed on drop if a test fails first).
+struct Agent {
+    child: Child,
+    base: String,
+    log: PathBuf,
+}
+
+impl Agent {
+    /// Starts an agent that does not read the Kubernetes API.
+    fn start(dir: &Path, args: &[&str]) -> Self {
+        let mut all = vec!["--kubernetes", "off"];
+        all.extend_from_slice(args);
+        Self::start_with(dir, &all, &[])
+    }
+
+    fn start_with(dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Self {
+        // A free port: bound, read, released; the agent binds it a moment later.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let log = dir.join("agent.log");
+        let child = leaktrace()
+            .args(["agent", "--listen", &listen])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(fs::File::create(&log).expect("creating the agent log"))
+            .spawn()
+            .expect("starting leaktrace agent");
+        let agent = Self {
+            child,
+            base: format!("http://{listen}"),
+            log,
+        };
+        agent.wait_for(
+            "the agent to serve /healthz",
+            Duration::from_secs(60),
+            |a| a.get("/healthz").map(|(status, _)| status == 200).ok(),
+        );
+        agent
+    }
+
+    /// Status and body of a GET.
+    fn get(&self, path: &str) -> Result<(u16, String), ureq::Error> {
+        let response = ureq::get(format!("{}{path}", self.base))
+            .config()
+            .http_status_as_error(false)
+            .build()
+            .call()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().read_to_string()?;
+        Ok((status, body))
+    }
+
+    fn json(&self, path: &str) -> Value {
+        let (status, body) = self.get(path).expect("GET");
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).expect("JSON")
+    }
+
+    /// `/metrics` as the OpenMetrics parser of Python's `prometheus_client` reads it.
+    fn metrics(&self) -> Vec<Sample> {
+        let (status, text) = self.get("/metrics").expect("GET /metrics");
+        assert_eq!(status, 200);
+        parse_openmetrics(&text)
+    }
+
+    /// Polls `probe` until it returns `Some(true)`, failing after `limit` with the agent's log.
+    fn wait_for(&self, what: &str, limit: Duration, probe: impl Fn(&Self) -> Option<bool>) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if probe(self) == Some(true) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "timed out waiting for {what}; agent log:\n{}",
+            fs::read_to_string(&self.log).unwrap_or_default()
+        );
+    }
+
+    /// SIGTERM, and the exit status.
+    fn stop(mut self) -> i32 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let status = self.child.wait().expect("waiting for the agent");
+        status.code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One sample of a metric family.
+#[derive(Debug)]
+struct Sample {
+    name: String,
+    labels: HashMap<String, String>,
+    value: f64,
+}
+
+fn parse_openmetrics(text: &str) -> Vec<Sample> {
+    const PARSER: &str = "import json, sys\n\
+        from prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = []\n\
+        for family in text_string_to_metric_families(sys.stdin.read()):\n\
+        \x20   for s in family.samples:\n\
+        \x20       out.append({'name': s.name, 'labels': s.labels, 'value': s.value})\n\
+        print(json.dumps(out))\n";
+    let mut child = Command::new("python3")
+        .args(["-c", PARSER])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (cargo xtask setup installs prometheus-client)");
+    std::io::Write::write_all(&mut child.stdin.take().expect("stdin"), text.as_bytes())
+        .expect("writing metrics to the parser");
+    let output = child.wait_with_output().expect("the parser");
+    assert!(
+        output.status.success(),
+        "prometheus_client rejects /metrics: {}\n{text}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let samples: Value = serde_json::from_slice(&output.stdout).expect("parser output");
+    samples
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|s| Sample {
+            name: s["name"].as_str().expect("name").to_string(),
+            labels: s["labels"]
+                .as_object()
+                .expect("labels")
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
+                .collect(),
+            value: s["value"].as_f64().expect("value"),
+        })
+        .collect()
+}
+
+/// The value of `name` for host PID `pid`, if it has a series.
+fn value(samples: &[Sample], name: &str, pid: u32) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.name == name && s.labels.get("pid") == Some(&pid.to_string()))
+        .map(|s| s.value)
+}
+
+fn labels_of(samples: &[Sample], pid: u32) -> HashMap<String, String> {
+    samples
+        .iter()
+        .find(|s| s.name == "leaktrace_target_live_bytes" && s.labels["pid"] == pid.to_string())
+        .map(|s| s.labels.clone())
+        .unwrap_or_default()
+}
+
+/// A cgroup shaped like the one kubelet (systemd driver) and containerd give a container, in
+/// whichever hierarchy this host mounts writable; removed on drop.
+struct PodCgroup {
+    dirs: Vec<PathBuf>,
+    procs: PathBuf,
+}
+
+/// The pod and container of the namespaced target.
+const POD_UID: &str = "4c3e7a0e-2b8f-4d51-9a2e-7f1c0d9b6a15";
+const CONTAINER_ID: &str = "9f2c4be1d37a6e08f5b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f708192a3b4c5d";
+
+impl PodCgroup {
+    fn create(pod_uid: &str, container_id: &str) -> Self {
+        let base = [
+            "/sys/fs/cgroup/unified",
+            "/sys/fs/cgroup",
+            "/sys/fs/cgroup/pids",
+        ]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.join("cgroup.procs").exists())
+        .expect("a cgroup hierarchy");
+        let uid = pod_uid.replace('-', "_");
+        let parts = [
+            "kubepods.slice".to_string(),
+            "kubepods-burstable.slice".to_string(),
+            format!("kubepods-burstable-pod{uid}.slice"),
+            format!("cri-containerd-{container_id}.scope"),
+        ];
+        let mut dirs = Vec::new();
+        let mut dir = base.to_path_buf();
+        for part in parts {
+            dir = dir.join(part);
+            fs::create_dir_all(&dir).expect("creating a cgroup (as root)");
+            dirs.push(dir.clone());
+        }
+        Self {
+            procs: dir.join("cgroup.procs"),
+            dirs,
+        }
+    }
+}
+
+impl Drop for PodCgroup {
+    fn drop(&mut self) {
+        for dir in self.dirs.iter().rev() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+}
+
+/// A root file system holding `exe` as `/app`, its loader and a copy of libc.
+fn make_root(dir: &Path, exe: &Path) {
+    for (from, to) in [
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+    ] {
+        let to = dir.join(to);
+        fs::create_dir_all(to.parent().unwrap()).unwrap();
+        fs::copy(fs::canonicalize(from).unwrap(), &to).unwrap();
+    }
+    fs::copy(exe, dir.join("leaky-agent-pod")).unwrap();
+}
+
+/// The fixture under a name only this file's agents select.
+fn named_fixture(dir: &Path, name: &str) -> PathBuf {
+    let exe = dir.join(name);
+    fs::copy(fixture("leaky", &[]), &exe).expect("copying the fixture");
+    exe
+}
+
+#[test]
+fn the_agent_follows_processes_in_and_out_of_containers() {
+    if !have_root("the_agent_follows_processes_in_and_out_of_containers") {
+        return;
+    }
+    let dir = scratch("agent-follows");
+    let agent = Agent::start(
+        &dir,
+        &[
+            "--match-exe",
+            "leaky-agent-*",
+            "--sample-bytes",
+            "0",
+            "--interval",
+            "250ms",
+            "--scan-interval",
+            "100ms",
+            "--grace",
+            "1s",
+            "--log-format",
+            "json",
+        ],
+    );
+
+    // Started after the agent: one on the host, one in its own namespaces and pod cgroup.
+    const ROUNDS: i64 = 60;
+    let rounds = ROUNDS.to_string();
+    let host_exe = named_fixture(&dir, "leaky-agent-host");
+    let mut host = Target::start(&host_exe, &[&rounds, "100"]);
+    let cgroup = PodCgroup::create(POD_UID, CONTAINER_ID);
+    let root = dir.join("root");
+    make_root(&root, &fixture("leaky", &[]));
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "echo $$ > {} && exec unshare --mount --pid --fork --kill-child chroot {} \
+             /leaky-agent-pod {rounds} 100",
+        cgroup.procs.display(),
+        root.display()
+    ));
+    let mut pod = Target::spawn(cmd);
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", pod.pid()))
+        .expect("unshare's children");
+    let pod_pid: u32 = children
+        .split_whitespace()
+        .next()
+        .expect("a child")
+        .parse()
+        .unwrap();
+    let host_pid = host.pid();
+
+    agent.wait_for(
+        "both processes to be traced",
+        Duration::from_secs(30),
+        |a| {
+            let targets = a.json("/api/v1/targets");
+            let pids: Vec<u64> = targets["targets"]
+                .as_array()?
+                .iter()
+                .filter(|t| t["state"] == "traced")
+                .filter_map(|t| t["pid"].as_u64())
+                .collect();
+            Some(pids.contains(&u64::from(host_pid)) && pids.contains(&u64::from(pod_pid)))
+        },
+    );
+    host.send("go");
+    pod.send("go");
+    // Midway, the series grows.
+    thread::sleep(Duration::from_secs(2));
+    let midway = value(&agent.metrics(), "leaktrace_target_live_bytes", host_pid).unwrap();
+    host.expect_line("done");
+    pod.expect_line("done");
+
+    // Every round's leak, exactly, once the next sample is in.
+    let expected = (LEAK_PER_ROUND * ROUNDS) as f64;
+    agent.wait_for(
+        "the final live bytes and a suspect",
+        Duration::from_secs(30),
+        |a| {
+            let m = a.metrics();
+            Some([host_pid, pod_pid].iter().all(|&pid| {
+                value(&m, "leaktrace_target_live_bytes", pid) == Some(expected)
+                    && value(&m, "leaktrace_target_leak_suspects", pid).is_some_and(|n| n >= 1.0)
+            }))
+        },
+    );
+    let m = agent.metrics();
+    assert!(
+        midway > 0.0 && midway < expected,
+        "midway {midway} of {expected}"
+    );
+    for pid in [host_pid, pod_pid] {
+        assert_eq!(
+            value(&m, "leaktrace_target_live_allocations", pid),
+            Some((7 * ROUNDS) as f64)
+        );
+        assert!(value(&m, "leaktrace_target_growth_bytes_per_second", pid).unwrap() > 0.0);
+        assert!(
+            value(
+                &m,
+                "leaktrace_target_top_suspect_growth_bytes_per_second",
+                pid
+            )
+            .unwrap()
+                > 0.0
+        );
+        assert_eq!(value(&m, "leaktrace_target_traced", pid), Some(1.0));
+        let lost: f64 = m
+            .iter()
+            .filter(|s| {
+                s.name == "leaktrace_target_lost_events_total"
+                    && s.labels["pid"] == pid.to_string()
+                    && s.labels["reason"] != "unknown_free"
+            })
+            .map(|s| s.value)
+            .sum();
+        assert_eq!(lost, 0.0, "nothing lost for {pid}");
+    }
+    // Labels: the container's view and the pod, read from the cgroup path.
+    let host_labels = labels_of(&m, host_pid);
+    assert_eq!(host_labels["container_id"], "");
+    assert_eq!(host_labels["ns_pid"], host_pid.to_string());
+    let pod_labels = labels_of(&m, pod_pid);
+    assert_eq!(pod_labels["ns_pid"], "1");
+    assert_eq!(pod_labels["container_id"], CONTAINER_ID);
+    assert_eq!(pod_labels["pod_uid"], POD_UID);
+    assert!(
+        pod_labels["exe"].ends_with("/leaky-agent-pod"),
+        "{pod_labels:?}"
+    );
+    assert_eq!(value(&m, "leaktrace_agent_targets", 0), None);
+    let traced = m
+        .iter()
+        .find(|s| s.name == "leaktrace_agent_targets")
+        .unwrap();
+    assert_eq!(traced.value, 2.0);
+
+    // The same report as the CLI's, for one target.
+    let (status, body) = agent
+        .get(&format!("/api/v1/targets/{pod_pid}/report"))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let report: Value = serde_json::from_str(&body).unwrap();
+    assert_matches_schema(&report);
+    assert_eq!(report["targets"].as_array().unwrap().len(), 1);
+    assert_eq!(report["targets"][0]["ns_pid"], 1);
+    let leak = site(&report, pod_pid, "leak_malloc");
+    assert_eq!(
+        (leak.live_bytes, leak.live_allocs),
+        (3000 * ROUNDS, 3 * ROUNDS)
+    );
+    let verdict = report["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f["function"] == "leak_malloc")
+        })
+        .map(|s| s["growth"]["verdict"].clone());
+    assert_eq!(verdict, Some(Value::from("leak")));
+    assert_eq!(agent.get("/api/v1/targets/1/report").unwrap().0, 404);
+    assert_eq!(agent.get("/api/v1/targets/x/report").unwrap().0, 400);
+    // Read-only: nothing but GET.
+    let post = ureq::post(format!("{}/api/v1/targets", agent.base))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_empty()
+        .unwrap();
+    assert_eq!(post.status().as_u16(), 405);
+
+    // The host process exits: after the grace period its series are gone, the pod's stay.
+    assert_eq!(host.finish(), 0);
+    agent.wait_for(
+        "the exited target's series to go",
+        Duration::from_secs(30),
+        |a| {
+            let m = a.metrics();
+            Some(
+                value(&m, "leaktrace_target_live_bytes", host_pid).is_none()
+                    && value(&m, "leaktrace_target_live_bytes", pod_pid).is_some(),
+            )
+        },
+    );
+    assert_eq!(pod.finish(), 0);
+    drop(cgroup);
+    assert_eq!(agent.stop(), 0, "the agent ends cleanly on SIGTERM");
+    let log = fs::read_to_string(dir.join("agent.log")).unwrap();
+    // Structured logs: one JSON object a line, telling targets come and go.
+    for line in log.lines() {
+        let event: Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("log line is not JSON ({e}): {line}"));
+        assert!(event["message"].is_string(), "{line}");
+    }
+    for message in ["target attached", "target exited", "target forgotten"] {
+        assert!(log.contains(message), "no {message:?} in the log:\n{log}");
+    }
+}
+
+#[test]
+fn in_a_cluster_pods_are_selected_and_named_from_the_api() {
+    if !have_root("in_a_cluster_pods_are_selected_and_named_from_the_api") {
+        return;
+    }
+    const UID: &str = "0d1e2f3a-4b5c-4d6e-8f70-8192a3b4c5d6";
+    const CID: &str = "aa11bb22cc33dd44ee55ff6600112233445566778899aabbccddeeff00112233";
+    let dir = scratch("agent-kube");
+    let pod = serde_json::json!([{
+        "metadata": {
+            "name": "cart-0", "namespace": "shop", "uid": UID, "resourceVersion": "1",
+            "labels": {"app": "cart"},
+            "annotations": {"leaktrace.dev/trace": "true"}
+        },
+        "spec": {"nodeName": "test-node", "containers": [{"name": "server"}]},
+        "status": {"containerStatuses": [{
+            "name": "server", "containerID": format!("containerd://{CID}"),
+            "image": "app", "imageID": "app", "ready": true, "restartCount": 0
+        }]}
+    }]);
+    let requests = dir.join("requests.log");
+    let mut api = Command::new("python3")
+        .arg(leaktrace_tests::root().join("tests/fixtures/fake-kube-api.py"))
+        .arg(pod.to_string())
+        .arg(&requests)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(api.stdout.take().expect("stdout")),
+        &mut line,
+    )
+    .expect("the fake API's port");
+    let port = line.trim().trim_start_matches("listening ").to_string();
+    let kubeconfig = dir.join("kubeconfig");
+    fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: 'http://127.0.0.1:{port}'}}}}]\n\
+             users: [{{name: fake, user: {{token: test}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake}}}}]\n"
+        ),
+    )
+    .unwrap();
+    let agent = Agent::start_with(
+        &dir,
+        &[
+            "--kubernetes",
+            "on",
+            "--node-name",
+            "test-node",
+            "--match-exe",
+            "leaky-kube-*",
+            "--k8s-namespace",
+            "shop",
+            "--k8s-label",
+            "app=cart",
+            "--require-annotation",
+            "--interval",
+            "200ms",
+            "--scan-interval",
+            "100ms",
+        ],
+        &[("KUBECONFIG", &kubeconfig)],
+    );
+    let cgroup = PodCgroup::create(UID, CID);
+    let exe = named_fixture(&dir, "leaky-kube-pod");
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(format!(
+        "echo $$ > {} && exec {} 1",
+        cgroup.procs.display(),
+        exe.display()
+    ));
+    let in_pod = Target::spawn(cmd);
+    let outside = Target::start(&named_fixture(&dir, "leaky-kube-host"), &["1"]);
+    agent.wait_for("the pod's process, named", Duration::from_secs(30), |a| {
+        let labels = labels_of(&a.metrics(), in_pod.pid());
+        Some(labels.get("pod").is_some_and(|p| p == "cart-0"))
+    });
+    // Later scans pass over the process outside any pod.
+    thread::sleep(Duration::from_millis(500));
+    let m = agent.metrics();
+    let labels = labels_of(&m, in_pod.pid());
+    assert_eq!(labels["namespace"], "shop");
+    assert_eq!(labels["container"], "server");
+    assert_eq!(labels["pod_uid"], UID);
+    assert!(value(&m, "leaktrace_target_live_bytes", outside.pid()).is_none());
+    let synced = m
+        .iter()
+        .find(|s| s.name == "leaktrace_agent_kubernetes_synced");
+    assert_eq!(synced.map(|s| s.value), Some(1.0));
+    // Only this node's pods were asked for.
+    let asked = fs::read_to_string(&requests).unwrap();
+    assert!(
+        asked
+            .lines()
+            .all(|l| l.contains("fieldSelector=spec.nodeName%3Dtest-node")),
+        "{asked}"
+    );
+    drop((in_pod, outside));
+    drop(cgroup);
+    assert_eq!(agent.stop(), 0);
+    let _ = api.kill();
+    let _ = api.wait();
+}
+
+#[test]
+fn past_its_target_cap_the_agent_says_so_and_keeps_serving() {
+    if !have_root("past_its_target_cap_the_agent_says_so_and_keeps_serving") {
+        return;
+    }
+    let dir = scratch("agent-cap");
+    let agent = Agent::start(
+        &dir,
+        &[
+            "--match-exe",
+            "leaky-capped-*",
+            "--max-targets",
+            "1",
+            "--interval",
+            "200ms",
+            "--scan-interval",
+            "100ms",
+        ],
+    );
+    let first = Target::start(&named_fixture(&dir, "leaky-capped-1"), &["1"]);
+    agent.wait_for("the first target", Duration::from_secs(30), |a| {
+        Some(value(&a.metrics(), "leaktrace_target_live_bytes", first.pid()).is_some())
+    });
+    let second = Target::start(&named_fixture(&dir, "leaky-capped-2"), &["1"]);
+    agent.wait_for("the refusal to be counted", Duration::from_secs(30), |a| {
+        let m = a.metrics();
+        let refused = m
+            .iter()
+            .find(|s| s.name == "leaktrace_agent_refused_targets_total")?;
+        Some(refused.value == 1.0)
+    });
+    let m = agent.metrics();
+    assert!(value(&m, "leaktrace_target_live_bytes", second.pid()).is_none());
+    assert_eq!(agent.get("/healthz").unwrap().0, 200);
+    drop((first, second));
+    assert_eq!(agent.stop(), 0);
+    let log = fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(log.contains("--max-targets"), "{log}");
+}
+
+#[test]
+fn bad_agent_settings_get_one_line() {
+    let dir = scratch("agent-bad-input");
+    let run = |args: &[&str]| leaktrace().arg("agent").args(args).output().unwrap();
+    assert_one_line_error(&run(&["--match-exe", "["]), "invalid --match-exe pattern");
+    assert_one_line_error(&run(&["--listen", "nowhere"]), "nowhere");
+    assert_one_line_error(
+        &run(&["--config", "/nonexistent/agent.toml"]),
+        "cannot read the config file",
+    );
+    let typo = dir.join("typo.toml");
+    fs::write(&typo, "[match]\nexes = [\"node\"]\n").unwrap();
+    assert_one_line_error(&run(&["--config", typo.to_str().unwrap()]), "exes");
+    let check = run(&["--match-exe", "node*", "--sample-bytes", "0", "--check"]);
+    assert!(check.status.success());
+    let settings: Value = serde_json::from_slice(&check.stdout).unwrap();
+    assert_eq!(settings["match"]["exe"][0], "node*");
+    assert_eq!(settings["sample_bytes"], Value::Null);
+
+    if !have_root("bad_agent_settings_get_one_line (root part)") {
+        return;
+    }
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    assert_one_line_error(
+        &run(&["--listen", &addr, "--kubernetes", "off"]),
+        "cannot listen",
+    );
+    assert_one_line_error(
+        &run(&["--k8s-namespace", "shop", "--kubernetes", "off"]),
+        "need the Kubernetes API",
+    );
+}

@@ -1,0 +1,259 @@
+//! The least privileges leaktrace traces with: a non-root user (65534) holding exactly CAP_BPF,
+//! CAP_PERFMON and CAP_SYS_PTRACE traces a root process to the same exact numbers as root does,
+//! and without any one of them it stops with one line naming what is missing.
+//!
+//! deploy/ grants the agent exactly this set; preflight.rs checks for it.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Read as _},
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use leaktrace_tests::{
+    Target, assert_matches_schema, assert_one_line_error, fixture, have_root, leaktrace, losses,
+    site,
+};
+use serde_json::Value;
+
+/// The capabilities leaktrace needs, as setpriv names them.
+const NEEDED: [&str; 3] = ["bpf", "perfmon", "sys_ptrace"];
+
+/// Their bits in a capability set (capability.h).
+const NEEDED_BITS: u64 = (1 << 39) | (1 << 38) | (1 << 19);
+
+const NOBODY: u32 = 65534;
+const ROUNDS: i64 = 10;
+
+/// The binary under test, copied where uid 65534 can execute it whatever the permissions of the
+/// checkout (target/ may sit under a directory others cannot search). Replaced by a rename, so a
+/// copy still running elsewhere is left alone.
+fn binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let source = PathBuf::from(leaktrace().get_program());
+        let dir = std::env::temp_dir().join("leaktrace-privileges-test");
+        fs::create_dir_all(&dir).expect("creating the directory for the binary");
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod 755");
+        let staged = dir.join(format!("leaktrace.{}", std::process::id()));
+        fs::copy(&source, &staged).unwrap_or_else(|e| panic!("copying {}: {e}", source.display()));
+        fs::set_permissions(&staged, fs::Permissions::from_mode(0o755)).expect("chmod 755");
+        let binary = dir.join("leaktrace");
+        fs::rename(&staged, &binary).expect("moving the binary in place");
+        binary
+    })
+}
+
+/// `leaktrace` run by setpriv as uid and gid 65534, with no supplementary group, holding exactly
+/// `caps` (setpriv names, e.g. "bpf"): inheritable, ambient (so they survive the execve of a
+/// non-root process) and bounding sets all equal to `caps`.
+fn leaktrace_as_nobody(caps: &[&str]) -> Command {
+    let set: String = std::iter::once("-all".to_string())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        format!("--reuid={NOBODY}"),
+        format!("--regid={NOBODY}"),
+        "--clear-groups".to_string(),
+        format!("--inh-caps={set}"),
+        format!("--ambient-caps={set}"),
+        format!("--bounding-set={set}"),
+    ])
+    .arg(binary())
+    .env_remove("LEAKTRACE_LOG")
+    .env("RUST_BACKTRACE", "1");
+    cmd
+}
+
+/// The uid and effective capabilities of a running process.
+fn credentials(pid: u32) -> (u32, u64) {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).expect("reading its status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+            .split_whitespace()
+            .next()
+            .expect("a value")
+            .to_string()
+    };
+    let uid = field("Uid:").parse().expect("a uid");
+    let caps = u64::from_str_radix(&field("CapEff:"), 16).expect("a hex capability set");
+    (uid, caps)
+}
+
+/// Traces leaky.c's workload in `target` as uid 65534 with exactly the needed capabilities,
+/// checking the tracer's credentials while it runs; returns the JSON report.
+fn trace_as_nobody(target: &mut Target) -> Value {
+    let mut child = leaktrace_as_nobody(&NEEDED)
+        .args(["attach", &target.pid().to_string()])
+        .args(["--interval", "100ms", "--quiet", "--format", "json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting setpriv");
+    let mut stderr = BufReader::new(child.stderr.take().expect("piped stderr"));
+    let mut log = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut line = String::new();
+        let n = stderr.read_line(&mut line).expect("reading leaktrace");
+        log.push_str(&line);
+        if n == 0 || Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("leaktrace ended before attaching:\n{log}");
+        }
+        if line.contains("attached") {
+            break;
+        }
+    }
+    // setpriv execs leaktrace: the child is the tracer itself.
+    let (uid, caps) = credentials(child.id());
+    assert_eq!(uid, NOBODY, "the tracer runs as uid {NOBODY}");
+    assert_eq!(
+        caps, NEEDED_BITS,
+        "the tracer holds exactly CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE: {caps:#x}"
+    );
+
+    target.send("go");
+    target.expect_line("done");
+    // SAFETY: signalling our own child, as Ctrl-C would.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let mut stdout = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_end(&mut stdout)
+        .expect("reading the report");
+    stderr.read_to_string(&mut log).expect("reading leaktrace");
+    let status = child.wait().expect("waiting for leaktrace");
+    assert!(status.success(), "leaktrace failed ({status}):\n{log}");
+    let report: Value = serde_json::from_slice(&stdout).expect("the report is JSON");
+    assert_matches_schema(&report);
+    report
+}
+
+/// What leaky.c allocates in `ROUNDS` rounds, site by site: the numbers foundation.rs asserts for
+/// a root tracer.
+fn assert_leaky_is_exact(report: &Value, pid: u32) {
+    let r = ROUNDS;
+    let ru = ROUNDS as u64;
+    let check = |function: &str, live: i64, blocks: i64, allocated: u64, calls: u64| {
+        let got = site(report, pid, function);
+        assert!(got.stacks > 0, "no stack names {function}");
+        assert_eq!(
+            (
+                got.live_bytes,
+                got.live_allocs,
+                got.allocated_bytes,
+                got.alloc_calls
+            ),
+            (live, blocks, allocated, calls),
+            "{function}: {got:?}"
+        );
+    };
+    check("leak_malloc", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
+    check("leak_outer", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
+    check("leak_calloc", 2000 * r, 2 * r, 2000 * ru, 2 * ru);
+    check("leak_realloc_chain", 700 * r, r, 1100 * ru, 3 * ru);
+    check("leak_reallocarray", 512 * r, r, 512 * ru, ru);
+    check("no_leak", 0, 0, (5 * 4096 + 64) * ru, 6 * ru);
+
+    let target = report["targets"]
+        .as_array()
+        .expect("targets[]")
+        .iter()
+        .find(|t| t["pid"].as_u64() == Some(u64::from(pid)))
+        .expect("the fixture is a target");
+    assert_eq!(target["totals"]["free_calls"].as_u64(), Some(8 * ru));
+    assert_eq!(target["totals"]["failed_allocs"].as_u64(), Some(0));
+    for (name, value) in losses(report) {
+        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
+    }
+}
+
+#[test]
+fn nobody_with_bpf_perfmon_and_sys_ptrace_traces_a_root_process_exactly() {
+    if !have_root("nobody_with_bpf_perfmon_and_sys_ptrace_traces_a_root_process_exactly") {
+        return;
+    }
+    // The fixture runs as root: another user than the tracer's.
+    let mut target = Target::start(&fixture("leaky", &[]), &[&ROUNDS.to_string()]);
+    let pid = target.pid();
+    let report = trace_as_nobody(&mut target);
+    assert_eq!(report["trace"]["ended_by"], "signal");
+    assert_leaky_is_exact(&report, pid);
+    assert_eq!(target.finish(), 0, "the target is unharmed");
+}
+
+#[test]
+fn without_any_one_needed_capability_it_names_that_one() {
+    if !have_root("without_any_one_needed_capability_it_names_that_one") {
+        return;
+    }
+    let target = Target::start(&fixture("leaky", &[]), &["1"]);
+    for dropped in NEEDED {
+        let kept: Vec<&str> = NEEDED.into_iter().filter(|c| *c != dropped).collect();
+        let output: Output = leaktrace_as_nobody(&kept)
+            .args(["attach", &target.pid().to_string(), "--duration", "2s"])
+            .output()
+            .expect("running setpriv");
+        assert_one_line_error(
+            &output,
+            &format!("missing CAP_{} (needed to", dropped.to_uppercase()),
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        for other in &kept {
+            assert!(
+                !stderr.contains(&format!("CAP_{} (needed", other.to_uppercase())),
+                "only the dropped capability is named as missing: {stderr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn doctor_passes_nobody_with_exactly_that_set() {
+    if !have_root("doctor_passes_nobody_with_exactly_that_set") {
+        return;
+    }
+    let target = Target::start(&fixture("leaky", &[]), &["1"]);
+    let output = leaktrace_as_nobody(&NEEDED)
+        .args(["doctor", &target.pid().to_string()])
+        .output()
+        .expect("running setpriv");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "doctor failed: {text}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        text.lines().any(|l| l.starts_with("ok    privileges:")),
+        "{text}"
+    );
+    assert!(!text.lines().any(|l| l.starts_with("fail")), "{text}");
+
+    // And it names what one capability less would miss.
+    let output = leaktrace_as_nobody(&["bpf", "perfmon"])
+        .arg("doctor")
+        .output()
+        .expect("running setpriv");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(!output.status.success());
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("fail  privileges: missing CAP_SYS_PTRACE (needed to")),
+        "{text}"
+    );
+}
