@@ -10,6 +10,7 @@
 
 mod account;
 mod alloc;
+mod follow;
 mod maps;
 mod site;
 

@@ -20,6 +20,11 @@ use leaktrace_common::{
 pub static TARGETS: PerCpuHashMap<u32, TargetCounters> =
     PerCpuHashMap::with_max_entries(MAX_TARGETS, 0);
 
+/// Execs of each target (by tgid) since it was registered: the tracer tells a new image by the
+/// count, which a re-exec of the same file changes too.
+#[map]
+pub static EXECS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
 /// Threads inside an allocation function, keyed by full pid_tgid. Preallocated: it is written
 /// and cleared on every call.
 #[map]

@@ -73,10 +73,44 @@ pub enum Command {
     Run {
         #[command(flatten)]
         trace: TraceArgs,
+        /// Trace only the command itself, not the processes it starts. By default every
+        /// process it forks (and theirs) is traced from its first allocation, each reported as
+        /// its own target; the probes then trap in every process on the host that uses the
+        /// same allocator library (the kernel keeps to the traced ones).
+        #[arg(long)]
+        no_follow: bool,
+        /// Do not ask Node.js for perf maps. By default `run` adds `--perf-basic-prof
+        /// --interpreted-frames-native-stack` to `NODE_OPTIONS`, so that JavaScript frames are
+        /// named, and removes the maps afterwards.
+        #[arg(long)]
+        no_perf_map: bool,
+        #[command(flatten)]
+        gate: GateArgs,
         /// The command and its arguments (after `--`).
         #[arg(required = true, last = true)]
         command: Vec<OsString>,
     },
+}
+
+/// `run` as a test gate.
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    /// When the command has succeeded, exit with --leak-exit-code if a traced process has a
+    /// stack with this verdict (`leak`; `growing`: leak or growing), or (`outstanding`) still
+    /// holds --min-bytes at exit. A failed command keeps its own status.
+    #[arg(long, value_enum)]
+    pub fail_on: Option<crate::gate::FailOn>,
+    /// With `--fail-on outstanding`: the live bytes at exit a process may keep (`64KiB`).
+    #[arg(long, default_value = "1", value_parser = parse_size, requires = "fail_on")]
+    pub min_bytes: u64,
+    /// The status to exit with when the gate fails.
+    #[arg(long, default_value_t = crate::gate::DEFAULT_EXIT_CODE, value_parser = clap::value_parser!(u8).range(1..))]
+    pub leak_exit_code: u8,
+    /// Rules for stacks that are not leaks, one a line (a function, module or source file:
+    /// a word found in a name, or a glob matching a whole one; `#` comments; `leak:` prefixes
+    /// as in LeakSanitizer files). The report shows what each rule took.
+    #[arg(long, value_name = "FILE")]
+    pub suppressions: Vec<PathBuf>,
 }
 
 /// Where the report goes, and in which formats.
@@ -90,7 +124,8 @@ pub struct OutputArgs {
     /// extension: .txt .json .folded .svg .pb.gz (pprof) .html.
     #[arg(short, long)]
     pub output: Vec<PathBuf>,
-    /// Stacks to report (text default: 10; other formats: all).
+    /// Stacks to report, largest first, besides every leak suspect (text default: 10; other
+    /// formats: 1000, the rest counted in `stacks_omitted` and in the totals).
     #[arg(long)]
     pub top: Option<usize>,
 }
@@ -189,6 +224,28 @@ pub fn init_logging(verbose: u8, quietest: tracing::Level, format: LogFormat) {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
+}
+
+/// A size with an optional `KiB`/`MiB`/`GiB` suffix, of any magnitude.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let lower = s.trim().to_ascii_lowercase();
+    let (digits, unit) = lower.split_at(
+        lower
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(lower.len()),
+    );
+    let unit: u64 = match unit.trim() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return Err(format!("`{s}` is not a size (write 64KiB, 1MiB or 4096)")),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|d| d.checked_mul(unit))
+        .ok_or_else(|| format!("`{s}` is not a size (write 64KiB, 1MiB or 4096)"))
 }
 
 /// A byte count: plain, or with a `KiB`/`MiB` (or `k`/`m`) suffix; 1 byte to 128 MiB.

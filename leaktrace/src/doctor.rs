@@ -110,14 +110,16 @@ pub fn system() -> Vec<Check> {
     });
     if privileged {
         checks.push(multi_uprobes());
-        checks.push(match Probes::load(MapLimits::default(), ProbeMode::Trace) {
-            Ok(_) => Check::ok("bpf programs", "leaktrace's probes load and verify"),
-            Err(err) => Check::fail(
-                "bpf programs",
-                err.to_string(),
-                "check the kernel log (dmesg) for the verifier's reason",
-            ),
-        });
+        checks.push(
+            match Probes::load(MapLimits::default(), ProbeMode::Trace, false) {
+                Ok(_) => Check::ok("bpf programs", "leaktrace's probes load and verify"),
+                Err(err) => Check::fail(
+                    "bpf programs",
+                    err.to_string(),
+                    "check the kernel log (dmesg) for the verifier's reason",
+                ),
+            },
+        );
     }
     checks.push(lockdown());
     checks.push(memlock());
@@ -198,10 +200,22 @@ pub fn target(pid: u32) -> Vec<Check> {
 }
 
 /// The checks `attach` and `run` make before attaching: a failure stops them with its line.
-pub fn gate(pid: Option<u32>) -> Result<(), String> {
+/// `follow`: the probes will serve every process on the host (see `Probes::load`).
+pub fn gate(pid: Option<u32>, follow: bool) -> Result<(), String> {
     let mut checks = vec![multi_uprobes()];
     if let Some(pid) = pid {
         checks.push(seccomp(pid, &format!("pid {pid}")));
+    }
+    if follow && uretprobe_seccomp_hazard(&kernel_release()) == Hazard::Kills {
+        checks.push(Check::fail(
+            "following child processes",
+            format!(
+                "the probes would return through uretprobes in every process on the host, and \
+                 kernel {} kills seccomp-filtered ones there",
+                kernel_release()
+            ),
+            "trace only the command itself: add --no-follow",
+        ));
     }
     match checks.into_iter().find(|c| c.status == Status::Fail) {
         Some(failed) => Err(failed.line()),

@@ -11,6 +11,7 @@ pub mod budget;
 pub mod cli;
 pub mod collect;
 pub mod doctor;
+pub mod gate;
 pub mod preflight;
 pub mod probe;
 pub mod process;

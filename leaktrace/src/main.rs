@@ -100,7 +100,7 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let (start, args) = match cli.command {
+    let (start, args, run) = match cli.command {
         Command::Doctor { pids, format } => return doctor(&pids, format),
         Command::Report { trace, outputs } => {
             let targets = output_formats(&outputs)?;
@@ -108,12 +108,29 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             emit(&report, &outputs, &targets)?;
             return Ok(0);
         }
-        Command::Attach { pids, trace } => (trace::Start::Attach(pids), trace),
-        Command::Run { trace, command } => (trace::Start::Run(command), trace),
+        Command::Attach { pids, trace } => (trace::Start::Attach(pids), trace, None),
+        Command::Run {
+            trace,
+            no_follow,
+            no_perf_map,
+            gate,
+            command,
+        } => (
+            trace::Start::Run(command),
+            trace,
+            Some((!no_follow, !no_perf_map, gate)),
+        ),
         Command::Agent(_) => unreachable!("the agent is started by run_agent"),
     };
-    // Every output is checked before tracing: a trace is never taken only to be lost.
+    // Every output and rule file is checked before tracing: a trace is never taken only to be
+    // lost.
     let targets = output_formats(&args.outputs)?;
+    let suppressions = match &run {
+        Some((_, _, gate)) => Some(leaktrace::gate::suppress::Suppressions::load(
+            &gate.suppressions,
+        )?),
+        None => None,
+    };
     let options = trace::Options {
         duration: args.duration,
         interval: args.interval,
@@ -123,12 +140,33 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         quiet: args.quiet,
         sample_bytes: args.sample_bytes,
         max_overhead: args.max_overhead,
+        follow: run.as_ref().is_some_and(|(follow, _, _)| *follow),
+        node_perf_maps: run.as_ref().is_some_and(|(_, perf_maps, _)| *perf_maps),
     };
-    let outcome = runtime()?.block_on(trace::trace(start, &options))?;
-    emit(&outcome.report, &args.outputs, &targets)?;
-    Ok(outcome
+    let mut outcome = runtime()?.block_on(trace::trace(start, &options))?;
+    if let Some(suppressions) = &suppressions {
+        suppressions.apply(&mut outcome.report);
+    }
+    let mut status = outcome
         .exit_code
-        .map_or(0, |code| u8::try_from(code).unwrap_or(1)))
+        .map_or(0, |code| u8::try_from(code).unwrap_or(1));
+    if let Some((_, _, gate)) = &run
+        && let Some(fail_on) = gate.fail_on
+    {
+        leaktrace::gate::judge(
+            &mut outcome.report,
+            fail_on,
+            gate.min_bytes,
+            outcome.exit_code,
+            gate.leak_exit_code,
+        );
+        eprint!("{}", leaktrace::gate::summary(&outcome.report));
+        if let Some(verdict) = &outcome.report.gate {
+            status = u8::try_from(verdict.exit_code).unwrap_or(1);
+        }
+    }
+    emit(&outcome.report, &args.outputs, &targets)?;
+    Ok(status)
 }
 
 /// Each output file with its format, checked: a known format, a writable place.
@@ -144,7 +182,7 @@ fn output_formats(args: &OutputArgs) -> anyhow::Result<Vec<(PathBuf, report::For
                 .ok_or_else(|| {
                     anyhow::anyhow!(
                         "cannot tell the format of {} from its extension (.txt .json .folded .svg \
-                     .pb.gz .html); add --format",
+                     .pb.gz .html .xml); add --format",
                         path.display()
                     )
                 })?;

@@ -51,6 +51,8 @@ pub(crate) struct Traced {
     pub(crate) attached_at: Instant,
     /// When its probes were detached, if they were before the session ended.
     pub(crate) detached_at: Option<Instant>,
+    /// Its execs counted by the probes, at the last sample.
+    execs: u64,
 }
 
 pub(crate) struct Session {
@@ -100,7 +102,7 @@ impl StopSignals {
 
 impl Session {
     pub(crate) fn new(options: &Options) -> anyhow::Result<Self> {
-        let mut probes = Probes::load(options.limits, options.mode)?;
+        let mut probes = Probes::load(options.limits, options.mode, options.follow)?;
         if let Some(n) = options.sample_bytes {
             probes.set_sampling(n)?;
         }
@@ -163,6 +165,7 @@ impl Session {
             runtimes: Vec::new(),
             attached_at: Instant::now(),
             detached_at: None,
+            execs: 0,
         });
         self.attach_runtimes(index);
         // The window starts once the first targets are attached; after the first sample, time
@@ -209,6 +212,37 @@ impl Session {
         }
     }
 
+    /// Makes every process the probes adopted since last look (children of targets, when
+    /// following process trees) a target of its own, and remembers its mappings at once: a
+    /// short-lived child's stacks can only be named from mappings seen while it lived.
+    pub(crate) fn adopt_children(&mut self) {
+        if !self.probes.follows() {
+            return;
+        }
+        let Some(attachment) = self.traced.first().map(|t| t.attachment.clone()) else {
+            return;
+        };
+        for pid in self.probes.registered() {
+            if self.traced.iter().any(|t| t.target.pid == pid) {
+                continue;
+            }
+            // A child gone before it was seen is still reported, by PID.
+            let target = Target::open(pid).unwrap_or_else(|_| Target::gone(pid));
+            info!(pid, command = %target.command, "following a child process");
+            self.symbolizer.remember(pid);
+            self.traced.push(Traced {
+                exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
+                target,
+                attachment: attachment.clone(),
+                exit_code: None,
+                runtimes: Vec::new(),
+                attached_at: Instant::now(),
+                detached_at: None,
+                execs: 0,
+            });
+        }
+    }
+
     /// Says on stderr that the probes are in place: from here on, every allocation counts.
     pub(crate) fn announce(&self) {
         let pids: Vec<String> = self
@@ -237,7 +271,6 @@ impl Session {
         // its mappings must be remembered before it exits, or its stacks cannot be named. So
         // for the first second mapping changes are polled far more often than samples are taken.
         let mut maps_watch = tokio::time::interval(MAPS_WATCH_PERIOD);
-        let maps_watch_until = tokio::time::Instant::now() + MAPS_WATCH_SPAN;
         let mut seen_maps: HashMap<u32, u64> = HashMap::new();
         let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
         let child_exited = async {
@@ -266,7 +299,8 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 } => return Ok(("duration", None)),
-                _ = maps_watch.tick(), if tokio::time::Instant::now() < maps_watch_until => {
+                _ = maps_watch.tick(), if self.watching_mappings() => {
+                    self.adopt_children();
                     self.remember_changed_mappings(&mut seen_maps);
                 }
                 () = stop.recv() => return Ok(("signal", None)),
@@ -305,9 +339,25 @@ impl Session {
         }
     }
 
-    /// Remembers the mappings of every target whose `/proc/PID/maps` changed since last seen.
+    /// Whether mappings are polled: while some target is young, and all along when following
+    /// process trees (children appear at any time).
+    fn watching_mappings(&self) -> bool {
+        self.probes.follows()
+            || self
+                .traced
+                .iter()
+                .any(|t| t.attached_at.elapsed() < MAPS_WATCH_SPAN)
+    }
+
+    /// Remembers the mappings of every young target whose `/proc/PID/maps` changed since last
+    /// seen.
     fn remember_changed_mappings(&mut self, seen: &mut HashMap<u32, u64>) {
-        let pids: Vec<u32> = self.traced.iter().map(|t| t.target.pid).collect();
+        let pids: Vec<u32> = self
+            .traced
+            .iter()
+            .filter(|t| t.detached_at.is_none() && t.attached_at.elapsed() < MAPS_WATCH_SPAN)
+            .map(|t| t.target.pid)
+            .collect();
         for pid in pids {
             let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
                 continue;
@@ -402,22 +452,76 @@ impl Session {
 
     /// Reads the probes' totals, extends the series and names any new stack.
     pub(crate) fn sample(&mut self) -> anyhow::Result<()> {
+        self.adopt_children();
+        // Who is gone is settled before the maps are read, so that the snapshot holds every
+        // gone target's final values. A target's series ends with its last sample alive: what
+        // a runtime frees while exiting (Node's teardown frees every buffer) is not part of its
+        // growth. Its final values still make the report's live bytes.
+        for traced in &mut self.traced {
+            if traced.detached_at.is_none() && !traced.target.is_alive() {
+                // Its probes are left as they are: in follow mode they serve its relatives.
+                traced.detached_at = Some(Instant::now());
+            }
+        }
         let snapshot = collect::snapshot(&self.probes)?;
         let at = self.started.elapsed().as_secs_f64();
-        self.history.record(at, &snapshot);
+        let over: std::collections::HashSet<u32> = self
+            .traced
+            .iter()
+            .filter(|t| t.detached_at.is_some())
+            .map(|t| t.target.pid)
+            .collect();
+        self.history
+            .record_where(at, &snapshot, |key| !over.contains(&key.tgid));
         self.samples += 1;
         let ended = self.detached.is_some();
         for index in 0..self.traced.len() {
             let traced = &mut self.traced[index];
             if traced.detached_at.is_some() {
+                // Gone now, or detached earlier; a target found gone just now still has its
+                // mappings remembered from its last look.
                 continue;
+            }
+            // An exec changes the command line (a shell becomes the program it runs).
+            if let Some(command) = crate::process::command_line(traced.target.pid) {
+                traced.target.command = command;
+            }
+            let pid = traced.target.pid;
+            let execs = self.probes.execs(pid);
+            if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
+                if execs != traced.execs {
+                    traced.execs = execs;
+                    // A new image. The stacks of the old one are named now, from the mappings
+                    // remembered before the exec, which the new ones are about to replace.
+                    for (key, chain) in self.chains.iter().filter(|(k, _)| k.tgid == pid) {
+                        self.symbolizer.resolve(key.tgid, chain);
+                    }
+                    // Said in the report when the old image held memory: its blocks went with
+                    // the exec and are never freed, so they stay counted as live.
+                    let held = self
+                        .last
+                        .sites
+                        .iter()
+                        .any(|(k, v)| k.tgid == pid && v.live_bytes > 0);
+                    if held {
+                        let was = traced
+                            .exe
+                            .as_ref()
+                            .map_or_else(|| "?".to_string(), |old| old.display().to_string());
+                        let note = format!(
+                            "at {at:.1}s PID {pid} exec'd {} (was {was}): memory the old image \
+                             held was released by the exec but stays counted as live",
+                            exe.display(),
+                        );
+                        info!("{note}");
+                        self.notes.push(note);
+                    }
+                }
+                traced.exe = Some(exe);
             }
             // Mappings change (dlopen, exec): keep the latest for symbolizing after exit. A
             // process that is gone leaves the last ones in place.
-            self.symbolizer.remember(traced.target.pid);
-            if let Ok(exe) = std::fs::read_link(format!("/proc/{}/exe", traced.target.pid)) {
-                traced.exe = Some(exe);
-            }
+            self.symbolizer.remember(pid);
             if traced.target.is_alive() && !ended {
                 self.attach_runtimes(index);
             }
@@ -440,10 +544,10 @@ impl Session {
     /// Detaches the probes from one target, keeping what was gathered about it: the process
     /// exited, or the agent stops tracing it.
     pub(crate) fn detach(&mut self, pid: u32) {
+        self.probes.detach(pid);
         if let Some(traced) = self.traced.iter_mut().find(|t| t.target.pid == pid)
             && traced.detached_at.is_none()
         {
-            self.probes.detach(pid);
             traced.detached_at = Some(Instant::now());
         }
     }
@@ -567,6 +671,10 @@ impl Session {
                 alive_at_end: t.target.is_alive(),
                 exit_code: t.exit_code,
                 notes: self.notes(t),
+                exited_at_s: t
+                    .detached_at
+                    .filter(|_| !t.target.is_alive())
+                    .map(|at| self.seconds_at(at)),
             })
             .collect();
         // The traced window: the whole session's, or one target's from attach to detach.

@@ -30,7 +30,18 @@ pub struct Options {
     /// Most CPU the probes may cost the targets, in percent of one CPU; over it, sampling is
     /// raised, and when that cannot help the probes are detached.
     pub max_overhead: Option<f64>,
+    /// Trace every process the targets fork, from its first allocation (see
+    /// `Probes::load`): `run` does, to see a test runner's workers.
+    pub follow: bool,
+    /// Ask the Node.js processes `run` starts for perf maps (see [`NODE_PERF_MAP_OPTIONS`]),
+    /// and remove the maps once the report is built.
+    pub node_perf_maps: bool,
 }
+
+/// Added to `NODE_OPTIONS` for the commands `run` starts: V8 then writes /tmp/perf-PID.map,
+/// which names JIT-compiled and interpreted JavaScript frames. Node accepts both flags in
+/// `NODE_OPTIONS`, and children inherit the variable, so a test runner's workers have them too.
+pub const NODE_PERF_MAP_OPTIONS: &str = "--perf-basic-prof --interpreted-frames-native-stack";
 
 /// What to trace.
 pub enum Start {
@@ -55,7 +66,8 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
         Start::Run(_) => vec![None],
     };
     for pid in gated {
-        doctor::gate(pid).map_err(|line| anyhow::anyhow!("refusing to trace: {line}"))?;
+        doctor::gate(pid, options.follow)
+            .map_err(|line| anyhow::anyhow!("refusing to trace: {line}"))?;
     }
     let mut stop = StopSignals::install()?;
     match start {
@@ -81,7 +93,17 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
             })
         }
         Start::Run(argv) => {
-            let held = spawn::hold(&argv)?;
+            let env = if options.node_perf_maps {
+                let mut node_options = std::env::var_os("NODE_OPTIONS").unwrap_or_default();
+                if !node_options.is_empty() {
+                    node_options.push(" ");
+                }
+                node_options.push(NODE_PERF_MAP_OPTIONS);
+                vec![(OsString::from("NODE_OPTIONS"), node_options)]
+            } else {
+                Vec::new()
+            };
+            let held = spawn::hold(&argv, &env)?;
             let pid = held.pid;
             let mut session = match Session::new(options) {
                 Ok(session) => session,
@@ -128,10 +150,28 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
             if let Some(t) = session.traced.first_mut() {
                 t.exit_code = Some(code);
             }
+            let report = session.finish(options, ended_by)?;
+            if options.node_perf_maps {
+                remove_perf_maps(&report);
+            }
             Ok(Outcome {
-                report: session.finish(options, ended_by)?,
+                report,
                 exit_code: Some(code),
             })
+        }
+    }
+}
+
+/// Removes the perf maps the processes `run` started wrote because it asked them to: they
+/// would pile up in /tmp run after run. Only processes of this run are concerned, and only
+/// once they have exited (their maps were read into the report).
+fn remove_perf_maps(report: &Report) {
+    for target in report.targets.iter().filter(|t| !t.alive_at_end) {
+        let path = PathBuf::from(format!("/tmp/perf-{}.map", target.pid));
+        if path.exists()
+            && let Err(err) = std::fs::remove_file(&path)
+        {
+            tracing::debug!(%err, path = %path.display(), "cannot remove a perf map");
         }
     }
 }

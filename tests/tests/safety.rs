@@ -336,3 +336,53 @@ fn an_overhead_budget_detaches_rather_than_slow_a_busy_target() {
     target.expect_line("done");
     assert_eq!(target.finish(), 5, "the target ran to its own end");
 }
+
+#[test]
+fn an_exec_is_said_and_the_new_image_is_traced() {
+    if !have_root("an_exec_is_said_and_the_new_image_is_traced") {
+        return;
+    }
+    let mut target = Target::start(&fixture("exec_after", &[]), &[]);
+    let pid = target.pid();
+    let out = std::env::temp_dir().join(format!("leaktrace-exec-{pid}.json"));
+    let tracer = Tracer::attach(&[
+        &pid.to_string(),
+        "--interval",
+        "100ms",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    target.send("go");
+    target.expect_line("done");
+    target.expect_line("exec'd");
+    // Two samples of the new image.
+    thread::sleep(Duration::from_millis(300));
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = leaktrace_tests::read_report(&out);
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(target.finish(), 0);
+    let notes: Vec<&str> = report["trace"]["notes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n.as_str())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains(&format!("PID {pid} exec'd"))),
+        "{notes:?}"
+    );
+    // The old image's blocks stay counted, and the new image's are traced as well.
+    let before = leaktrace_tests::site(&report, pid, "keep_before_exec");
+    assert_eq!((before.live_bytes, before.live_allocs), (3000, 3));
+    let after = leaktrace_tests::site(&report, pid, "keep_after_exec");
+    assert_eq!((after.live_bytes, after.live_allocs), (1000, 2));
+}

@@ -30,12 +30,14 @@ const PACKAGES: &[&str] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// Python packages the tests use as independent readers of leaktrace's output: a real
-/// Prometheus/OpenMetrics parser for the agent's `/metrics`, and the Kubernetes schemas to
-/// validate the deployment manifests against (offline), by module name and package. The schemas
+/// Prometheus/OpenMetrics parser for the agent's `/metrics`, the Kubernetes schemas to validate
+/// the deployment manifests against (offline), and a JUnit parser for `run`'s test-gate XML; by
+/// module name and package. The schemas
 /// of Kubernetes 1.37, which tests/tests/deploy.rs names, came with kubernetes-validate 1.37.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("prometheus_client", "prometheus-client>=0.20"),
     ("kubernetes_validate", "kubernetes-validate>=1.37"),
+    ("junitparser", "junitparser>=3"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -94,7 +94,7 @@ struct Agent {
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     preflight::check()?;
-    doctor::gate(None).map_err(|line| anyhow::anyhow!("refusing to trace: {line}"))?;
+    doctor::gate(None, false).map_err(|line| anyhow::anyhow!("refusing to trace: {line}"))?;
     let mut stop = StopSignals::install()?;
     // Listening first: a taken port is an error before anything is attached.
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -121,6 +121,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         quiet: true,
         sample_bytes: config.sample_bytes,
         max_overhead: None,
+        follow: false,
+        node_perf_maps: false,
     };
     let session = Session::new(&options)?;
     let (published_tx, published_rx) = watch::channel(Arc::new(Published::default()));
@@ -235,7 +237,7 @@ impl Agent {
             // Tried again at the next scan: a slot may free up.
             return true;
         }
-        let attached = doctor::gate(Some(seen.pid))
+        let attached = doctor::gate(Some(seen.pid), false)
             .map_err(|line| anyhow::anyhow!(line))
             .and_then(|()| {
                 let target = Target::open(seen.pid)?;

@@ -22,7 +22,12 @@ pub struct History {
 impl History {
     /// Appends one snapshot taken `at` seconds after attach.
     pub fn record(&mut self, at: f64, snapshot: &Snapshot) {
-        for (key, stats) in &snapshot.sites {
+        self.record_where(at, snapshot, |_| true);
+    }
+
+    /// Appends the sites of one snapshot that `keep` accepts.
+    pub fn record_where(&mut self, at: f64, snapshot: &Snapshot, keep: impl Fn(&StackKey) -> bool) {
+        for (key, stats) in snapshot.sites.iter().filter(|(k, _)| keep(k)) {
             let series = self.series.entry(*key).or_default();
             series.push((at, stats.live_bytes));
             if series.len() > MAX_POINTS {
@@ -39,6 +44,17 @@ impl History {
     /// The series of one site (empty if it was never seen).
     pub fn series(&self, key: &StackKey) -> &[(f64, i64)] {
         self.series.get(key).map_or(&[], Vec::as_slice)
+    }
+}
+
+/// The part of an exited process's series its verdict is made on: without a fall in its last
+/// `window` seconds before `exited_at`. A runtime may free everything as it exits (Node's
+/// teardown frees every buffer), and that says nothing about how memory grew while it ran.
+pub fn before_exit(series: &[(f64, i64)], exited_at: f64, window: f64) -> &[(f64, i64)] {
+    let start = series.partition_point(|&(t, _)| t < exited_at - window);
+    match (start.checked_sub(1).map(|i| series[i]), series.last()) {
+        (Some((_, before)), Some(&(_, last))) if last < before => &series[..start],
+        _ => series,
     }
 }
 
@@ -60,6 +76,22 @@ fn thin(series: &mut Vec<(f64, i64)>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fall_at_exit_is_not_judged() {
+        let rising_then_freed = [(0.0, 0), (1.0, 10), (2.0, 20), (3.0, 30), (3.8, 0)];
+        assert_eq!(
+            before_exit(&rising_then_freed, 4.0, 1.0),
+            &rising_then_freed[..3]
+        );
+        // Kept at exit (a C program frees nothing): the whole series.
+        let kept = [(0.0, 0), (1.0, 10), (2.0, 20), (3.8, 30)];
+        assert_eq!(before_exit(&kept, 4.0, 1.0), &kept[..]);
+        // A fall long before exit is part of the series.
+        let early = [(0.0, 10), (1.0, 0), (2.0, 0)];
+        assert_eq!(before_exit(&early, 9.0, 1.0), &early[..]);
+        assert_eq!(before_exit(&[], 1.0, 1.0), &[] as &[(f64, i64)]);
+    }
 
     #[test]
     fn thinning_keeps_the_ends_and_halves() {

@@ -3,6 +3,8 @@
 //! The probes keep running totals; a snapshot is those totals at one instant. Stacks are read
 //! once per stack id and kept, since the kernel never reuses an id while its entry exists.
 
+pub mod batch;
+
 use std::collections::HashMap;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
@@ -43,6 +45,8 @@ impl Snapshot {
 pub enum CollectError {
     #[error("map {0} is missing from the probes object")]
     MissingMap(&'static str),
+    #[error("reading map STACK_STATS in batches: {0}")]
+    Batch(#[source] std::io::Error),
     #[error("reading map {map}: {source}")]
     Map {
         map: &'static str,
@@ -61,16 +65,25 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> CollectError {
 /// Reads every site's totals and every target's counters.
 pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
     let ebpf = probes.ebpf();
-    let stats: BpfHashMap<&MapData, StackKey, StackStats> = BpfHashMap::try_from(
-        ebpf.map("STACK_STATS")
-            .ok_or(CollectError::MissingMap("STACK_STATS"))?,
-    )
-    .map_err(map_err("STACK_STATS"))?;
-    let mut sites = HashMap::new();
-    // An entry deleted between listing its key and reading it is simply skipped.
-    for (key, value) in stats.iter().flatten() {
-        sites.insert(key, value);
-    }
+    let map = ebpf
+        .map("STACK_STATS")
+        .ok_or(CollectError::MissingMap("STACK_STATS"))?;
+    let batched = match map {
+        aya::maps::Map::HashMap(data) => {
+            batch::read_all::<StackKey, StackStats>(std::os::fd::AsFd::as_fd(data.fd()))
+                .map_err(CollectError::Batch)?
+        }
+        _ => None,
+    };
+    let sites: HashMap<StackKey, StackStats> = match batched {
+        Some(entries) => entries.into_iter().collect(),
+        None => {
+            let stats: BpfHashMap<&MapData, StackKey, StackStats> =
+                BpfHashMap::try_from(map).map_err(map_err("STACK_STATS"))?;
+            // An entry deleted between listing its key and reading it is simply skipped.
+            stats.iter().flatten().collect()
+        }
+    };
 
     let targets: PerCpuHashMap<&MapData, u32, TargetCounters> = PerCpuHashMap::try_from(
         ebpf.map("TARGETS")

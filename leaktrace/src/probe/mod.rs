@@ -1,5 +1,6 @@
 //! Loading the probes and attaching them to each target's allocator.
 
+pub mod btf;
 pub mod placement;
 
 use std::{
@@ -12,7 +13,8 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::PerCpuValues,
     programs::{
-        UProbe,
+        RawTracePoint, UProbe,
+        raw_trace_point::RawTracePointLinkId,
         uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
     util::nr_cpus,
@@ -56,6 +58,8 @@ impl Default for MapLimits {
 /// Why the probes could not be loaded or attached.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
+    #[error("following child processes needs the kernel's task layout: {0}")]
+    Btf(#[source] btf::BtfError),
     #[error("loading the eBPF programs failed: {0} (is this kernel built with BTF and uprobes?)")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("the kernel rejected program {name}: {source}")]
@@ -265,6 +269,10 @@ pub struct Probes {
     ebpf: Ebpf,
     mode: ProbeMode,
     links: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Following process trees: the fork probe's link, and each (program, file) attached for
+    /// every process (the kernel filters by the target table instead of by PID).
+    follow: Option<RawTracePointLinkId>,
+    attached_files: HashSet<(&'static str, std::path::PathBuf)>,
 }
 
 /// The probability of recording an allocation in each bucket of
@@ -290,6 +298,31 @@ pub fn sample_table(n: u64) -> Vec<u32> {
 }
 
 /// Probes that fire for one process only.
+/// The program that makes a target's children targets.
+const FORK_PROGRAM: &str = "follow_fork";
+
+/// The program that counts each target's execs.
+const EXEC_PROGRAM: &str = "count_exec";
+
+/// Loads `name` and attaches it to the raw tracepoint `tracepoint`. The link lives as long as
+/// the loaded object (or until detached).
+fn attach_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+) -> Result<RawTracePointLinkId, ProbeError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(name)
+        .and_then(|p| p.try_into().ok())
+        .ok_or(ProbeError::Missing(name))?;
+    let program_err = |source| ProbeError::Program {
+        name,
+        source: Box::new(source),
+    };
+    program.load().map_err(program_err)?;
+    program.attach(tracepoint).map_err(program_err)
+}
+
 fn process_scope(pid: u32) -> Result<UProbeScope, ProbeError> {
     NonZeroU32::new(pid)
         .map(UProbeScope::OneProcess)
@@ -314,7 +347,7 @@ impl Probes {
         hooks: &[Hook],
     ) -> Result<Vec<&'static str>, ProbeError> {
         let library = allocator.host_path.display().to_string();
-        let scope = process_scope(target.pid)?;
+        let scope = self.scope(target.pid)?;
         let mut functions = Vec::new();
         // Offsets already probed, with the program there: glibc's aligned_alloc is an alias of
         // memalign, and two probes at one address would both fire on every call.
@@ -377,9 +410,24 @@ impl Probes {
         Ok(functions)
     }
 
-    /// Loads the probes with the given map capacities.
-    pub fn load(limits: MapLimits, mode: ProbeMode) -> Result<Self, ProbeError> {
-        let mut ebpf = EbpfLoader::new()
+    /// Loads the probes with the given map capacities. With `follow`, every process a target
+    /// forks becomes a target before it runs, and the uprobes are attached for every process
+    /// that maps an allocator file, the kernel keeping to targets by the target table: a
+    /// process tree is traced from each member's first allocation, at the price of a trap (and
+    /// one failed lookup) in every other process's calls to the same allocator.
+    pub fn load(limits: MapLimits, mode: ProbeMode, follow: bool) -> Result<Self, ProbeError> {
+        let offsets = if follow {
+            Some(btf::task_offsets().map_err(ProbeError::Btf)?)
+        } else {
+            None
+        };
+        let mut loader = EbpfLoader::new();
+        if let Some(offsets) = &offsets {
+            loader
+                .override_global("TASK_PID_OFFSET", &offsets.pid, true)
+                .override_global("TASK_TGID_OFFSET", &offsets.tgid, true);
+        }
+        let mut ebpf = loader
             .map_max_entries("LIVE", limits.live_allocs)
             .map_max_entries("STACK_STATS", limits.stacks)
             .map_max_entries("STACKS", limits.stack_traces)
@@ -398,10 +446,21 @@ impl Probes {
                 source: Box::new(source),
             })?;
         }
+        let follow = match offsets {
+            Some(_) => Some(attach_raw_tracepoint(
+                &mut ebpf,
+                FORK_PROGRAM,
+                "sched_process_fork",
+            )?),
+            None => None,
+        };
+        attach_raw_tracepoint(&mut ebpf, EXEC_PROGRAM, "sched_process_exec")?;
         Ok(Self {
             ebpf,
             mode,
             links: HashMap::new(),
+            follow,
+            attached_files: HashSet::new(),
         })
     }
 
@@ -495,7 +554,7 @@ impl Probes {
         let library = allocator.host_path.display().to_string();
         let elf = read_library(allocator)?;
         let mut functions = self.attach_functions(target, allocator, &elf, HOOKS)?;
-        let scope = process_scope(target.pid)?;
+        let scope = self.scope(target.pid)?;
 
         let free =
             placement::function_bytes(&elf, "free", placement::MAX_SCAN_BYTES).map_err(|err| {
@@ -549,6 +608,10 @@ impl Probes {
             (ProbeMode::Empty, RETURN_PROGRAM) => EMPTY_RETURN,
             (ProbeMode::Empty, _) => EMPTY_ENTRY,
         };
+        // Following, a file's probes serve every process: attached once.
+        if self.follow.is_some() && !self.attached_files.insert((program, library.to_path_buf())) {
+            return Ok(());
+        }
         let prog: &mut UProbe = self
             .ebpf
             .program_mut(program)
@@ -594,8 +657,51 @@ impl Probes {
         }
     }
 
+    /// Whether process trees are followed (see [`Probes::load`]).
+    pub fn follows(&self) -> bool {
+        self.follow.is_some()
+    }
+
+    /// Every process in the target table: the targets attached, and in follow mode the
+    /// children they forked since.
+    pub fn registered(&self) -> Vec<u32> {
+        let Some(map) = self.ebpf.map("TARGETS") else {
+            return Vec::new();
+        };
+        match aya::maps::PerCpuHashMap::<&aya::maps::MapData, u32, TargetCounters>::try_from(map) {
+            Ok(targets) => targets.keys().flatten().collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// How many times `pid` has exec'd since it became a target.
+    pub fn execs(&self, pid: u32) -> u64 {
+        self.ebpf
+            .map("EXECS")
+            .and_then(|map| aya::maps::HashMap::<&aya::maps::MapData, u32, u64>::try_from(map).ok())
+            .and_then(|execs| execs.get(&pid, 0).ok())
+            .unwrap_or(0)
+    }
+
+    fn scope(&self, pid: u32) -> Result<UProbeScope, ProbeError> {
+        if self.follow.is_some() {
+            Ok(UProbeScope::AllProcesses)
+        } else {
+            process_scope(pid)
+        }
+    }
+
     /// Detaches from every target.
     pub fn detach_all(&mut self) {
+        if let Some(link) = self.follow.take()
+            && let Some(prog) = self
+                .ebpf
+                .program_mut(FORK_PROGRAM)
+                .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+            && let Err(err) = prog.detach(link)
+        {
+            debug!(%err, "detaching the fork probe failed");
+        }
         let pids: Vec<u32> = self.links.keys().copied().collect();
         for pid in pids {
             self.detach(pid);
@@ -626,6 +732,7 @@ impl Probes {
         remove_where::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS", |k| k.tgid == pid)?;
         remove_where::<u64, PendingCall>(&mut self.ebpf, "PENDING", |k| (k >> 32) as u32 == pid)?;
         remove_where::<u64, StackFrames>(&mut self.ebpf, "STACKS", |k| stacks.contains(k))?;
+        remove_where::<u32, u64>(&mut self.ebpf, "EXECS", |k| *k == pid)?;
         let _ = self.targets_mut()?.remove(&pid);
         Ok(())
     }

@@ -45,6 +45,20 @@ pub struct Target {
     pub root: PathBuf,
 }
 
+/// The command line of a process, arguments joined with spaces; `None` once it is gone (or for
+/// a kernel thread, which has none).
+pub fn command_line(pid: u32) -> Option<String> {
+    Some(join_args(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)).filter(|c| !c.is_empty())
+}
+
+fn join_args(cmdline: &[u8]) -> String {
+    String::from_utf8_lossy(cmdline)
+        .split('\0')
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl Target {
     /// Looks a process up by PID.
     pub fn open(pid: u32) -> Result<Self, ProcessError> {
@@ -52,12 +66,7 @@ impl Target {
         if pid == 0 || !proc_dir.exists() {
             return Err(ProcessError::NoSuchProcess(pid));
         }
-        let cmdline = read(pid, "cmdline")?;
-        let command = String::from_utf8_lossy(&cmdline)
-            .split('\0')
-            .filter(|s| !s.is_empty())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let command = join_args(&read(pid, "cmdline")?);
         let command = if command.is_empty() {
             String::from_utf8_lossy(&read(pid, "comm")?)
                 .trim()
@@ -71,6 +80,16 @@ impl Target {
             command,
             root: proc_dir.join("root"),
         })
+    }
+
+    /// A process that exited before it could be looked at: known by its PID alone.
+    pub fn gone(pid: u32) -> Self {
+        Self {
+            pid,
+            ns_pid: pid,
+            command: format!("(exited before it was seen: pid {pid})"),
+            root: PathBuf::from(format!("/proc/{pid}/root")),
+        }
     }
 
     /// The process's current mappings.

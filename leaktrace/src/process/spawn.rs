@@ -41,8 +41,9 @@ pub struct Held {
     exec_error: OwnedFd,
 }
 
-/// Forks a child that will exec `argv` once released.
-pub fn hold(argv: &[OsString]) -> Result<Held, SpawnError> {
+/// Forks a child that will exec `argv` once released, with this process's environment and
+/// `env` set over it.
+pub fn hold(argv: &[OsString], env: &[(OsString, OsString)]) -> Result<Held, SpawnError> {
     let first = argv.first().ok_or(SpawnError::Empty)?;
     let program = resolve(Path::new(first))
         .ok_or_else(|| SpawnError::NotFound(first.to_string_lossy().into_owned()))?;
@@ -53,6 +54,21 @@ pub fn hold(argv: &[OsString]) -> Result<Held, SpawnError> {
         .collect::<Result<Vec<_>, _>>()?;
     let mut arg_ptrs: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     arg_ptrs.push(std::ptr::null());
+    let mut vars: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(k, _)| !env.iter().any(|(name, _)| name == k))
+        .collect();
+    vars.extend(env.iter().cloned());
+    let envs = vars
+        .into_iter()
+        .map(|(k, v)| {
+            let mut pair = k;
+            pair.push("=");
+            pair.push(v);
+            cstring(pair)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut env_ptrs: Vec<*const libc::c_char> = envs.iter().map(|e| e.as_ptr()).collect();
+    env_ptrs.push(std::ptr::null());
 
     let (go_read, go_write) = pipe()?;
     let (err_read, err_write) = pipe()?;
@@ -67,10 +83,7 @@ pub fn hold(argv: &[OsString]) -> Result<Held, SpawnError> {
             while libc::read(go_read.as_raw_fd(), (&raw mut byte).cast(), 1) < 0
                 && *libc::__errno_location() == libc::EINTR
             {}
-            unsafe extern "C" {
-                static environ: *const *const libc::c_char;
-            }
-            libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), environ);
+            libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr());
             let errno = *libc::__errno_location();
             libc::write(err_write.as_raw_fd(), (&raw const errno).cast(), 4);
             libc::_exit(127)

@@ -5,6 +5,7 @@ pub mod flamegraph;
 pub mod folded;
 pub mod html;
 pub mod json;
+pub mod junit;
 pub mod live;
 pub mod model;
 pub mod pprof;
@@ -33,6 +34,8 @@ pub enum Format {
     Pprof,
     /// One self-contained page with charts and the flame graph.
     Html,
+    /// JUnit XML for CI servers: one test case per process, failed when it leaks.
+    Junit,
 }
 
 impl Format {
@@ -46,6 +49,7 @@ impl Format {
             (".svg", Self::Svg),
             (".html", Self::Html),
             (".txt", Self::Text),
+            (".xml", Self::Junit),
         ]
         .into_iter()
         .find_map(|(ext, format)| name.ends_with(ext).then_some(format))
@@ -61,6 +65,7 @@ pub fn render(report: &Report, format: Format, top: Option<usize>) -> Vec<u8> {
         Format::Svg => flamegraph::render(report).into_bytes(),
         Format::Pprof => pprof::render(report),
         Format::Html => html::render(report).into_bytes(),
+        Format::Junit => junit::render(report).into_bytes(),
     }
 }
 
@@ -273,6 +278,8 @@ mod render_tests {
                     },
                 ],
             }],
+            suppressions: Vec::new(),
+            gate: None,
         }
     }
 

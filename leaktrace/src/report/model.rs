@@ -22,6 +22,51 @@ pub struct Report {
     pub origins: Vec<OriginReport>,
     /// Allocation sites, by live bytes, largest first.
     pub stacks: Vec<StackReport>,
+    /// Suppression rules applied (`run --suppressions`), with what each matched; the stacks
+    /// they matched are left out of `stacks`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub suppressions: Vec<SuppressionReport>,
+    /// The test gate's finding (`run --fail-on`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<GateReport>,
+}
+
+/// One suppression rule and what it matched: a rule that matches nothing is stale.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SuppressionReport {
+    /// The rule as written.
+    pub rule: String,
+    /// Where it was written: `FILE:LINE`, or `built-in`.
+    pub source: String,
+    pub stacks: usize,
+    pub live_bytes: i64,
+    pub allocated_bytes: u64,
+}
+
+/// Whether the traced command passes the gate, and why not.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateReport {
+    /// `leak`, `growing` or `outstanding`.
+    pub fail_on: String,
+    /// For `outstanding`: the live bytes at exit a target may keep.
+    pub min_bytes: u64,
+    /// The command's own exit status.
+    pub command_exit_code: Option<i32>,
+    pub failed: bool,
+    /// The status leaktrace exits with.
+    pub exit_code: i32,
+    /// The targets that fail, with the stacks that make them fail.
+    pub failures: Vec<GateFailure>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GateFailure {
+    pub pid: u32,
+    pub command: String,
+    /// Live bytes of its failing stacks.
+    pub live_bytes: i64,
+    /// Index into `stacks` of each failing stack, largest first.
+    pub stacks: Vec<usize>,
 }
 
 /// The stacks of one origin class, summed.
