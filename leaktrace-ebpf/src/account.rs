@@ -134,7 +134,7 @@ fn add_i64(ptr: *mut i64, delta: i64) {
 }
 
 #[inline(always)]
-fn add_u64(ptr: *mut u64, delta: u64) {
+pub fn add_u64(ptr: *mut u64, delta: u64) {
     // SAFETY: as for `add_i64`.
     unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(ptr, delta) };
 }

@@ -11,7 +11,12 @@ use aya_ebpf::{
 };
 use leaktrace_common::TargetCounters;
 
-use crate::maps::{EXECS, TARGETS};
+const EEXIST: i32 = 17;
+
+use crate::{
+    account::add_u64,
+    maps::{EXECS, FORKS_MISSED, TARGETS},
+};
 
 /// Byte offsets of `pid` and `tgid` in this kernel's `struct task_struct`, read from its BTF by
 /// the tracer at load time (the layout differs between kernel builds).
@@ -45,12 +50,19 @@ pub fn follow_fork(ctx: RawTracePointContext) -> i32 {
     };
     let (pid, tgid) = (read(pid_at), read(tgid_at));
     // A thread shares its process's entry; only a new process gets its own.
-    if pid > 0 && pid == tgid {
-        let _ = TARGETS.insert(
+    if pid > 0
+        && pid == tgid
+        && let Err(err) = TARGETS.insert(
             &(tgid as u32),
             &TargetCounters::default(),
             BPF_NOEXIST as u64,
-        );
+        )
+        // Already a target (a PID reused within the trace) is not a loss; a full table is, and
+        // is counted, so that the report says how many went untraced.
+        && err != -EEXIST
+        && let Some(missed) = FORKS_MISSED.get_ptr_mut(0)
+    {
+        add_u64(missed, 1);
     }
     0
 }

@@ -25,6 +25,10 @@ pub static TARGETS: PerCpuHashMap<u32, TargetCounters> =
 #[map]
 pub static EXECS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
 
+/// Children of targets that could not become targets: the target table was full. One slot.
+#[map]
+pub static FORKS_MISSED: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Threads inside an allocation function, keyed by full pid_tgid. Preallocated: it is written
 /// and cleared on every call.
 #[map]

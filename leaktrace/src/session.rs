@@ -589,6 +589,22 @@ impl Session {
         self.symbolizer.forget(pid);
     }
 
+    /// What the reader should know about the trace as a whole, losses of whole processes
+    /// included.
+    fn trace_notes(&self) -> Vec<String> {
+        let mut notes = self.notes.clone();
+        let missed = self.probes.forks_missed();
+        if missed > 0 {
+            notes.push(format!(
+                "{missed} child process{} of the traced ones went untraced: the target table \
+                 ({} processes) was full",
+                if missed == 1 { "" } else { "es" },
+                leaktrace_common::MAX_TARGETS
+            ));
+        }
+        notes
+    }
+
     /// What the reader of the report should know about one target.
     fn notes(&self, traced: &Traced) -> Vec<String> {
         let is_node = traced
@@ -690,6 +706,7 @@ impl Session {
             Some(pid) => self.last.only(pid),
             None => self.last.clone(),
         };
+        let notes = self.trace_notes();
         let (chains, symbolizer) = (&self.chains, &mut self.symbolizer);
         let mut name = |key: &StackKey| -> Vec<Frame> {
             let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
@@ -712,7 +729,7 @@ impl Session {
                 .as_ref()
                 .map_or(options.sample_bytes, Budget::sample_bytes)
                 .unwrap_or(0),
-            notes: self.notes.clone(),
+            notes,
             ended_by,
             top: options.top,
         })

@@ -674,6 +674,15 @@ impl Probes {
         }
     }
 
+    /// Children of targets that went untraced because the target table was full.
+    pub fn forks_missed(&self) -> u64 {
+        self.ebpf
+            .map("FORKS_MISSED")
+            .and_then(|map| aya::maps::Array::<&aya::maps::MapData, u64>::try_from(map).ok())
+            .and_then(|slot| slot.get(&0, 0).ok())
+            .unwrap_or(0)
+    }
+
     /// How many times `pid` has exec'd since it became a target.
     pub fn execs(&self, pid: u32) -> u64 {
         self.ebpf
