@@ -612,6 +612,60 @@ fn past_its_target_cap_the_agent_says_so_and_keeps_serving() {
 }
 
 #[test]
+fn a_target_over_its_live_block_cap_is_no_longer_traced_and_says_so() {
+    if !have_root("a_target_over_its_live_block_cap_is_no_longer_traced_and_says_so") {
+        return;
+    }
+    let dir = scratch("agent-live-cap");
+    let agent = Agent::start(
+        &dir,
+        &[
+            "--match-exe",
+            "leaky-livecap-*",
+            "--sample-bytes",
+            "0",
+            "--max-live-allocs-per-target",
+            "100",
+            "--interval",
+            "200ms",
+            "--scan-interval",
+            "100ms",
+        ],
+    );
+    // 30 rounds keep 7 blocks each: 210 live blocks, over the cap of 100.
+    let mut target = Target::start(&named_fixture(&dir, "leaky-livecap-1"), &["30"]);
+    let pid = target.pid();
+    agent.wait_for("the target", Duration::from_secs(30), |a| {
+        Some(value(&a.metrics(), "leaktrace_target_traced", pid) == Some(1.0))
+    });
+    target.send("go");
+    target.expect_line("done");
+    agent.wait_for("the cap to be enforced", Duration::from_secs(30), |a| {
+        Some(value(&a.metrics(), "leaktrace_target_traced", pid) == Some(0.0))
+    });
+    let m = agent.metrics();
+    let capped = m
+        .iter()
+        .find(|s| s.name == "leaktrace_agent_capped_targets_total")
+        .map(|s| s.value);
+    assert_eq!(capped, Some(1.0));
+    // Its last numbers stay served, and the agent keeps serving.
+    assert!(value(&m, "leaktrace_target_live_allocations", pid).unwrap() > 100.0);
+    let targets = agent.json("/api/v1/targets");
+    let state = targets["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["pid"] == pid)
+        .map(|t| t["state"].clone());
+    assert_eq!(state, Some(Value::from("capped")));
+    assert_eq!(target.finish(), 0);
+    assert_eq!(agent.stop(), 0);
+    let log = fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(log.contains("--max-live-allocs-per-target"), "{log}");
+}
+
+#[test]
 fn bad_agent_settings_get_one_line() {
     let dir = scratch("agent-bad-input");
     let run = |args: &[&str]| leaktrace().arg("agent").args(args).output().unwrap();
