@@ -125,11 +125,12 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     // Every output and rule file is checked before tracing: a trace is never taken only to be
     // lost.
     let targets = output_formats(&args.outputs)?;
+    // Rules apply to a test gate, or when given: a plain trace hides nothing.
     let suppressions = match &run {
-        Some((_, _, gate)) => Some(leaktrace::gate::suppress::Suppressions::load(
-            &gate.suppressions,
-        )?),
-        None => None,
+        Some((_, _, gate)) if gate.fail_on.is_some() || !gate.suppressions.is_empty() => Some(
+            leaktrace::gate::suppress::Suppressions::load(&gate.suppressions)?,
+        ),
+        _ => None,
     };
     let options = trace::Options {
         duration: args.duration,

@@ -35,6 +35,18 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
             bytes(t.sample_bytes as i64)
         );
     }
+    for rule in &report.suppressions {
+        let _ = writeln!(
+            out,
+            "  suppressed by `{}` ({}): {} stack{}, {} live, {} allocated",
+            rule.rule,
+            rule.source,
+            rule.stacks,
+            if rule.stacks == 1 { "" } else { "s" },
+            bytes(rule.live_bytes),
+            bytes(rule.allocated_bytes as i64)
+        );
+    }
     for target in &report.targets {
         let state = match (target.alive_at_end, target.exit_code) {
             (true, _) => "running".to_string(),
