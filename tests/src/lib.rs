@@ -378,6 +378,66 @@ pub fn losses(report: &Value) -> &serde_json::Map<String, Value> {
         .expect("totals.losses")
 }
 
+/// Asserts what `tests/fixtures/leaky.c` allocates in `rounds` rounds, site by site (see the
+/// fixture's comments), and that nothing was lost.
+pub fn assert_leaky_is_exact(report: &Value, pid: u32, rounds: i64) {
+    let r = rounds;
+    let ru = rounds as u64;
+    let check = |function: &str, live: i64, blocks: i64, allocated: u64, calls: u64| {
+        let got = site(report, pid, function);
+        assert!(got.stacks > 0, "no stack names {function}");
+        assert_eq!(
+            (
+                got.live_bytes,
+                got.live_allocs,
+                got.allocated_bytes,
+                got.alloc_calls
+            ),
+            (live, blocks, allocated, calls),
+            "{function}: {got:?}"
+        );
+    };
+    check("leak_malloc", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
+    // leak_malloc's direct caller is on its stack: the kernel's walk alone would drop it.
+    check("leak_outer", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
+    check("leak_calloc", 2000 * r, 2 * r, 2000 * ru, 2 * ru);
+    // 100 -> 300 -> 700: only the last block lives; each step is one allocation.
+    check("leak_realloc_chain", 700 * r, r, 1100 * ru, 3 * ru);
+    check("leak_reallocarray", 512 * r, r, 512 * ru, ru);
+    // Five 4 KiB blocks freed, and realloc(NULL, 64) freed by realloc(p, 0).
+    check("no_leak", 0, 0, (5 * 4096 + 64) * ru, 6 * ru);
+
+    let target = report["targets"]
+        .as_array()
+        .expect("targets[]")
+        .iter()
+        .find(|t| t["pid"].as_u64() == Some(u64::from(pid)))
+        .expect("the fixture is a target");
+    // Frees per round: 5 in no_leak, 1 by realloc(q, 0), 2 by the realloc chain.
+    assert_eq!(target["totals"]["free_calls"].as_u64(), Some(8 * ru));
+    assert_eq!(target["totals"]["failed_allocs"].as_u64(), Some(0));
+    for (name, value) in losses(report) {
+        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
+    }
+}
+
+/// A root file system for a container-like target: `exe` as `/NAME`, the dynamic loader, and a
+/// copy of libc (another file, another inode, than the host's).
+pub fn make_root(dir: &Path, exe: &Path, name: &str) {
+    for (from, to) in [
+        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
+        (
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ),
+    ] {
+        let to = dir.join(to);
+        fs::create_dir_all(to.parent().expect("a parent")).expect("creating the root");
+        fs::copy(fs::canonicalize(from).expect(from), &to).expect("copying into the root");
+    }
+    fs::copy(exe, dir.join(name)).expect("copying the program into the root");
+}
+
 /// Asserts a failed run printed exactly one line on stderr, with no panic or backtrace.
 pub fn assert_one_line_error(output: &Output, expect: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -14,8 +14,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, assert_matches_schema, assert_one_line_error, fixture, have_root, leaktrace, scratch,
-    site,
+    Target, assert_matches_schema, assert_one_line_error, fixture, have_root, leaktrace, make_root,
+    scratch, site,
 };
 use serde_json::Value;
 
@@ -238,22 +238,6 @@ impl Drop for PodCgroup {
     }
 }
 
-/// A root file system holding `exe` as `/app`, its loader and a copy of libc.
-fn make_root(dir: &Path, exe: &Path) {
-    for (from, to) in [
-        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
-        (
-            "/lib/x86_64-linux-gnu/libc.so.6",
-            "lib/x86_64-linux-gnu/libc.so.6",
-        ),
-    ] {
-        let to = dir.join(to);
-        fs::create_dir_all(to.parent().unwrap()).unwrap();
-        fs::copy(fs::canonicalize(from).unwrap(), &to).unwrap();
-    }
-    fs::copy(exe, dir.join("leaky-agent-pod")).unwrap();
-}
-
 /// The fixture under a name only this file's agents select.
 fn named_fixture(dir: &Path, name: &str) -> PathBuf {
     let exe = dir.join(name);
@@ -292,7 +276,7 @@ fn the_agent_follows_processes_in_and_out_of_containers() {
     let mut host = Target::start(&host_exe, &[&rounds, "100"]);
     let cgroup = PodCgroup::create(POD_UID, CONTAINER_ID);
     let root = dir.join("root");
-    make_root(&root, &fixture("leaky", &[]));
+    make_root(&root, &fixture("leaky", &[]), "leaky-agent-pod");
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(format!(
         "echo $$ > {} && exec unshare --mount --pid --fork --kill-child chroot {} \

@@ -2,26 +2,9 @@
 //! C library is its own file, reached through /proc/PID/root, and it is PID 1 inside.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
-use std::{fs, path::Path, process::Command};
+use std::{fs, process::Command};
 
-use leaktrace_tests::{Target, fixture, have_root, scratch, site, trace_workload};
-
-/// A root file system holding the fixture, the dynamic loader and a copy of libc (another file,
-/// another inode, than the host's).
-fn make_root(dir: &Path) {
-    for (from, to) in [
-        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
-        (
-            "/lib/x86_64-linux-gnu/libc.so.6",
-            "lib/x86_64-linux-gnu/libc.so.6",
-        ),
-    ] {
-        let to = dir.join(to);
-        fs::create_dir_all(to.parent().unwrap()).unwrap();
-        fs::copy(fs::canonicalize(from).unwrap(), &to).unwrap();
-    }
-    fs::copy(fixture("leaky", &[]), dir.join("leaky")).unwrap();
-}
+use leaktrace_tests::{Target, fixture, have_root, make_root, scratch, site, trace_workload};
 
 #[test]
 fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
@@ -29,7 +12,7 @@ fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
         return;
     }
     let root = scratch("container").join("root");
-    make_root(&root);
+    make_root(&root, &fixture("leaky", &[]), "leaky");
     let mut cmd = Command::new("unshare");
     cmd.args(["--mount", "--pid", "--fork", "--kill-child", "chroot"])
         .arg(&root)

@@ -8,54 +8,12 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, assert_one_line_error, fixture, have_root, leaktrace, leaktrace_unprivileged, losses,
-    read_report, scratch, site, trace_workload, trace_workloads,
+    Target, assert_leaky_is_exact, assert_one_line_error, fixture, have_root, leaktrace,
+    leaktrace_unprivileged, read_report, scratch, site, trace_workload, trace_workloads,
 };
 use serde_json::Value;
 
 const ROUNDS: i64 = 10;
-
-/// What leaky.c allocates in `ROUNDS` rounds, site by site (see the fixture's comments).
-fn assert_leaky_is_exact(report: &Value, pid: u32) {
-    let r = ROUNDS;
-    let ru = ROUNDS as u64;
-    let check = |function: &str, live: i64, blocks: i64, allocated: u64, calls: u64| {
-        let got = site(report, pid, function);
-        assert!(got.stacks > 0, "no stack names {function}");
-        assert_eq!(
-            (
-                got.live_bytes,
-                got.live_allocs,
-                got.allocated_bytes,
-                got.alloc_calls
-            ),
-            (live, blocks, allocated, calls),
-            "{function}: {got:?}"
-        );
-    };
-    check("leak_malloc", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
-    // leak_malloc's direct caller is on its stack: the kernel's walk alone would drop it.
-    check("leak_outer", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
-    check("leak_calloc", 2000 * r, 2 * r, 2000 * ru, 2 * ru);
-    // 100 -> 300 -> 700: only the last block lives; each step is one allocation.
-    check("leak_realloc_chain", 700 * r, r, 1100 * ru, 3 * ru);
-    check("leak_reallocarray", 512 * r, r, 512 * ru, ru);
-    // Five 4 KiB blocks freed, and realloc(NULL, 64) freed by realloc(p, 0).
-    check("no_leak", 0, 0, (5 * 4096 + 64) * ru, 6 * ru);
-
-    let target = report["targets"]
-        .as_array()
-        .expect("targets[]")
-        .iter()
-        .find(|t| t["pid"].as_u64() == Some(u64::from(pid)))
-        .expect("the fixture is a target");
-    // Frees per round: 5 in no_leak, 1 by realloc(q, 0), 2 by the realloc chain.
-    assert_eq!(target["totals"]["free_calls"].as_u64(), Some(8 * ru));
-    assert_eq!(target["totals"]["failed_allocs"].as_u64(), Some(0));
-    for (name, value) in losses(report) {
-        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
-    }
-}
 
 /// `leaktrace run [args] -- leaky ROUNDS 0 EXIT_CODE`, driven through the fixture's handshake:
 /// `go` once it is ready, stdin closed once it is done.
@@ -151,7 +109,7 @@ fn run_traces_a_command_exactly_and_passes_its_exit_status() {
             .is_some_and(|c| c.contains("leaky"))
     );
     // Symbols resolve although the command exited before the report was built.
-    assert_leaky_is_exact(&report, pid);
+    assert_leaky_is_exact(&report, pid, ROUNDS);
     assert_frames_documented(&report);
 }
 
@@ -171,7 +129,7 @@ fn attach_traces_running_processes_exactly() {
     assert_eq!(report["trace"]["ended_by"], "signal");
     assert_eq!(report["targets"].as_array().map(Vec::len), Some(2));
     for target in targets {
-        assert_leaky_is_exact(&report, target.pid());
+        assert_leaky_is_exact(&report, target.pid(), ROUNDS);
         assert_eq!(target.finish(), 0, "the target is unharmed");
     }
     assert!(

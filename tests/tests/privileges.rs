@@ -16,8 +16,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, assert_matches_schema, assert_one_line_error, fixture, have_root, leaktrace, losses,
-    site,
+    Target, assert_leaky_is_exact, assert_matches_schema, assert_one_line_error, fixture,
+    have_root, leaktrace,
 };
 use serde_json::Value;
 
@@ -143,45 +143,6 @@ fn trace_as_nobody(target: &mut Target) -> Value {
     report
 }
 
-/// What leaky.c allocates in `ROUNDS` rounds, site by site: the numbers foundation.rs asserts for
-/// a root tracer.
-fn assert_leaky_is_exact(report: &Value, pid: u32) {
-    let r = ROUNDS;
-    let ru = ROUNDS as u64;
-    let check = |function: &str, live: i64, blocks: i64, allocated: u64, calls: u64| {
-        let got = site(report, pid, function);
-        assert!(got.stacks > 0, "no stack names {function}");
-        assert_eq!(
-            (
-                got.live_bytes,
-                got.live_allocs,
-                got.allocated_bytes,
-                got.alloc_calls
-            ),
-            (live, blocks, allocated, calls),
-            "{function}: {got:?}"
-        );
-    };
-    check("leak_malloc", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
-    check("leak_outer", 3000 * r, 3 * r, 3000 * ru, 3 * ru);
-    check("leak_calloc", 2000 * r, 2 * r, 2000 * ru, 2 * ru);
-    check("leak_realloc_chain", 700 * r, r, 1100 * ru, 3 * ru);
-    check("leak_reallocarray", 512 * r, r, 512 * ru, ru);
-    check("no_leak", 0, 0, (5 * 4096 + 64) * ru, 6 * ru);
-
-    let target = report["targets"]
-        .as_array()
-        .expect("targets[]")
-        .iter()
-        .find(|t| t["pid"].as_u64() == Some(u64::from(pid)))
-        .expect("the fixture is a target");
-    assert_eq!(target["totals"]["free_calls"].as_u64(), Some(8 * ru));
-    assert_eq!(target["totals"]["failed_allocs"].as_u64(), Some(0));
-    for (name, value) in losses(report) {
-        assert_eq!(value.as_u64(), Some(0), "loss counter {name} is {value}");
-    }
-}
-
 #[test]
 fn nobody_with_bpf_perfmon_and_sys_ptrace_traces_a_root_process_exactly() {
     if !have_root("nobody_with_bpf_perfmon_and_sys_ptrace_traces_a_root_process_exactly") {
@@ -192,7 +153,7 @@ fn nobody_with_bpf_perfmon_and_sys_ptrace_traces_a_root_process_exactly() {
     let pid = target.pid();
     let report = trace_as_nobody(&mut target);
     assert_eq!(report["trace"]["ended_by"], "signal");
-    assert_leaky_is_exact(&report, pid);
+    assert_leaky_is_exact(&report, pid, ROUNDS);
     assert_eq!(target.finish(), 0, "the target is unharmed");
 }
 
