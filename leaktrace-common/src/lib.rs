@@ -105,6 +105,12 @@ pub enum AllocOp {
     Realloc = 1,
     /// posix_memalign: the block is written through `out_ptr`, the result is an errno.
     PosixMemalign = 2,
+    /// The C library's `mmap`: the call site of a mapping, which the syscall probes account for.
+    Mmap = 3,
+    /// An allocator's own release function that may reach another probed one (jemalloc's
+    /// `operator delete` jumps to `free`): the block is released at entry, and the call stays
+    /// pending so that frees nested inside it are not counted again.
+    Free = 4,
 }
 
 /// State a thread carries from an allocation function's entry to its return.
@@ -133,6 +139,57 @@ pub struct PendingCall {
     /// 1 when the block is recorded, 0 when sampling passed it over.
     pub sampled: u32,
 }
+
+/// What a mapping event says happened; see [`MapEvent`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapOp {
+    /// `munmap(addr, len)` is about to run: the range is going away.
+    Unmap = 0,
+    /// `mmap(addr, len, ..., MAP_FIXED, ...)` is about to run: what it covers is going away.
+    FixedBegin = 1,
+    /// `mmap` returned `ret` (an address, or a negative errno) for `len` bytes.
+    Map = 2,
+    /// `mremap(addr, len, ...)` is about to run: the range is lifted out until it returns.
+    RemapBegin = 3,
+    /// `mremap` returned `ret` (the new address, or a negative errno) with `new_len` bytes.
+    Remap = 4,
+    /// `mprotect(addr, len, prot)` succeeded.
+    Protect = 5,
+    /// The process exec'd: its old mappings are gone.
+    Exec = 6,
+}
+
+/// One mapping change of a target, sent through the `MAP_EVENTS` ring in the order the kernel
+/// made them: ranges need exact interval arithmetic (partial unmaps, `MAP_FIXED` overlays, moves),
+/// which the tracer does, not the probes.
+///
+/// Removals are sent at syscall entry, before the kernel can hand the range to another thread,
+/// and insertions at exit: so the ring's order is the order the address space changed in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapEvent {
+    pub tgid: u32,
+    /// The thread, to pair a `*Begin` with its end.
+    pub tid: u32,
+    /// A [`MapOp`] as `u32`.
+    pub op: u32,
+    /// `PROT_*` of a mapping or of an mprotect.
+    pub prot: u32,
+    /// `MAP_*` or `MREMAP_*` flags.
+    pub flags: u32,
+    pub _pad: u32,
+    pub addr: u64,
+    pub len: u64,
+    pub new_len: u64,
+    /// What the syscall returned: an address, 0, or a negative errno.
+    pub ret: i64,
+    /// The call site of a new mapping ([`MapOp::Map`]); the stack key's `kind` is `Mmap`.
+    pub site: StackKey,
+}
+
+/// Default size of the mapping event ring, in bytes (a power of two, a multiple of the page).
+pub const DEFAULT_MAP_EVENTS_BYTES: u32 = 1 << 20;
 
 /// Sampling settings the tracer writes into the probes' `SAMPLING` map.
 #[repr(C)]
@@ -196,6 +253,9 @@ pub enum Counter {
     /// Allocation calls whose return was never seen (a longjmp out of the allocator, or a
     /// return probe the kernel could not place): their block, if any, is not recorded.
     MissedReturns = 11,
+    /// Mapping events (mmap, munmap, mremap, mprotect) lost because the event ring was full:
+    /// mapped bytes may be off by what they did.
+    MapEventsLost = 12,
 }
 
 /// Number of counters kept per target (room to add counters without changing the map layout).
@@ -227,4 +287,5 @@ mod pod {
     unsafe impl aya::Pod for super::TargetCounters {}
     unsafe impl aya::Pod for super::StackFrames {}
     unsafe impl aya::Pod for super::Sampling {}
+    unsafe impl aya::Pod for super::MapEvent {}
 }

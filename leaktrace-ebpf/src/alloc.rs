@@ -12,7 +12,7 @@ use aya_ebpf::{
     macros::{uprobe, uretprobe},
     programs::{ProbeContext, RetProbeContext},
 };
-use leaktrace_common::{AllocOp, Counter, PendingCall, StackKey, sample_bucket};
+use leaktrace_common::{AllocKind, AllocOp, Counter, PendingCall, StackKey, sample_bucket};
 
 use crate::{
     account::{bump, current_target, record_alloc, record_free},
@@ -87,6 +87,8 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let ret: u64 = ctx.ret();
     let tgid = (pid_tgid >> 32) as u32;
     match call.op {
+        // Accounted elsewhere: a mapping by the syscall probes, a guarded free at its entry.
+        op if op == AllocOp::Mmap as u32 || op == AllocOp::Free as u32 => {}
         op if op == AllocOp::Realloc as u32 => {
             if ret != 0 {
                 if call.old_addr != 0 {
@@ -142,12 +144,117 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// An allocator's release function that can reach another probed one: jemalloc's `operator
+/// delete` jumps to `free`, its sized deletes to `sdallocx`. The block is released here, at
+/// entry, before the allocator can hand the address out again; the call stays pending until it
+/// returns, so the nested release is not counted a second time (nor as an unknown free).
+#[uprobe(multi)]
+pub fn free_guarded(ctx: ProbeContext) -> u32 {
+    let addr = arg(&ctx, 0);
+    let Some((pid_tgid, counters)) = current_target() else {
+        return 0;
+    };
+    let Some((sp, caller)) = outermost(&ctx, pid_tgid, counters) else {
+        return 0;
+    };
+    if addr != 0 {
+        record_free(counters, (pid_tgid >> 32) as u32, addr);
+    }
+    pend(
+        pid_tgid,
+        counters,
+        &PendingCall {
+            old_addr: addr,
+            entry_sp: sp,
+            caller,
+            op: AllocOp::Free as u32,
+            depth: 1,
+            ..PendingCall::default()
+        },
+    );
+    0
+}
+
+/// The C library's `mmap`, probed only for its call site: the syscall probes account for the
+/// mapping itself (they also see mappings made without the C library), and take the site from
+/// this pending call. An `mmap` inside an allocation call is the allocator's own, already
+/// counted as the blocks it serves.
+#[uprobe(multi)]
+pub fn mmap_enter(ctx: ProbeContext) -> u32 {
+    let Some((pid_tgid, counters)) = current_target() else {
+        return 0;
+    };
+    let Some((sp, caller)) = outermost(&ctx, pid_tgid, counters) else {
+        return 0;
+    };
+    // SAFETY: `regs` is the context the kernel handed to this probe.
+    let regs = unsafe { &*ctx.regs };
+    let site = site::capture_at(
+        site::Registers {
+            ip: regs.rip,
+            caller,
+            fp: regs.rbp,
+        },
+        (pid_tgid >> 32) as u32,
+        AllocKind::Mmap,
+        counters,
+    );
+    pend(
+        pid_tgid,
+        counters,
+        &PendingCall {
+            site,
+            size: arg(&ctx, 1),
+            entry_sp: sp,
+            caller,
+            op: AllocOp::Mmap as u32,
+            depth: 1,
+            sampled: 1,
+            ..PendingCall::default()
+        },
+    );
+    0
+}
+
 /// Saves the state of an allocation call at its entry.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64) -> u32 {
     let Some((pid_tgid, counters)) = current_target() else {
         return 0;
     };
+    let Some((sp, caller)) = outermost(ctx, pid_tgid, counters) else {
+        return 0;
+    };
+    // Passed-over calls still get an entry: calls nested inside them must not be sampled again.
+    let (sampled, p32) = sample(size);
+    let site = if sampled {
+        site::capture(ctx, (pid_tgid >> 32) as u32, caller, counters)
+    } else {
+        StackKey::default()
+    };
+    pend(
+        pid_tgid,
+        counters,
+        &PendingCall {
+            site,
+            size,
+            old_addr,
+            out_ptr,
+            entry_sp: sp,
+            caller,
+            op: op as u32,
+            depth: 1,
+            p32,
+            sampled: u32::from(sampled),
+        },
+    );
+    0
+}
+
+/// The stack pointer and return address of a call that is the thread's outermost allocator
+/// call, or `None` for a call nested in the pending one (counted, and left to the outer call).
+#[inline(always)]
+fn outermost(ctx: &ProbeContext, pid_tgid: u64, counters: *mut u64) -> Option<(u64, u64)> {
     let sp = site::stack_pointer(ctx);
     let caller = site::return_address(sp);
     if let Some(pending) = PENDING.get_ptr_mut(&pid_tgid) {
@@ -156,39 +263,22 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
             if is_nested(sp, caller, &*pending) {
                 (*pending).depth += 1;
                 bump(counters, Counter::NestedCalls);
-                return 0;
+                return None;
             }
         }
         // Otherwise the recorded call never returned through its probe (a longjmp, or a return
         // probe the kernel could not place): start afresh rather than swallow every later call.
         bump(counters, Counter::MissedReturns);
     }
-    // Passed-over calls still get an entry: calls nested inside them must not be sampled again.
-    let (sampled, p32) = sample(size);
-    let site = if sampled {
-        site::capture(ctx, (pid_tgid >> 32) as u32, caller, counters)
-    } else {
-        StackKey::default()
-    };
-    let call = PendingCall {
-        site,
-        size,
-        old_addr,
-        out_ptr,
-        entry_sp: sp,
-        caller,
-        op: op as u32,
-        depth: 1,
-        p32,
-        sampled: u32::from(sampled),
-    };
-    if PENDING
-        .insert(&pid_tgid, &call, u64::from(BPF_ANY))
-        .is_err()
-    {
+    Some((sp, caller))
+}
+
+/// Makes `call` the thread's pending call.
+#[inline(always)]
+fn pend(pid_tgid: u64, counters: *mut u64, call: &PendingCall) {
+    if PENDING.insert(&pid_tgid, call, u64::from(BPF_ANY)).is_err() {
         bump(counters, Counter::PendingMapFull);
     }
-    0
 }
 
 /// Whether to record an allocation of `size` bytes, and the probability it had (scaled by 2^32;

@@ -9,13 +9,13 @@ use aya_ebpf::{
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
-use leaktrace_common::TargetCounters;
+use leaktrace_common::{Counter, MapEvent, MapOp, TargetCounters};
 
 const EEXIST: i32 = 17;
 
 use crate::{
-    account::add_u64,
-    maps::{EXECS, FORKS_MISSED, TARGETS},
+    account::{add_u64, bump},
+    maps::{EXECS, FORKS_MISSED, MAP_EVENTS, TARGETS},
 };
 
 /// Byte offsets of `pid` and `tgid` in this kernel's `struct task_struct`, read from its BTF by
@@ -70,9 +70,24 @@ pub fn follow_fork(ctx: RawTracePointContext) -> i32 {
 /// `sched_process_exec`, run in the process after its new image is in place.
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
 pub fn count_exec(_ctx: RawTracePointContext) -> i32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if TARGETS.get_ptr_mut(&tgid).is_none() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(counters) = TARGETS.get_ptr_mut(&tgid) else {
         return 0;
+    };
+    // The old address space is gone: said in order with the mapping changes.
+    let event = MapEvent {
+        tgid,
+        tid: pid_tgid as u32,
+        op: MapOp::Exec as u32,
+        ..MapEvent::default()
+    };
+    if MAP_EVENTS.output(&event, 0).is_err() {
+        // SAFETY: this CPU's slot of the per-CPU counters.
+        bump(
+            unsafe { (*counters).values.as_mut_ptr() },
+            Counter::MapEventsLost,
+        );
     }
     match EXECS.get_ptr_mut(&tgid) {
         // SAFETY: a live map value; only this process's exec writes it, one at a time.

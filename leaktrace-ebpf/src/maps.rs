@@ -5,12 +5,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leaktrace_common::{
-    DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES, DEFAULT_MAX_STACKS, LiveAlloc, LiveKey,
-    MAX_PENDING_CALLS, MAX_TARGETS, PendingCall, SAMPLE_BUCKETS, Sampling, StackFrames, StackKey,
-    StackStats, TargetCounters,
+    DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES,
+    DEFAULT_MAX_STACKS, LiveAlloc, LiveKey, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall,
+    SAMPLE_BUCKETS, Sampling, StackFrames, StackKey, StackStats, TargetCounters,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -61,3 +61,7 @@ pub static SAMPLING: Array<Sampling> = Array::with_max_entries(1, 0);
 /// 1 - exp(-s/N) at the bucket's middle size, computed by the tracer (no floating point here).
 #[map]
 pub static SAMPLE_TABLE: Array<u32> = Array::with_max_entries(SAMPLE_BUCKETS, 0);
+
+/// Mapping changes of targets, in the order they happened (see `mapping`). Sized by the tracer.
+#[map]
+pub static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_MAP_EVENTS_BYTES, 0);

@@ -18,9 +18,35 @@ const EEXIST: i64 = 17;
 /// return address above each saved frame pointer.
 #[inline(always)]
 pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -> StackKey {
+    // SAFETY: `regs` is the context the kernel handed to this probe.
+    let regs = unsafe { &*ctx.regs };
+    capture_at(
+        Registers {
+            ip: regs.rip,
+            caller,
+            fp: regs.rbp,
+        },
+        tgid,
+        AllocKind::Heap,
+        counters,
+    )
+}
+
+/// Where a stack walk starts: the instruction, the return address into the caller, and the
+/// caller's frame pointer.
+#[derive(Clone, Copy)]
+pub struct Registers {
+    pub ip: u64,
+    pub caller: u64,
+    pub fp: u64,
+}
+
+/// The site whose walk starts at `at`, stored once per distinct stack.
+#[inline(always)]
+pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64) -> StackKey {
     let mut key = StackKey {
         tgid,
-        kind: AllocKind::Heap as u32,
+        kind: kind as u32,
         stack: 0,
         js_id: 0,
     };
@@ -28,13 +54,13 @@ pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -
         bump(counters, Counter::StackCaptureFailed);
         return key;
     };
-    // SAFETY: this CPU's scratch slot, used by one probe at a time; `regs` is the probe context.
-    let (frames, regs) = unsafe { (&mut *frames, &*ctx.regs) };
-    frames.ips[0] = regs.rip;
-    frames.ips[1] = caller;
+    // SAFETY: this CPU's scratch slot, used by one probe at a time.
+    let frames = unsafe { &mut *frames };
+    frames.ips[0] = at.ip;
+    frames.ips[1] = at.caller;
     let mut len = 2;
-    let mut fp = regs.rbp;
-    let mut hash = mix(mix(FNV_OFFSET, regs.rip), caller);
+    let mut fp = at.fp;
+    let mut hash = mix(mix(FNV_OFFSET, at.ip), at.caller);
     for i in 2..MAX_FRAMES {
         // [fp] is the next frame pointer, [fp + 8] the return address into that frame's function.
         let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {

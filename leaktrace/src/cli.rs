@@ -161,10 +161,25 @@ pub struct TraceArgs {
     /// Most distinct call stacks stored (each costs about 0.5 KiB of kernel memory once seen).
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_STACK_TRACES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stack_traces: u32,
+    /// Size of the ring that carries mapping changes (mmap, munmap, mremap, mprotect) to the
+    /// tracer, in bytes: a power of two of at least 4096. Events that do not fit are counted.
+    #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAP_EVENTS_BYTES, value_parser = parse_ring_bytes)]
+    pub map_events_bytes: u32,
     /// Attach programs that do nothing, at the same places (for `cargo xtask bench`: the cost of
     /// the traps alone).
     #[arg(long, hide = true)]
     pub empty_probes: bool,
+}
+
+/// A ring buffer size: the kernel wants a power of two and a multiple of the page size.
+fn parse_ring_bytes(text: &str) -> Result<u32, String> {
+    let n: u32 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of bytes"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two of at least 4096"));
+    }
+    Ok(n)
 }
 
 impl TraceArgs {
@@ -181,6 +196,7 @@ impl TraceArgs {
             live_allocs: self.max_live_allocs,
             stacks: self.max_stacks,
             stack_traces: self.max_stack_traces,
+            map_events_bytes: self.map_events_bytes,
         }
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::{
     preflight,
     probe::{MapLimits, ProbeMode, Probes},
-    process::{AllocatorKind, Target, allocator},
+    process::{Target, allocator},
 };
 
 /// How `doctor` prints its checks.
@@ -167,29 +167,47 @@ pub fn target(pid: u32) -> Vec<Check> {
             return checks;
         }
     };
-    let allocators = allocator::find_all(&target, &mappings);
-    checks.push(
-        match allocators.iter().find(|a| a.kind == AllocatorKind::Libc) {
-            Some(libc) => Check::ok(
-                &format!("allocator ({name})"),
+    let allocators = allocator::Finder::default().find_all(&target, &mappings);
+    checks.push(match allocators.iter().find(|a| a.roles.malloc) {
+        Some(serving) => Check::ok(
+            &format!("allocator ({name})"),
+            format!(
+                "{}: {} (host path {})",
+                serving.name,
+                serving.path.display(),
+                serving.host_path.display()
+            ),
+        ),
+        None => Check::fail(
+            &format!("allocator ({name})"),
+            "no mapped object defines malloc and free (a stripped static binary?)",
+            "leaktrace needs the allocator's symbols: keep the executable's symbol table",
+        ),
+    });
+    for other in &allocators {
+        let roles = &other.roles;
+        let mut probed: Vec<String> = Vec::new();
+        if roles.new {
+            probed.push("operator new".into());
+        }
+        if roles.delete {
+            probed.push("operator delete".into());
+        }
+        probed.extend(roles.prefixes.iter().map(|p| format!("{p}malloc family")));
+        if roles.mmap {
+            probed.push("mmap call sites".into());
+        }
+        if !probed.is_empty() {
+            checks.push(Check::ok(
+                &format!("probed ({name})"),
                 format!(
-                    "{} (host path {})",
-                    libc.path.display(),
-                    libc.host_path.display()
+                    "{} {}: {}",
+                    other.name,
+                    other.path.display(),
+                    probed.join(", ")
                 ),
-            ),
-            None => Check::fail(
-                &format!("allocator ({name})"),
-                "no C library with malloc and free is mapped (statically linked?)",
-                "leaktrace traces processes that allocate through a shared libc",
-            ),
-        },
-    );
-    for cxx in allocators.iter().filter(|a| a.kind == AllocatorKind::Cxx) {
-        checks.push(Check::ok(
-            &format!("c++ runtime ({name})"),
-            format!("{}: operator new is probed too", cxx.path.display()),
-        ));
+            ));
+        }
     }
     checks.push(seccomp(pid, &name));
     checks.push(frame_pointers(&target, &mappings, &name));

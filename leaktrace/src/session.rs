@@ -19,9 +19,9 @@ use tracing::{info, warn};
 use crate::{
     analyze::History,
     budget::{self, Budget},
-    collect::{self, Snapshot, StackCache},
+    collect::{self, Mappings, Snapshot, StackCache},
     probe::{Attachment, Probes},
-    process::{AllocatorKind, Target, allocator},
+    process::{Target, allocator},
     report::{
         Report,
         build::{self, TargetSummary},
@@ -61,6 +61,10 @@ pub(crate) struct Session {
     history: History,
     stacks: StackCache,
     symbolizer: Symbolizer,
+    /// Which objects serve each target's allocations, each file's symbols read once.
+    allocators: allocator::Finder,
+    /// The anonymous mappings of every target, from the mapping events.
+    mappings: Mappings,
     /// The call chain of every site seen.
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
     last: Snapshot,
@@ -113,6 +117,8 @@ impl Session {
             history: History::default(),
             stacks: StackCache::default(),
             symbolizer: Symbolizer::new(),
+            allocators: allocator::Finder::default(),
+            mappings: Mappings::default(),
             chains: HashMap::new(),
             last: Snapshot::default(),
             started: Instant::now(),
@@ -183,21 +189,15 @@ impl Session {
     pub(crate) fn attach_runtimes(&mut self, index: usize) {
         let traced = &mut self.traced[index];
         // The mappings the symbolizer just remembered: /proc/PID/maps is read once a sample.
-        let allocators =
-            allocator::find_all(&traced.target, self.symbolizer.mappings(traced.target.pid));
+        let allocators = self
+            .allocators
+            .find_all(&traced.target, self.symbolizer.mappings(traced.target.pid));
         for lib in allocators {
             if lib.path == traced.attachment.allocator.path || traced.runtimes.contains(&lib.path) {
                 continue;
             }
             traced.runtimes.push(lib.path.clone());
-            let attached = match lib.kind {
-                AllocatorKind::Cxx => self.probes.attach_cxx(&traced.target, &lib),
-                AllocatorKind::Libc => self
-                    .probes
-                    .attach_libc(&traced.target, &lib)
-                    .map(|a| a.functions),
-            };
-            match attached {
+            match self.probes.attach_more(&traced.target, &lib) {
                 Ok(functions) => {
                     info!(pid = traced.target.pid, library = %lib.path.display(), "probed");
                     traced.attachment.functions.extend(functions);
@@ -463,7 +463,10 @@ impl Session {
                 traced.detached_at = Some(Instant::now());
             }
         }
-        let snapshot = collect::snapshot(&self.probes)?;
+        let mut snapshot = collect::snapshot(&self.probes)?;
+        self.probes
+            .drain_map_events(|event| self.mappings.apply(&event));
+        snapshot.add_mappings(&self.mappings);
         let at = self.started.elapsed().as_secs_f64();
         let over: std::collections::HashSet<u32> = self
             .traced
@@ -587,6 +590,7 @@ impl Session {
         self.last.counters.remove(&pid);
         self.history.forget(pid);
         self.symbolizer.forget(pid);
+        self.mappings.forget(pid);
     }
 
     /// What the reader should know about the trace as a whole, losses of whole processes
@@ -677,6 +681,7 @@ impl Session {
                 ns_pid: t.target.ns_pid,
                 command: t.target.command.clone(),
                 allocator: t.attachment.allocator.path.display().to_string(),
+                allocator_name: t.attachment.allocator.name.to_owned(),
                 functions: t
                     .attachment
                     .functions

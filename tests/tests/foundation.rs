@@ -67,7 +67,12 @@ fn assert_frames_documented(report: &Value) {
     let stacks = report["stacks"].as_array().expect("stacks[]");
     assert!(!stacks.is_empty());
     for stack in stacks {
-        assert_eq!(stack["kind"], "heap");
+        // Traced from exec, the loader's own mappings are there too.
+        assert!(
+            stack["kind"] == "heap" || stack["kind"] == "mmap",
+            "{}",
+            stack["kind"]
+        );
         for frame in stack["frames"].as_array().expect("frames[]") {
             for field in ["address", "function", "file", "line", "module"] {
                 assert!(frame.get(field).is_some(), "frame lacks {field}: {frame}");
@@ -223,13 +228,14 @@ fn unusable_targets_get_one_clear_line() {
         .expect("leaktrace");
     assert_one_line_error(&output, "has exited");
 
-    // A statically linked program maps no C library.
-    let static_target = Target::start(&fixture("leaky", &["-static"]), &["1"]);
+    // A stripped static program: its allocator is in it, but nothing names it. (With its
+    // symbols it is traced: see coverage.rs.)
+    let static_target = Target::start(&fixture("leaky", &["-static", "-s"]), &["1"]);
     let output = leaktrace()
         .args(["attach", &static_target.pid().to_string()])
         .output()
         .expect("leaktrace");
-    assert_one_line_error(&output, "maps no C library");
+    assert_one_line_error(&output, "maps no object that defines malloc and free");
 }
 
 #[test]

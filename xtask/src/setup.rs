@@ -11,7 +11,9 @@ use crate::shell::{self, output, succeeds};
 /// LLVM 22 matches the LLVM inside rustc 1.98, which bpf-linker must link against; bpftool lets
 /// the tests check the kernel's own list of loaded programs; musl-tools builds fixtures against
 /// musl; chromium renders the HTML report and `go tool pprof` reads the pprof one in a test;
-/// wrk loads and bpftrace runs the memleak-style reference of `cargo xtask bench`.
+/// wrk loads and bpftrace runs the memleak-style reference of `cargo xtask bench`; jemalloc
+/// (with its static library), tcmalloc and mimalloc are the replacement allocators the coverage
+/// tests trace.
 const PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -24,6 +26,9 @@ const PACKAGES: &[&str] = &[
     "golang-go",
     "wrk",
     "bpftrace",
+    "libjemalloc-dev",
+    "libgoogle-perftools4",
+    "libmimalloc2.0",
 ];
 
 /// bpf-linker built against Debian's LLVM 22 (its default features want LLVM 23).

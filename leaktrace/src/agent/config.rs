@@ -261,6 +261,7 @@ impl AgentConfig {
                 leaktrace_common::DEFAULT_MAX_STACKS,
             )?,
             stack_traces: leaktrace_common::DEFAULT_MAX_STACK_TRACES,
+            map_events_bytes: leaktrace_common::DEFAULT_MAP_EVENTS_BYTES,
         };
         let select = file.select;
         let or_file = |flag: Vec<String>, file: Option<Vec<String>>| {

@@ -4,8 +4,11 @@
 //! once per stack id and kept, since the kernel never reuses an id while its entry exists.
 
 pub mod batch;
+pub mod mappings;
 
 use std::collections::HashMap;
+
+pub use mappings::Mappings;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
 use leaktrace_common::{NUM_COUNTERS, StackFrames, StackKey, StackStats, TargetCounters};
@@ -18,6 +21,8 @@ pub struct Snapshot {
     pub sites: HashMap<StackKey, StackStats>,
     /// Per target: its counters summed over CPUs, indexed by `leaktrace_common::Counter`.
     pub counters: HashMap<u32, [u64; NUM_COUNTERS]>,
+    /// Mapping sites' reserved (`PROT_NONE`) bytes, apart from their live bytes.
+    pub reserved: HashMap<StackKey, u64>,
 }
 
 impl Snapshot {
@@ -36,6 +41,31 @@ impl Snapshot {
                 .filter(|(p, _)| **p == pid)
                 .map(|(p, c)| (*p, *c))
                 .collect(),
+            reserved: self
+                .reserved
+                .iter()
+                .filter(|(k, _)| k.tgid == pid)
+                .map(|(k, v)| (*k, *v))
+                .collect(),
+        }
+    }
+
+    /// Adds the mapping sites of [`Mappings`] to the allocator's sites.
+    pub fn add_mappings(&mut self, mappings: &Mappings) {
+        for (key, site) in mappings.sites() {
+            let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+            self.sites.insert(
+                key,
+                StackStats {
+                    live_bytes: as_i64(site.live_bytes),
+                    live_allocs: as_i64(site.live_calls),
+                    alloc_bytes: site.allocated_bytes,
+                    alloc_calls: site.calls,
+                },
+            );
+            if site.reserved_bytes > 0 {
+                self.reserved.insert(key, site.reserved_bytes);
+            }
         }
     }
 }
@@ -100,7 +130,11 @@ pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
         }
         counters.insert(pid, sum);
     }
-    Ok(Snapshot { sites, counters })
+    Ok(Snapshot {
+        sites,
+        counters,
+        reserved: HashMap::new(),
+    })
 }
 
 /// Call stacks by key, read from the probes' stack map once each.

@@ -13,8 +13,10 @@ pub enum FailOn {
     Leak,
     /// A stack whose verdict is `leak` or `growing` (stricter).
     Growing,
-    /// Memory still allocated when a process ends, at least `--min-bytes` of it (for C and C++
-    /// programs, which free what they own; not for Node, whose heap is never freed at exit).
+    /// Heap blocks still allocated when a process ends, at least `--min-bytes` of them (for C
+    /// and C++ programs, which free what they own; not for Node, whose heap is never freed at
+    /// exit). Mappings do not count: a process leaves its loader's and its threads' mappings to
+    /// the kernel at exit, as LeakSanitizer and valgrind do.
     Outstanding,
 }
 
@@ -31,7 +33,7 @@ impl FailOn {
         match self {
             Self::Leak => stack.growth.verdict == crate::analyze::growth::Verdict::Leak,
             Self::Growing => stack.growth.verdict.is_suspect(),
-            Self::Outstanding => stack.live_bytes > 0,
+            Self::Outstanding => stack.kind == "heap" && stack.live_bytes > 0,
         }
     }
 }

@@ -12,6 +12,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::PerCpuValues,
+    maps::{MapData, RingBuf},
     programs::{
         RawTracePoint, UProbe,
         raw_trace_point::RawTracePointLinkId,
@@ -20,7 +21,8 @@ use aya::{
     util::nr_cpus,
 };
 use leaktrace_common::{
-    LiveAlloc, LiveKey, PendingCall, Sampling, StackFrames, StackKey, StackStats, TargetCounters,
+    LiveAlloc, LiveKey, MapEvent, PendingCall, Sampling, StackFrames, StackKey, StackStats,
+    TargetCounters,
 };
 use tracing::{debug, warn};
 
@@ -32,6 +34,8 @@ pub struct MapLimits {
     pub live_allocs: u32,
     pub stacks: u32,
     pub stack_traces: u32,
+    /// Bytes of the mapping event ring (a power of two, at least a page).
+    pub map_events_bytes: u32,
 }
 
 /// What the attached programs do.
@@ -51,6 +55,7 @@ impl Default for MapLimits {
             live_allocs: leaktrace_common::DEFAULT_MAX_LIVE_ALLOCS,
             stacks: leaktrace_common::DEFAULT_MAX_STACKS,
             stack_traces: leaktrace_common::DEFAULT_MAX_STACK_TRACES,
+            map_events_bytes: leaktrace_common::DEFAULT_MAP_EVENTS_BYTES,
         }
     }
 }
@@ -70,7 +75,7 @@ pub enum ProbeError {
     },
     #[error("attaching {function} in {library} for PID {pid}: {source}")]
     Attach {
-        function: &'static str,
+        function: String,
         library: String,
         pid: u32,
         #[source]
@@ -82,24 +87,16 @@ pub enum ProbeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{library} has no `{function}` symbol: it is not a C library leaktrace can trace")]
-    MissingSymbol {
-        library: String,
-        function: &'static str,
-    },
+    #[error("{library} has no `{function}` symbol: it is not an allocator leaktrace can trace")]
+    MissingSymbol { library: String, function: String },
     #[error(
         "`{function}` in {library} is an alias of another allocation function with other \
          arguments; leaktrace cannot trace this library"
     )]
-    Alias {
-        library: String,
-        function: &'static str,
-    },
+    Alias { library: String, function: String },
     #[error("`{function}` in {library} starts with instructions the kernel cannot probe")]
-    Unprobeable {
-        library: String,
-        function: &'static str,
-    },
+    Unprobeable { library: String, function: String },
+
     #[error("{0} is missing from the probes object (a build problem: rebuild leaktrace)")]
     Missing(&'static str),
     #[error("updating the target table: {0}")]
@@ -110,57 +107,131 @@ pub enum ProbeError {
     NoPid,
 }
 
-/// One allocator function: the program that serves it and whether its result is needed.
+/// One probed function: the program that serves it, and whether its result is needed.
 struct Hook {
-    function: &'static str,
+    function: String,
     program: &'static str,
     returns: bool,
     required: bool,
 }
 
-/// The allocator functions traced, and the entry program that reads each one's arguments.
-const HOOKS: &[Hook] = &[
-    hook("malloc", "alloc_size_arg0", true),
-    hook("calloc", "calloc_enter", true),
-    hook("realloc", "realloc_enter", true),
-    hook("reallocarray", "reallocarray_enter", false),
-    hook("valloc", "alloc_size_arg0", false),
-    hook("pvalloc", "alloc_size_arg0", false),
-    hook("memalign", "alloc_size_arg1", false),
-    hook("aligned_alloc", "alloc_size_arg1", false),
-    hook("posix_memalign", "posix_memalign_enter", false),
-];
-
-/// The C++ runtime's `operator new` family: new, new[], nothrow and aligned, all with the size
-/// first. The deletes are not probed: they reach `free`, which is.
-const CXX_HOOKS: &[Hook] = &[
-    hook("_Znwm", "alloc_size_arg0", false),
-    hook("_Znam", "alloc_size_arg0", false),
-    hook("_ZnwmRKSt9nothrow_t", "alloc_size_arg0", false),
-    hook("_ZnamRKSt9nothrow_t", "alloc_size_arg0", false),
-    hook("_ZnwmSt11align_val_t", "alloc_size_arg0", false),
-    hook("_ZnamSt11align_val_t", "alloc_size_arg0", false),
-    hook(
-        "_ZnwmSt11align_val_tRKSt9nothrow_t",
-        "alloc_size_arg0",
-        false,
-    ),
-    hook(
-        "_ZnamSt11align_val_tRKSt9nothrow_t",
-        "alloc_size_arg0",
-        false,
-    ),
-];
-
-const fn hook(function: &'static str, program: &'static str, required: bool) -> Hook {
-    Hook {
-        function,
-        program,
-        returns: true,
-        required,
+impl Hook {
+    fn new(function: String, program: &'static str, required: bool) -> Self {
+        Self {
+            returns: program != FREE_PROGRAM,
+            function,
+            program,
+            required,
+        }
     }
 }
 
+/// The `malloc` family under `prefix`, with its `free` (required when `required`), jemalloc's
+/// non-standard API (`mallocx`, `rallocx`, `dallocx`, `sdallocx`) and mimalloc's (`mi_zalloc`
+/// and the like) where they exist. Sizes are what was asked for: `rallocx` and `mi_reallocn`
+/// behave as `realloc` and `reallocarray`, the `*dallocx` and `mi_free_*` as guarded frees.
+fn malloc_hooks(prefix: &str, required: bool) -> Vec<Hook> {
+    const FAMILY: &[(&str, &str, bool)] = &[
+        ("malloc", ALLOC_ARG0, true),
+        ("free", FREE_PROGRAM, true),
+        ("calloc", "calloc_enter", true),
+        ("realloc", "realloc_enter", true),
+        ("reallocarray", "reallocarray_enter", false),
+        ("valloc", ALLOC_ARG0, false),
+        ("pvalloc", ALLOC_ARG0, false),
+        ("memalign", ALLOC_ARG1, false),
+        ("aligned_alloc", ALLOC_ARG1, false),
+        ("posix_memalign", "posix_memalign_enter", false),
+        ("mallocx", ALLOC_ARG0, false),
+        ("rallocx", "realloc_enter", false),
+        ("dallocx", FREE_GUARDED, false),
+        ("sdallocx", FREE_GUARDED, false),
+        ("zalloc", ALLOC_ARG0, false),
+        ("mallocn", "calloc_enter", false),
+        ("reallocn", "reallocarray_enter", false),
+        ("malloc_aligned", ALLOC_ARG0, false),
+        ("zalloc_aligned", ALLOC_ARG0, false),
+        ("realloc_aligned", "realloc_enter", false),
+        ("free_size", FREE_GUARDED, false),
+        ("free_aligned", FREE_GUARDED, false),
+    ];
+    FAMILY
+        .iter()
+        .map(|&(name, program, needed)| {
+            Hook::new(format!("{prefix}{name}"), program, needed && required)
+        })
+        .collect()
+}
+
+/// The `operator new` family: new, new[], nothrow and aligned, all with the size first.
+const NEW: &[&str] = &[
+    "_Znwm",
+    "_Znam",
+    "_ZnwmRKSt9nothrow_t",
+    "_ZnamRKSt9nothrow_t",
+    "_ZnwmSt11align_val_t",
+    "_ZnamSt11align_val_t",
+    "_ZnwmSt11align_val_tRKSt9nothrow_t",
+    "_ZnamSt11align_val_tRKSt9nothrow_t",
+];
+
+/// The `operator delete` family: plain, sized, nothrow and aligned, all with the pointer first.
+const DELETE: &[&str] = &[
+    "_ZdlPv",
+    "_ZdaPv",
+    "_ZdlPvm",
+    "_ZdaPvm",
+    "_ZdlPvRKSt9nothrow_t",
+    "_ZdaPvRKSt9nothrow_t",
+    "_ZdlPvSt11align_val_t",
+    "_ZdaPvSt11align_val_t",
+    "_ZdlPvmSt11align_val_t",
+    "_ZdaPvmSt11align_val_t",
+    "_ZdlPvSt11align_val_tRKSt9nothrow_t",
+    "_ZdaPvSt11align_val_tRKSt9nothrow_t",
+];
+
+/// Everything to probe in one object, for its roles.
+fn hooks_for(roles: &crate::process::Roles) -> Vec<Hook> {
+    let mut hooks = Vec::new();
+    if roles.malloc {
+        hooks.extend(malloc_hooks("", true));
+    }
+    for prefix in &roles.prefixes {
+        hooks.extend(malloc_hooks(prefix, false));
+    }
+    if roles.new {
+        hooks.extend(
+            NEW.iter()
+                .map(|f| Hook::new((*f).to_owned(), ALLOC_ARG0, false)),
+        );
+    }
+    if roles.delete {
+        hooks.extend(
+            DELETE
+                .iter()
+                .map(|f| Hook::new((*f).to_owned(), FREE_GUARDED, false)),
+        );
+    }
+    if roles.mmap {
+        hooks.push(Hook::new("mmap".to_owned(), MMAP_PROGRAM, false));
+    }
+    hooks
+}
+
+/// Whether two programs may share one address: the same program, or two kinds of free (the
+/// first one placed counts the block once).
+fn compatible(a: &str, b: &str) -> bool {
+    a == b
+        || [a, b]
+            .iter()
+            .all(|p| *p == FREE_PROGRAM || *p == FREE_GUARDED)
+}
+
+const ALLOC_ARG0: &str = "alloc_size_arg0";
+const ALLOC_ARG1: &str = "alloc_size_arg1";
+const FREE_GUARDED: &str = "free_guarded";
+const MMAP_PROGRAM: &str = "mmap_enter";
 const RETURN_PROGRAM: &str = "alloc_return";
 const FREE_PROGRAM: &str = "free_enter";
 const EMPTY_ENTRY: &str = "empty_enter";
@@ -168,8 +239,10 @@ const EMPTY_RETURN: &str = "empty_return";
 const PROGRAMS: &[&str] = &[
     EMPTY_ENTRY,
     EMPTY_RETURN,
-    "alloc_size_arg0",
-    "alloc_size_arg1",
+    ALLOC_ARG0,
+    ALLOC_ARG1,
+    FREE_GUARDED,
+    MMAP_PROGRAM,
     "calloc_enter",
     "realloc_enter",
     "reallocarray_enter",
@@ -242,7 +315,7 @@ fn free_note(placed: &placement::Placement, library: &str) -> Result<String, Pro
         Why::Unprobeable => {
             return Err(ProbeError::Unprobeable {
                 library: library.to_string(),
-                function: "free",
+                function: "free".to_owned(),
             });
         }
     })
@@ -258,9 +331,17 @@ pub struct FreePlacement {
 /// What attaching to one target did.
 #[derive(Clone, Debug)]
 pub struct Attachment {
+    /// The object that serves `malloc`.
     pub allocator: Allocator,
-    pub functions: Vec<&'static str>,
+    /// Every function probed, in every object.
+    pub functions: Vec<String>,
     pub free: FreePlacement,
+}
+
+/// What attaching to one object did.
+struct Attached {
+    functions: Vec<String>,
+    free: Option<FreePlacement>,
 }
 
 /// The loaded probes and their attachments. Dropping it detaches everything: the kernel removes
@@ -273,6 +354,8 @@ pub struct Probes {
     /// every process (the kernel filters by the target table instead of by PID).
     follow: Option<RawTracePointLinkId>,
     attached_files: HashSet<(&'static str, std::path::PathBuf)>,
+    /// Mapping changes of targets, in order (see `leaktrace-ebpf`'s `mapping`).
+    map_events: Option<RingBuf<MapData>>,
 }
 
 /// The probability of recording an allocation in each bucket of
@@ -323,6 +406,10 @@ fn attach_raw_tracepoint(
     program.attach(tracepoint).map_err(program_err)
 }
 
+/// The programs on the syscall tracepoints, for mappings: (program, tracepoint).
+const SYSCALL_PROGRAMS: &[(&str, &str)] =
+    &[("syscall_enter", "sys_enter"), ("syscall_exit", "sys_exit")];
+
 fn process_scope(pid: u32) -> Result<UProbeScope, ProbeError> {
     NonZeroU32::new(pid)
         .map(UProbeScope::OneProcess)
@@ -338,26 +425,30 @@ fn read_library(allocator: &Allocator) -> Result<Vec<u8>, ProbeError> {
 }
 
 impl Probes {
-    /// Attaches the entry (and return) program of each hook found in `elf`.
+    /// Attaches the programs of each hook found in `elf`: one multi-uprobe link per program.
     fn attach_functions(
         &mut self,
         target: &Target,
-        allocator: &Allocator,
+        object: &Allocator,
         elf: &[u8],
         hooks: &[Hook],
-    ) -> Result<Vec<&'static str>, ProbeError> {
-        let library = allocator.host_path.display().to_string();
+    ) -> Result<Attached, ProbeError> {
+        let library = object.host_path.display().to_string();
         let scope = self.scope(target.pid)?;
-        let mut functions = Vec::new();
+        let mut attached = Attached {
+            functions: Vec::new(),
+            free: None,
+        };
         // Offsets already probed, with the program there: glibc's aligned_alloc is an alias of
-        // memalign, and two probes at one address would both fire on every call.
+        // memalign, tcmalloc's operator delete of free, and two probes at one address would
+        // both fire on every call.
         let mut probed: HashMap<u64, &'static str> = HashMap::new();
-        let mut by_program: Vec<(&'static str, Vec<(&'static str, u64)>)> = Vec::new();
+        let mut by_program: Vec<(&'static str, Vec<(String, u64)>)> = Vec::new();
         let mut returns = Vec::new();
         for hook in hooks {
             let code = match placement::function_bytes(
                 elf,
-                hook.function,
+                &hook.function,
                 placement::MAX_SCAN_BYTES,
             ) {
                 Ok(code) => code,
@@ -365,7 +456,7 @@ impl Probes {
                     debug!(%err, function = hook.function, "symbol lookup failed");
                     return Err(ProbeError::MissingSymbol {
                         library,
-                        function: hook.function,
+                        function: hook.function.clone(),
                     });
                 }
                 Err(err) => {
@@ -374,40 +465,65 @@ impl Probes {
                 }
             };
             if let Some(&program) = probed.get(&code.file_offset) {
-                debug!(
-                    function = hook.function,
-                    "an alias of a function already probed"
-                );
-                if program == hook.program {
-                    functions.push(hook.function);
+                if compatible(program, hook.program) {
+                    debug!(
+                        function = hook.function,
+                        "an alias of a function already probed"
+                    );
+                    attached.functions.push(hook.function.clone());
                     continue;
                 }
-                return Err(ProbeError::Alias {
-                    library,
-                    function: hook.function,
-                });
+                if hook.required {
+                    return Err(ProbeError::Alias {
+                        library,
+                        function: hook.function.clone(),
+                    });
+                }
+                warn!(
+                    function = hook.function,
+                    library, "an alias of another allocation function: not probed"
+                );
+                continue;
             }
             probed.insert(code.file_offset, hook.program);
-            let Some(offset) = entry_offset(&code, hook.function, &library) else {
-                continue;
+            let offset = if hook.program == FREE_PROGRAM {
+                // Entry only: it reads the pointer and nothing else.
+                let placed = placement::choose(
+                    &code.bytes,
+                    code.address,
+                    placement::Needs {
+                        arg_regs: &[iced_x86::Register::RDI],
+                        stack_pointer: false,
+                    },
+                );
+                attached.free = Some(FreePlacement {
+                    offset: placed.offset,
+                    note: free_note(&placed, &library)?,
+                });
+                placed.offset
+            } else {
+                let Some(offset) = entry_offset(&code, &hook.function, &library) else {
+                    continue;
+                };
+                offset
             };
             let at = code.file_offset + offset;
             match by_program.iter_mut().find(|(p, _)| *p == hook.program) {
-                Some((_, points)) => points.push((hook.function, at)),
-                None => by_program.push((hook.program, vec![(hook.function, at)])),
+                Some((_, points)) => points.push((hook.function.clone(), at)),
+                None => by_program.push((hook.program, vec![(hook.function.clone(), at)])),
             }
             if hook.returns {
-                returns.push((hook.function, at));
+                returns.push((hook.function.clone(), at));
             }
-            functions.push(hook.function);
+            attached.functions.push(hook.function.clone());
         }
         // One multi-uprobe link per program: attaching and, above all, detaching cost one
         // kernel grace period per link, not per function.
         by_program.push((RETURN_PROGRAM, returns));
         for (program, points) in &by_program {
-            self.attach_many(program, points, &allocator.host_path, scope, target.pid)?;
+            self.attach_many(program, points, &object.host_path, scope, target.pid)?;
         }
-        Ok(functions)
+        Ok(attached)
     }
 
     /// Loads the probes with the given map capacities. With `follow`, every process a target
@@ -428,6 +544,7 @@ impl Probes {
                 .override_global("TASK_TGID_OFFSET", &offsets.tgid, true);
         }
         let mut ebpf = loader
+            .map_max_entries("MAP_EVENTS", limits.map_events_bytes)
             .map_max_entries("LIVE", limits.live_allocs)
             .map_max_entries("STACK_STATS", limits.stacks)
             .map_max_entries("STACKS", limits.stack_traces)
@@ -455,12 +572,25 @@ impl Probes {
             None => None,
         };
         attach_raw_tracepoint(&mut ebpf, EXEC_PROGRAM, "sched_process_exec")?;
+        let map_events = if mode == ProbeMode::Trace {
+            // Their links live as long as the loaded object.
+            for &(name, tracepoint) in SYSCALL_PROGRAMS {
+                attach_raw_tracepoint(&mut ebpf, name, tracepoint)?;
+            }
+            let map = ebpf
+                .take_map("MAP_EVENTS")
+                .ok_or(ProbeError::Missing("MAP_EVENTS"))?;
+            Some(RingBuf::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))?)
+        } else {
+            None
+        };
         Ok(Self {
             ebpf,
             mode,
             links: HashMap::new(),
             follow,
             attached_files: HashSet::new(),
+            map_events,
         })
     }
 
@@ -505,97 +635,59 @@ impl Probes {
         &self.ebpf
     }
 
-    /// Starts tracing `target`: registers it with the probes, then attaches them to its allocator.
+    /// Starts tracing `target`: registers it with the probes, then attaches them to the object
+    /// that serves its `malloc`.
     pub fn attach(
         &mut self,
         target: &Target,
         allocator: &Allocator,
     ) -> Result<Attachment, ProbeError> {
         self.register(target.pid)?;
-        match self.attach_hooks(target, allocator) {
-            Ok(attachment) => Ok(attachment),
-            Err(err) => {
-                self.detach(target.pid);
-                Err(err)
-            }
-        }
-    }
-
-    /// Attaches the C++ runtime's `operator new` family for an already registered target.
-    ///
-    /// libstdc++ is built without frame pointers: probed only at `malloc`, a C++ allocation's
-    /// stack would lose the function that called `new`. Probed at `operator new`, whose entry
-    /// still has the caller's return address on top and its frame pointer in `rbp`, the stack is
-    /// whole, and the `malloc` inside is a nested call, counted once.
-    pub fn attach_cxx(
-        &mut self,
-        target: &Target,
-        runtime: &Allocator,
-    ) -> Result<Vec<&'static str>, ProbeError> {
-        let elf = read_library(runtime)?;
-        self.attach_functions(target, runtime, &elf, CXX_HOOKS)
-    }
-
-    /// Attaches to another C library of an already registered target (a command that exec'd
-    /// into a program linked against a different libc than the tracer's).
-    pub fn attach_libc(
-        &mut self,
-        target: &Target,
-        libc: &Allocator,
-    ) -> Result<Attachment, ProbeError> {
-        self.attach_hooks(target, libc)
-    }
-
-    fn attach_hooks(
-        &mut self,
-        target: &Target,
-        allocator: &Allocator,
-    ) -> Result<Attachment, ProbeError> {
-        let library = allocator.host_path.display().to_string();
-        let elf = read_library(allocator)?;
-        let mut functions = self.attach_functions(target, allocator, &elf, HOOKS)?;
-        let scope = self.scope(target.pid)?;
-
-        let free =
-            placement::function_bytes(&elf, "free", placement::MAX_SCAN_BYTES).map_err(|err| {
-                debug!(%err, "free lookup failed");
-                ProbeError::MissingSymbol {
-                    library: library.clone(),
-                    function: "free",
-                }
+        let attached = self.attach_object(target, allocator).and_then(|attached| {
+            let free = attached.free.ok_or_else(|| ProbeError::MissingSymbol {
+                library: allocator.host_path.display().to_string(),
+                function: "free".to_owned(),
             })?;
-        let placed = placement::choose(
-            &free.bytes,
-            free.address,
-            placement::Needs {
-                arg_regs: &[iced_x86::Register::RDI],
-                stack_pointer: false,
-            },
-        );
-        let note = free_note(&placed, &library)?;
-        self.attach_many(
-            FREE_PROGRAM,
-            &[("free", free.file_offset + placed.offset)],
-            &allocator.host_path,
-            scope,
-            target.pid,
-        )?;
-        functions.push("free");
-        Ok(Attachment {
-            allocator: allocator.clone(),
-            functions,
-            free: FreePlacement {
-                offset: placed.offset,
-                note,
-            },
-        })
+            Ok(Attachment {
+                allocator: allocator.clone(),
+                functions: attached.functions,
+                free,
+            })
+        });
+        if attached.is_err() {
+            self.detach(target.pid);
+        }
+        attached
+    }
+
+    /// Attaches to one more object of an already registered target, for its roles: the C++
+    /// runtime's `operator new` (libstdc++ keeps no frame pointers: probed only at `malloc`, a
+    /// C++ allocation's stack would lose the function that called `new`; probed at `operator
+    /// new`, the `malloc` inside is a nested call, counted once), the C library's `mmap`, an
+    /// allocator's prefixed API, or the allocator of an image the target exec'd. Returns the
+    /// functions probed.
+    pub fn attach_more(
+        &mut self,
+        target: &Target,
+        object: &Allocator,
+    ) -> Result<Vec<String>, ProbeError> {
+        self.attach_object(target, object).map(|a| a.functions)
+    }
+
+    fn attach_object(
+        &mut self,
+        target: &Target,
+        object: &Allocator,
+    ) -> Result<Attached, ProbeError> {
+        let elf = read_library(object)?;
+        self.attach_functions(target, object, &elf, &hooks_for(&object.roles))
     }
 
     /// Attaches one program at one location of `library` for `pid`.
     fn attach_many(
         &mut self,
         program: &'static str,
-        points: &[(&'static str, u64)],
+        points: &[(String, u64)],
         library: &std::path::Path,
         scope: UProbeScope,
         pid: u32,
@@ -623,7 +715,7 @@ impl Probes {
         let link = prog
             .attach(locations, library, scope)
             .map_err(|source| ProbeError::Attach {
-                function: points[0].0,
+                function: points[0].0.clone(),
                 library: library.display().to_string(),
                 pid,
                 source: Box::new(source),
@@ -681,6 +773,20 @@ impl Probes {
             .and_then(|map| aya::maps::Array::<&aya::maps::MapData, u64>::try_from(map).ok())
             .and_then(|slot| slot.get(&0, 0).ok())
             .unwrap_or(0)
+    }
+
+    /// Hands every mapping event waiting in the ring to `each`, oldest first.
+    pub fn drain_map_events(&mut self, mut each: impl FnMut(MapEvent)) {
+        let Some(ring) = self.map_events.as_mut() else {
+            return;
+        };
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<MapEvent>() {
+                // SAFETY: the probes write whole `MapEvent`s, plain data for which any bytes are
+                // valid; the read is unaligned-safe.
+                each(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<MapEvent>()) });
+            }
+        }
     }
 
     /// How many times `pid` has exec'd since it became a target.

@@ -4,13 +4,14 @@ pub mod allocator;
 pub mod cgroup;
 pub mod maps;
 pub mod spawn;
+pub mod symbols;
 
 use std::{
     fs, io,
     path::{Path, PathBuf},
 };
 
-pub use allocator::{Allocator, AllocatorKind};
+pub use allocator::{Allocator, Roles};
 
 /// Why a process cannot be traced.
 #[derive(Debug, thiserror::Error)]
@@ -24,8 +25,8 @@ pub enum ProcessError {
         source: io::Error,
     },
     #[error(
-        "process {pid} ({command}) maps no C library with malloc and free (statically linked or \
-         a kernel thread?); leaktrace traces processes that allocate through libc"
+        "process {pid} ({command}) maps no object that defines malloc and free (a stripped static \
+         binary, or a kernel thread?); leaktrace needs the allocator's symbols"
     )]
     NoAllocator { pid: u32, command: String },
 }
@@ -115,13 +116,15 @@ impl Target {
         }
     }
 
-    /// The C library this process allocates through.
+    /// The object that serves this process's `malloc`.
     pub fn allocator(&self) -> Result<Allocator, ProcessError> {
         let mappings = self.mappings()?;
-        allocator::find(self, &mappings).ok_or_else(|| ProcessError::NoAllocator {
-            pid: self.pid,
-            command: self.command.clone(),
-        })
+        allocator::Finder::default()
+            .find(self, &mappings)
+            .ok_or_else(|| ProcessError::NoAllocator {
+                pid: self.pid,
+                command: self.command.clone(),
+            })
     }
 }
 

@@ -25,6 +25,7 @@ pub struct TargetSummary {
     pub ns_pid: u32,
     pub command: String,
     pub allocator: String,
+    pub allocator_name: String,
     pub functions: Vec<String>,
     pub free_probe: String,
     pub alive_at_end: bool,
@@ -66,9 +67,15 @@ pub fn build(inputs: Inputs<'_>) -> Report {
     let mut sites: Vec<(&StackKey, &StackStats)> = inputs.last.sites.iter().collect();
     for (key, stats) in &sites {
         let totals = per_target.entry(key.tgid).or_default();
-        totals.live_bytes += stats.live_bytes;
-        totals.live_allocs += stats.live_allocs;
-        totals.allocated_bytes += stats.alloc_bytes;
+        if key.kind == AllocKind::Mmap as u32 {
+            totals.mapped_bytes += stats.live_bytes;
+            totals.mappings += stats.live_allocs;
+            totals.reserved_bytes += inputs.last.reserved.get(key).copied().unwrap_or(0);
+        } else {
+            totals.live_bytes += stats.live_bytes;
+            totals.live_allocs += stats.live_allocs;
+            totals.allocated_bytes += stats.alloc_bytes;
+        }
     }
     sites.sort_by(|(ka, a), (kb, b)| {
         b.live_bytes
@@ -94,6 +101,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 live_allocs: stats.live_allocs,
                 allocated_bytes: stats.alloc_bytes,
                 alloc_calls: stats.alloc_calls,
+                reserved_bytes: inputs.last.reserved.get(key).copied().unwrap_or(0),
                 growth: growth::classify(match exits.get(&key.tgid) {
                     Some(&exited) => crate::analyze::before_exit(&series, exited, teardown),
                     None => &series,
@@ -131,6 +139,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 ns_pid: t.ns_pid,
                 command: t.command,
                 allocator: t.allocator,
+                allocator_name: t.allocator_name,
                 functions: t.functions,
                 free_probe: t.free_probe,
                 alive_at_end: t.alive_at_end,
@@ -207,6 +216,7 @@ fn counter_totals(c: &[u64; NUM_COUNTERS]) -> Totals {
             pending_map_full: n(Counter::PendingMapFull),
             missed_frees: n(Counter::MissedFrees),
             missed_returns: n(Counter::MissedReturns),
+            map_events_lost: n(Counter::MapEventsLost),
         },
         ..Totals::default()
     }

@@ -211,6 +211,9 @@ mod render_tests {
             alloc_calls: 4,
             free_calls: 1,
             failed_allocs: 0,
+            mapped_bytes: 0,
+            mappings: 0,
+            reserved_bytes: 0,
             losses: Losses {
                 unknown_frees: 2,
                 ..Losses::default()
@@ -233,6 +236,7 @@ mod render_tests {
                 ns_pid: 42,
                 command: "./app --flag".into(),
                 allocator: "/usr/lib/libc.so.6".into(),
+                allocator_name: "glibc".into(),
                 functions: vec!["malloc".into(), "free".into()],
                 free_probe: "at +3".into(),
                 alive_at_end: true,
@@ -243,6 +247,7 @@ mod render_tests {
             totals,
             origins: Vec::new(),
             stacks: vec![StackReport {
+                reserved_bytes: 0,
                 pid: 42,
                 kind: "heap".into(),
                 live_bytes: 3000,
@@ -289,9 +294,9 @@ mod render_tests {
         let expected = "\
 leaktrace: traced 1 process for 3.0s (interval 1s), ended by duration
   PID 42  ./app --flag  [running]
-    allocator /usr/lib/libc.so.6 (free probe at +3)
+    allocator glibc /usr/lib/libc.so.6 (free probe at +3)
     live 2.9 KiB in 3 blocks; allocated 6.9 KiB in 4 calls; 1 frees, 0 failed allocations
-    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stacks not stored, 0 stacks truncated, 0 in-flight map full, 0 missed frees, 0 missed returns
+    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stacks not stored, 0 stacks truncated, 0 in-flight map full, 0 missed frees, 0 missed returns, 0 mapping events lost
 
 Leak suspects, fastest growing first (1 of 1):
 ";

@@ -106,8 +106,12 @@ pub struct TargetReport {
     /// The PID inside the process's PID namespace (as a container sees it).
     pub ns_pid: u32,
     pub command: String,
-    /// The allocator library probed, as the host reaches it.
+    /// The object that serves the process's `malloc`, as the process names it.
     pub allocator: String,
+    /// Which allocator that is: `glibc`, `musl`, `jemalloc`, `tcmalloc`, `mimalloc`, or
+    /// `allocator` when its symbols do not say.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub allocator_name: String,
     pub functions: Vec<String>,
     /// Where the `free` probe sits: an offset past the function's entry, and why.
     pub free_probe: String,
@@ -124,12 +128,22 @@ pub struct TargetReport {
 /// Totals and loss counters. Losses are never hidden: each one is reported, zero or not.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
+    /// Heap blocks (allocator calls); mappings are counted apart, below.
     pub live_bytes: i64,
     pub live_allocs: i64,
     pub allocated_bytes: u64,
     pub alloc_calls: u64,
     pub free_calls: u64,
     pub failed_allocs: u64,
+    /// Anonymous mappings made outside the allocator: bytes mapped with some access...
+    #[serde(default)]
+    pub mapped_bytes: i64,
+    /// ...in this many mapping calls with a page still mapped...
+    #[serde(default)]
+    pub mappings: i64,
+    /// ...and bytes mapped `PROT_NONE` (reserved address space, not memory in use).
+    #[serde(default)]
+    pub reserved_bytes: u64,
     pub losses: Losses,
 }
 
@@ -152,6 +166,10 @@ pub struct Losses {
     pub missed_frees: u64,
     /// Allocation calls whose return was not seen (longjmp, or a return probe not placed).
     pub missed_returns: u64,
+    /// Mapping changes lost because the event ring was full (raise `--map-events-bytes`):
+    /// mapped bytes may be off by what they did.
+    #[serde(default)]
+    pub map_events_lost: u64,
 }
 
 impl std::fmt::Display for Losses {
@@ -161,7 +179,7 @@ impl std::fmt::Display for Losses {
             f,
             "{} unknown frees (allocated before attach), {} live-map full, {} stack-map full, \
              {} stacks not stored, {} stacks truncated, {} in-flight map full, {} missed frees, \
-             {} missed returns",
+             {} missed returns, {} mapping events lost",
             self.unknown_frees,
             self.live_map_full,
             self.stack_map_full,
@@ -170,6 +188,7 @@ impl std::fmt::Display for Losses {
             self.pending_map_full,
             self.missed_frees,
             self.missed_returns,
+            self.map_events_lost,
         )
     }
 }
@@ -183,6 +202,9 @@ impl Totals {
         self.alloc_calls += other.alloc_calls;
         self.free_calls += other.free_calls;
         self.failed_allocs += other.failed_allocs;
+        self.mapped_bytes += other.mapped_bytes;
+        self.mappings += other.mappings;
+        self.reserved_bytes += other.reserved_bytes;
         let (l, o) = (&mut self.losses, &other.losses);
         l.unknown_frees += o.unknown_frees;
         l.live_map_full += o.live_map_full;
@@ -192,18 +214,23 @@ impl Totals {
         l.pending_map_full += o.pending_map_full;
         l.missed_frees += o.missed_frees;
         l.missed_returns += o.missed_returns;
+        l.map_events_lost += o.map_events_lost;
     }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StackReport {
     pub pid: u32,
-    /// `heap` for allocator blocks.
+    /// `heap` for allocator blocks, `mmap` for anonymous mappings.
     pub kind: String,
+    /// For `mmap`: bytes mapped with some access (reserved address space is apart).
     pub live_bytes: i64,
     pub live_allocs: i64,
     pub allocated_bytes: u64,
     pub alloc_calls: u64,
+    /// For `mmap`: bytes mapped `PROT_NONE`, address space reserved but not memory in use.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub reserved_bytes: u64,
     /// Trend of this site's live bytes over the trace.
     pub growth: Growth,
     /// What kind of memory this site allocates.
@@ -231,4 +258,8 @@ pub struct Frame {
     pub inlined: bool,
     /// Where the name came from: `dwarf`, `symtab` (ELF symbols only), `perf-map`.
     pub source: Option<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -65,8 +65,8 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
         );
         let _ = writeln!(
             out,
-            "    allocator {} (free probe {})",
-            target.allocator, target.free_probe
+            "    allocator {} {} (free probe {})",
+            target.allocator_name, target.allocator, target.free_probe
         );
         let tt = &target.totals;
         let _ = writeln!(
@@ -79,6 +79,15 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
             tt.free_calls,
             tt.failed_allocs,
         );
+        if tt.mappings > 0 || tt.reserved_bytes > 0 {
+            let _ = writeln!(
+                out,
+                "    mapped {} in {} mappings, and {} reserved",
+                bytes(tt.mapped_bytes),
+                tt.mappings,
+                bytes(tt.reserved_bytes as i64),
+            );
+        }
         let _ = writeln!(out, "    losses: {}", tt.losses);
         for note in &target.notes {
             let _ = writeln!(out, "    note: {note}");
@@ -140,9 +149,21 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
 }
 
 fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
+    let (what, reserved) = if s.kind == "mmap" {
+        (
+            "mappings",
+            if s.reserved_bytes > 0 {
+                format!(" + {} reserved", bytes(s.reserved_bytes as i64))
+            } else {
+                String::new()
+            },
+        )
+    } else {
+        ("blocks", String::new())
+    };
     let _ = writeln!(
         out,
-        "\n#{rank}  {} live in {} blocks  ({} allocated in {} calls)  {} {}/s {}  [pid {}, {}, {}]",
+        "\n#{rank}  {} live in {} {what}{reserved}  ({} allocated in {} calls)  {} {}/s {}  [pid {}, {}, {}]",
         bytes(s.live_bytes),
         s.live_allocs,
         bytes(s.allocated_bytes as i64),

@@ -1,0 +1,192 @@
+//! Probes on the mapping syscalls of targets: `mmap`, `munmap`, `mremap` and `mprotect`.
+//!
+//! Mappings are ranges that can be cut, overlaid and moved, which needs interval arithmetic the
+//! probes cannot do. They send each change through the `MAP_EVENTS` ring instead, and the tracer
+//! keeps the ranges. Removals are sent at syscall entry and insertions at exit, so that the
+//! ring's order is the order the address space changed in (once a range is unmapped, another
+//! thread may be handed it at once).
+//!
+//! Attached at the syscall tracepoints, not at the C library's wrappers: they see mappings made
+//! without the C library (raw syscalls, static binaries, runtimes with their own wrappers). Raw
+//! tracepoints need no tracefs, and fentry on `__x64_sys_*`, which would fire for these syscalls
+//! only, is refused on kernels in integrity lockdown; every other syscall costs one compare (at
+//! entry) or one read (at exit). The C library's `mmap` is also probed
+//! ([`crate::alloc::mmap_enter`]) only to name the call site, which its wrapper's frame hides
+//! from a walk that starts in the syscall.
+
+use aya_ebpf::{
+    bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use leaktrace_common::{AllocKind, AllocOp, Counter, MapEvent, MapOp, StackKey};
+
+use crate::{
+    account::{bump, current_target},
+    maps::{MAP_EVENTS, PENDING},
+    site,
+};
+
+const MAP_FIXED: u64 = 0x10;
+const MAP_ANONYMOUS: u64 = 0x20;
+
+/// Who is making the syscall.
+enum Caller {
+    /// The program itself (or a runtime), not inside any probed call.
+    Program,
+    /// The C library's `mmap`, called from the site it names.
+    Wrapper(StackKey),
+    /// An allocator serving a traced call: its mappings are the blocks it hands out, which the
+    /// allocation probes count.
+    Allocator,
+}
+
+#[inline(always)]
+fn caller(pid_tgid: u64) -> Caller {
+    match PENDING.get_ptr(&pid_tgid) {
+        None => Caller::Program,
+        // SAFETY: the entry belongs to this thread; no other thread writes it.
+        Some(call) => unsafe {
+            if (*call).op == AllocOp::Mmap as u32 && (*call).depth == 1 {
+                Caller::Wrapper((*call).site)
+            } else {
+                Caller::Allocator
+            }
+        },
+    }
+}
+
+/// The user registers the syscall was made with (arguments in rdi, rsi, rdx, r10, r8).
+#[inline(always)]
+fn user_regs(regs: *const pt_regs) -> Option<pt_regs> {
+    // SAFETY: a kernel-memory read through the helper, checked by it.
+    unsafe { bpf_probe_read_kernel(regs) }.ok()
+}
+
+/// The calling target thread, its counters and registers, unless the call is an allocator's.
+#[inline(always)]
+fn target_call(regs: *const pt_regs) -> Option<(u64, *mut u64, Caller, pt_regs)> {
+    let (pid_tgid, counters) = current_target()?;
+    let who = caller(pid_tgid);
+    if matches!(who, Caller::Allocator) {
+        return None;
+    }
+    Some((pid_tgid, counters, who, user_regs(regs)?))
+}
+
+#[inline(always)]
+fn send(counters: *mut u64, pid_tgid: u64, op: MapOp, event: MapEvent) {
+    let event = MapEvent {
+        tgid: (pid_tgid >> 32) as u32,
+        tid: pid_tgid as u32,
+        op: op as u32,
+        ..event
+    };
+    if MAP_EVENTS.output(&event, 0).is_err() {
+        bump(counters, Counter::MapEventsLost);
+    }
+}
+
+const SYS_MMAP: u64 = 9;
+const SYS_MPROTECT: u64 = 10;
+const SYS_MUNMAP: u64 = 11;
+const SYS_MREMAP: u64 = 25;
+
+/// `sys_enter(regs, id)`: removals, before the kernel makes them.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
+    let id: u64 = ctx.arg(1);
+    let op = match id {
+        SYS_MUNMAP => MapOp::Unmap,
+        SYS_MMAP => MapOp::FixedBegin,
+        SYS_MREMAP => MapOp::RemapBegin,
+        _ => return 0,
+    };
+    let Some((pid_tgid, counters, _, regs)) = target_call(ctx.arg(0)) else {
+        return 0;
+    };
+    if id == SYS_MMAP && regs.r10 & MAP_FIXED == 0 {
+        return 0;
+    }
+    let event = MapEvent {
+        addr: regs.rdi,
+        len: regs.rsi,
+        ..MapEvent::default()
+    };
+    send(counters, pid_tgid, op, event);
+    0
+}
+
+/// `sys_exit(regs, ret)`: insertions and changes, once the kernel has made them.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: a kernel-memory read through the helper, checked by it.
+    let id = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }.unwrap_or(u64::MAX);
+    if id != SYS_MMAP && id != SYS_MREMAP && id != SYS_MPROTECT {
+        return 0;
+    }
+    let Some((pid_tgid, counters, who, regs)) = target_call(regs) else {
+        return 0;
+    };
+    let ret: i64 = ctx.arg(1);
+    match id {
+        SYS_MMAP => mmap_exit(pid_tgid, counters, who, &regs, ret),
+        SYS_MREMAP => {
+            let event = MapEvent {
+                addr: regs.rdi,
+                len: regs.rsi,
+                new_len: regs.rdx,
+                flags: regs.r10 as u32,
+                ret,
+                ..MapEvent::default()
+            };
+            send(counters, pid_tgid, MapOp::Remap, event);
+        }
+        _ if ret == 0 => {
+            let event = MapEvent {
+                addr: regs.rdi,
+                len: regs.rsi,
+                prot: regs.rdx as u32,
+                ..MapEvent::default()
+            };
+            send(counters, pid_tgid, MapOp::Protect, event);
+        }
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn mmap_exit(pid_tgid: u64, counters: *mut u64, who: Caller, regs: &pt_regs, ret: i64) {
+    let (flags, fixed) = (regs.r10, regs.r10 & MAP_FIXED != 0);
+    // A file mapping is left out, unless it ends a MAP_FIXED whose removal is pending.
+    if flags & MAP_ANONYMOUS == 0 && !fixed {
+        return;
+    }
+    let site = match who {
+        Caller::Wrapper(site) => site,
+        _ if ret < 0 || flags & MAP_ANONYMOUS == 0 => StackKey::default(),
+        // A raw syscall: the walk starts where it was made, with the return address on top of
+        // the stack as in a wrapper without a frame.
+        _ => site::capture_at(
+            site::Registers {
+                ip: regs.rip,
+                caller: site::return_address(regs.rsp),
+                fp: regs.rbp,
+            },
+            (pid_tgid >> 32) as u32,
+            AllocKind::Mmap,
+            counters,
+        ),
+    };
+    let event = MapEvent {
+        addr: regs.rdi,
+        len: regs.rsi,
+        prot: regs.rdx as u32,
+        flags: flags as u32,
+        ret,
+        site,
+        ..MapEvent::default()
+    };
+    send(counters, pid_tgid, MapOp::Map, event);
+}

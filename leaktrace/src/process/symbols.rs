@@ -1,0 +1,176 @@
+//! What a mapped object defines and needs, read from its symbol tables and dynamic section.
+//!
+//! Every executable object a target maps is asked whether it defines an allocator's functions,
+//! and some are large (a Node binary is 100 MB): only the ELF headers, the symbol tables and
+//! their strings are read, each capped, since a container controls these files.
+
+use std::{collections::HashSet, fs::File, io, path::Path};
+
+use object::{
+    Endianness, ReadCache,
+    elf::{
+        DT_NEEDED, DT_SONAME, FileHeader64, SHN_UNDEF, SHT_DYNAMIC, SHT_DYNSYM, SHT_SYMTAB,
+        STT_FUNC, STT_GNU_IFUNC,
+    },
+    read::elf::{Dyn as _, FileHeader as _, SectionHeader as _, Sym as _},
+};
+
+/// What one object says about itself.
+#[derive(Clone, Debug, Default)]
+pub struct ObjectInfo {
+    /// The names asked about that it defines as functions.
+    pub defined: HashSet<String>,
+    /// Its `DT_NEEDED` libraries, in order: the dynamic linker's search order follows them.
+    pub needed: Vec<String>,
+    /// Its `DT_SONAME`: the name other objects need it by.
+    pub soname: Option<String>,
+}
+
+/// Largest symbol or string table read (a hostile file may claim any size).
+const MAX_TABLE_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SymbolsError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("malformed ELF file: {0}")]
+    Elf(#[from] object::read::Error),
+    #[error("a symbol table of {0} bytes is beyond the {MAX_TABLE_BYTES}-byte cap")]
+    TooLarge(u64),
+}
+
+/// Reads `path`: the names among `wanted` that it defines as functions in its dynamic symbol
+/// table (with `symtab`, also in its full one: an executable's own static allocator is rarely
+/// exported), and its dynamic section's names.
+pub fn read(path: &Path, symtab: bool, wanted: &[String]) -> Result<ObjectInfo, SymbolsError> {
+    let cache = ReadCache::new(File::open(path)?);
+    let header = FileHeader64::<Endianness>::parse(&cache)?;
+    let endian = header.endian()?;
+    let sections = header.sections(endian, &cache)?;
+    let mut info = ObjectInfo::default();
+    if let Some((index, dynamic)) = sections
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.sh_type(endian) == SHT_DYNAMIC)
+    {
+        let strings = sections.section(object::SectionIndex(dynamic.sh_link(endian) as usize))?;
+        for size in [dynamic.sh_size(endian), strings.sh_size(endian)] {
+            if size > MAX_TABLE_BYTES {
+                return Err(SymbolsError::TooLarge(size));
+            }
+        }
+        let strings = strings.data(endian, &cache)?;
+        if let Some((entries, _)) = sections
+            .section(object::SectionIndex(index))?
+            .dynamic(endian, &cache)?
+        {
+            for entry in entries {
+                let tag = entry.d_tag(endian) as u32;
+                if tag != DT_NEEDED && tag != DT_SONAME {
+                    continue;
+                }
+                let Some(name) = usize::try_from(entry.d_val(endian))
+                    .ok()
+                    .and_then(|at| strings.get(at..))
+                    .and_then(|rest| rest.split(|&b| b == 0).next())
+                else {
+                    continue;
+                };
+                let name = String::from_utf8_lossy(name).into_owned();
+                if tag == DT_NEEDED {
+                    info.needed.push(name);
+                } else {
+                    info.soname = Some(name);
+                }
+            }
+        }
+    }
+    let found = &mut info.defined;
+    let kinds: &[u32] = if symtab {
+        &[SHT_DYNSYM, SHT_SYMTAB]
+    } else {
+        &[SHT_DYNSYM]
+    };
+    for &kind in kinds {
+        let Some((index, table)) = sections
+            .iter()
+            .enumerate()
+            .find(|(_, s)| s.sh_type(endian) == kind)
+        else {
+            continue;
+        };
+        let strings = sections.section(object::SectionIndex(table.sh_link(endian) as usize))?;
+        for size in [table.sh_size(endian), strings.sh_size(endian)] {
+            if size > MAX_TABLE_BYTES {
+                return Err(SymbolsError::TooLarge(size));
+            }
+        }
+        let symbols =
+            sections.symbol_table_by_index(endian, &cache, object::SectionIndex(index))?;
+        // The strings once, as one block: a read per name would be a syscall per symbol.
+        let strings = strings.data(endian, &cache)?;
+        for sym in symbols.symbols() {
+            let kind = sym.st_type();
+            if sym.st_shndx(endian) == SHN_UNDEF || (kind != STT_FUNC && kind != STT_GNU_IFUNC) {
+                continue;
+            }
+            let Some(name) = strings
+                .get(sym.st_name(endian) as usize..)
+                .and_then(|rest| rest.split(|&b| b == 0).next())
+            else {
+                continue;
+            };
+            if let Some(w) = wanted.iter().find(|w| w.as_bytes() == name) {
+                found.insert(w.clone());
+            }
+        }
+    }
+    Ok(info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_c_librarys_allocator() {
+        let wanted: Vec<String> = ["malloc", "free", "no_such_function"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let libc = std::fs::read_to_string("/proc/self/maps")
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.split_whitespace()
+                    .nth(5)
+                    .filter(|p| p.contains("libc.so"))
+                    .map(str::to_owned)
+            })
+            .expect("the test binary maps a libc");
+        let info = read(Path::new(&libc), false, &wanted).unwrap();
+        assert_eq!(info.soname.as_deref(), Some("libc.so.6"));
+        let me = read(Path::new("/proc/self/exe"), true, &wanted).unwrap();
+        assert!(
+            me.needed.iter().any(|n| n == "libc.so.6"),
+            "{:?}",
+            me.needed
+        );
+        let found = &info.defined;
+        assert!(
+            found.contains("malloc") && found.contains("free"),
+            "{found:?}"
+        );
+        assert!(!found.contains("no_such_function"));
+    }
+
+    #[test]
+    fn junk_is_an_error_not_a_panic() {
+        let dir = std::env::temp_dir().join(format!("leaktrace-symbols-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk = dir.join("junk");
+        std::fs::write(&junk, b"\x7fELF\x02\x01\x01junk that is not an ELF file").unwrap();
+        assert!(read(&junk, true, &[]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
