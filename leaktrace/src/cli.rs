@@ -33,6 +33,12 @@ pub enum Command {
         /// PIDs of the processes to trace.
         #[arg(required = true, value_parser = parse_pid)]
         pids: Vec<u32>,
+        /// Trace the processes they fork from now on (and theirs), each from its first
+        /// allocation and reported as its own target. By default children are not traced. The
+        /// probes then trap in every process on the host that uses the same allocator library
+        /// (the kernel keeps to the traced ones).
+        #[arg(long)]
+        follow_forks: bool,
         #[command(flatten)]
         trace: TraceArgs,
     },

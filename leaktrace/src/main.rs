@@ -100,7 +100,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn run(cli: Cli) -> anyhow::Result<u8> {
-    let (start, args, run) = match cli.command {
+    // What to trace, how, whether children are followed, and `run`'s own settings.
+    let (start, args, follow, run) = match cli.command {
         Command::Doctor { pids, format } => return doctor(&pids, format),
         Command::Report { trace, outputs } => {
             let targets = output_formats(&outputs)?;
@@ -108,7 +109,11 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
             emit(&report, &outputs, &targets)?;
             return Ok(0);
         }
-        Command::Attach { pids, trace } => (trace::Start::Attach(pids), trace, None),
+        Command::Attach {
+            pids,
+            follow_forks,
+            trace,
+        } => (trace::Start::Attach(pids), trace, follow_forks, None),
         Command::Run {
             trace,
             no_follow,
@@ -118,7 +123,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         } => (
             trace::Start::Run(command),
             trace,
-            Some((!no_follow, !no_perf_map, gate)),
+            !no_follow,
+            Some((!no_perf_map, gate)),
         ),
         Command::Agent(_) => unreachable!("the agent is started by run_agent"),
     };
@@ -127,7 +133,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let targets = output_formats(&args.outputs)?;
     // Rules apply to a test gate, or when given: a plain trace hides nothing.
     let suppressions = match &run {
-        Some((_, _, gate)) if gate.fail_on.is_some() || !gate.suppressions.is_empty() => Some(
+        Some((_, gate)) if gate.fail_on.is_some() || !gate.suppressions.is_empty() => Some(
             leaktrace::gate::suppress::Suppressions::load(&gate.suppressions)?,
         ),
         _ => None,
@@ -141,8 +147,8 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         quiet: args.quiet,
         sample_bytes: args.sample_bytes,
         max_overhead: args.max_overhead,
-        follow: run.as_ref().is_some_and(|(follow, _, _)| *follow),
-        node_perf_maps: run.as_ref().is_some_and(|(_, perf_maps, _)| *perf_maps),
+        follow,
+        node_perf_maps: run.as_ref().is_some_and(|(perf_maps, _)| *perf_maps),
     };
     let mut outcome = runtime()?.block_on(trace::trace(start, &options))?;
     if let Some(suppressions) = &suppressions {
@@ -151,7 +157,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
     let mut status = outcome
         .exit_code
         .map_or(0, |code| u8::try_from(code).unwrap_or(1));
-    if let Some((_, _, gate)) = &run
+    if let Some((_, gate)) = &run
         && let Some(fail_on) = gate.fail_on
     {
         leaktrace::gate::judge(

@@ -424,14 +424,23 @@ pub fn assert_leaky_is_exact(report: &Value, pid: u32, rounds: i64) {
 /// A root file system for a container-like target: `exe` as `/NAME`, the dynamic loader, and a
 /// copy of libc (another file, another inode, than the host's).
 pub fn make_root(dir: &Path, exe: &Path, name: &str) {
-    for (from, to) in [
-        ("/lib64/ld-linux-x86-64.so.2", "lib64/ld-linux-x86-64.so.2"),
-        (
-            "/lib/x86_64-linux-gnu/libc.so.6",
-            "lib/x86_64-linux-gnu/libc.so.6",
-        ),
-    ] {
-        let to = dir.join(to);
+    make_root_with(dir, exe, name, &[]);
+}
+
+/// [`make_root`], with more of the host's libraries (from /lib/x86_64-linux-gnu, by file name)
+/// copied into the root's /lib/x86_64-linux-gnu.
+pub fn make_root_with(dir: &Path, exe: &Path, name: &str, libraries: &[&str]) {
+    let libs = libraries
+        .iter()
+        .map(|l| format!("/lib/x86_64-linux-gnu/{l}"))
+        .collect::<Vec<_>>();
+    let mut files = vec![
+        "/lib64/ld-linux-x86-64.so.2".to_owned(),
+        "/lib/x86_64-linux-gnu/libc.so.6".to_owned(),
+    ];
+    files.extend(libs);
+    for from in &files {
+        let to = dir.join(from.trim_start_matches('/'));
         fs::create_dir_all(to.parent().expect("a parent")).expect("creating the root");
         fs::copy(fs::canonicalize(from).expect(from), &to).expect("copying into the root");
     }

@@ -7,7 +7,8 @@
 use std::{path::Path, process::Command};
 
 use leaktrace_tests::{
-    SiteTotals, Target, fixture_with, have_root, losses, scratch, site, trace_workload,
+    SiteTotals, Target, fixture_with, have_root, losses, make_root_with, scratch, site,
+    trace_workload,
 };
 use serde_json::Value;
 
@@ -44,6 +45,52 @@ fn trace_exe(exe: &Path, preload: Option<&str>) -> (Value, u32) {
         target.finish(),
         0,
         "the fixture's self-checks passed and it is unharmed"
+    );
+    (report, pid)
+}
+
+/// Traces `exe` for `R` rounds as PID 1 of its own mount and PID namespace, from a root of its
+/// own holding copies of the loader, libc and `libraries`; `preload` is its `LD_PRELOAD` (a path
+/// inside that root).
+fn trace_in_namespace(exe: &Path, libraries: &[&str], preload: Option<&str>) -> (Value, u32) {
+    let name = exe
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("fixture name");
+    let dir = scratch(&format!("coverage_ns_{name}"));
+    let root = dir.join("root");
+    make_root_with(&root, exe, name, libraries);
+    // Its own /proc, as a container has (`mmaps` maps /proc/self/exe).
+    std::fs::create_dir_all(root.join("proc")).expect("creating the root's /proc");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--pid", "--fork", "--kill-child"])
+        .arg(format!("--mount-proc={}", root.join("proc").display()))
+        .arg("chroot")
+        .arg(&root)
+        .arg(format!("/{name}"))
+        .arg(R.to_string());
+    if let Some(preload) = preload {
+        cmd.env("LD_PRELOAD", preload);
+    }
+    let mut unshare = Target::spawn(cmd);
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.pid()))
+        .expect("unshare's children");
+    let pid: u32 = children
+        .split_whitespace()
+        .next()
+        .expect("a child")
+        .parse()
+        .expect("a PID");
+    let report = trace_workload(
+        &mut unshare,
+        pid,
+        &["--interval", "100ms"],
+        &dir.join("report.json"),
+    );
+    assert_eq!(unshare.finish(), 0, "the fixture is unharmed");
+    assert_eq!(
+        report["targets"][0]["ns_pid"], 1,
+        "the PID the container sees"
     );
     (report, pid)
 }
@@ -508,4 +555,79 @@ fn run_follows_a_command_into_another_c_library() {
         totals(50_000, 10, 50_000, 10),
     );
     check(&report, pid, "free_all_aligned", totals(0, 0, 110_480, 40));
+}
+
+#[test]
+fn inside_a_namespace_mappings_and_a_preloaded_allocator_are_exact() {
+    if !have_root("inside_a_namespace_mappings_and_a_preloaded_allocator_are_exact") {
+        return;
+    }
+    let (report, pid) = trace_in_namespace(&fixture_with("gcc", "coverage/mmaps", &[]), &[], None);
+    expect_mmaps(&report, pid);
+    // The container's own jemalloc, preloaded there: found through the container's root.
+    let (report, pid) = trace_in_namespace(
+        &fixture_with("gcc", "coverage/aligned", &["-DFIXTURE_NO_PVALLOC"]),
+        &[
+            "libjemalloc.so.2",
+            "libm.so.6",
+            "libstdc++.so.6",
+            "libgcc_s.so.1",
+        ],
+        Some("/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+    );
+    assert_eq!(allocator(&report), "jemalloc");
+    assert!(
+        report["targets"][0]["allocator"]
+            .as_str()
+            .is_some_and(|p| p.contains("coverage_ns_")),
+        "the container's copy: {}",
+        report["targets"][0]["allocator"]
+    );
+    expect_aligned(&report, pid, false);
+}
+
+#[test]
+fn forked_children_are_followed_when_asked_and_ignored_otherwise() {
+    if !have_root("forked_children_are_followed_when_asked_and_ignored_otherwise") {
+        return;
+    }
+    let exe = fixture_with("gcc", "coverage/forks", &[]);
+    for follow in [true, false] {
+        let out = scratch(&format!("coverage_forks_{follow}")).join("report.json");
+        let mut target = Target::start(&exe, &[&R.to_string()]);
+        let pid = target.pid();
+        let mut args = vec!["--interval", "100ms"];
+        if follow {
+            args.push("--follow-forks");
+        }
+        let report = trace_workload(&mut target, pid, &args, &out);
+        assert_eq!(target.finish(), 0, "the fixture is unharmed");
+        check(
+            &report,
+            pid,
+            "keep_in_parent",
+            totals(2000 * RI, 2 * RI, 2000 * R, 2 * R),
+        );
+        let targets = report["targets"].as_array().expect("targets[]");
+        let children: Vec<u32> = targets
+            .iter()
+            .filter_map(|t| t["pid"].as_u64())
+            .map(|p| p as u32)
+            .filter(|&p| p != pid)
+            .collect();
+        if !follow {
+            assert!(children.is_empty(), "children are not traced: {children:?}");
+            continue;
+        }
+        assert_eq!(children.len() as u64, R, "one target per child");
+        for child in children {
+            // Each child's own allocations, named; what it inherited is the parent's.
+            check(
+                &report,
+                child,
+                "keep_in_child",
+                totals(1500, 3, 1500, 3),
+            );
+        }
+    }
 }
