@@ -622,12 +622,7 @@ fn forked_children_are_followed_when_asked_and_ignored_otherwise() {
         assert_eq!(children.len() as u64, R, "one target per child");
         for child in children {
             // Each child's own allocations, named; what it inherited is the parent's.
-            check(
-                &report,
-                child,
-                "keep_in_child",
-                totals(1500, 3, 1500, 3),
-            );
+            check(&report, child, "keep_in_child", totals(1500, 3, 1500, 3));
         }
     }
 }

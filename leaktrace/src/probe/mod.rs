@@ -635,14 +635,15 @@ impl Probes {
         &self.ebpf
     }
 
-    /// Starts tracing `target`: registers it with the probes, then attaches them to the object
-    /// that serves its `malloc`.
+    /// Starts tracing `target`: attaches the probes to the object that serves its `malloc`,
+    /// then registers it with them. In that order, the probes start counting for it at one
+    /// instant, all together: registered first, the mapping probes (always attached) would see
+    /// the allocator's own mappings as the program's until the allocator's probes were in.
     pub fn attach(
         &mut self,
         target: &Target,
         allocator: &Allocator,
     ) -> Result<Attachment, ProbeError> {
-        self.register(target.pid)?;
         let attached = self.attach_object(target, allocator).and_then(|attached| {
             let free = attached.free.ok_or_else(|| ProbeError::MissingSymbol {
                 library: allocator.host_path.display().to_string(),
@@ -654,10 +655,19 @@ impl Probes {
                 free,
             })
         });
-        if attached.is_err() {
-            self.detach(target.pid);
+        match attached {
+            Ok(attachment) => match self.register(target.pid) {
+                Ok(()) => Ok(attachment),
+                Err(err) => {
+                    self.detach(target.pid);
+                    Err(err)
+                }
+            },
+            Err(err) => {
+                self.detach(target.pid);
+                Err(err)
+            }
         }
-        attached
     }
 
     /// Attaches to one more object of an already registered target, for its roles: the C++
