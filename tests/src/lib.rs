@@ -247,9 +247,18 @@ impl Tracer {
     }
 
     /// Sends SIGINT (as Ctrl-C would) and waits for the report.
-    pub fn interrupt(mut self) -> Output {
+    pub fn interrupt(self) -> Output {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// Sends SIGTERM (as a service manager or Kubernetes would) and waits for the report.
+    pub fn terminate(self) -> Output {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    fn stop_with(mut self, signal: libc::c_int) -> Output {
         // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        unsafe { libc::kill(self.child.id() as i32, signal) };
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut self.stderr, &mut rest);
         let mut stdout = Vec::new();
