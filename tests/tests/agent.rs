@@ -682,3 +682,107 @@ fn bad_agent_settings_get_one_line() {
         "need the Kubernetes API",
     );
 }
+
+/// Sends `bytes` on a new connection to the agent and returns what it answers before closing
+/// (or before `wait` passes: a server that holds a connection open fails the test).
+fn exchange(agent: &Agent, bytes: &[u8], wait: Duration) -> String {
+    use std::io::{Read as _, Write as _};
+    let address = agent.base.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(address).expect("connecting to the agent");
+    stream.set_read_timeout(Some(wait)).unwrap();
+    stream.write_all(bytes).expect("sending");
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(err) => panic!(
+            "the agent held the connection open ({err}) after {:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(60)])
+        ),
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_http_port_bounds_what_callers_send() {
+    if !have_root("the_http_port_bounds_what_callers_send") {
+        return;
+    }
+    use std::io::Write as _;
+    let dir = scratch("agent-http-limits");
+    let agent = Agent::start(&dir, &["--match-exe", "no-such-program-*"]);
+    // Slow clients: each sends half a request line and nothing more. They neither keep others
+    // from being served nor hold their connection past the head timeout (5 s).
+    let address = agent.base.trim_start_matches("http://").to_owned();
+    let slow: Vec<std::net::TcpStream> = (0..20)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&address).expect("connecting");
+            s.write_all(b"GET /metr").expect("sending");
+            s
+        })
+        .collect();
+    assert_eq!(agent.get("/healthz").unwrap().0, 200, "served beside them");
+    for mut stream in slow {
+        use std::io::Read as _;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let closed = match stream.read_to_end(&mut rest) {
+            Ok(_) => true,
+            Err(err) => err.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        assert!(closed, "a slow client kept its connection");
+        let answer = String::from_utf8_lossy(&rest);
+        assert!(!answer.contains(" 200 "), "{answer}");
+    }
+    let wait = Duration::from_secs(30);
+    // A head larger than the server reads, and too many headers: refused, not read on.
+    let huge = format!(
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Junk: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let answer = exchange(&agent, huge.as_bytes(), wait);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    let mut many = String::from("GET /metrics HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..200 {
+        many.push_str(&format!("X-H{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let answer = exchange(&agent, many.as_bytes(), wait);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    // Malformed and truncated requests get an error or a closed connection, never a panic.
+    let answer = exchange(&agent, b"BLAH BLAH BLAH\r\n\r\n", wait);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let answer = exchange(
+        &agent,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\nab",
+        Duration::from_secs(30),
+    );
+    assert!(!answer.contains("panicked"), "{answer}");
+    let answer = exchange(
+        &agent,
+        b"GET /api/v1/targets/%00%ff/report HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        wait,
+    );
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    // Nothing outside the API: no file is served, whatever the path says.
+    let answer = exchange(
+        &agent,
+        b"GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        wait,
+    );
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(!answer.contains("root:"), "{answer}");
+    // Still serving, and it ends cleanly.
+    assert_eq!(agent.get("/healthz").unwrap().0, 200);
+    assert_eq!(agent.stop(), 0);
+    let log = fs::read_to_string(dir.join("agent.log")).unwrap();
+    assert!(!log.contains("panicked"), "{log}");
+}

@@ -1,7 +1,12 @@
 //! The agent's HTTP endpoints. All are reads: nothing a caller sends can start, stop or change
-//! tracing. Requests are bounded in number at once, and each waits at most a fixed time.
+//! tracing, read a file or name a process to attach to. Whatever reaches the port is bounded:
+//! connections in number and lifetime, a request's head in time, size and header count, requests
+//! served at once, and the wait for a report.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use axum::{
     Json, Router,
@@ -10,14 +15,35 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
+use hyper_util::{
+    rt::{TokioIo, TokioTimer},
+    service::TowerToHyperService,
+};
 use serde::Deserialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tracing::{debug, warn};
 
 use super::{REPORT_TIMEOUT, Request, metrics, view::Published};
 
 /// Requests served at once; more wait their turn. A scraper, a dashboard and a person need
 /// far fewer.
 const MAX_CONCURRENT_REQUESTS: usize = 8;
+
+/// Connections open at once; one more is closed as soon as it is accepted.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Time for a request's head (request line and headers) to arrive: a client that trickles it
+/// in (slowloris) is cut off.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest life of one connection, kept alive or not.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+
+/// Largest request head read (hyper's minimum buffer); the endpoints need a few hundred bytes.
+const MAX_HEAD_BYTES: usize = 8192;
+
+/// Most headers in one request.
+const MAX_HEADERS: usize = 32;
 
 #[derive(Clone)]
 struct Shared {
@@ -46,7 +72,52 @@ pub async fn serve(
             MAX_CONCURRENT_REQUESTS,
         ))
         .with_state(shared);
-    axum::serve(listener, app).await
+    // hyper's own connection loop rather than `axum::serve`, which offers none of the limits.
+    let open = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of descriptors or a connection reset before it was accepted: the listener is
+            // still good.
+            Err(err) if !is_fatal(&err) => {
+                warn!(%err, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+            Err(err) => return Err(err),
+        };
+        let Ok(permit) = Arc::clone(&open).try_acquire_owned() else {
+            debug!(%peer, "too many connections: closed at once");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            http.timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .max_buf_size(MAX_HEAD_BYTES)
+                .max_headers(MAX_HEADERS);
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => debug!(%peer, %err, "connection ended with an error"),
+                Err(_) => debug!(%peer, "connection closed: it lived too long"),
+            }
+        });
+    }
+}
+
+/// Whether an accept error means the listener itself is broken.
+fn is_fatal(err: &std::io::Error) -> bool {
+    use std::io::ErrorKind::*;
+    !matches!(
+        err.kind(),
+        ConnectionAborted | ConnectionReset | Interrupted | WouldBlock
+    ) && err.raw_os_error() != Some(libc::EMFILE)
+        && err.raw_os_error() != Some(libc::ENFILE)
+        && err.raw_os_error() != Some(libc::ENOMEM)
+        && err.raw_os_error() != Some(libc::ENOBUFS)
 }
 
 async fn metrics_text(State(shared): State<Shared>) -> Response {
