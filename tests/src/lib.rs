@@ -256,6 +256,31 @@ impl Tracer {
         self.stop_with(libc::SIGTERM)
     }
 
+    /// [`Tracer::interrupt`], also returning the tracer's peak resident memory over its whole
+    /// life, report writing included (KiB, from `wait4`).
+    pub fn interrupt_measured(mut self) -> (Output, u64) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut self.stderr, &mut rest);
+        let mut stdout = Vec::new();
+        if let Some(mut out) = self.child.stdout.take() {
+            let _ = std::io::Read::read_to_end(&mut out, &mut stdout);
+        }
+        let mut status = 0;
+        // SAFETY: a zeroed rusage is valid; wait4 fills it for our own child.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: waiting for our own child, with valid out-pointers.
+        let waited = unsafe { libc::wait4(self.child.id() as i32, &mut status, 0, &mut usage) };
+        assert_eq!(waited, self.child.id() as i32, "waiting for leaktrace");
+        let output = Output {
+            status: std::os::unix::process::ExitStatusExt::from_raw(status),
+            stdout,
+            stderr: format!("{}{rest}", self.log).into_bytes(),
+        };
+        (output, usage.ru_maxrss as u64)
+    }
+
     fn stop_with(mut self, signal: libc::c_int) -> Output {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(self.child.id() as i32, signal) };

@@ -471,3 +471,48 @@ fn sigterm_while_many_threads_allocate_ends_with_a_whole_report() {
     let churn = leaktrace_tests::site(&report, pid, "churn_in_thread");
     assert!((0..=250).contains(&churn.live_allocs), "{churn:?}");
 }
+
+#[test]
+fn ten_times_more_calls_do_not_grow_the_tracer() {
+    if !have_root("ten_times_more_calls_do_not_grow_the_tracer") {
+        return;
+    }
+    let exe = leaktrace_tests::fixture_with("gcc", "coverage/churn", &[]);
+    let peak = |rounds: u64| {
+        let mut target = Target::start(&exe, &[&rounds.to_string()]);
+        let pid = target.pid();
+        let out = leaktrace_tests::scratch(&format!("churn_{rounds}")).join("report.json");
+        let tracer = Tracer::attach(&[
+            &pid.to_string(),
+            "--interval",
+            "100ms",
+            "--quiet",
+            "--format",
+            "json",
+            "-o",
+            out.to_str().expect("utf-8"),
+        ]);
+        target.send("go");
+        target.expect_line("done");
+        // Two more samples, so that the last calls are read.
+        thread::sleep(Duration::from_millis(300));
+        let (output, peak) = tracer.interrupt_measured();
+        assert!(output.status.success());
+        assert_eq!(target.finish(), 0);
+        let report = leaktrace_tests::read_report(&out);
+        let calls = report["targets"][0]["totals"]["alloc_calls"]
+            .as_u64()
+            .expect("alloc_calls");
+        assert_eq!(calls, 10_000 * rounds, "every call was seen");
+        peak
+    };
+    let few = peak(10);
+    let many = peak(100);
+    // Same sites, same (no) live blocks: ten times the calls may cost the tracer at most a few
+    // MiB more (allocator noise), never in proportion. The peak is over the tracer's whole life,
+    // its report included.
+    assert!(
+        many <= few + 8 * 1024,
+        "peak tracer memory went from {few} KiB to {many} KiB with ten times the calls"
+    );
+}
