@@ -402,6 +402,14 @@ impl Session {
         let calls = total_alloc_calls(&self.last).saturating_sub(calls_before);
         let rate = calls as f64 / options.interval.as_secs_f64();
         let live: i64 = self.last.sites.values().map(|s| s.live_bytes).sum();
+        // Blocks the probes hold an entry for (mappings are kept here, not in a map).
+        let blocks: i64 = self
+            .last
+            .sites
+            .iter()
+            .filter(|(k, _)| k.kind == leaktrace_common::AllocKind::Heap as u32)
+            .map(|(_, s)| s.live_allocs)
+            .sum();
         let top = self.fastest_grower().map(|(key, rate)| {
             let chain = self.chains.get(&key).cloned().unwrap_or_default();
             self.symbolizer.resolve(key.tgid, &chain);
@@ -424,8 +432,8 @@ impl Session {
         let targets = self.traced.len();
         self.status.update(|| {
             format!(
-                "leaktrace: {elapsed:.0}s{duration}, {targets} target{}, live {}, {:.0} allocs/s, \
-                 fastest growing: {}",
+                "leaktrace: {elapsed:.0}s{duration}, {targets} target{}, live {} in {blocks} \
+                 blocks, {:.0} allocs/s, fastest growing: {}",
                 if targets == 1 { "" } else { "s" },
                 crate::report::bytes(live),
                 rate,

@@ -237,6 +237,12 @@ fn agent_metrics(registry: &mut Registry, view: &Published) {
         "Matching processes the agent could not attach to (see its log)",
         a.attach_failures,
     );
+    total(
+        registry,
+        "agent_failed_samples",
+        "Samples whose reads of the probes' maps failed (the last numbers stayed served)",
+        a.failed_samples,
+    );
     total(registry, "agent_scans", "Scans of /proc", a.scans);
     total(
         registry,

@@ -75,6 +75,7 @@ struct Tally {
     refused_max_targets: u64,
     capped: u64,
     attach_failures: u64,
+    failed_samples: u64,
 }
 
 struct Agent {
@@ -154,10 +155,18 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = scan.tick() => agent.scan(),
-            _ = sample.tick() => {
-                agent.sample()?;
-                published_tx.send_replace(Arc::new(agent.publish()));
-            }
+            _ = sample.tick() => match agent.sample() {
+                Ok(()) => {
+                    published_tx.send_replace(Arc::new(agent.publish()));
+                }
+                // A failed read of the probes' maps is not worth stopping every node's tracing
+                // for: the last numbers stay served, the next sample tries again, and the
+                // failures are counted.
+                Err(err) => {
+                    agent.tally.failed_samples += 1;
+                    warn!(%err, "sampling the probes' maps failed; the last numbers stay served");
+                }
+            },
             Some(request) = requests.recv() => agent.answer(request),
             () = stop.recv() => break,
             result = &mut server => {
@@ -288,8 +297,15 @@ impl Agent {
         self.tally.samples += 1;
         let now = Instant::now();
         let at = self.session.seconds_at(now);
+        // Heap blocks: what the probes' live-block map holds, and what the cap is about.
         let mut live: HashMap<u32, (i64, i64)> = HashMap::new();
-        for (key, stats) in &self.session.last().sites {
+        for (key, stats) in self
+            .session
+            .last()
+            .sites
+            .iter()
+            .filter(|(k, _)| k.kind == leaktrace_common::AllocKind::Heap as u32)
+        {
             let entry = live.entry(key.tgid).or_default();
             entry.0 += stats.live_bytes;
             entry.1 += stats.live_allocs;
@@ -372,6 +388,7 @@ impl Agent {
                 refused_max_targets: self.tally.refused_max_targets,
                 capped: self.tally.capped,
                 attach_failures: self.tally.attach_failures,
+                failed_samples: self.tally.failed_samples,
                 resident_bytes: resident_bytes(),
                 kubernetes: self.pods.as_ref().map(|p| KubeView {
                     synced: p.synced(),

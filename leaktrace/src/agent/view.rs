@@ -76,6 +76,8 @@ pub struct AgentView {
     pub capped: u64,
     /// Matching processes leaktrace could not attach to.
     pub attach_failures: u64,
+    /// Samples whose map reads failed (the numbers before them stayed served).
+    pub failed_samples: u64,
     pub resident_bytes: u64,
     /// `None` when the agent does not read the Kubernetes API.
     pub kubernetes: Option<KubeView>,
