@@ -373,11 +373,10 @@ fn frame_pointers(
     else {
         return Check::warn(&check, "no executable mapping found", "none");
     };
-    let host = target.host_path(exe);
-    let Ok(data) = read_capped(&host) else {
+    let Ok(data) = crate::process::root::open(target.pid, exe).and_then(read_capped) else {
         return Check::warn(
             &check,
-            format!("cannot read {}", host.display()),
+            format!("cannot read {}", target.host_path(exe).display()),
             "run as root",
         );
     };
@@ -406,12 +405,10 @@ fn frame_pointers(
 }
 
 /// Reads at most 512 MiB of a file the target controls.
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
+fn read_capped(file: fs::File) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
     let mut data = Vec::new();
-    fs::File::open(path)?
-        .take(512 << 20)
-        .read_to_end(&mut data)?;
+    file.take(512 << 20).read_to_end(&mut data)?;
     Ok(data)
 }
 
@@ -460,8 +457,8 @@ fn node(target: &Target, name: &str) -> Option<Check> {
         return None;
     }
     let check = format!("node.js ({name})");
-    let map = target.host_path(Path::new(&format!("/tmp/perf-{}.map", target.ns_pid)));
-    Some(if map.exists() {
+    let map = Path::new(&format!("/tmp/perf-{}.map", target.ns_pid)).to_path_buf();
+    Some(if crate::process::root::open(target.pid, &map).is_ok() {
         Check::ok(
             &check,
             format!("{}; perf map present: JS frames are named", exe.display()),

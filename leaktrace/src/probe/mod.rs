@@ -416,12 +416,29 @@ fn process_scope(pid: u32) -> Result<UProbeScope, ProbeError> {
         .ok_or(ProbeError::NoPid)
 }
 
-/// Reads an allocator library's ELF file.
+/// Largest object read whole to find its functions: the file comes from the target (a
+/// container controls it) and may be anything.
+const MAX_OBJECT_BYTES: u64 = 1 << 30;
+
+/// Reads an allocator object's ELF file, refusing one over [`MAX_OBJECT_BYTES`].
 fn read_library(allocator: &Allocator) -> Result<Vec<u8>, ProbeError> {
-    fs::read(&allocator.host_path).map_err(|source| ProbeError::Library {
+    use std::io::Read as _;
+    let error = |source| ProbeError::Library {
         path: allocator.host_path.display().to_string(),
         source,
-    })
+    };
+    let file = fs::File::open(&allocator.host_path).map_err(error)?;
+    let len = file.metadata().map_err(error)?.len();
+    if len > MAX_OBJECT_BYTES {
+        return Err(error(std::io::Error::other(format!(
+            "{len} bytes, over the {MAX_OBJECT_BYTES}-byte cap for an allocator object"
+        ))));
+    }
+    let mut data = Vec::with_capacity(len as usize);
+    file.take(MAX_OBJECT_BYTES)
+        .read_to_end(&mut data)
+        .map_err(error)?;
+    Ok(data)
 }
 
 impl Probes {

@@ -3,6 +3,7 @@
 pub mod allocator;
 pub mod cgroup;
 pub mod maps;
+pub mod root;
 pub mod spawn;
 pub mod symbols;
 

@@ -107,7 +107,7 @@ impl Symbolizer {
     /// Opens `pid`'s perf map once it exists and reads what it gained since last time.
     fn refresh_perf_map(&mut self, pid: u32) {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.perf_maps.entry(pid) {
-            let Some(file) = perf_map_path(pid).and_then(|p| File::open(p).ok()) else {
+            let Some(file) = open_perf_map(pid) else {
                 return;
             };
             slot.insert((file, PerfMap::default()));
@@ -248,22 +248,19 @@ impl Symbolizer {
     }
 }
 
-/// Where `pid`'s perf map is, as the host reaches it: under the process's root, named with the
+/// Opens `pid`'s perf map: under the process's root (links resolved inside it), named with the
 /// PID the process has in its own namespace (the last `NStgid` field).
-fn perf_map_path(pid: u32) -> Option<PathBuf> {
+fn open_perf_map(pid: u32) -> Option<File> {
     let ns_pid = crate::process::ns_pid(pid).unwrap_or(pid);
-    let path = PathBuf::from(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map"));
-    path.exists().then_some(path)
+    crate::process::root::open(pid, Path::new(&format!("/tmp/perf-{ns_pid}.map"))).ok()
 }
 
 /// Opens the file behind a mapping: through `map_files` (the very file mapped, even if deleted
 /// or replaced since), else through the process's root (right inside a container).
 fn open_mapped(pid: u32, m: &Mapping, path: &Path) -> Option<File> {
     let by_map = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
-    let by_root =
-        Path::new(&format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path));
     File::open(&by_map)
-        .or_else(|_| File::open(&by_root))
+        .or_else(|_| crate::process::root::open(pid, path))
         .inspect_err(|err| debug!(pid, path = %path.display(), %err, "cannot open mapped file"))
         .ok()
 }
