@@ -512,6 +512,7 @@ fn run_follows_a_command_into_another_c_library() {
     let out = scratch("run_musl").join("report.json");
     let mut child = leaktrace_tests::leaktrace()
         .args([
+            "-v",
             "run",
             "--quiet",
             "--interval",
@@ -526,15 +527,28 @@ fn run_follows_a_command_into_another_c_library() {
         .arg("10")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("leaktrace run");
     let mut stdin = child.stdin.take().expect("stdin");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    // The log says when musl is probed: the workload starts only then (a late attach races
+    // the command's first allocations, which is why it is said, not hidden).
+    let (probed_tx, probed) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().expect("stderr");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("probed") && line.contains("musl") {
+                let _ = probed_tx.send(());
+            }
+        }
+    });
     let mut line = String::new();
     stdout.read_line(&mut line).expect("ready line");
     assert!(line.starts_with("ready"), "{line}");
-    // The late attach runs beside the command's start: leave it time before the workload.
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    probed
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("leaktrace says it probed musl");
     stdin.write_all(b"go\n").expect("go");
     line.clear();
     stdout.read_line(&mut line).expect("done line");
