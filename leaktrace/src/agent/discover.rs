@@ -44,28 +44,12 @@ pub fn scan() -> Vec<Seen> {
 
 /// The start time of a process (field 22 of /proc/PID/stat), or `None` once it is gone.
 pub fn start_time(pid: u32) -> Option<u64> {
-    parse_start_time(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// Field 22 of a stat line. The command (field 2) is in parentheses and may itself hold
-/// spaces and parentheses, so fields are counted from the last `)`.
-fn parse_start_time(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    // Fields 3.. follow; the start time is the 20th of them.
-    after.split_whitespace().nth(19)?.parse().ok()
+    crate::process::stat::read(pid).map(|s| s.start_time)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn start_time_survives_odd_command_names() {
-        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
-        assert_eq!(parse_start_time(stat), Some(987_654));
-        assert_eq!(parse_start_time("42 (x) S 1"), None);
-        assert_eq!(parse_start_time("garbage"), None);
-    }
 
     #[test]
     fn scan_finds_this_test_s_parent_not_itself() {

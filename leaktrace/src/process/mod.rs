@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod maps;
 pub mod root;
 pub mod spawn;
+pub mod stat;
 pub mod symbols;
 
 use std::{
@@ -107,14 +108,7 @@ impl Target {
 
     /// Whether the process still exists (a zombie counts as gone: it allocates nothing more).
     pub fn is_alive(&self) -> bool {
-        match fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            // The state follows the command, which is in parentheses and may contain spaces.
-            Ok(stat) => stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().next())
-                .is_some_and(|state| state != "Z" && state != "X"),
-            Err(_) => false,
-        }
+        stat::read(self.pid).is_some_and(|s| s.is_alive())
     }
 
     /// The object that serves this process's `malloc`.

@@ -1,0 +1,57 @@
+//! `/proc/PID/stat`: whether a process still runs, and when it started (which, with the PID,
+//! tells a process from a later one that reused its PID).
+
+use std::fs;
+
+/// The fields of `/proc/PID/stat` leaktrace reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stat {
+    /// `R`, `S`, `D`, `Z` (zombie), `X` (dead), ...
+    pub state: char,
+    /// Clock ticks after boot at which the process started.
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// Whether the process can still allocate: a zombie cannot.
+    pub fn is_alive(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
+/// The stat of `pid`, or `None` once it is gone.
+pub fn read(pid: u32) -> Option<Stat> {
+    parse(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Parses a stat line. The command (field 2) is in parentheses and may itself hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+pub fn parse(stat: &str) -> Option<Stat> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    // Fields 3.. follow: the state is the first of them, the start time (22) the 20th.
+    let state = fields.next()?.chars().next()?;
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(Stat { state, start_time })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn survives_odd_command_names() {
+        let stat = "42 (a) b (c)) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+        assert_eq!(
+            parse(stat),
+            Some(Stat {
+                state: 'S',
+                start_time: 987_654
+            })
+        );
+        assert_eq!(parse("42 (x) S 1"), None);
+        assert_eq!(parse("garbage"), None);
+        let zombie = "7 (z) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
+        assert!(!parse(zombie).unwrap().is_alive());
+    }
+}
