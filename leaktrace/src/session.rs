@@ -349,6 +349,46 @@ impl Session {
                 .any(|t| t.attached_at.elapsed() < MAPS_WATCH_SPAN)
     }
 
+    /// Notices that target `index` exec'd since last look (the probes count its execs): the
+    /// stacks of the old image are named now, from the mappings remembered before the exec,
+    /// which the new ones are about to replace. Called before any new mappings are remembered.
+    fn notice_exec(&mut self, index: usize) {
+        let traced = &mut self.traced[index];
+        let pid = traced.target.pid;
+        let execs = self.probes.execs(pid);
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            return;
+        };
+        if execs != traced.execs {
+            traced.execs = execs;
+            for (key, chain) in self.chains.iter().filter(|(k, _)| k.tgid == pid) {
+                self.symbolizer.resolve(key.tgid, chain);
+            }
+            // Said in the report when the old image held memory: its blocks went with the exec
+            // and are never freed, so they stay counted as live.
+            let held = self
+                .last
+                .sites
+                .iter()
+                .any(|(k, v)| k.tgid == pid && v.live_bytes > 0);
+            if held {
+                let at = self.started.elapsed().as_secs_f64();
+                let was = traced
+                    .exe
+                    .as_ref()
+                    .map_or_else(|| "?".to_string(), |old| old.display().to_string());
+                let note = format!(
+                    "at {at:.1}s PID {pid} exec'd {} (was {was}): memory the old image held was \
+                     released by the exec but stays counted as live",
+                    exe.display(),
+                );
+                info!("{note}");
+                self.notes.push(note);
+            }
+        }
+        traced.exe = Some(exe);
+    }
+
     /// Remembers the mappings of every young target whose `/proc/PID/maps` changed since last
     /// seen.
     fn remember_changed_mappings(&mut self, seen: &mut HashMap<u32, u64>) {
@@ -366,6 +406,10 @@ impl Session {
             std::hash::Hash::hash(&maps, &mut hasher);
             let hash = std::hash::Hasher::finish(&hasher);
             if seen.insert(pid, hash) != Some(hash) {
+                // A change may be an exec: the old image's stacks are named first.
+                if let Some(index) = self.traced.iter().position(|t| t.target.pid == pid) {
+                    self.notice_exec(index);
+                }
                 self.symbolizer.remember(pid);
             }
         }
@@ -498,42 +542,12 @@ impl Session {
                 traced.target.command = command;
             }
             let pid = traced.target.pid;
-            let execs = self.probes.execs(pid);
-            if let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) {
-                if execs != traced.execs {
-                    traced.execs = execs;
-                    // A new image. The stacks of the old one are named now, from the mappings
-                    // remembered before the exec, which the new ones are about to replace.
-                    for (key, chain) in self.chains.iter().filter(|(k, _)| k.tgid == pid) {
-                        self.symbolizer.resolve(key.tgid, chain);
-                    }
-                    // Said in the report when the old image held memory: its blocks went with
-                    // the exec and are never freed, so they stay counted as live.
-                    let held = self
-                        .last
-                        .sites
-                        .iter()
-                        .any(|(k, v)| k.tgid == pid && v.live_bytes > 0);
-                    if held {
-                        let was = traced
-                            .exe
-                            .as_ref()
-                            .map_or_else(|| "?".to_string(), |old| old.display().to_string());
-                        let note = format!(
-                            "at {at:.1}s PID {pid} exec'd {} (was {was}): memory the old image \
-                             held was released by the exec but stays counted as live",
-                            exe.display(),
-                        );
-                        info!("{note}");
-                        self.notes.push(note);
-                    }
-                }
-                traced.exe = Some(exe);
-            }
+            let alive = traced.target.is_alive();
+            self.notice_exec(index);
             // Mappings change (dlopen, exec): keep the latest for symbolizing after exit. A
             // process that is gone leaves the last ones in place.
             self.symbolizer.remember(pid);
-            if traced.target.is_alive() && !ended {
+            if alive && !ended {
                 self.attach_runtimes(index);
             }
         }

@@ -380,10 +380,10 @@ fn an_exec_is_said_and_the_new_image_is_traced() {
             .any(|n| n.contains(&format!("PID {pid} exec'd"))),
         "{notes:?}"
     );
-    // The old image's blocks stay counted, and the new image's are traced as well. (The old
-    // image's stacks are named only when the exec is first seen by a sample, not by the mapping
-    // poll of the first second after attach: a race left open, so not asserted here.)
-    // The new image's stdin buffer (4 KiB, at its first fgets) is live too.
+    // The old image's blocks stay counted, named from its own mappings, and the new image's are
+    // traced as well. The new image's stdin buffer (4 KiB, at its first fgets) is live too.
+    let before = leaktrace_tests::site(&report, pid, "keep_before_exec");
+    assert_eq!((before.live_bytes, before.live_allocs), (3000, 3));
     let totals = &report["targets"][0]["totals"];
     assert_eq!(totals["live_bytes"], 3000 + 1000 + 4096);
     assert_eq!(totals["live_allocs"], 3 + 2 + 1);
