@@ -516,3 +516,44 @@ fn ten_times_more_calls_do_not_grow_the_tracer() {
         "peak tracer memory went from {few} KiB to {many} KiB with ten times the calls"
     );
 }
+
+#[test]
+fn a_full_mapping_event_ring_is_counted() {
+    if !have_root("a_full_mapping_event_ring_is_counted") {
+        return;
+    }
+    // mmaps.c makes 15 mapping changes a round, 9 of them new anonymous mappings; a one-page
+    // ring read once a second holds a few dozen.
+    let rounds: u64 = 300;
+    let out = leaktrace_tests::scratch("tiny_ring").join("report.json");
+    let exe = leaktrace_tests::fixture_with("gcc", "coverage/mmaps", &[]);
+    let mut target = Target::start(&exe, &[&rounds.to_string()]);
+    let pid = target.pid();
+    let report = trace_workload(
+        &mut target,
+        pid,
+        &["--map-events-bytes", "4096", "--interval", "1s"],
+        &out,
+    );
+    assert_eq!(target.finish(), 0, "the target is unharmed");
+    let lost = report["targets"][0]["totals"]["losses"]["map_events_lost"]
+        .as_u64()
+        .expect("map_events_lost");
+    let mapped: u64 = report["stacks"]
+        .as_array()
+        .expect("stacks")
+        .iter()
+        .filter(|s| s["kind"] == "mmap")
+        .map(|s| s["alloc_calls"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(
+        lost > 0 && mapped < 9 * rounds,
+        "the ring overflowed: {lost} lost"
+    );
+    // Every new mapping was either received or counted lost (and the lost count covers the
+    // other changes too): between the 9 new mappings and the 15 changes of each round.
+    assert!(
+        (9 * rounds..=15 * rounds).contains(&(mapped + lost)),
+        "{mapped} received + {lost} lost"
+    );
+}
