@@ -92,14 +92,14 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
         "target_live_bytes",
         "Bytes in blocks allocated since attach and not yet freed (estimated when sampling)",
         targets,
-        |t| t.live_bytes,
+        |t| t.totals.live_bytes,
     );
     gauge_i64(
         registry,
         "target_live_allocations",
         "Blocks allocated since attach and not yet freed (estimated when sampling)",
         targets,
-        |t| t.live_allocs,
+        |t| t.totals.live_allocs,
     );
     gauge_f64(
         registry,
@@ -141,25 +141,25 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
         "target_allocations",
         "Allocation calls seen since attach",
         targets,
-        |t| t.alloc_calls,
+        |t| t.totals.alloc_calls,
     );
     counter(
         registry,
         "target_frees",
         "Free calls seen since attach",
         targets,
-        |t| t.free_calls,
+        |t| t.totals.free_calls,
     );
     counter(
         registry,
         "target_failed_allocations",
         "Allocation calls that returned no memory",
         targets,
-        |t| t.failed_allocs,
+        |t| t.totals.failed_allocs,
     );
     let lost = Family::<Labels, Counter>::default();
     for t in targets {
-        let l = &t.losses;
+        let l = &t.totals.losses;
         for (reason, n) in [
             ("unknown_free", l.unknown_frees),
             ("live_map_full", l.live_map_full),
@@ -295,13 +295,14 @@ mod tests {
                 pod: Some("web-0".into()),
                 ..PlacementView::default()
             },
-            live_bytes: 4096,
-            live_allocs: 2,
-            allocated_bytes: 8192,
-            alloc_calls: 4,
-            free_calls: 2,
-            failed_allocs: 0,
-            losses: Default::default(),
+            totals: crate::report::model::Totals {
+                live_bytes: 4096,
+                live_allocs: 2,
+                allocated_bytes: 8192,
+                alloc_calls: 4,
+                free_calls: 2,
+                ..Default::default()
+            },
             growth_bytes_per_s: 100.5,
             leak_suspects: 1,
             top_suspect_bytes_per_s: 100.0,

@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::report::model::Losses;
+use crate::report::model::Totals;
 
 /// The agent's state at its last sample, shared read-only with the HTTP server.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -27,13 +27,9 @@ pub struct TargetView {
     /// Seconds since its probes were attached.
     pub traced_s: f64,
     pub placement: PlacementView,
-    pub live_bytes: i64,
-    pub live_allocs: i64,
-    pub allocated_bytes: u64,
-    pub alloc_calls: u64,
-    pub free_calls: u64,
-    pub failed_allocs: u64,
-    pub losses: Losses,
+    /// As the report's target totals, at the same level of the JSON object.
+    #[serde(flatten)]
+    pub totals: Totals,
     /// Theil-Sen slope of the process's live bytes over the last minutes.
     pub growth_bytes_per_s: f64,
     /// Stacks whose verdict is `leak` or `growing`.
