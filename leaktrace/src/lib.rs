@@ -20,6 +20,7 @@ mod session;
 pub mod symbolize;
 pub mod trace;
 
-// A dev-dependency of the integration tests (tests/hostile_input.rs), not of the unit tests.
+// A dev-dependency of the integration tests (tests/hostile_input.rs, tests/fuzz.rs), not of the
+// unit tests.
 #[cfg(test)]
 use proptest as _;

@@ -504,7 +504,7 @@ impl Tracer {
 }
 
 /// utime + stime of `pid`, all threads, in seconds.
-fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
         .with_context(|| format!("reading /proc/{pid}/stat"))?;
     // The command name may hold spaces: count fields after its closing parenthesis. There the

@@ -3,8 +3,10 @@
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod shell;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +46,27 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Set up, build leaktrace (release), and trace a churning and leaking workload for minutes,
+    /// printing the tracer's memory, CPU time and live-block map fill as it goes (needs root).
+    Soak {
+        /// How long the workload runs.
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        minutes: u64,
+        /// Live blocks the workload builds up to (by 60 % of the run) and holds.
+        #[arg(long, default_value_t = 1_000_000)]
+        keep: u64,
+    },
+    /// Fuzz every parser of input a target, a container or a user controls (perf maps, /proc
+    /// files, cgroup paths, options, the prologue decoder, ELF symbols, saved reports), each for
+    /// a bounded time; a crashing input is saved to the corpus, where `cargo test` replays it
+    /// (needs no set-up and no root).
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+        seconds: u64,
+        /// Targets to fuzz [default: all].
+        targets: Vec<String>,
+    },
 }
 
 fn main() {
@@ -65,6 +88,10 @@ fn main() {
                 quick,
             })
         }),
+        Task::Soak { minutes, keep } => {
+            setup::run().and_then(|()| soak::run(&soak::Options { minutes, keep }))
+        }
+        Task::Fuzz { seconds, targets } => fuzz::run(seconds, &targets),
     };
     if let Err(err) = result {
         eprintln!("xtask: error: {err:#}");
