@@ -43,3 +43,47 @@ fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
     let chain = site(&report, pid, "leak_realloc_chain");
     assert_eq!((chain.live_bytes, chain.allocated_bytes), (7_000, 11_000));
 }
+
+#[test]
+fn hostile_files_in_a_container_cost_nothing_but_their_own_names() {
+    if !have_root("hostile_files_in_a_container_cost_nothing_but_their_own_names") {
+        return;
+    }
+    use std::os::unix::fs::symlink;
+    // What a container may leave where leaktrace looks for its perf map: a file of gigabytes
+    // without a newline, or a symbolic link loop. Either costs a bounded read or an error for
+    // that file alone; the trace and its report are whole.
+    let plants: [(&str, fn(&std::path::Path)); 2] = [
+        ("huge", |tmp| {
+            let map = fs::File::create(tmp.join("perf-1.map")).expect("creating the map");
+            map.set_len(4 << 30).expect("a sparse 4 GiB file");
+        }),
+        ("loop", |tmp| {
+            symlink("/tmp/perf-1.map.b", tmp.join("perf-1.map")).expect("a link");
+            symlink("/tmp/perf-1.map", tmp.join("perf-1.map.b")).expect("a link back");
+        }),
+    ];
+    for (label, plant) in plants {
+        let dir = scratch(&format!("container_hostile_{label}"));
+        let root = dir.join("root");
+        make_root(&root, &fixture("leaky", &[]), "leaky");
+        fs::create_dir_all(root.join("tmp")).expect("the root's /tmp");
+        plant(&root.join("tmp"));
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--mount", "--pid", "--fork", "--kill-child", "chroot"])
+            .arg(&root)
+            .args(["/leaky", "10"]);
+        let mut unshare = Target::spawn(cmd);
+        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.pid()))
+            .expect("unshare's children");
+        let pid: u32 = children
+            .split_whitespace()
+            .next()
+            .expect("a child")
+            .parse()
+            .unwrap();
+        let report = trace_workload(&mut unshare, pid, &[], &dir.join("report.json"));
+        assert_eq!(unshare.finish(), 0);
+        leaktrace_tests::assert_leaky_is_exact(&report, pid, 10);
+    }
+}
