@@ -557,3 +557,38 @@ fn a_full_mapping_event_ring_is_counted() {
         "{mapped} received + {lost} lost"
     );
 }
+
+#[test]
+fn doctor_names_a_target_without_an_allocator_it_can_probe() {
+    if !have_root("doctor_names_a_target_without_an_allocator_it_can_probe") {
+        return;
+    }
+    // A stripped static program: its malloc is in it, but nothing names it.
+    let target = Target::start(&fixture("leaky", &["-static", "-s"]), &["1"]);
+    let output = leaktrace()
+        .args(["doctor", &target.pid().to_string()])
+        .output()
+        .expect("leaktrace doctor");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !output.status.success(),
+        "a failed check fails doctor:\n{text}"
+    );
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("fail  allocator"))
+        .unwrap_or_else(|| panic!("no allocator failure:\n{text}"));
+    assert!(line.contains("defines malloc and free"), "{line}");
+    // The same program with its symbols is fine: its own allocator is found.
+    let with_symbols = Target::start(&fixture("leaky", &["-static"]), &["1"]);
+    let output = leaktrace()
+        .args(["doctor", &with_symbols.pid().to_string()])
+        .output()
+        .expect("leaktrace doctor");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ok    allocator") && l.contains("glibc")),
+        "{text}"
+    );
+}
