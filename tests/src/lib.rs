@@ -481,6 +481,35 @@ pub fn make_root_with(dir: &Path, exe: &Path, name: &str, libraries: &[&str]) {
     fs::copy(exe, dir.join(name)).expect("copying the program into the root");
 }
 
+/// Starts `program args` (a path inside `root`) as PID 1 of its own mount and PID namespace,
+/// chrooted into `root` with a /proc of its own, as a container runs, with `env` set. Returns
+/// unshare's [`Target`] (its stdin and stdout are the program's) and the program's host PID.
+pub fn start_in_namespace(
+    root: &Path,
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Target, u32) {
+    fs::create_dir_all(root.join("proc")).expect("creating the root's /proc");
+    let mut cmd = Command::new("unshare");
+    cmd.args(["--mount", "--pid", "--fork", "--kill-child"])
+        .arg(format!("--mount-proc={}", root.join("proc").display()))
+        .arg("chroot")
+        .arg(root)
+        .arg(program)
+        .args(args)
+        .envs(env.iter().copied());
+    let target = Target::spawn(cmd);
+    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", target.pid()))
+        .expect("unshare's children");
+    let pid = children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("unshare has started the program");
+    (target, pid)
+}
+
 /// Asserts a failed run printed exactly one line on stderr, with no panic or backtrace.
 pub fn assert_one_line_error(output: &Output, expect: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);

@@ -2,9 +2,11 @@
 //! C library is its own file, reached through /proc/PID/root, and it is PID 1 inside.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
-use std::{fs, process::Command};
+use std::fs;
 
-use leaktrace_tests::{Target, fixture, have_root, make_root, scratch, site, trace_workload};
+use leaktrace_tests::{
+    fixture, have_root, make_root, scratch, site, start_in_namespace, trace_workload,
+};
 
 #[test]
 fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
@@ -13,20 +15,8 @@ fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
     }
     let root = scratch("container").join("root");
     make_root(&root, &fixture("leaky", &[]), "leaky");
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--pid", "--fork", "--kill-child", "chroot"])
-        .arg(&root)
-        .args(["/leaky", "10"]);
-    let mut unshare = Target::spawn(cmd);
     // The fixture is unshare's child; inside its namespace it is PID 1.
-    let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.pid()))
-        .expect("unshare's children");
-    let pid: u32 = children
-        .split_whitespace()
-        .next()
-        .expect("a child")
-        .parse()
-        .unwrap();
+    let (mut unshare, pid) = start_in_namespace(&root, "/leaky", &["10"], &[]);
 
     let out = scratch("container").join("report.json");
     let report = trace_workload(&mut unshare, pid, &[], &out);
@@ -69,19 +59,7 @@ fn hostile_files_in_a_container_cost_nothing_but_their_own_names() {
         make_root(&root, &fixture("leaky", &[]), "leaky");
         fs::create_dir_all(root.join("tmp")).expect("the root's /tmp");
         plant(&root.join("tmp"));
-        let mut cmd = Command::new("unshare");
-        cmd.args(["--mount", "--pid", "--fork", "--kill-child", "chroot"])
-            .arg(&root)
-            .args(["/leaky", "10"]);
-        let mut unshare = Target::spawn(cmd);
-        let children = fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.pid()))
-            .expect("unshare's children");
-        let pid: u32 = children
-            .split_whitespace()
-            .next()
-            .expect("a child")
-            .parse()
-            .unwrap();
+        let (mut unshare, pid) = start_in_namespace(&root, "/leaky", &["10"], &[]);
         let report = trace_workload(&mut unshare, pid, &[], &dir.join("report.json"));
         assert_eq!(unshare.finish(), 0);
         leaktrace_tests::assert_leaky_is_exact(&report, pid, 10);

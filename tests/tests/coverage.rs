@@ -8,7 +8,7 @@ use std::{path::Path, process::Command};
 
 use leaktrace_tests::{
     SiteTotals, Target, fixture_with, have_root, losses, make_root_with, scratch, site,
-    trace_workload,
+    start_in_namespace, trace_workload,
 };
 use serde_json::Value;
 
@@ -60,27 +60,9 @@ fn trace_in_namespace(exe: &Path, libraries: &[&str], preload: Option<&str>) -> 
     let dir = scratch(&format!("coverage_ns_{name}"));
     let root = dir.join("root");
     make_root_with(&root, exe, name, libraries);
-    // Its own /proc, as a container has (`mmaps` maps /proc/self/exe).
-    std::fs::create_dir_all(root.join("proc")).expect("creating the root's /proc");
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--mount", "--pid", "--fork", "--kill-child"])
-        .arg(format!("--mount-proc={}", root.join("proc").display()))
-        .arg("chroot")
-        .arg(&root)
-        .arg(format!("/{name}"))
-        .arg(R.to_string());
-    if let Some(preload) = preload {
-        cmd.env("LD_PRELOAD", preload);
-    }
-    let mut unshare = Target::spawn(cmd);
-    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", unshare.pid()))
-        .expect("unshare's children");
-    let pid: u32 = children
-        .split_whitespace()
-        .next()
-        .expect("a child")
-        .parse()
-        .expect("a PID");
+    let env: Vec<(&str, &str)> = preload.map(|p| ("LD_PRELOAD", p)).into_iter().collect();
+    let (mut unshare, pid) =
+        start_in_namespace(&root, &format!("/{name}"), &[&R.to_string()], &env);
     let report = trace_workload(
         &mut unshare,
         pid,
