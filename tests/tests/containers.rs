@@ -34,6 +34,9 @@ fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
     assert_eq!((chain.live_bytes, chain.allocated_bytes), (7_000, 11_000));
 }
 
+/// Leaves something hostile in a container's /tmp.
+type Plant = fn(&std::path::Path);
+
 #[test]
 fn hostile_files_in_a_container_cost_nothing_but_their_own_names() {
     if !have_root("hostile_files_in_a_container_cost_nothing_but_their_own_names") {
@@ -43,7 +46,7 @@ fn hostile_files_in_a_container_cost_nothing_but_their_own_names() {
     // What a container may leave where leaktrace looks for its perf map: a file of gigabytes
     // without a newline, or a symbolic link loop. Either costs a bounded read or an error for
     // that file alone; the trace and its report are whole.
-    let plants: [(&str, fn(&std::path::Path)); 2] = [
+    let plants: [(&str, Plant); 2] = [
         ("huge", |tmp| {
             let map = fs::File::create(tmp.join("perf-1.map")).expect("creating the map");
             map.set_len(4 << 30).expect("a sparse 4 GiB file");
