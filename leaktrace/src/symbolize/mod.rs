@@ -6,6 +6,7 @@
 //! the process exits, even when the file lived in a container's file system.
 
 pub mod perfmap;
+pub mod v8;
 
 use std::{
     collections::HashMap,
