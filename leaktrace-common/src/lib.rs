@@ -41,7 +41,8 @@ pub struct StackKey {
     pub kind: u32,
     /// Key of the frames in the `STACKS` map; 0 when they could not be captured.
     pub stack: u64,
-    /// Identity of the JavaScript frames on the stack; 0 when there are none.
+    /// Identity of the JavaScript frames on the stack (the key of their [`JsFrames`]); 0 when
+    /// there are none or the target is not V8.
     pub js_id: u64,
 }
 
@@ -58,6 +59,67 @@ pub struct StackFrames {
     pub _pad: u32,
     /// `ips[0]` is the probed function, `ips[1]` its caller's return address, and so on.
     pub ips: [u64; MAX_FRAMES],
+}
+
+/// Deepest JavaScript frames recorded per stack (Node's allocation stacks hold fewer than 20).
+pub const MAX_JS_FRAMES: usize = 24;
+
+/// What the probes need of V8's layout to recognise a JavaScript frame, read by the tracer from
+/// the target's own node binary (`v8dbg_*` values) and stored per target: one leaktrace build
+/// serves every Node version, and processes without it are walked as native code only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V8Frames {
+    /// Frame slots, in bytes from the frame pointer.
+    pub fp_function: i32,
+    pub fp_context: i32,
+    pub fp_bytecode_array: i32,
+    pub fp_bytecode_offset: i32,
+    /// `HeapObject::map` and `Map::instance_type` (a `u16`).
+    pub heap_object_map: u32,
+    pub map_instance_type: u32,
+    /// `JSFunction::shared`: the SharedFunctionInfo outlives the closure and its code.
+    pub js_function_shared: u32,
+    /// Instance types of JSFunction and its subclasses, inclusive.
+    pub js_function_first: u16,
+    pub js_function_last: u16,
+    pub bytecode_array_type: u16,
+    pub _pad: [u16; 3],
+}
+
+/// How a JavaScript frame was executing when the allocation happened.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JsTier {
+    /// Ignition: the return address is a shared bytecode handler, the site is the bytecode offset.
+    Interpreted = 0,
+    /// Sparkplug, Maglev or TurboFan code: the return address is the site.
+    Compiled = 1,
+}
+
+/// One JavaScript frame as the probe found it, identified by what outlives the frame.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct JsFrame {
+    /// Index in [`StackFrames::ips`] of the return address into this frame's code.
+    pub index: u32,
+    /// A [`JsTier`] as `u32`.
+    pub tier: u32,
+    /// The function's SharedFunctionInfo (a tagged pointer).
+    pub sfi: u64,
+    /// Interpreted frames: the BytecodeArray and the raw bytecode-offset slot (a Smi); else 0.
+    pub bytecode_array: u64,
+    pub bytecode_offset: u64,
+}
+
+/// The JavaScript frames of one stack, innermost first, stored once per distinct sequence under
+/// [`StackKey::js_id`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct JsFrames {
+    pub len: u32,
+    pub _pad: u32,
+    pub frames: [JsFrame; MAX_JS_FRAMES],
 }
 
 /// Running totals of one allocation site, updated by the probes with atomic adds.
@@ -288,4 +350,6 @@ mod pod {
     unsafe impl aya::Pod for super::StackFrames {}
     unsafe impl aya::Pod for super::Sampling {}
     unsafe impl aya::Pod for super::MapEvent {}
+    unsafe impl aya::Pod for super::V8Frames {}
+    unsafe impl aya::Pod for super::JsFrames {}
 }

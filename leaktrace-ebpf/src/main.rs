@@ -11,6 +11,7 @@
 mod account;
 mod alloc;
 mod follow;
+mod js;
 mod mapping;
 mod maps;
 mod site;

@@ -9,8 +9,8 @@ use aya_ebpf::{
 };
 use leaktrace_common::{
     DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES,
-    DEFAULT_MAX_STACKS, LiveAlloc, LiveKey, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall,
-    SAMPLE_BUCKETS, Sampling, StackFrames, StackKey, StackStats, TargetCounters,
+    DEFAULT_MAX_STACKS, JsFrames, LiveAlloc, LiveKey, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall,
+    SAMPLE_BUCKETS, Sampling, StackFrames, StackKey, StackStats, TargetCounters, V8Frames,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -48,6 +48,20 @@ pub static STACK_STATS: HashMap<StackKey, StackStats> =
 #[map]
 pub static STACKS: HashMap<u64, StackFrames> =
     HashMap::with_max_entries(DEFAULT_MAX_STACK_TRACES, BPF_F_NO_PREALLOC);
+
+/// V8's frame layout for each target (by tgid) that runs V8: its stacks' JavaScript frames are
+/// recognised and identified. Written by the tracer, which read it from the target's binary.
+#[map]
+pub static V8_TARGETS: HashMap<u32, V8Frames> = HashMap::with_max_entries(MAX_TARGETS, 0);
+
+/// The JavaScript frames of stacks, by [`leaktrace_common::StackKey::js_id`]. Not preallocated.
+#[map]
+pub static JS_STACKS: HashMap<u64, JsFrames> =
+    HashMap::with_max_entries(DEFAULT_MAX_STACK_TRACES, BPF_F_NO_PREALLOC);
+
+/// Room to collect a stack's JavaScript frames in.
+#[map]
+pub static JS_SCRATCH: PerCpuArray<JsFrames> = PerCpuArray::with_max_entries(1, 0);
 
 /// Room to walk a stack in: too large for the 512-byte BPF stack.
 #[map]

@@ -158,6 +158,10 @@ pub struct TraceArgs {
     /// No live status line on stderr while tracing.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Do not name JavaScript frames from V8's own data in the node binary and the target's
+    /// heap (perf maps still name them): the probes then walk native frames only.
+    #[arg(long)]
+    pub no_v8_frames: bool,
     /// Most live blocks tracked at once, over all targets.
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_LIVE_ALLOCS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_live_allocs: u32,

@@ -149,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<u8> {
         max_overhead: args.max_overhead,
         follow,
         node_perf_maps: run.as_ref().is_some_and(|(perf_maps, _)| *perf_maps),
+        v8_frames: !args.no_v8_frames,
     };
     let mut outcome = runtime()?.block_on(trace::trace(start, &options))?;
     if let Some(suppressions) = &suppressions {

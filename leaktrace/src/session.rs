@@ -28,7 +28,7 @@ use crate::{
         live::LiveStatus,
         model::Frame,
     },
-    symbolize::{AddrKind, Symbolizer},
+    symbolize::{AddrKind, Symbolizer, js::JsNamer},
     trace::Options,
 };
 
@@ -61,6 +61,10 @@ pub(crate) struct Session {
     history: History,
     stacks: StackCache,
     symbolizer: Symbolizer,
+    /// Names the JavaScript frames of targets running V8, from V8's own data.
+    js: JsNamer,
+    /// Whether [`Session::js`] is used at all (`--no-v8-frames`).
+    v8_frames: bool,
     /// Which objects serve each target's allocations, each file's symbols read once.
     allocators: allocator::Finder,
     /// The anonymous mappings of every target, from the mapping events.
@@ -117,6 +121,8 @@ impl Session {
             history: History::default(),
             stacks: StackCache::default(),
             symbolizer: Symbolizer::new(),
+            js: JsNamer::default(),
+            v8_frames: options.v8_frames,
             allocators: allocator::Finder::default(),
             mappings: Mappings::default(),
             chains: HashMap::new(),
@@ -162,6 +168,7 @@ impl Session {
             "attached"
         );
         self.symbolizer.remember(target.pid);
+        self.name_js_of(target.pid);
         let index = self.traced.len();
         self.traced.push(Traced {
             exe: std::fs::read_link(format!("/proc/{}/exe", target.pid)).ok(),
@@ -230,6 +237,7 @@ impl Session {
             let target = Target::open(pid).unwrap_or_else(|_| Target::gone(pid));
             info!(pid, command = %target.command, "following a child process");
             self.symbolizer.remember(pid);
+            self.name_js_of(pid);
             self.traced.push(Traced {
                 exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
                 target,
@@ -240,6 +248,18 @@ impl Session {
                 detached_at: None,
                 execs: 0,
             });
+        }
+    }
+
+    /// Starts naming `pid`'s JavaScript frames from V8's data when its executable has it, and
+    /// tells the probes so (or that it no longer has, after an exec).
+    fn name_js_of(&mut self, pid: u32) {
+        if !self.v8_frames {
+            return;
+        }
+        let layout = self.js.attach(pid);
+        if let Err(err) = self.probes.set_v8(pid, layout) {
+            warn!(pid, %err, "cannot give the probes V8's layout: JavaScript frames stay addresses");
         }
     }
 
@@ -359,7 +379,8 @@ impl Session {
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
             return;
         };
-        if execs != traced.execs {
+        let exec_seen = execs != traced.execs;
+        if exec_seen {
             traced.execs = execs;
             for (key, chain) in self.chains.iter().filter(|(k, _)| k.tgid == pid) {
                 self.symbolizer.resolve(key.tgid, chain);
@@ -387,6 +408,10 @@ impl Session {
             }
         }
         traced.exe = Some(exe);
+        if exec_seen {
+            // The new image may run another V8, or none.
+            self.name_js_of(pid);
+        }
     }
 
     /// Remembers the mappings of every young target whose `/proc/PID/maps` changed since last
@@ -455,12 +480,8 @@ impl Session {
             .map(|(_, s)| s.live_allocs)
             .sum();
         let top = self.fastest_grower().map(|(key, rate)| {
-            let chain = self.chains.get(&key).cloned().unwrap_or_default();
-            self.symbolizer.resolve(key.tgid, &chain);
-            let frames: Vec<Frame> = chain
-                .iter()
-                .flat_map(|(addr, _)| self.symbolizer.frames(key.tgid, *addr))
-                .collect();
+            let chain = self.chains.get(&key).map_or(&[][..], Vec::as_slice);
+            let frames = name_stack(&mut self.symbolizer, &self.js, &key, chain);
             // The first JavaScript frame says most; else the allocation function's caller.
             let frame = frames
                 .iter()
@@ -601,10 +622,22 @@ impl Session {
             .map(|k| k.stack)
             .filter(|s| !kept.contains(s))
             .collect();
-        if let Err(err) = self.probes.forget(pid, &orphaned) {
+        let kept_js: std::collections::HashSet<u64> = self
+            .last
+            .sites
+            .keys()
+            .filter(|k| k.tgid != pid)
+            .map(|k| k.js_id)
+            .collect();
+        let orphaned_js: Vec<u64> = gone
+            .iter()
+            .map(|k| k.js_id)
+            .filter(|j| *j != 0 && !kept_js.contains(j))
+            .collect();
+        if let Err(err) = self.probes.forget(pid, &orphaned, &orphaned_js) {
             warn!(pid, %err, "cannot drop this target's entries from the probes' maps");
         }
-        self.stacks.forget(&orphaned);
+        self.stacks.forget(&orphaned, &orphaned_js);
         for key in &gone {
             self.chains.remove(key);
             self.last.sites.remove(key);
@@ -612,6 +645,7 @@ impl Session {
         self.last.counters.remove(&pid);
         self.history.forget(pid);
         self.symbolizer.forget(pid);
+        self.js.forget(pid);
         self.mappings.forget(pid);
     }
 
@@ -638,13 +672,13 @@ impl Session {
             .as_ref()
             .and_then(|e| e.file_name())
             .is_some_and(|n| n.to_string_lossy().starts_with("node"));
-        let mut notes = Vec::new();
-        if is_node && !self.symbolizer.has_perf_map(traced.target.pid) {
+        let pid = traced.target.pid;
+        let mut notes = self.js.notes(pid);
+        if is_node && !self.js.names(pid) && !self.symbolizer.has_perf_map(pid) {
             notes.push(format!(
-                "Node.js without a perf map (/tmp/perf-{}.map): JavaScript frames are unnamed. \
-                 Start node with --perf-basic-prof (and --interpreted-frames-native-stack for \
-                 interpreted functions) to name them.",
-                traced.target.pid
+                "Node.js without a perf map (/tmp/perf-{pid}.map) or usable V8 data: JavaScript \
+                 frames are unnamed. Start node with --perf-basic-prof (and \
+                 --interpreted-frames-native-stack for interpreted functions) to name them."
             ));
         }
         notes
@@ -655,7 +689,13 @@ impl Session {
     fn read_new_stacks(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         for key in snapshot.sites.keys() {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.chains.entry(*key) {
-                slot.insert(call_chain(self.stacks.frames(&self.probes, key.stack)?));
+                let ips = self.stacks.frames(&self.probes, key.stack)?.to_vec();
+                // Named at once: what the JavaScript frames point at may move or die.
+                if key.js_id != 0 && self.js.names(key.tgid) {
+                    let js = self.stacks.js_frames(&self.probes, key.js_id)?;
+                    self.js.name(key.tgid, key.js_id, js, &ips);
+                }
+                slot.insert(call_chain(&ips));
             }
         }
         Ok(())
@@ -734,14 +774,10 @@ impl Session {
             None => self.last.clone(),
         };
         let notes = self.trace_notes();
-        let (chains, symbolizer) = (&self.chains, &mut self.symbolizer);
+        let (chains, symbolizer, js) = (&self.chains, &mut self.symbolizer, &self.js);
         let mut name = |key: &StackKey| -> Vec<Frame> {
             let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
-            symbolizer.resolve(key.tgid, chain);
-            chain
-                .iter()
-                .flat_map(|(addr, _)| symbolizer.frames(key.tgid, *addr))
-                .collect()
+            name_stack(symbolizer, js, key, chain)
         };
         build::build(build::Inputs {
             targets,
@@ -761,6 +797,32 @@ impl Session {
             top: options.top,
         })
     }
+}
+
+/// The frames of one site, innermost first: JavaScript frames named from V8's data where the
+/// probes identified them, every other address by the symbolizer (perf map, ELF, DWARF).
+fn name_stack(
+    symbolizer: &mut Symbolizer,
+    js: &JsNamer,
+    key: &StackKey,
+    chain: &[(u64, AddrKind)],
+) -> Vec<Frame> {
+    symbolizer.resolve(key.tgid, chain);
+    let named = js.frames(key.tgid, key.js_id);
+    let named = named.as_deref().map_or(&[][..], Vec::as_slice);
+    chain
+        .iter()
+        .enumerate()
+        .flat_map(
+            |(i, (addr, _))| match named.iter().find(|(index, _)| *index == i) {
+                Some((_, frame)) => vec![Frame {
+                    address: crate::symbolize::hex(*addr),
+                    ..frame.clone()
+                }],
+                None => symbolizer.frames(key.tgid, *addr),
+            },
+        )
+        .collect()
 }
 
 /// Whether `/proc/PID/maps` text shows a C library mapped executable.

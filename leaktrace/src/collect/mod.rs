@@ -11,7 +11,9 @@ use std::collections::HashMap;
 pub use mappings::Mappings;
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
-use leaktrace_common::{NUM_COUNTERS, StackFrames, StackKey, StackStats, TargetCounters};
+use leaktrace_common::{
+    JsFrame, JsFrames, NUM_COUNTERS, StackFrames, StackKey, StackStats, TargetCounters,
+};
 
 use crate::probe::Probes;
 
@@ -137,10 +139,12 @@ pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
     })
 }
 
-/// Call stacks by key, read from the probes' stack map once each.
+/// Call stacks by key, and their JavaScript frames by JS identity, read from the probes' maps
+/// once each.
 #[derive(Default)]
 pub struct StackCache {
     stacks: HashMap<u64, Vec<u64>>,
+    js: HashMap<u64, Vec<JsFrame>>,
 }
 
 impl StackCache {
@@ -163,10 +167,32 @@ impl StackCache {
         Ok(&self.stacks[&stack])
     }
 
-    /// Drops stacks no site refers to any more.
-    pub fn forget(&mut self, stacks: &[u64]) {
+    /// The JavaScript frames (innermost first) stored under `js_id`; empty when none were.
+    pub fn js_frames(&mut self, probes: &Probes, js_id: u64) -> Result<&[JsFrame], CollectError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.js.entry(js_id) {
+            let map: BpfHashMap<&MapData, u64, JsFrames> = BpfHashMap::try_from(
+                probes
+                    .ebpf()
+                    .map("JS_STACKS")
+                    .ok_or(CollectError::MissingMap("JS_STACKS"))?,
+            )
+            .map_err(map_err("JS_STACKS"))?;
+            let frames = match map.get(&js_id, 0) {
+                Ok(f) => f.frames[..(f.len as usize).min(f.frames.len())].to_vec(),
+                Err(_) => Vec::new(),
+            };
+            slot.insert(frames);
+        }
+        Ok(&self.js[&js_id])
+    }
+
+    /// Drops stacks and JavaScript frames no site refers to any more.
+    pub fn forget(&mut self, stacks: &[u64], js_ids: &[u64]) {
         for stack in stacks {
             self.stacks.remove(stack);
+        }
+        for js_id in js_ids {
+            self.js.remove(js_id);
         }
     }
 }

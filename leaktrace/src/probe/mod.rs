@@ -21,8 +21,8 @@ use aya::{
     util::nr_cpus,
 };
 use leaktrace_common::{
-    LiveAlloc, LiveKey, MapEvent, PendingCall, Sampling, StackFrames, StackKey, StackStats,
-    TargetCounters,
+    JsFrames, LiveAlloc, LiveKey, MapEvent, PendingCall, Sampling, StackFrames, StackKey,
+    StackStats, TargetCounters, V8Frames,
 };
 use tracing::{debug, warn};
 
@@ -565,6 +565,7 @@ impl Probes {
             .map_max_entries("LIVE", limits.live_allocs)
             .map_max_entries("STACK_STATS", limits.stacks)
             .map_max_entries("STACKS", limits.stack_traces)
+            .map_max_entries("JS_STACKS", limits.stack_traces)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/leaktrace-probes"
@@ -762,6 +763,23 @@ impl Probes {
             .map_err(|e| ProbeError::Map(Box::new(e)))
     }
 
+    /// Tells the probes V8's frame layout in `pid`, so that its stacks' JavaScript frames are
+    /// recognised and identified; `None` when it runs no V8 (any more: an exec).
+    pub fn set_v8(&mut self, pid: u32, layout: Option<V8Frames>) -> Result<(), ProbeError> {
+        let map = self
+            .ebpf
+            .map_mut("V8_TARGETS")
+            .ok_or(ProbeError::Missing("V8_TARGETS"))?;
+        let mut layouts: aya::maps::HashMap<_, u32, V8Frames> =
+            aya::maps::HashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))?;
+        match layout {
+            Some(layout) => layouts.insert(&pid, &layout, 0),
+            // Absent already is what was wanted.
+            None => layouts.remove(&pid).or(Ok(())),
+        }
+        .map_err(|e| ProbeError::Map(Box::new(e)))
+    }
+
     /// Stops tracing `pid`: its probes are detached; its counts stay readable.
     pub fn detach(&mut self, pid: u32) {
         for (program, link) in self.links.remove(&pid).unwrap_or_default() {
@@ -853,7 +871,7 @@ impl Probes {
     /// Drops every entry of a target from the maps (its live blocks, sites, pending calls and
     /// counters) and the stored stacks only it used: an agent that traces processes as they
     /// come and go must not fill its maps with the dead. Call after [`Probes::detach`].
-    pub fn forget(&mut self, pid: u32, stacks: &[u64]) -> Result<(), ProbeError> {
+    pub fn forget(&mut self, pid: u32, stacks: &[u64], js_ids: &[u64]) -> Result<(), ProbeError> {
         fn remove_where<K: aya::Pod + Eq, V: aya::Pod>(
             ebpf: &mut Ebpf,
             name: &'static str,
@@ -874,6 +892,9 @@ impl Probes {
         remove_where::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS", |k| k.tgid == pid)?;
         remove_where::<u64, PendingCall>(&mut self.ebpf, "PENDING", |k| (k >> 32) as u32 == pid)?;
         remove_where::<u64, StackFrames>(&mut self.ebpf, "STACKS", |k| stacks.contains(k))?;
+        let js_ids: HashSet<u64> = js_ids.iter().copied().collect();
+        remove_where::<u64, JsFrames>(&mut self.ebpf, "JS_STACKS", |k| js_ids.contains(k))?;
+        remove_where::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS", |k| *k == pid)?;
         remove_where::<u32, u64>(&mut self.ebpf, "EXECS", |k| *k == pid)?;
         let _ = self.targets_mut()?.remove(&pid);
         Ok(())

@@ -1,2 +1,16 @@
 //! Naming JavaScript frames from V8's own data: the `v8dbg_*` values in the node binary and the
-//! objects they describe in the target's heap.
+//! objects they describe in the target's heap, without `--perf-basic-prof`.
+//!
+//! [`Layout`] is read once per node binary; a [`Resolver`] per target turns the raw values the
+//! probe captured in a JS frame (the function's SharedFunctionInfo, and for interpreted frames
+//! the BytecodeArray and bytecode offset) into a function name, script and lines. The recipe,
+//! measured on Node 20 and 22, is `shared/design/V8-FRAMES.md`.
+
+mod heap;
+mod layout;
+mod positions;
+mod scope_info;
+mod strings;
+
+pub use heap::{JsFunction, MAX_NAME_UNITS, Memory, ProcessMemory, Resolver};
+pub use layout::{Layout, LayoutError, StringLayout};

@@ -1,0 +1,179 @@
+//! Naming the JavaScript frames the probes identified (a SharedFunctionInfo per frame, and the
+//! bytecode offset of interpreted ones) from V8's own data: the layout the target's binary
+//! exports and the objects in its heap. No perf map, no flag, nothing written into the target.
+//!
+//! Frames are named soon after they are captured, while what they point at is still there
+//! (SharedFunctionInfos outlive scavenges, but not a mark-compact that moves or frees them), and
+//! the names are kept: the report may be built long after.
+
+use std::{collections::HashMap, os::unix::fs::MetadataExt as _, sync::Arc};
+
+use leaktrace_common::{JsFrame, JsTier, V8Frames};
+use tracing::{debug, warn};
+
+use super::{
+    hex,
+    v8::{Layout, LayoutError, ProcessMemory, Resolver},
+};
+use crate::report::model::Frame;
+
+/// The JavaScript frames of one stack: each with the index of the address it stands for.
+pub type NamedFrames = Vec<(usize, Frame)>;
+
+/// Names JavaScript frames, per target running V8.
+#[derive(Default)]
+pub struct JsNamer {
+    /// V8 layouts by executable (device, inode): a node binary is read once however many
+    /// processes run it.
+    layouts: HashMap<(u64, u64), Option<Arc<Layout>>>,
+    targets: HashMap<u32, Resolver<ProcessMemory>>,
+    named: HashMap<(u32, u64), Arc<NamedFrames>>,
+    /// Per target: why its JavaScript frames cannot be named, for its report.
+    problems: HashMap<u32, String>,
+    /// Per target: frames the probes identified that did not decode (moved or freed since).
+    unnamed: HashMap<u32, u64>,
+}
+
+impl JsNamer {
+    /// Reads V8's layout from `pid`'s executable. Returns what the probes need to recognise its
+    /// JavaScript frames, or `None` when it does not run V8 or its V8 data is unusable (said in
+    /// a warning and in the report: its JavaScript frames stay addresses).
+    pub fn attach(&mut self, pid: u32) -> Option<V8Frames> {
+        self.targets.remove(&pid);
+        let exe = format!("/proc/{pid}/exe");
+        let id = std::fs::metadata(&exe).ok().map(|m| (m.dev(), m.ino()))?;
+        let layout = match self.layouts.get(&id) {
+            Some(known) => known.clone(),
+            None => {
+                let read = match Layout::read(std::path::Path::new(&exe)) {
+                    Ok(layout) => Some(Arc::new(layout)),
+                    Err(LayoutError::NotV8) => None,
+                    Err(err) => {
+                        warn!(pid, %err, "V8 data unusable: JavaScript frames stay addresses");
+                        self.problems.insert(
+                            pid,
+                            format!("V8 data unusable ({err}): JavaScript frames are addresses"),
+                        );
+                        None
+                    }
+                };
+                self.layouts.insert(id, read.clone());
+                read
+            }
+        }?;
+        let memory = match ProcessMemory::open(pid) {
+            Ok(memory) => memory,
+            Err(err) => {
+                warn!(pid, %err, "cannot read the target's memory: JavaScript frames stay addresses");
+                self.problems.insert(
+                    pid,
+                    format!("cannot read its memory ({err}): JavaScript frames are addresses"),
+                );
+                return None;
+            }
+        };
+        let frames = probe_layout(&layout);
+        self.targets
+            .insert(pid, Resolver::new((*layout).clone(), memory));
+        debug!(pid, "naming JavaScript frames from V8's data");
+        Some(frames)
+    }
+
+    /// Whether `pid`'s JavaScript frames are named from V8's data.
+    pub fn names(&self, pid: u32) -> bool {
+        self.targets.contains_key(&pid)
+    }
+
+    /// Names the JavaScript frames `frames` of a stack of `pid` whose addresses are `ips`, once.
+    pub fn name(&mut self, pid: u32, js_id: u64, frames: &[JsFrame], ips: &[u64]) {
+        if self.named.contains_key(&(pid, js_id)) {
+            return;
+        }
+        let Some(resolver) = self.targets.get_mut(&pid) else {
+            return;
+        };
+        let mut named = NamedFrames::new();
+        let mut failed = 0;
+        for frame in frames {
+            let index = frame.index as usize;
+            let Some(&ip) = ips.get(index) else {
+                continue;
+            };
+            match js_frame(resolver, frame, ip) {
+                Some(js) => named.push((index, js)),
+                None => failed += 1,
+            }
+        }
+        if failed > 0 {
+            *self.unnamed.entry(pid).or_default() += failed;
+        }
+        self.named.insert((pid, js_id), Arc::new(named));
+    }
+
+    /// The JavaScript frames of `pid`'s stacks with identity `js_id`, as named.
+    pub fn frames(&self, pid: u32, js_id: u64) -> Option<Arc<NamedFrames>> {
+        self.named.get(&(pid, js_id)).cloned()
+    }
+
+    /// What the report of `pid` should say about its JavaScript frames, if anything.
+    pub fn notes(&self, pid: u32) -> Vec<String> {
+        let mut notes: Vec<String> = self.problems.get(&pid).cloned().into_iter().collect();
+        if let Some(&n) = self.unnamed.get(&pid) {
+            notes.push(format!(
+                "{n} JavaScript frame{} could not be read from V8's heap (the function moved or \
+                 was collected before it was named): shown by address",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+        notes
+    }
+
+    /// Drops everything about `pid`, the names of its stacks included.
+    pub fn forget(&mut self, pid: u32) {
+        self.targets.remove(&pid);
+        self.problems.remove(&pid);
+        self.unnamed.remove(&pid);
+        self.named.retain(|(p, _), _| *p != pid);
+    }
+}
+
+/// One JavaScript frame, named: function, script, and the line of the call when the frame was
+/// interpreted (from its bytecode offset), else the function's own line.
+fn js_frame(resolver: &mut Resolver<ProcessMemory>, frame: &JsFrame, ip: u64) -> Option<Frame> {
+    let call_line = if frame.tier == JsTier::Interpreted as u32 {
+        resolver.call_line(frame.sfi, frame.bytecode_array, frame.bytecode_offset)
+    } else {
+        None
+    };
+    let function = resolver.function(frame.sfi)?;
+    Some(Frame {
+        address: hex(ip),
+        kind: "js".into(),
+        function: Some(if function.name.is_empty() {
+            "(anonymous)".into()
+        } else {
+            function.name.clone()
+        }),
+        file: (!function.script.is_empty()).then(|| function.script.clone()),
+        line: call_line.or(function.line),
+        source: Some("v8".into()),
+        ..Frame::default()
+    })
+}
+
+/// What the probes need of a layout.
+fn probe_layout(layout: &Layout) -> V8Frames {
+    V8Frames {
+        fp_function: layout.fp_function,
+        fp_context: layout.fp_context,
+        fp_bytecode_array: layout.fp_bytecode_array,
+        fp_bytecode_offset: layout.fp_bytecode_offset,
+        heap_object_map: layout.heap_object_map,
+        map_instance_type: layout.map_instance_type,
+        js_function_shared: layout.js_function_shared,
+        js_function_first: layout.js_function_first,
+        js_function_last: layout.js_function_last,
+        bytecode_array_type: layout.bytecode_array_type,
+        _pad: [0; 3],
+    }
+}

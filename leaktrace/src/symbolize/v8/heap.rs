@@ -1,0 +1,326 @@
+//! Reading V8 heap objects out of a target's memory, and naming functions from them.
+//!
+//! Everything read belongs to the target and may be garbage: a frame slot the probe took for a
+//! function, an object the GC moved since, a string whose length a hostile process chose. Every
+//! object is checked by its map (the meta-map check and its instance type) before a field of it
+//! is trusted, every length and loop is capped, and a failed check gives `None`, never a panic.
+
+use std::{cell::Cell, collections::HashMap, fs::File, io, os::unix::fs::FileExt as _};
+
+use super::{
+    layout::Layout,
+    positions::{self, LineTable},
+    scope_info,
+};
+
+/// Reads target memory; a trait so unit tests can decode from a captured memory image.
+pub trait Memory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+impl<M: Memory + ?Sized> Memory for &M {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        (**self).read(addr, buf)
+    }
+}
+
+/// `/proc/PID/mem`, read with positioned reads (never written). Opened once per target: the open
+/// file keeps working for the process it was opened for, and only for it, even if the PID is
+/// reused.
+pub struct ProcessMemory {
+    file: File,
+}
+
+impl ProcessMemory {
+    pub fn open(pid: u32) -> io::Result<Self> {
+        Ok(Self {
+            file: File::open(format!("/proc/{pid}/mem"))?,
+        })
+    }
+}
+
+impl Memory for ProcessMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, addr)
+    }
+}
+
+/// Longest function name or script path kept, in UTF-16 units.
+pub const MAX_NAME_UNITS: u32 = 4096;
+
+/// A named JavaScript function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsFunction {
+    /// "" for anonymous functions: callers print "(anonymous)".
+    pub name: String,
+    /// The script's name: a path for CommonJS, `file://...` for ES modules, `node:buffer` for
+    /// Node's own.
+    pub script: String,
+    /// 1-based line of the function's start.
+    pub line: Option<u32>,
+}
+
+/// Typed reads of V8 objects in a target's memory.
+pub(super) struct Heap<M> {
+    pub(super) layout: Layout,
+    mem: M,
+    /// The meta map once one passed the check: every map's map, so later checks are one read.
+    meta_map: Cell<Option<u64>>,
+}
+
+/// A V8 heap object, validated by its map: its untagged address and instance type.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Object {
+    pub(super) addr: u64,
+    pub(super) instance_type: u16,
+}
+
+/// Tagged pointers end in binary 01.
+pub(super) fn is_heap_object(value: u64) -> bool {
+    value & 3 == 1
+}
+
+/// A Smi: without pointer compression, the value is in the upper 32 bits and the lower are 0.
+pub(super) fn smi(value: u64) -> Option<i32> {
+    (value & 0xffff_ffff == 0).then_some((value >> 32) as u32 as i32)
+}
+
+impl<M: Memory> Heap<M> {
+    pub(super) fn new(layout: Layout, mem: M) -> Self {
+        Self {
+            layout,
+            mem,
+            meta_map: Cell::new(None),
+        }
+    }
+
+    pub(super) fn bytes(&self, addr: u64, buf: &mut [u8]) -> Option<()> {
+        self.mem.read(addr, buf).ok()
+    }
+
+    pub(super) fn u64(&self, addr: u64) -> Option<u64> {
+        let mut buf = [0; 8];
+        self.bytes(addr, &mut buf)?;
+        Some(u64::from_le_bytes(buf))
+    }
+
+    fn u16(&self, addr: u64) -> Option<u16> {
+        let mut buf = [0; 2];
+        self.bytes(addr, &mut buf)?;
+        Some(u16::from_le_bytes(buf))
+    }
+
+    pub(super) fn i32(&self, addr: u64) -> Option<i32> {
+        let mut buf = [0; 4];
+        self.bytes(addr, &mut buf)?;
+        Some(i32::from_le_bytes(buf))
+    }
+
+    /// The tagged field at `offset` of `object`.
+    pub(super) fn field(&self, object: Object, offset: u32) -> Option<u64> {
+        self.u64(object.addr.checked_add(u64::from(offset))?)
+    }
+
+    /// A Smi field of `object`.
+    pub(super) fn smi_field(&self, object: Object, offset: u32) -> Option<i32> {
+        smi(self.field(object, offset)?)
+    }
+
+    /// The object `tagged` points at, if its map passes the meta-map check: a map's map is the
+    /// meta map, whose own map is itself. Random memory almost never does this.
+    pub(super) fn object(&self, tagged: u64) -> Option<Object> {
+        if !is_heap_object(tagged) {
+            return None;
+        }
+        let addr = tagged - 1;
+        let map = self.u64(addr.checked_add(u64::from(self.layout.heap_object_map))?)?;
+        if !is_heap_object(map) {
+            return None;
+        }
+        let meta = self.u64(map - 1)?;
+        if self.meta_map.get() != Some(meta) {
+            if !is_heap_object(meta) || self.u64(meta - 1)? != meta {
+                return None;
+            }
+            self.meta_map.set(Some(meta));
+        }
+        let instance_type = self.u16(map - 1 + u64::from(self.layout.map_instance_type))?;
+        Some(Object {
+            addr,
+            instance_type,
+        })
+    }
+
+    /// The object `tagged` points at, if it has instance type `want`.
+    pub(super) fn typed(&self, tagged: u64, want: u16) -> Option<Object> {
+        self.object(tagged).filter(|o| o.instance_type == want)
+    }
+
+    pub(super) fn is_string(&self, object: Object) -> bool {
+        object.instance_type < self.layout.strings.first_nonstring_type
+    }
+}
+
+/// What the resolver remembers of a function, and what it checks a cache hit against.
+struct Entry {
+    function: JsFunction,
+    /// The SFI's `name_or_scope_info` and `script` when decoded: if they changed, the address
+    /// holds another function now (the GC moved things) and the entry is stale.
+    name_or_scope_info: u64,
+    script: u64,
+    /// The function's source range, to check call-site positions against.
+    range: Option<(u32, u32)>,
+}
+
+/// A script's line table, checked against its source pointer on each use.
+struct Lines {
+    source: u64,
+    /// `None` if the source could not be read.
+    table: Option<LineTable>,
+}
+
+/// Per-target cache: functions by SFI address, line tables by Script address. Built once per
+/// target.
+pub struct Resolver<M: Memory> {
+    heap: Heap<M>,
+    functions: HashMap<u64, Entry>,
+    scripts: HashMap<u64, Lines>,
+}
+
+impl<M: Memory> Resolver<M> {
+    pub fn new(layout: Layout, mem: M) -> Self {
+        Self {
+            heap: Heap::new(layout, mem),
+            functions: HashMap::new(),
+            scripts: HashMap::new(),
+        }
+    }
+
+    /// `sfi` is the tagged SharedFunctionInfo pointer the probe read from `JSFunction::shared`.
+    /// `None` if it does not validate (garbage, or moved since).
+    pub fn function(&mut self, sfi: u64) -> Option<&JsFunction> {
+        self.entry(sfi).map(|e| &e.function)
+    }
+
+    /// The 1-based source line of the call site in an interpreted frame: `bytecode_array` is
+    /// the tagged value of the frame's `fp_bytecode_array` slot, `raw_offset` the raw value of
+    /// its `fp_bytecode_offset` slot (a Smi, biased by the BytecodeArray's header).
+    pub fn call_line(&mut self, sfi: u64, bytecode_array: u64, raw_offset: u64) -> Option<u32> {
+        let (script, range) = {
+            let entry = self.entry(sfi)?;
+            (entry.script, entry.range)
+        };
+        let layout = &self.heap.layout;
+        let bias = i64::from(layout.bytecode_array_data) - 1;
+        let offset = u32::try_from(i64::from(smi(raw_offset)?) - bias).ok()?;
+        let array = self
+            .heap
+            .typed(bytecode_array, layout.bytecode_array_type)?;
+        let table = self.source_position_table(array)?;
+        let position = positions::position_at(&table, offset)?;
+        // The table next to it (handler table) is a byte array too: positions outside the
+        // function mean the slot, or the frame, was not what we took it for.
+        if let Some((start, end)) = range
+            && !(start..=end).contains(&position)
+        {
+            return None;
+        }
+        self.line(script, position)
+    }
+
+    fn entry(&mut self, sfi: u64) -> Option<&Entry> {
+        let fresh = match self.functions.get(&sfi) {
+            Some(entry) => !self.still_valid(sfi, entry),
+            None => true,
+        };
+        if fresh {
+            let entry = self.decode(sfi)?;
+            self.functions.insert(sfi, entry);
+        }
+        self.functions.get(&sfi)
+    }
+
+    /// Whether the SFI at `sfi` is still the one `entry` was decoded from.
+    fn still_valid(&self, sfi: u64, entry: &Entry) -> bool {
+        let layout = &self.heap.layout;
+        self.heap
+            .typed(sfi, layout.shared_function_info_type)
+            .is_some_and(|o| {
+                self.heap.field(o, layout.sfi_name_or_scope_info) == Some(entry.name_or_scope_info)
+                    && self.heap.field(o, layout.sfi_script) == Some(entry.script)
+            })
+    }
+
+    fn decode(&mut self, sfi: u64) -> Option<Entry> {
+        let layout = &self.heap.layout;
+        let object = self.heap.typed(sfi, layout.shared_function_info_type)?;
+        let name_or_scope_info = self.heap.field(object, layout.sfi_name_or_scope_info)?;
+        let script = self.heap.field(object, layout.sfi_script)?;
+        let (name, range) = self.name_and_range(name_or_scope_info)?;
+        let script_name = self.script_name(script).unwrap_or_default();
+        let line = range.and_then(|(start, _)| self.line(script, start));
+        Some(Entry {
+            function: JsFunction {
+                name,
+                script: script_name,
+                line,
+            },
+            name_or_scope_info,
+            script,
+            range,
+        })
+    }
+
+    /// The function's name and source range, from `name_or_scope_info`: a String for functions
+    /// not compiled yet (and builtins), else a ScopeInfo.
+    fn name_and_range(&self, value: u64) -> Option<(String, Option<(u32, u32)>)> {
+        let object = self.heap.object(value)?;
+        if self.heap.is_string(object) {
+            return Some((self.heap.string(value, MAX_NAME_UNITS)?, None));
+        }
+        if object.instance_type != self.heap.layout.scope_info_type {
+            return None;
+        }
+        let found = scope_info::read(&self.heap, object)?;
+        Some((found.name, found.range))
+    }
+
+    fn script_name(&self, script: u64) -> Option<String> {
+        let layout = &self.heap.layout;
+        let object = self.heap.typed(script, layout.script_type)?;
+        self.heap
+            .string(self.heap.field(object, layout.script_name)?, MAX_NAME_UNITS)
+    }
+
+    /// The 1-based line of `position` (UTF-16 units) in `script`'s source.
+    fn line(&mut self, script: u64, position: u32) -> Option<u32> {
+        let layout = &self.heap.layout;
+        let object = self.heap.typed(script, layout.script_type)?;
+        let source = self.heap.field(object, layout.script_source)?;
+        let stale = self.scripts.get(&script).is_none_or(|l| l.source != source);
+        if stale {
+            let table = self.heap.line_ends(source);
+            self.scripts.insert(script, Lines { source, table });
+        }
+        self.scripts.get(&script)?.table.as_ref()?.line(position)
+    }
+
+    /// The BytecodeArray's source position table, as bytes. Absent (undefined) when V8 has not
+    /// collected positions for this function.
+    fn source_position_table(&self, array: Object) -> Option<Vec<u8>> {
+        let layout = &self.heap.layout;
+        let table = self
+            .heap
+            .field(array, layout.bytecode_array_source_positions)
+            .and_then(|t| self.heap.object(t))
+            .filter(|t| layout.byte_array_types.contains(&t.instance_type))?;
+        let len = u32::try_from(self.heap.smi_field(table, layout.fixed_array_length)?).ok()?;
+        if len > positions::MAX_TABLE_BYTES {
+            return None;
+        }
+        let mut bytes = vec![0; len as usize];
+        self.heap
+            .bytes(table.addr + u64::from(layout.byte_array_data), &mut bytes)?;
+        Some(bytes)
+    }
+}

@@ -1,0 +1,461 @@
+//! The `v8dbg_*` postmortem values of a node binary: where V8 keeps what names a JS frame.
+//!
+//! V8 exports these as plain `int` globals (the data llnode and other outside readers use). Their
+//! names carry the field's C++ type, spelled differently between versions
+//! (`..._SharedFunctionInfo__name_or_scope_info__Object` on Node 20,
+//! `..._name_or_scope_info__Tagged_Object_` on Node 22), and some fields are renamed
+//! (`script_or_debug_info` became `script`): values are found by class and field, never by whole
+//! name. Every value is checked against a sane range, so a build whose data is missing or
+//! different gives an error instead of a layout that would decode garbage.
+
+use std::{collections::HashMap, fs::File, path::Path};
+
+use object::{
+    Object as _, ObjectSection as _, ObjectSymbol as _, ReadCache, ReadRef, SectionKind, SymbolKind,
+};
+
+const PREFIX: &str = "v8dbg_";
+
+/// Node 20 exports only `JS_FUNCTION_TYPE`, the first of V8's JSFunction instance types; the
+/// subtypes that follow it (class and typed-array constructors, ...) numbered 17 on Node 22.
+/// 15 more is what V8-FRAMES.md inferred for Node 20 (2066-2081): an upper bound, not a value
+/// the binary states.
+const JS_FUNCTION_SUBTYPES_WITHOUT_LAST: u16 = 15;
+
+/// The `v8dbg_*` values leaktrace needs, read from a node binary's symbol table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    // Frame slots, bytes relative to the frame pointer (`v8dbg_off_fp_*`).
+    pub fp_function: i32,
+    pub fp_context: i32,
+    pub fp_bytecode_array: i32,
+    pub fp_bytecode_offset: i32,
+    /// Frame type of a builtin-exit frame: its marker slot (`fp_context`) holds `type << 1`, and
+    /// the called function sits above the frame, not in `fp_function`.
+    pub builtin_exit_frame_type: u16,
+
+    pub heap_object_map: u32,
+    /// `Map::instance_type`, a u16 field.
+    pub map_instance_type: u32,
+    pub js_function_shared: u32,
+    /// Instance-type range of JSFunction (inclusive).
+    pub js_function_first: u16,
+    pub js_function_last: u16,
+
+    pub shared_function_info_type: u16,
+    pub sfi_name_or_scope_info: u32,
+    /// `SharedFunctionInfo::script` (`script_or_debug_info` before V8 12).
+    pub sfi_script: u32,
+
+    pub scope_info_type: u16,
+    /// Slot indexes (8-byte slots counted from the first field after the map).
+    pub scope_info_context_local_count: u32,
+    pub scope_info_first_vars: u32,
+
+    pub script_type: u16,
+    pub script_name: u32,
+    pub script_source: u32,
+
+    pub strings: StringLayout,
+
+    pub fixed_array_type: u16,
+    /// `FixedArrayBase::length`, a Smi; byte arrays share it.
+    pub fixed_array_length: u32,
+    pub fixed_array_data: u32,
+    /// Types a source position table may have: ByteArray, and TrustedByteArray since V8 12.
+    pub byte_array_types: Vec<u16>,
+    /// Where a byte array's bytes start: right after its length (not in the v8dbg data).
+    pub byte_array_data: u32,
+
+    pub bytecode_array_type: u16,
+    /// Where the bytecodes start. The frame's offset slot holds `data - 1 + offset` as a Smi
+    /// (an offset from the tagged pointer), so this is also the bias to remove from it.
+    pub bytecode_array_data: u32,
+    /// `BytecodeArray::source_position_table`: derived, see [`source_position_table_offset`].
+    pub bytecode_array_source_positions: u32,
+}
+
+/// How V8 lays out strings: instance-type bits and field offsets.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StringLayout {
+    /// Instance types below this are strings.
+    pub first_nonstring_type: u16,
+    pub representation_mask: u16,
+    pub encoding_mask: u16,
+    pub one_byte_tag: u16,
+    pub seq_tag: u16,
+    pub cons_tag: u16,
+    pub external_tag: u16,
+    pub sliced_tag: u16,
+    pub thin_tag: u16,
+    /// An int32, not a Smi.
+    pub length: u32,
+    pub seq_one_byte_chars: u32,
+    pub seq_two_byte_chars: u32,
+    pub cons_first: u32,
+    pub cons_second: u32,
+    pub sliced_parent: u32,
+    pub sliced_offset: u32,
+    pub thin_actual: u32,
+    /// The cached pointer to an external string's characters: the slot after
+    /// `ExternalString::resource` (not in the v8dbg data).
+    pub external_data: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LayoutError {
+    #[error("no v8dbg_* symbols: not a V8 binary, or its symbols were stripped")]
+    NotV8,
+    #[error("the binary's V8 postmortem data lacks {0}: this V8 version is not supported")]
+    Missing(&'static str),
+    #[error("unexpected V8 postmortem data ({0}): this V8 version is not supported")]
+    Unexpected(String),
+    #[error("cannot read the binary: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed ELF file: {0}")]
+    Elf(#[from] object::read::Error),
+}
+
+impl Layout {
+    /// Reads the layout from a node binary in memory.
+    pub fn from_elf(data: &[u8]) -> Result<Layout, LayoutError> {
+        Self::from_values(&Values::read(data)?)
+    }
+
+    /// Reads the layout from a node binary on disk, reading only its symbol tables and the
+    /// values they point at (the binary is ~100 MB).
+    pub fn read(path: &Path) -> Result<Layout, LayoutError> {
+        let cache = ReadCache::new(File::open(path)?);
+        Self::from_values(&Values::read(&cache)?)
+    }
+
+    /// The marker a builtin-exit frame holds in its `fp_context` slot.
+    pub fn builtin_exit_marker(&self) -> u64 {
+        u64::from(self.builtin_exit_frame_type) << 1
+    }
+
+    fn from_values(v: &Values) -> Result<Layout, LayoutError> {
+        check_pointer_model(v)?;
+        let js_function_first = v.instance_type("type_JSFunction__JS_FUNCTION_TYPE")?;
+        let js_function_last = match v.get("LastJSFunctionType") {
+            Some(_) => v.instance_type("LastJSFunctionType")?,
+            None => js_function_first.saturating_add(JS_FUNCTION_SUBTYPES_WITHOUT_LAST),
+        };
+        if js_function_last < js_function_first || js_function_last - js_function_first > 64 {
+            return Err(unexpected(
+                "JSFunction type range",
+                i64::from(js_function_last),
+            ));
+        }
+        let fixed_array_length = v.tagged_field("FixedArrayBase::length")?;
+        let bytecode_array_data = v.raw_field("BytecodeArray::data", 16..=256)?;
+        Ok(Layout {
+            fp_function: v.frame_slot("off_fp_function")?,
+            fp_context: v.frame_slot("off_fp_context")?,
+            fp_bytecode_array: v.frame_slot("off_fp_bytecode_array")?,
+            fp_bytecode_offset: v.frame_slot("off_fp_bytecode_offset")?,
+            builtin_exit_frame_type: v.frame_type("frametype_BuiltinExitFrame")?,
+            heap_object_map: v.raw_field("HeapObject::map", 0..=0)?,
+            map_instance_type: v.map_instance_type()?,
+            js_function_shared: v.tagged_field("JSFunction::shared")?,
+            js_function_first,
+            js_function_last,
+            shared_function_info_type: v
+                .instance_type("type_SharedFunctionInfo__SHARED_FUNCTION_INFO_TYPE")?,
+            sfi_name_or_scope_info: v.tagged_field("SharedFunctionInfo::name_or_scope_info")?,
+            sfi_script: v.tagged_field("SharedFunctionInfo::script|script_or_debug_info")?,
+            scope_info_type: v.instance_type("type_ScopeInfo__SCOPE_INFO_TYPE")?,
+            scope_info_context_local_count: v.small("scopeinfo_idx_ncontextlocals", 1..=8)?,
+            scope_info_first_vars: v.small("scopeinfo_idx_first_vars", 1..=8)?,
+            script_type: v.instance_type("type_Script__SCRIPT_TYPE")?,
+            script_name: v.tagged_field("Script::name")?,
+            script_source: v.tagged_field("Script::source")?,
+            strings: StringLayout::from_values(v)?,
+            fixed_array_type: v.instance_type("type_FixedArray__FIXED_ARRAY_TYPE")?,
+            fixed_array_length,
+            fixed_array_data: v.tagged_field("FixedArray::data")?,
+            byte_array_types: byte_array_types(v)?,
+            // ByteArray (and TrustedByteArray) is a FixedArrayBase whose bytes follow the length.
+            byte_array_data: fixed_array_length + 8,
+            bytecode_array_type: v.instance_type("type_BytecodeArray__BYTECODE_ARRAY_TYPE")?,
+            bytecode_array_data,
+            bytecode_array_source_positions: source_position_table_offset(
+                v,
+                fixed_array_length,
+                bytecode_array_data,
+            )?,
+        })
+    }
+}
+
+impl StringLayout {
+    fn from_values(v: &Values) -> Result<StringLayout, LayoutError> {
+        let tag = |name: &'static str| v.small(name, 0..=15).map(|t| t as u16);
+        let external_resource = v.tagged_field("ExternalString::resource")?;
+        let layout = StringLayout {
+            first_nonstring_type: v.instance_type("FirstNonstringType")?,
+            representation_mask: tag("StringRepresentationMask")?,
+            encoding_mask: tag("StringEncodingMask")?,
+            one_byte_tag: tag("OneByteStringTag")?,
+            seq_tag: tag("SeqStringTag")?,
+            cons_tag: tag("ConsStringTag")?,
+            external_tag: tag("ExternalStringTag")?,
+            sliced_tag: tag("SlicedStringTag")?,
+            thin_tag: tag("ThinStringTag")?,
+            length: v.raw_field("String::length", 4..=32)?,
+            seq_one_byte_chars: v.raw_field("SeqOneByteString::chars", 8..=64)?,
+            seq_two_byte_chars: v.raw_field("SeqTwoByteString::chars", 8..=64)?,
+            cons_first: v.tagged_field("ConsString::first")?,
+            cons_second: v.tagged_field("ConsString::second")?,
+            sliced_parent: v.tagged_field("SlicedString::parent")?,
+            sliced_offset: v.tagged_field("SlicedString::offset")?,
+            thin_actual: v.tagged_field("ThinString::actual")?,
+            // V8 caches the resource's data pointer in the slot after the resource, for cached
+            // external strings (all but the "uncached" ones, which the decoder skips).
+            external_data: external_resource + 8,
+        };
+        let tags = [
+            layout.seq_tag,
+            layout.cons_tag,
+            layout.external_tag,
+            layout.sliced_tag,
+            layout.thin_tag,
+        ];
+        if layout.representation_mask == 0
+            || layout.encoding_mask & layout.representation_mask != 0
+            || layout.one_byte_tag & !layout.encoding_mask != 0
+            || tags.iter().any(|t| t & !layout.representation_mask != 0)
+        {
+            return Err(LayoutError::Unexpected(format!(
+                "string representation/encoding bits {:#x}/{:#x}",
+                layout.representation_mask, layout.encoding_mask
+            )));
+        }
+        Ok(layout)
+    }
+}
+
+/// Only 64-bit builds without pointer compression: 8-byte tagged slots, Smis in the upper half.
+fn check_pointer_model(v: &Values) -> Result<(), LayoutError> {
+    let expect = [
+        ("TaggedSize", 8),
+        ("SystemPointerSize", 8),
+        ("SmiShiftSize", 31),
+        ("HeapObjectTag", 1),
+        ("HeapObjectTagMask", 3),
+        ("SmiTag", 0),
+        ("SmiTagMask", 1),
+    ];
+    for (name, want) in expect {
+        let got = v.get(name).ok_or(LayoutError::Missing(name))?;
+        if got != want {
+            return Err(LayoutError::Unexpected(format!(
+                "{name} is {got}, not {want} (pointer compression or a 32-bit build)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn byte_array_types(v: &Values) -> Result<Vec<u16>, LayoutError> {
+    let mut types = vec![v.instance_type("type_ByteArray__BYTE_ARRAY_TYPE")?];
+    if v.get("type_TrustedByteArray__TRUSTED_BYTE_ARRAY_TYPE")
+        .is_some()
+    {
+        types.push(v.instance_type("type_TrustedByteArray__TRUSTED_BYTE_ARRAY_TYPE")?);
+    }
+    Ok(types)
+}
+
+/// `BytecodeArray::source_position_table` is not in the v8dbg data; its place follows from which
+/// neighbours are. Since V8 12 a BytecodeArray lives in trusted space and starts
+/// `length, wrapper, source_position_table, handler_table, constant_pool` (and `wrapper` is
+/// exported: +24 on Node 22). Before, it was a FixedArrayBase starting
+/// `length, constant_pool, handler_table, source_position_table` (+32 on Node 20). Either way the
+/// slot must lie inside the header; the reader also checks the object found there by type, and
+/// the positions it gives by the function's source range, since the handler table next to it is
+/// a byte array too.
+fn source_position_table_offset(v: &Values, length: u32, data: u32) -> Result<u32, LayoutError> {
+    let offset = match v.tagged_field("BytecodeArray::wrapper") {
+        Ok(wrapper) => wrapper + 8,
+        Err(LayoutError::Missing(_)) => length + 24,
+        Err(err) => return Err(err),
+    };
+    if offset % 8 != 0 || offset + 8 > data {
+        return Err(unexpected(
+            "BytecodeArray::source_position_table",
+            i64::from(offset),
+        ));
+    }
+    Ok(offset)
+}
+
+fn unexpected(what: &str, value: i64) -> LayoutError {
+    LayoutError::Unexpected(format!("{what} = {value}"))
+}
+
+/// The raw `v8dbg_*` values, by name without the prefix.
+struct Values(HashMap<String, i64>);
+
+impl Values {
+    fn read<'a, R: ReadRef<'a>>(data: R) -> Result<Values, LayoutError> {
+        let file = object::File::parse(data)?;
+        let little = file.is_little_endian();
+        let mut values = HashMap::new();
+        // The full symbol table first; the dynamic one covers binaries stripped of it.
+        for symbol in file.symbols().chain(file.dynamic_symbols()) {
+            if symbol.kind() != SymbolKind::Data {
+                continue;
+            }
+            let Some(name) = symbol.name().ok().and_then(|n| n.strip_prefix(PREFIX)) else {
+                continue;
+            };
+            if values.contains_key(name) {
+                continue;
+            }
+            if let Some(value) = symbol_value(&file, &symbol, little) {
+                values.insert(name.to_owned(), value);
+            }
+        }
+        if values.is_empty() {
+            return Err(LayoutError::NotV8);
+        }
+        Ok(Values(values))
+    }
+
+    fn get(&self, name: &str) -> Option<i64> {
+        self.0.get(name).copied()
+    }
+
+    fn require(&self, name: &'static str) -> Result<i64, LayoutError> {
+        self.get(name).ok_or(LayoutError::Missing(name))
+    }
+
+    /// The value of `what`, spelled `Class::field` (alternatives `Class::new|old`): stored as
+    /// `class_<Class>__<field>__<type>`, where the type's spelling varies between versions.
+    fn field(&self, what: &'static str) -> Result<i64, LayoutError> {
+        let (class, fields) = what.split_once("::").ok_or(LayoutError::Missing(what))?;
+        for field in fields.split('|') {
+            let prefix = format!("class_{class}__{field}__");
+            let mut found = self.0.iter().filter(|(name, _)| name.starts_with(&prefix));
+            if let Some((_, &value)) = found.next() {
+                if found.any(|(_, &other)| other != value) {
+                    return Err(LayoutError::Unexpected(format!("{what} has two values")));
+                }
+                return Ok(value);
+            }
+        }
+        Err(LayoutError::Missing(what))
+    }
+
+    /// A tagged field: 8-byte aligned, after the map, within a small header.
+    fn tagged_field(&self, what: &'static str) -> Result<u32, LayoutError> {
+        let value = self.field(what)?;
+        let offset = self.offset(what, value, 8..=256)?;
+        if offset % 8 != 0 {
+            return Err(unexpected(what, value));
+        }
+        Ok(offset)
+    }
+
+    /// An untagged field at an offset within `range`.
+    fn raw_field(
+        &self,
+        what: &'static str,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<u32, LayoutError> {
+        self.offset(what, self.field(what)?, range)
+    }
+
+    fn offset(
+        &self,
+        what: &str,
+        value: i64,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<u32, LayoutError> {
+        u32::try_from(value)
+            .ok()
+            .filter(|v| range.contains(v))
+            .ok_or_else(|| unexpected(what, value))
+    }
+
+    fn small(
+        &self,
+        name: &'static str,
+        range: std::ops::RangeInclusive<u32>,
+    ) -> Result<u32, LayoutError> {
+        let value = self.require(name)?;
+        self.offset(name, value, range)
+    }
+
+    /// An instance type: a non-zero u16 (a zero would be an unset value from `.bss`).
+    fn instance_type(&self, name: &'static str) -> Result<u16, LayoutError> {
+        let value = self.require(name)?;
+        u16::try_from(value)
+            .ok()
+            .filter(|&t| t != 0)
+            .ok_or_else(|| unexpected(name, value))
+    }
+
+    fn frame_type(&self, name: &'static str) -> Result<u16, LayoutError> {
+        let value = self.require(name)?;
+        u16::try_from(value)
+            .ok()
+            .filter(|t| (1..=127).contains(t))
+            .ok_or_else(|| unexpected(name, value))
+    }
+
+    /// A frame slot: below the frame pointer, 8-byte aligned, close.
+    fn frame_slot(&self, name: &'static str) -> Result<i32, LayoutError> {
+        let value = self.require(name)?;
+        i32::try_from(value)
+            .ok()
+            .filter(|v| (-256..0).contains(v) && v % 8 == 0)
+            .ok_or_else(|| unexpected(name, value))
+    }
+
+    fn map_instance_type(&self) -> Result<u32, LayoutError> {
+        let offset = self.raw_field("Map::instance_type", 8..=64)?;
+        if offset % 2 != 0 {
+            return Err(unexpected("Map::instance_type", i64::from(offset)));
+        }
+        Ok(offset)
+    }
+}
+
+/// A symbol's value: the integer stored at its address. A symbol in a section without file
+/// contents (`.bss`) is zero: compilers put zero-initialized globals there, and several v8dbg
+/// values are legitimately 0 (`HeapObject::map`, `SeqStringTag`). Each caller's range check
+/// rejects a zero where zero makes no sense.
+fn symbol_value<'data, R: ReadRef<'data>>(
+    file: &object::File<'data, R>,
+    symbol: &object::Symbol<'data, '_, R>,
+    little: bool,
+) -> Option<i64> {
+    let size = usize::try_from(symbol.size()).ok()?;
+    if !matches!(size, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let section = file.section_by_index(symbol.section_index()?).ok()?;
+    let within = symbol.address().checked_sub(section.address())?;
+    if within.checked_add(size as u64)? > section.size() {
+        return None;
+    }
+    if section.kind() == SectionKind::UninitializedData {
+        return Some(0);
+    }
+    let bytes = section.data_range(symbol.address(), size as u64).ok()??;
+    Some(sign_extend(bytes, little))
+}
+
+fn sign_extend(bytes: &[u8], little: bool) -> i64 {
+    let mut buf = [0u8; 8];
+    let n = bytes.len();
+    if little {
+        buf[..n].copy_from_slice(bytes);
+        i64::from_le_bytes(buf) << (64 - 8 * n) >> (64 - 8 * n)
+    } else {
+        buf[8 - n..].copy_from_slice(bytes);
+        i64::from_be_bytes(buf) << (64 - 8 * n) >> (64 - 8 * n)
+    }
+}

@@ -1,0 +1,223 @@
+//! JavaScript frames named from V8's own data, in Node processes started without any flag and
+//! attached to while they run: the machine's Node 20 and the official Node 22 build. The top
+//! suspect of each leak must name the JavaScript function that allocates, its script and a line
+//! of that function, each frame saying it was named by `v8`; no control may yield a `leak`; and
+//! where a perf map names the same frames, both must agree.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use leaktrace_tests::{Target, have_root, node22, root, scratch, trace_workloads};
+use serde_json::Value;
+
+/// Seconds each fixture runs its workload while traced.
+const SECONDS: &str = "12";
+
+/// (fixture, the function that allocates the leaking bytes)
+const LEAKS: &[(&str, &str)] = &[
+    ("leak-global-array", "leakIntoGlobalArray"),
+    ("leak-unbounded-cache", "cacheResponse"),
+    ("leak-timer-closure", "scheduleLeakyTimer"),
+];
+const CONTROL: &str = "control-gc-buffers";
+
+fn fixture(name: &str) -> PathBuf {
+    root().join(format!("tests/fixtures/node/{name}.js"))
+}
+
+/// Starts a fixture as a plain `node app.js`: no flag at all.
+fn start(node: &Path, name: &str, test: &str) -> Target {
+    let mut cmd = Command::new(node);
+    cmd.current_dir(scratch(&format!("{test}_cwd_{name}")))
+        .arg(fixture(name))
+        .arg(SECONDS);
+    Target::spawn(cmd)
+}
+
+fn frames(stack: &Value) -> &[Value] {
+    stack["frames"].as_array().expect("frames[]")
+}
+
+fn names(stack: &Value) -> Vec<&str> {
+    frames(stack)
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect()
+}
+
+/// The fastest-growing leak suspect of `pid`.
+fn top_suspect(report: &Value, pid: u32) -> &Value {
+    report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
+        .max_by(|a, b| {
+            let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
+            rate(a).total_cmp(&rate(b))
+        })
+        .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
+}
+
+/// The 1-based lines of `fixture`'s source that hold `function`'s body, from its declaration
+/// to its closing brace: a frame of it must carry one of these.
+fn lines_of(fixture_path: &Path, function: &str) -> std::ops::RangeInclusive<u64> {
+    let source = std::fs::read_to_string(fixture_path).expect("reading the fixture");
+    let lines: Vec<&str> = source.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.contains(&format!("function {function}(")))
+        .unwrap_or_else(|| panic!("{function} is not declared in {}", fixture_path.display()));
+    let end = lines[start..]
+        .iter()
+        .position(|l| *l == "}")
+        .map_or(lines.len(), |n| start + n);
+    (start as u64 + 1)..=(end as u64 + 1)
+}
+
+/// Traces the leaks and the control under `node` and checks every verdict and name.
+fn leaks_are_named_under(node: &Path, test: &str) {
+    let mut all: Vec<&str> = LEAKS.iter().map(|(f, _)| *f).collect();
+    all.push(CONTROL);
+    let mut targets: Vec<Target> = all.iter().map(|f| start(node, f, test)).collect();
+    let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
+    let out = scratch(test).join("report.json");
+    let report = trace_workloads(&mut targets, &pids, &["--interval", "500ms"], &out);
+    for target in targets {
+        assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    }
+    for (&(fixture_name, function), &pid) in LEAKS.iter().zip(&pids) {
+        let suspect = top_suspect(&report, pid);
+        assert_eq!(
+            suspect["growth"]["verdict"],
+            "leak",
+            "{fixture_name}: top suspect {:?} is not a leak: {}",
+            names(suspect),
+            suspect["growth"]
+        );
+        let frame = frames(suspect)
+            .iter()
+            .find(|f| f["function"].as_str() == Some(function))
+            .unwrap_or_else(|| panic!("{fixture_name}: {function} not on {:?}", names(suspect)));
+        assert_eq!(frame["kind"], "js", "{fixture_name}: {frame}");
+        assert_eq!(frame["source"], "v8", "{fixture_name}: {frame}");
+        let path = fixture(fixture_name);
+        assert_eq!(
+            frame["file"].as_str(),
+            Some(path.to_str().expect("utf-8 path")),
+            "{fixture_name}: {frame}"
+        );
+        let line = frame["line"].as_u64().expect("a line");
+        let body = lines_of(&path, function);
+        assert!(
+            body.contains(&line),
+            "{fixture_name}: line {line} is not in {function} ({body:?}): {frame}"
+        );
+    }
+    let control = pids[LEAKS.len()];
+    let leaks: Vec<Vec<&str>> = report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(control)))
+        .filter(|s| s["growth"]["verdict"] == "leak")
+        .map(names)
+        .collect();
+    assert!(
+        leaks.is_empty(),
+        "{CONTROL}: stacks with verdict leak: {leaks:#?}"
+    );
+    for target in report["targets"].as_array().expect("targets[]") {
+        let notes = target["notes"].to_string();
+        assert!(!notes.contains("unnamed"), "{notes}");
+    }
+}
+
+#[test]
+fn flagless_node_20_names_the_leaking_functions() {
+    if !have_root("flagless_node_20_names_the_leaking_functions") {
+        return;
+    }
+    leaks_are_named_under(Path::new("/usr/bin/node"), "v8_node20");
+}
+
+#[test]
+fn flagless_node_22_names_the_leaking_functions() {
+    if !have_root("flagless_node_22_names_the_leaking_functions") {
+        return;
+    }
+    leaks_are_named_under(&node22(), "v8_node22");
+}
+
+/// The JIT-compiled JavaScript functions of a perf map, by address range.
+fn perf_map_functions(pid: u32) -> Vec<(u64, u64, String)> {
+    let text = std::fs::read_to_string(format!("/tmp/perf-{pid}.map")).expect("the perf map");
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ' ');
+            let start = u64::from_str_radix(parts.next()?, 16).ok()?;
+            let size = u64::from_str_radix(parts.next()?, 16).ok()?;
+            // `JS:*name file:line:column` (Node 20 and 22), `*` optimized, `^` baseline, `~`
+            // interpreted; builtins and stubs are not JavaScript functions.
+            let name = parts.next()?.strip_prefix("JS:")?;
+            let name = name.trim_start_matches(['*', '^', '~', '+']);
+            let function = name.split(' ').next()?.to_owned();
+            Some((start, start + size, function))
+        })
+        .collect()
+}
+
+#[test]
+fn v8_names_agree_with_the_perf_map() {
+    if !have_root("v8_names_agree_with_the_perf_map") {
+        return;
+    }
+    let mut cmd = Command::new("/usr/bin/node");
+    cmd.current_dir(scratch("v8_perf_map_cwd"))
+        .arg("--perf-basic-prof")
+        .arg(fixture("leak-global-array"))
+        .arg(SECONDS);
+    let mut target = Target::spawn(cmd);
+    let pid = target.pid();
+    let out = scratch("v8_perf_map").join("report.json");
+    let report = trace_workloads(
+        std::slice::from_mut(&mut target),
+        &[pid],
+        &["--interval", "500ms"],
+        &out,
+    );
+    // Read while the process lives: its perf map is complete then.
+    let perf_map = perf_map_functions(pid);
+    assert_eq!(target.finish(), 0);
+    let mut compared: HashMap<String, usize> = HashMap::new();
+    for stack in report["stacks"].as_array().expect("stacks[]") {
+        for frame in frames(stack).iter().filter(|f| f["source"] == "v8") {
+            let address = frame["address"].as_str().expect("address");
+            let address = u64::from_str_radix(address.trim_start_matches("0x"), 16).expect("hex");
+            // A return address belongs to the call before it.
+            let Some((_, _, name)) = perf_map
+                .iter()
+                .find(|(start, end, _)| (*start..*end).contains(&(address - 1)))
+            else {
+                continue;
+            };
+            let v8 = frame["function"].as_str().expect("a name");
+            let perf = if name.is_empty() {
+                "(anonymous)"
+            } else {
+                name.as_str()
+            };
+            assert_eq!(v8, perf, "V8's data and the perf map disagree at {frame}");
+            *compared.entry(v8.to_owned()).or_default() += 1;
+        }
+    }
+    assert!(
+        compared.contains_key("leakIntoGlobalArray"),
+        "no frame of leakIntoGlobalArray was named by both: {compared:?}"
+    );
+}
