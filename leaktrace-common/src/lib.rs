@@ -80,12 +80,54 @@ pub struct V8Frames {
     pub map_instance_type: u32,
     /// `JSFunction::shared`: the SharedFunctionInfo outlives the closure and its code.
     pub js_function_shared: u32,
+    /// `JSFunction::code`: a compiled frame's code, whose metadata names what was inlined.
+    pub js_function_code: u32,
     /// Instance types of JSFunction and its subclasses, inclusive.
     pub js_function_first: u16,
     pub js_function_last: u16,
     pub bytecode_array_type: u16,
-    pub _pad: [u16; 3],
+    pub _pad: u16,
+    /// The meta-map (the map of maps) last validated, kept by the probes: a map whose own map
+    /// is this is a map without reading further. 0 from the tracer.
+    pub meta_map: u64,
 }
+
+/// The window of a frame the probes read in one go, in bytes below the frame pointer: it holds
+/// the JavaScript frame slots (context, function, bytecode array and offset; -8 to -40 in
+/// every V8 measured) and the saved frame pointer and return address above them.
+pub const V8_WINDOW_BELOW_FP: i32 = 48;
+
+impl V8Frames {
+    /// Whether the probes can use this layout: every slot inside the window they read, the map
+    /// at the start of an object, and the instance type inside a map's first 16 bytes.
+    pub fn fits_probes(&self) -> bool {
+        let in_window = |off: i32| (-V8_WINDOW_BELOW_FP..0).contains(&off) && off % 8 == 0;
+        in_window(self.fp_function)
+            && in_window(self.fp_context)
+            && in_window(self.fp_bytecode_array)
+            && in_window(self.fp_bytecode_offset)
+            && self.heap_object_map == 0
+            && (8..=14).contains(&self.map_instance_type)
+    }
+}
+
+/// A stack's JavaScript frames as last identified, kept by the probes under a hash of the
+/// stack's return addresses and its process (`JS_CACHE`). The same return addresses mean the
+/// same frames are JavaScript, and the same compiled code: only interpreted frames (whose return
+/// address is the interpreter's, shared by every function) are read again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct JsCached {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns` when identified: older than [`JS_CACHE_TTL_NS`] is identified again,
+    /// so code freed and reused at the same addresses is not misnamed for long.
+    pub ts_ns: u64,
+    pub frames: JsFrames,
+}
+
+/// How long a [`JsCached`] entry is trusted.
+pub const JS_CACHE_TTL_NS: u64 = 2_000_000_000;
 
 /// How a JavaScript frame was executing when the allocation happened.
 #[repr(u32)]
@@ -110,6 +152,9 @@ pub struct JsFrame {
     /// Interpreted frames: the BytecodeArray and the raw bytecode-offset slot (a Smi); else 0.
     pub bytecode_array: u64,
     pub bytecode_offset: u64,
+    /// Compiled frames: the function's code when the frame was seen (a tagged pointer; the
+    /// tracer checks that the return address lies in it before trusting it); else 0.
+    pub code: u64,
 }
 
 /// The JavaScript frames of one stack, innermost first, stored once per distinct sequence under
@@ -352,4 +397,5 @@ mod pod {
     unsafe impl aya::Pod for super::MapEvent {}
     unsafe impl aya::Pod for super::V8Frames {}
     unsafe impl aya::Pod for super::JsFrames {}
+    unsafe impl aya::Pod for super::JsCached {}
 }

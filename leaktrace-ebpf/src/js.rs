@@ -2,29 +2,174 @@
 //! of the target's own node binary (`V8_TARGETS`).
 //!
 //! Only reads: every value comes through `bpf_probe_read_user`, and anything that does not look
-//! exactly like a JSFunction in a JavaScript frame is taken for native code.
+//! exactly like a JSFunction in a JavaScript frame is taken for native code. Reads are the cost
+//! here (each a helper call): a frame's slots come in the one read of its window, and a map is
+//! checked with one read of its first 16 bytes against the meta-map seen last.
 
-use aya_ebpf::helpers::bpf_probe_read_user;
-use leaktrace_common::{JsFrame, JsTier, V8Frames};
+use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_user};
+use leaktrace_common::{
+    JS_CACHE_TTL_NS, JsFrame, JsFrames, JsTier, MAX_FRAMES, MAX_JS_FRAMES, V8_WINDOW_BELOW_FP,
+    V8Frames,
+};
+
+use crate::{
+    maps::{JS_CACHE, JS_CACHE_SCRATCH, JS_STACKS, JsScratch},
+    site::{FNV_OFFSET, mix},
+};
 
 /// V8 tags pointers to heap objects with binary 01 in the low bits; Smis end in 0.
 const HEAP_OBJECT_TAG: u64 = 1;
 const TAG_MASK: u64 = 3;
 
-/// The JavaScript frame whose frame pointer is `fp`, if it is one.
+/// A frame's window: the 8 words from `fp - V8_WINDOW_BELOW_FP`; the saved frame pointer and
+/// the return address are its last two.
+type Window = [u64; 8];
+
+/// The JavaScript identity of the stack `stack` of `tgid` whose frame pointers are in `js.fps`
+/// (0 when it has no JavaScript frame), and whether it may be new: then its frames are in
+/// `js.frames`, to be stored under it.
+///
+/// A stack seen lately is not walked again: its compiled frames are as they were (the same
+/// return addresses are the same code), and only its interpreted frames are read (function and
+/// bytecode offset: one window and one read each). If that identity is stored already, that is
+/// all; otherwise, and for a stack not seen lately, every frame is examined.
+#[inline(always)]
+pub fn identify(v8: &mut V8Frames, js: &mut JsScratch, tgid: u32, stack: u64) -> (u64, bool) {
+    let cache_key = mix(stack, u64::from(tgid));
+    // SAFETY: a monotonic clock read.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(cached) = JS_CACHE.get_ptr(&cache_key) {
+        // SAFETY: the entry stays valid for this program run; another CPU may replace it whole,
+        // which at worst makes the identity below miss and the frames be walked.
+        let cached = unsafe { &*cached };
+        if cached.tgid == tgid
+            && now.wrapping_sub(cached.ts_ns) < JS_CACHE_TTL_NS
+            && let Some(id) = refresh(v8, js, &cached.frames)
+            // SAFETY: a plain lookup.
+            && unsafe { JS_STACKS.get(&id) }.is_some()
+        {
+            return (id, false);
+        }
+    }
+    let id = walk(v8, js);
+    if let Some(entry) = JS_CACHE_SCRATCH.get_ptr_mut(0) {
+        // SAFETY: this CPU's scratch slot, used by one probe at a time.
+        let entry = unsafe { &mut *entry };
+        entry.tgid = tgid;
+        entry.ts_ns = now;
+        entry.frames.len = js.frames.len;
+        copy_frames(&mut entry.frames, &js.frames);
+        // Full, or raced by another CPU: the next capture walks again.
+        let _ = JS_CACHE.insert(&cache_key, entry, 0);
+    }
+    (id, true)
+}
+
+/// Copies the frames in use, one at a time: a whole-struct copy would be one large memcpy,
+/// which the BPF target cannot call.
+#[inline(always)]
+fn copy_frames(to: &mut JsFrames, from: &JsFrames) {
+    for n in 0..MAX_JS_FRAMES {
+        if n >= from.len as usize {
+            break;
+        }
+        to.frames[n] = from.frames[n];
+    }
+}
+
+/// The identity of a stack whose JavaScript frames were `cached`, its interpreted frames read
+/// anew; `None` when one of them does not read back as a function.
+#[inline(always)]
+fn refresh(v8: &V8Frames, js: &JsScratch, cached: &JsFrames) -> Option<u64> {
+    let mut hash = FNV_OFFSET;
+    for n in 0..MAX_JS_FRAMES {
+        if n >= cached.len as usize {
+            break;
+        }
+        let frame = &cached.frames[n];
+        let (sfi, site) = if frame.tier == JsTier::Interpreted as u32 {
+            let w = window(js.fps[frame.index as usize & (MAX_FRAMES - 1)])?;
+            let function = w[slot(v8.fp_function)];
+            if !is_heap_object(function) {
+                return None;
+            }
+            let sfi = read(field(function, v8.js_function_shared))?;
+            (sfi, w[slot(v8.fp_bytecode_offset)])
+        } else {
+            (frame.sfi, frame.code)
+        };
+        hash = identity(hash, sfi, site, frame.index);
+    }
+    (cached.len > 0).then_some(hash | 1)
+}
+
+/// Examines every frame of the stack; returns its identity (0 without JavaScript frames).
+#[inline(always)]
+fn walk(v8: &mut V8Frames, js: &mut JsScratch) -> u64 {
+    js.frames.len = 0;
+    let mut hash = FNV_OFFSET;
+    for i in 1..MAX_FRAMES {
+        if i as u64 >= js.fps_len {
+            break;
+        }
+        let Some(w) = window(js.fps[i]) else {
+            break;
+        };
+        if let Some(frame) = frame(v8, &w) {
+            hash = push(&mut js.frames, frame, i as u32, hash);
+        }
+    }
+    if js.frames.len > 0 { hash | 1 } else { 0 }
+}
+
+/// Appends `frame`, found at `index`, to a stack's JavaScript frames (when there is room);
+/// returns the identity with it.
+#[inline(always)]
+fn push(frames: &mut JsFrames, mut frame: JsFrame, index: u32, hash: u64) -> u64 {
+    // The count lives in map memory, not in a register: a count the verifier tracks exactly
+    // would make every iteration's state distinct (one per count so far) and the walk too large
+    // to verify.
+    // SAFETY: a field of this CPU's scratch slot.
+    let n = unsafe { core::ptr::read_volatile(&frames.len) } as usize;
+    if n >= MAX_JS_FRAMES {
+        return hash;
+    }
+    frame.index = index;
+    frames.frames[n] = frame;
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(&mut frames.len, n as u32 + 1) };
+    identity(hash, frame.sfi, frame.bytecode_offset | frame.code, index)
+}
+
+/// One frame's part of a stack's JavaScript identity: its function, where in it (the bytecode
+/// offset of an interpreted frame, the code of a compiled one, whose inlined functions depend
+/// on it), and its position, by which names are placed (one JavaScript sequence can sit at
+/// different depths of different stacks).
+#[inline(always)]
+fn identity(hash: u64, sfi: u64, site: u64, index: u32) -> u64 {
+    mix(mix(mix(hash, sfi), site), u64::from(index))
+}
+
+/// Reads the window of the frame at `fp`.
+#[inline(always)]
+fn window(fp: u64) -> Option<Window> {
+    let start = fp.checked_sub(V8_WINDOW_BELOW_FP as u64)?;
+    // SAFETY: a user-memory read through the helper: a bad address yields an error, not a fault.
+    unsafe { bpf_probe_read_user(start as *const Window) }.ok()
+}
+
+/// The JavaScript frame whose window is `w`, if it is one.
 ///
 /// A JavaScript frame holds a context (a heap object) in its context slot, where marker frames
 /// hold a small even frame-type marker: checking it first keeps an internal frame, whose function
 /// slot holds the function of the frame above, from being counted twice. The function slot must
-/// then hold a heap object whose map is a real map (its map is the meta-map, whose own map is
-/// itself) of a JSFunction type.
+/// then hold a heap object whose map is a real map of a JSFunction type.
 #[inline(always)]
-pub fn frame(v8: &V8Frames, fp: u64) -> Option<JsFrame> {
-    let context = read(slot(fp, v8.fp_context))?;
-    if !is_heap_object(context) {
+fn frame(v8: &mut V8Frames, w: &Window) -> Option<JsFrame> {
+    if !is_heap_object(w[slot(v8.fp_context)]) {
         return None;
     }
-    let function = read(slot(fp, v8.fp_function))?;
+    let function = w[slot(v8.fp_function)];
     let ty = instance_type(v8, function)?;
     if ty < v8.js_function_first || ty > v8.js_function_last {
         return None;
@@ -35,8 +180,8 @@ pub fn frame(v8: &V8Frames, fp: u64) -> Option<JsFrame> {
     }
     // An interpreted frame has its BytecodeArray and, as a Smi, its bytecode offset; a baseline
     // frame has the array too, but a heap object in the offset slot.
-    let bytecode_array = read(slot(fp, v8.fp_bytecode_array)).unwrap_or(0);
-    let bytecode_offset = read(slot(fp, v8.fp_bytecode_offset)).unwrap_or(1);
+    let bytecode_array = w[slot(v8.fp_bytecode_array)];
+    let bytecode_offset = w[slot(v8.fp_bytecode_offset)];
     let interpreted = bytecode_offset & 1 == 0
         && instance_type(v8, bytecode_array) == Some(v8.bytecode_array_type);
     Some(if interpreted {
@@ -46,34 +191,46 @@ pub fn frame(v8: &V8Frames, fp: u64) -> Option<JsFrame> {
             sfi,
             bytecode_array,
             bytecode_offset,
+            code: 0,
         }
     } else {
+        // The code of an optimized frame names the functions inlined into it.
         JsFrame {
             index: 0,
             tier: JsTier::Compiled as u32,
             sfi,
             bytecode_array: 0,
             bytecode_offset: 0,
+            code: read(field(function, v8.js_function_code)).unwrap_or(0),
         }
     })
 }
 
-/// The instance type of the heap object `object`, if its map checks out as a map.
+/// The instance type of the heap object `object`, if its map checks out as a map: the map's own
+/// map must be the meta-map, whose map is itself. The meta-map last validated is kept in the
+/// layout, so a known one costs no third read (each isolate, a worker thread's too, has one).
 #[inline(always)]
-fn instance_type(v8: &V8Frames, object: u64) -> Option<u16> {
+fn instance_type(v8: &mut V8Frames, object: u64) -> Option<u16> {
     if !is_heap_object(object) {
         return None;
     }
-    let map = read(field(object, v8.heap_object_map))?;
+    // `fits_probes` holds: the map is the object's first word, the type within the map's first
+    // 16 bytes.
+    let map = read(object - HEAP_OBJECT_TAG)?;
     if !is_heap_object(map) {
         return None;
     }
-    let meta = read(field(map, v8.heap_object_map))?;
-    if !is_heap_object(meta) || read(field(meta, v8.heap_object_map))? != meta {
-        return None;
-    }
     // SAFETY: a user-memory read through the helper: a bad address yields an error, not a fault.
-    unsafe { bpf_probe_read_user(field(map, v8.map_instance_type) as *const u16) }.ok()
+    let head = unsafe { bpf_probe_read_user((map - HEAP_OBJECT_TAG) as *const [u64; 2]) }.ok()?;
+    let meta = head[0];
+    if meta != v8.meta_map {
+        if !is_heap_object(meta) || read(meta - HEAP_OBJECT_TAG)? != meta {
+            return None;
+        }
+        v8.meta_map = meta;
+    }
+    let shift = (v8.map_instance_type.wrapping_sub(8) & 7) * 8;
+    Some((head[1] >> shift) as u16)
 }
 
 #[inline(always)]
@@ -81,10 +238,10 @@ fn is_heap_object(value: u64) -> bool {
     value & TAG_MASK == HEAP_OBJECT_TAG && value > 0xffff
 }
 
-/// The address of a frame slot.
+/// The index in a window of the frame slot at `offset` from the frame pointer.
 #[inline(always)]
-fn slot(fp: u64, offset: i32) -> u64 {
-    fp.wrapping_add_signed(i64::from(offset))
+fn slot(offset: i32) -> usize {
+    ((offset + V8_WINDOW_BELOW_FP) as u32 >> 3) as usize & 7
 }
 
 /// The address of a field of a tagged heap object.

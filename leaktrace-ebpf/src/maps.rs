@@ -9,8 +9,9 @@ use aya_ebpf::{
 };
 use leaktrace_common::{
     DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES,
-    DEFAULT_MAX_STACKS, JsFrames, LiveAlloc, LiveKey, MAX_PENDING_CALLS, MAX_TARGETS, PendingCall,
-    SAMPLE_BUCKETS, Sampling, StackFrames, StackKey, StackStats, TargetCounters, V8Frames,
+    DEFAULT_MAX_STACKS, JsCached, JsFrames, LiveAlloc, LiveKey, MAX_FRAMES, MAX_PENDING_CALLS,
+    MAX_TARGETS, PendingCall, SAMPLE_BUCKETS, Sampling, StackFrames, StackKey, StackStats,
+    TargetCounters, V8Frames,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -61,7 +62,27 @@ pub static JS_STACKS: HashMap<u64, JsFrames> =
 
 /// Room to collect a stack's JavaScript frames in.
 #[map]
-pub static JS_SCRATCH: PerCpuArray<JsFrames> = PerCpuArray::with_max_entries(1, 0);
+pub static JS_SCRATCH: PerCpuArray<JsScratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The JavaScript frames of stacks identified lately, by stack and process (see
+/// [`leaktrace_common::JsCached`]). Not preallocated.
+#[map]
+pub static JS_CACHE: HashMap<u64, JsCached> =
+    HashMap::with_max_entries(DEFAULT_MAX_STACK_TRACES, BPF_F_NO_PREALLOC);
+
+/// Room to build a [`JS_CACHE`] entry in (too large for the BPF stack).
+#[map]
+pub static JS_CACHE_SCRATCH: PerCpuArray<JsCached> = PerCpuArray::with_max_entries(1, 0);
+
+/// A stack's JavaScript frames while they are identified, and the frame pointer of each frame.
+#[repr(C)]
+pub struct JsScratch {
+    pub frames: JsFrames,
+    /// `fps[i]` is the frame pointer of the frame `ips[i]` returns into.
+    pub fps: [u64; MAX_FRAMES],
+    /// Entries of `fps` written.
+    pub fps_len: u64,
+}
 
 /// Room to walk a stack in: too large for the 512-byte BPF stack.
 #[map]

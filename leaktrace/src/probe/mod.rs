@@ -21,7 +21,7 @@ use aya::{
     util::nr_cpus,
 };
 use leaktrace_common::{
-    JsFrames, LiveAlloc, LiveKey, MapEvent, PendingCall, Sampling, StackFrames, StackKey,
+    JsCached, JsFrames, LiveAlloc, LiveKey, MapEvent, PendingCall, Sampling, StackFrames, StackKey,
     StackStats, TargetCounters, V8Frames,
 };
 use tracing::{debug, warn};
@@ -566,6 +566,7 @@ impl Probes {
             .map_max_entries("STACK_STATS", limits.stacks)
             .map_max_entries("STACKS", limits.stack_traces)
             .map_max_entries("JS_STACKS", limits.stack_traces)
+            .map_max_entries("JS_CACHE", limits.stack_traces)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/leaktrace-probes"
@@ -895,6 +896,22 @@ impl Probes {
         let js_ids: HashSet<u64> = js_ids.iter().copied().collect();
         remove_where::<u64, JsFrames>(&mut self.ebpf, "JS_STACKS", |k| js_ids.contains(k))?;
         remove_where::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS", |k| *k == pid)?;
+        // Keyed by a hash of stack and process: the process is in the value.
+        let map = self
+            .ebpf
+            .map_mut("JS_CACHE")
+            .ok_or(ProbeError::Missing("JS_CACHE"))?;
+        let mut cache: aya::maps::HashMap<_, u64, JsCached> =
+            aya::maps::HashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))?;
+        let doomed: Vec<u64> = cache
+            .iter()
+            .flatten()
+            .filter(|(_, v)| v.tgid == pid)
+            .map(|(k, _)| k)
+            .collect();
+        for key in doomed {
+            let _ = cache.remove(&key);
+        }
         remove_where::<u32, u64>(&mut self.ebpf, "EXECS", |k| *k == pid)?;
         let _ = self.targets_mut()?.remove(&pid);
         Ok(())

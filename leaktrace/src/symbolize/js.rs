@@ -13,12 +13,12 @@ use tracing::{debug, warn};
 
 use super::{
     hex,
-    v8::{Layout, LayoutError, ProcessMemory, Resolver},
+    v8::{JsFunction, Layout, LayoutError, ProcessMemory, Resolver},
 };
 use crate::report::model::Frame;
 
 /// The JavaScript frames of one stack: each with the index of the address it stands for.
-pub type NamedFrames = Vec<(usize, Frame)>;
+pub type NamedFrames = Vec<(usize, Vec<Frame>)>;
 
 /// Names JavaScript frames, per target running V8.
 #[derive(Default)]
@@ -27,7 +27,8 @@ pub struct JsNamer {
     /// processes run it.
     layouts: HashMap<(u64, u64), Option<Arc<Layout>>>,
     targets: HashMap<u32, Resolver<ProcessMemory>>,
-    named: HashMap<(u32, u64), Arc<NamedFrames>>,
+    /// By target, stack and JavaScript identity.
+    named: HashMap<(u32, u64, u64), Arc<NamedFrames>>,
     /// Per target: why its JavaScript frames cannot be named, for its report.
     problems: HashMap<u32, String>,
     /// Per target: frames the probes identified that did not decode (moved or freed since).
@@ -73,6 +74,19 @@ impl JsNamer {
             }
         };
         let frames = probe_layout(&layout);
+        if !frames.fits_probes() {
+            warn!(
+                pid,
+                ?frames,
+                "V8's frame layout is not one the probes can read"
+            );
+            self.problems.insert(
+                pid,
+                "V8's frame layout is not one the probes know: JavaScript frames are addresses"
+                    .into(),
+            );
+            return None;
+        }
         self.targets
             .insert(pid, Resolver::new((*layout).clone(), memory));
         debug!(pid, "naming JavaScript frames from V8's data");
@@ -84,9 +98,11 @@ impl JsNamer {
         self.targets.contains_key(&pid)
     }
 
-    /// Names the JavaScript frames `frames` of a stack of `pid` whose addresses are `ips`, once.
-    pub fn name(&mut self, pid: u32, js_id: u64, frames: &[JsFrame], ips: &[u64]) {
-        if self.named.contains_key(&(pid, js_id)) {
+    /// Names the JavaScript frames `frames` of the stack `stack` of `pid` whose addresses are
+    /// `ips`, once. Kept per stack, not per JavaScript identity alone: what was inlined at a
+    /// compiled frame depends on its return address.
+    pub fn name(&mut self, pid: u32, stack: u64, js_id: u64, frames: &[JsFrame], ips: &[u64]) {
+        if self.named.contains_key(&(pid, stack, js_id)) {
             return;
         }
         let Some(resolver) = self.targets.get_mut(&pid) else {
@@ -99,7 +115,7 @@ impl JsNamer {
             let Some(&ip) = ips.get(index) else {
                 continue;
             };
-            match js_frame(resolver, frame, ip) {
+            match js_frames(resolver, frame, ip) {
                 Some(js) => named.push((index, js)),
                 None => failed += 1,
             }
@@ -107,12 +123,12 @@ impl JsNamer {
         if failed > 0 {
             *self.unnamed.entry(pid).or_default() += failed;
         }
-        self.named.insert((pid, js_id), Arc::new(named));
+        self.named.insert((pid, stack, js_id), Arc::new(named));
     }
 
-    /// The JavaScript frames of `pid`'s stacks with identity `js_id`, as named.
-    pub fn frames(&self, pid: u32, js_id: u64) -> Option<Arc<NamedFrames>> {
-        self.named.get(&(pid, js_id)).cloned()
+    /// The JavaScript frames of a stack of `pid`, as named.
+    pub fn frames(&self, pid: u32, stack: u64, js_id: u64) -> Option<Arc<NamedFrames>> {
+        self.named.get(&(pid, stack, js_id)).cloned()
     }
 
     /// What the report of `pid` should say about its JavaScript frames, if anything.
@@ -133,20 +149,45 @@ impl JsNamer {
         self.targets.remove(&pid);
         self.problems.remove(&pid);
         self.unnamed.remove(&pid);
-        self.named.retain(|(p, _), _| *p != pid);
+        self.named.retain(|(p, _, _), _| *p != pid);
     }
 }
 
-/// One JavaScript frame, named: function, script, and the line of the call when the frame was
-/// interpreted (from its bytecode offset), else the function's own line.
-fn js_frame(resolver: &mut Resolver<ProcessMemory>, frame: &JsFrame, ip: u64) -> Option<Frame> {
+/// The frames one JavaScript frame stands for, innermost first: for optimized code, the
+/// functions inlined at the return address (each marked inlined), then the function itself,
+/// each with the line of its call; else the function, with the line of the call when the frame
+/// was interpreted (from its bytecode offset) or of its start.
+fn js_frames(
+    resolver: &mut Resolver<ProcessMemory>,
+    frame: &JsFrame,
+    ip: u64,
+) -> Option<Vec<Frame>> {
+    if frame.tier == JsTier::Compiled as u32
+        && frame.code != 0
+        && let Some(inlined) = resolver.inlined(frame.code, ip)
+    {
+        return Some(
+            inlined
+                .iter()
+                .map(|at| Frame {
+                    inlined: at.inlined,
+                    ..js_frame(&at.function, at.line, ip)
+                })
+                .collect(),
+        );
+    }
     let call_line = if frame.tier == JsTier::Interpreted as u32 {
         resolver.call_line(frame.sfi, frame.bytecode_array, frame.bytecode_offset)
     } else {
         None
     };
     let function = resolver.function(frame.sfi)?;
-    Some(Frame {
+    Some(vec![js_frame(function, call_line.or(function.line), ip)])
+}
+
+/// A report frame for `function` at `line`.
+fn js_frame(function: &JsFunction, line: Option<u32>, ip: u64) -> Frame {
+    Frame {
         address: hex(ip),
         kind: "js".into(),
         function: Some(if function.name.is_empty() {
@@ -155,10 +196,10 @@ fn js_frame(resolver: &mut Resolver<ProcessMemory>, frame: &JsFrame, ip: u64) ->
             function.name.clone()
         }),
         file: (!function.script.is_empty()).then(|| function.script.clone()),
-        line: call_line.or(function.line),
+        line,
         source: Some("v8".into()),
         ..Frame::default()
-    })
+    }
 }
 
 /// What the probes need of a layout.
@@ -171,9 +212,11 @@ fn probe_layout(layout: &Layout) -> V8Frames {
         heap_object_map: layout.heap_object_map,
         map_instance_type: layout.map_instance_type,
         js_function_shared: layout.js_function_shared,
+        js_function_code: layout.js_function_code,
         js_function_first: layout.js_function_first,
         js_function_last: layout.js_function_last,
         bytecode_array_type: layout.bytecode_array_type,
-        _pad: [0; 3],
+        _pad: 0,
+        meta_map: 0,
     }
 }

@@ -8,6 +8,7 @@
 use std::{cell::Cell, collections::HashMap, fs::File, io, os::unix::fs::FileExt as _};
 
 use super::{
+    code::RawFrame,
     layout::Layout,
     positions::{self, LineTable},
     scope_info,
@@ -58,6 +59,17 @@ pub struct JsFunction {
     pub script: String,
     /// 1-based line of the function's start.
     pub line: Option<u32>,
+}
+
+/// A JavaScript frame as V8's stack traces show it: a function with its own frame, or one the
+/// optimizing compiler inlined into its caller (and which has no frame on the native stack).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JsFrame {
+    pub function: JsFunction,
+    /// 1-based line of the call (or allocation) site in the function, when known.
+    pub line: Option<u32>,
+    /// Inlined into the next frame of the list: no native frame of its own.
+    pub inlined: bool,
 }
 
 /// Typed reads of V8 objects in a target's memory.
@@ -114,6 +126,25 @@ impl<M: Memory> Heap<M> {
         let mut buf = [0; 4];
         self.bytes(addr, &mut buf)?;
         Some(i32::from_le_bytes(buf))
+    }
+
+    /// The bytes of a byte array (ByteArray, TrustedByteArray) `tagged`, if at most `max` long.
+    pub(super) fn byte_array(&self, tagged: u64, max: u32) -> Option<Vec<u8>> {
+        let array = self
+            .object(tagged)
+            .filter(|t| self.layout.byte_array_types.contains(&t.instance_type))?;
+        let len = u32::try_from(self.smi_field(array, self.layout.fixed_array_length)?).ok()?;
+        if len > max {
+            return None;
+        }
+        let mut bytes = vec![0; len as usize];
+        self.bytes(
+            array
+                .addr
+                .checked_add(u64::from(self.layout.byte_array_data))?,
+            &mut bytes,
+        )?;
+        Some(bytes)
     }
 
     /// The tagged field at `offset` of `object`.
@@ -220,12 +251,40 @@ impl<M: Memory> Resolver<M> {
         let position = positions::position_at(&table, offset)?;
         // The table next to it (handler table) is a byte array too: positions outside the
         // function mean the slot, or the frame, was not what we took it for.
-        if let Some((start, end)) = range
-            && !(start..=end).contains(&position)
-        {
+        if !within(range, position) {
             return None;
         }
         self.line(script, position)
+    }
+
+    /// The frames at return address `pc` of an optimized frame, innermost first: the functions
+    /// inlined there (each `inlined`), then the optimized function itself, each with the line of
+    /// its call site. `code` is the tagged value the probe read from the frame's
+    /// `JSFunction::code` ([`Layout::js_function_code`](super::Layout::js_function_code)).
+    /// `None` when anything does not validate: `code` is not a Code object, `pc` is not inside
+    /// its instructions (the function was deoptimized or re-optimized since), or its metadata
+    /// is inconsistent.
+    pub fn inlined(&mut self, code: u64, pc: u64) -> Option<Vec<JsFrame>> {
+        let raw = self.heap.inlining_stack(code, pc)?;
+        raw.into_iter().map(|frame| self.frame(frame)).collect()
+    }
+
+    fn frame(&mut self, raw: RawFrame) -> Option<JsFrame> {
+        let (function, script, range) = {
+            let entry = self.entry(raw.sfi)?;
+            (entry.function.clone(), entry.script, entry.range)
+        };
+        let line = match raw.position {
+            // A call site outside its function: the metadata is not what we took it for.
+            Some(position) if !within(range, position) => return None,
+            Some(position) => self.line(script, position),
+            None => None,
+        };
+        Some(JsFrame {
+            function,
+            line,
+            inlined: raw.inlined,
+        })
     }
 
     fn entry(&mut self, sfi: u64) -> Option<&Entry> {
@@ -308,19 +367,14 @@ impl<M: Memory> Resolver<M> {
     /// The BytecodeArray's source position table, as bytes. Absent (undefined) when V8 has not
     /// collected positions for this function.
     fn source_position_table(&self, array: Object) -> Option<Vec<u8>> {
-        let layout = &self.heap.layout;
-        let table = self
+        let tagged = self
             .heap
-            .field(array, layout.bytecode_array_source_positions)
-            .and_then(|t| self.heap.object(t))
-            .filter(|t| layout.byte_array_types.contains(&t.instance_type))?;
-        let len = u32::try_from(self.heap.smi_field(table, layout.fixed_array_length)?).ok()?;
-        if len > positions::MAX_TABLE_BYTES {
-            return None;
-        }
-        let mut bytes = vec![0; len as usize];
-        self.heap
-            .bytes(table.addr + u64::from(layout.byte_array_data), &mut bytes)?;
-        Some(bytes)
+            .field(array, self.heap.layout.bytecode_array_source_positions)?;
+        self.heap.byte_array(tagged, positions::MAX_TABLE_BYTES)
     }
+}
+
+/// Whether `position` lies in the function's source range (when known).
+fn within(range: Option<(u32, u32)>, position: u32) -> bool {
+    range.is_none_or(|(start, end)| (start..=end).contains(&position))
 }

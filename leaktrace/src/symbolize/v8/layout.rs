@@ -38,6 +38,9 @@ pub struct Layout {
     /// `Map::instance_type`, a u16 field.
     pub map_instance_type: u32,
     pub js_function_shared: u32,
+    /// `JSFunction::code`: the function's current Code, optimized code once it is tiered up.
+    /// Exported since V8 12; derived before, see [`js_function_code_offset`].
+    pub js_function_code: u32,
     /// Instance-type range of JSFunction (inclusive).
     pub js_function_first: u16,
     pub js_function_last: u16,
@@ -73,6 +76,44 @@ pub struct Layout {
     pub bytecode_array_data: u32,
     /// `BytecodeArray::source_position_table`: derived, see [`source_position_table_offset`].
     pub bytecode_array_source_positions: u32,
+
+    /// Optimized code and its deoptimization data: what names inlined frames.
+    pub code: CodeLayout,
+}
+
+/// Where a Code object keeps its instructions and the metadata of inlining.
+///
+/// V8 11 (Node 20) has `Code` (the former CodeDataContainer, merged with the old Code's header)
+/// start `relocation_info, deoptimization_data, position_table, instruction_stream,
+/// code_entry_point, flags (4), builtin_id (2), kind_specific_flags (2), instruction_size (4)`;
+/// only the first three are exported. V8 12 (Node 22) exports `instruction_stream`,
+/// `instruction_start`, `instruction_size` and `wrapper`, and starts
+/// `deoptimization_data_or_interpreter_data, position_table, wrapper`: those two are derived.
+/// The reader checks every derived field by type, and the instruction start against the
+/// InstructionStream it must point into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeLayout {
+    pub code_type: u16,
+    pub instruction_stream_type: u16,
+    /// `Code::deoptimization_data`: a FixedArray (V8 11), TrustedFixedArray (V8 12).
+    pub deoptimization_data: u32,
+    /// `Code::source_position_table`: a byte array of pc offset / position pairs.
+    pub source_position_table: u32,
+    /// `Code::instruction_stream`: the tagged InstructionStream holding the instructions.
+    pub instruction_stream: u32,
+    /// `Code::instruction_start`: a raw address.
+    pub instruction_start: u32,
+    /// `Code::instruction_size`: an int32.
+    pub instruction_size: u32,
+    /// Where an InstructionStream's instructions start: its header size.
+    pub instruction_stream_body: u32,
+    /// Types deoptimization data may have.
+    pub deoptimization_data_types: Vec<u16>,
+    /// Slot indexes in the deoptimization data (`v8dbg_DeoptimizationData*Index`).
+    pub deopt_inlined_function_count: u32,
+    pub deopt_literal_array: u32,
+    pub deopt_shared_function_info: u32,
+    pub deopt_inlining_positions: u32,
 }
 
 /// How V8 lays out strings: instance-type bits and field offsets.
@@ -158,6 +199,7 @@ impl Layout {
             heap_object_map: v.raw_field("HeapObject::map", 0..=0)?,
             map_instance_type: v.map_instance_type()?,
             js_function_shared: v.tagged_field("JSFunction::shared")?,
+            js_function_code: js_function_code_offset(v)?,
             js_function_first,
             js_function_last,
             shared_function_info_type: v
@@ -184,7 +226,115 @@ impl Layout {
                 fixed_array_length,
                 bytecode_array_data,
             )?,
+            code: CodeLayout::from_values(v)?,
         })
+    }
+}
+
+impl CodeLayout {
+    fn from_values(v: &Values) -> Result<CodeLayout, LayoutError> {
+        let (deoptimization_data, source_position_table, instruction_stream) =
+            match v.tagged_field("Code::wrapper") {
+                // V8 12: the two fields before the wrapper.
+                Ok(wrapper) if wrapper >= 24 => (
+                    wrapper - 16,
+                    wrapper - 8,
+                    v.tagged_field("Code::instruction_stream")?,
+                ),
+                Ok(wrapper) => return Err(unexpected("Code::wrapper", i64::from(wrapper))),
+                Err(LayoutError::Missing(_)) => v8_11_code_fields(v)?,
+                Err(err) => return Err(err),
+            };
+        let (instruction_start, instruction_size) =
+            match v.raw_field("Code::instruction_start", 16..=128) {
+                Ok(start) => (start, v.raw_field("Code::instruction_size", 16..=128)?),
+                // V8 11: the entry point follows the InstructionStream; the size follows the
+                // flags (4 bytes), builtin id and kind-specific flags (2 each).
+                Err(LayoutError::Missing(_)) => (instruction_stream + 8, instruction_stream + 24),
+                Err(err) => return Err(err),
+            };
+        if instruction_start % 8 != 0 || instruction_size % 4 != 0 {
+            return Err(unexpected(
+                "Code::instruction_start",
+                i64::from(instruction_start),
+            ));
+        }
+        let index = |name: &'static str| v.small(name, 0..=32);
+        Ok(CodeLayout {
+            code_type: v.instance_type("type_Code__CODE_TYPE")?,
+            instruction_stream_type: v
+                .instance_type("type_InstructionStream__INSTRUCTION_STREAM_TYPE")?,
+            deoptimization_data,
+            source_position_table,
+            instruction_stream,
+            instruction_start,
+            instruction_size,
+            instruction_stream_body: v
+                .raw_field("InstructionStream::instruction_start", 8..=256)?,
+            deoptimization_data_types: deoptimization_data_types(v)?,
+            deopt_inlined_function_count: index("DeoptimizationDataInlinedFunctionCountIndex")?,
+            deopt_literal_array: index("DeoptimizationDataLiteralArrayIndex")?,
+            deopt_shared_function_info: index("DeoptimizationDataSharedFunctionInfoIndex")?,
+            deopt_inlining_positions: index("DeoptimizationDataInliningPositionsIndex")?,
+        })
+    }
+}
+
+/// V8 11's Code fields (deoptimization data, position table, instruction stream): the first
+/// two are exported, and must follow `relocation_info` as in V8 11's header, the third follows.
+fn v8_11_code_fields(v: &Values) -> Result<(u32, u32, u32), LayoutError> {
+    let relocation_info = v.tagged_field("Code::relocation_info")?;
+    let deoptimization_data = v.tagged_field("Code::deoptimization_data")?;
+    let source_position_table = v.tagged_field("Code::source_position_table")?;
+    if deoptimization_data != relocation_info + 8
+        || source_position_table != deoptimization_data + 8
+    {
+        return Err(unexpected(
+            "Code::source_position_table",
+            i64::from(source_position_table),
+        ));
+    }
+    Ok((
+        deoptimization_data,
+        source_position_table,
+        source_position_table + 8,
+    ))
+}
+
+/// FixedArray, and the trusted-space arrays V8 12 keeps deoptimization data in.
+fn deoptimization_data_types(v: &Values) -> Result<Vec<u16>, LayoutError> {
+    let mut types = vec![v.instance_type("type_FixedArray__FIXED_ARRAY_TYPE")?];
+    for name in [
+        "type_TrustedFixedArray__TRUSTED_FIXED_ARRAY_TYPE",
+        "type_ProtectedFixedArray__PROTECTED_FIXED_ARRAY_TYPE",
+    ] {
+        if v.get(name).is_some() {
+            types.push(v.instance_type(name)?);
+        }
+    }
+    Ok(types)
+}
+
+/// `JSFunction::code`, exported since V8 12. Before, JSFunction's tagged fields after the
+/// JSObject header (`map, properties, elements`) ran up to `prototype_or_initial_map` and are
+/// all exported but `code`: it is the one slot in that run no exported field takes (48 on
+/// Node 20). The reader checks the value found there is a Code object.
+fn js_function_code_offset(v: &Values) -> Result<u32, LayoutError> {
+    match v.tagged_field("JSFunction::code") {
+        Err(LayoutError::Missing(_)) => {}
+        found => return found,
+    }
+    let first = v.tagged_field("JSObject::elements")? + 8;
+    let end = v.tagged_field("JSFunction::prototype_or_initial_map")?;
+    let taken = [
+        v.tagged_field("JSFunction::shared")?,
+        v.tagged_field("JSFunction::context")?,
+        v.tagged_field("JSFunction::raw_feedback_cell")?,
+    ];
+    let mut free = (first..end).step_by(8).filter(|o| !taken.contains(o));
+    match (free.next(), free.next()) {
+        (Some(offset), None) => Ok(offset),
+        _ => Err(LayoutError::Missing("JSFunction::code")),
     }
 }
 

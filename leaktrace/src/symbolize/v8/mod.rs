@@ -3,14 +3,16 @@
 //!
 //! [`Layout`] is read once per node binary; a [`Resolver`] per target turns the raw values the
 //! probe captured in a JS frame (the function's SharedFunctionInfo, and for interpreted frames
-//! the BytecodeArray and bytecode offset) into a function name, script and lines. The recipe,
+//! the BytecodeArray and bytecode offset; for optimized frames the function's Code and the pc)
+//! into function names, scripts and lines, inlined functions included. The recipe,
 //! measured on Node 20 and 22, is `shared/design/V8-FRAMES.md`.
 
+mod code;
 mod heap;
 mod layout;
 mod positions;
 mod scope_info;
 mod strings;
 
-pub use heap::{JsFunction, MAX_NAME_UNITS, Memory, ProcessMemory, Resolver};
-pub use layout::{Layout, LayoutError, StringLayout};
+pub use heap::{JsFrame, JsFunction, MAX_NAME_UNITS, Memory, ProcessMemory, Resolver};
+pub use layout::{CodeLayout, Layout, LayoutError, StringLayout};

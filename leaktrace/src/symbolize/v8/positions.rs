@@ -5,24 +5,52 @@ pub(super) const MAX_TABLE_BYTES: u32 = 1 << 20;
 
 /// The source position (UTF-16 units into the script) of the last entry of `table` at or before
 /// bytecode offset `offset`.
+pub(super) fn position_at(table: &[u8], offset: u32) -> Option<u32> {
+    SourcePosition::decode(raw_at(table, i64::from(offset))?).script_offset
+}
+
+/// The raw `SourcePosition` of the last entry of `table` at or before code offset `offset`
+/// (a bytecode offset, or a pc offset into optimized code).
 ///
 /// The table is pairs of zig-zag varints: a code-offset delta (negative `d` means `-d - 1` and an
 /// expression rather than a statement position) and a position delta. The running code offset
-/// starts at -1: the first entry is the function's entry. A position is stored shifted left by
-/// one (bit 0: external) and plus one (0 means none), in 30 bits.
-pub(super) fn position_at(table: &[u8], offset: u32) -> Option<u32> {
+/// starts at -1: the first entry is the function's entry.
+pub(super) fn raw_at(table: &[u8], offset: i64) -> Option<u64> {
     let mut bytes = table.iter().copied();
     let (mut code, mut raw) = (-1i64, 0i64);
     let mut best = None;
     while let Some(delta) = varint(&mut bytes) {
-        code += if delta >= 0 { delta } else { -delta - 1 };
-        raw += varint(&mut bytes)?;
-        if code > i64::from(offset) {
+        code = code.checked_add(if delta >= 0 { delta } else { -(delta + 1) })?;
+        raw = raw.wrapping_add(varint(&mut bytes)?);
+        if code > offset {
             break;
         }
-        best = Some(raw);
+        best = Some(raw as u64);
     }
-    u32::try_from(((best? >> 1) & 0x3fff_ffff) - 1).ok()
+    best
+}
+
+/// V8's `SourcePosition`, a 64-bit bit field: bit 0 external (a position in another file, which
+/// JavaScript never has), bits 1-30 the script offset plus one, bits 31-46 the inlining id plus
+/// one (0 = not inlined: a position in the optimized function itself).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct SourcePosition {
+    /// UTF-16 units into the function's script; `None` when unknown or external.
+    pub(super) script_offset: Option<u32>,
+    /// Index into the code's inlining positions; `None` when not inlined.
+    pub(super) inlining_id: Option<u16>,
+}
+
+impl SourcePosition {
+    pub(super) fn decode(raw: u64) -> SourcePosition {
+        let external = raw & 1 != 0;
+        let offset = ((raw >> 1) & 0x3fff_ffff) as u32;
+        let inlining = ((raw >> 31) & 0xffff) as u16;
+        SourcePosition {
+            script_offset: (!external).then(|| offset.checked_sub(1)).flatten(),
+            inlining_id: inlining.checked_sub(1),
+        }
+    }
 }
 
 /// One zig-zag LEB128 varint, at most 64 bits.
@@ -102,6 +130,23 @@ mod tests {
         assert_eq!(position_at(&t, 9), Some(154));
         assert_eq!(position_at(&t, 19), Some(154));
         assert_eq!(position_at(&t, 500), Some(190));
+    }
+
+    #[test]
+    fn source_positions_carry_an_inlining_id() {
+        let raw = |offset: u64, inlining: u64| ((inlining + 1) << 31) | ((offset + 1) << 1);
+        assert_eq!(
+            SourcePosition::decode(raw(2399, 2)),
+            SourcePosition {
+                script_offset: Some(2399),
+                inlining_id: Some(2)
+            }
+        );
+        assert_eq!(SourcePosition::decode(0), SourcePosition::default());
+        assert_eq!(SourcePosition::decode(raw(5, 0) | 1).script_offset, None);
+        let t = table(&[(0, 10, true), (0x20, 40, false)]);
+        assert_eq!(raw_at(&t, 0x1f), Some((10 + 1) << 1));
+        assert_eq!(raw_at(&t, -2), None);
     }
 
     #[test]
