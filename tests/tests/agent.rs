@@ -786,3 +786,61 @@ fn the_http_port_bounds_what_callers_send() {
     let log = fs::read_to_string(dir.join("agent.log")).unwrap();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+#[test]
+fn the_agent_names_javascript_frames_of_a_flagless_node() {
+    if !have_root("the_agent_names_javascript_frames_of_a_flagless_node") {
+        return;
+    }
+    let dir = scratch("agent-v8");
+    // A name of its own, so that no other Node on the machine is selected.
+    let node = dir.join("node-agent-v8");
+    fs::copy(leaktrace_tests::node22(), &node).expect("copying node");
+    let agent = Agent::start(
+        &dir,
+        &[
+            "--match-exe",
+            "node-agent-v8",
+            "--interval",
+            "500ms",
+            "--scan-interval",
+            "100ms",
+        ],
+    );
+    let mut cmd = Command::new(&node);
+    cmd.current_dir(&dir)
+        .arg(leaktrace_tests::root().join("tests/fixtures/node/leak-inlined.js"))
+        .arg("6");
+    let mut target = Target::spawn(cmd);
+    let pid = target.pid();
+    agent.wait_for("the Node target", Duration::from_secs(30), |a| {
+        Some(value(&a.metrics(), "leaktrace_target_live_bytes", pid).is_some())
+    });
+    target.send("go");
+    target.expect_line("done");
+    let report = agent.json(&format!("/api/v1/targets/{pid}/report"));
+    assert_matches_schema(&report);
+    let named: Vec<Vec<(String, bool)>> = report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .map(|s| {
+            s["frames"]
+                .as_array()
+                .expect("frames[]")
+                .iter()
+                .filter(|f| f["source"] == "v8")
+                .filter_map(|f| Some((f["function"].as_str()?.to_owned(), f["inlined"] == true)))
+                .collect()
+        })
+        .collect();
+    assert!(
+        named.iter().any(|frames| frames
+            .windows(2)
+            .any(|w| w[0] == ("makeRecord".to_owned(), true)
+                && w[1] == ("ingestBatch".to_owned(), false))),
+        "no stack names makeRecord inlined into ingestBatch: {named:?}"
+    );
+    assert_eq!(target.finish(), 0);
+    assert_eq!(agent.stop(), 0);
+}

@@ -36,7 +36,7 @@ const LEAKS: &[(&str, &str, bool)] = &[
 const CONTROL: &str = "control-gc-buffers";
 
 fn fixture(name: &str) -> PathBuf {
-    root().join(format!("tests/fixtures/node/{name}.js"))
+    root_fixture_dir().join(format!("{name}.js"))
 }
 
 /// Starts a fixture as a plain `node app.js`: no flag at all.
@@ -272,4 +272,59 @@ fn v8_names_agree_with_the_perf_map() {
         compared.contains_key("ingestBatch"),
         "no frame of ingestBatch was named by both: {compared:?}"
     );
+}
+
+#[test]
+fn a_containerized_node_is_named_from_its_own_binary() {
+    if !have_root("a_containerized_node_is_named_from_its_own_binary") {
+        return;
+    }
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A root of its own with Node 22 and the fixture: the host has another Node (20), so the
+    // layout must come from the container's binary.
+    let dir = scratch("v8_container");
+    let root = dir.join("root");
+    leaktrace_tests::make_root_with(
+        &root,
+        &node22(),
+        "node",
+        &[
+            "libdl.so.2",
+            "libstdc++.so.6",
+            "libm.so.6",
+            "libgcc_s.so.1",
+            "libpthread.so.0",
+        ],
+    );
+    std::fs::create_dir_all(root.join("app")).expect("the app directory");
+    for file in ["leak-global-array.js", "_harness.js"] {
+        std::fs::copy(root_fixture_dir().join(file), root.join("app").join(file))
+            .expect("copying the fixture");
+    }
+    let (mut unshare, pid) = leaktrace_tests::start_in_namespace(
+        &root,
+        "/node",
+        &["/app/leak-global-array.js", "8"],
+        &[],
+    );
+    let report = leaktrace_tests::trace_workload(
+        &mut unshare,
+        pid,
+        &["--interval", "500ms"],
+        &dir.join("report.json"),
+    );
+    assert_eq!(unshare.finish(), 0);
+    assert_eq!(report["targets"][0]["ns_pid"], 1, "{}", report["targets"]);
+    let suspect = top_suspect(&report, pid);
+    let frame = frames(suspect)
+        .iter()
+        .find(|f| f["function"] == "leakIntoGlobalArray")
+        .unwrap_or_else(|| panic!("leakIntoGlobalArray not on {:?}", names(suspect)));
+    assert_eq!(frame["source"], "v8", "{frame}");
+    // The script path as the container sees it.
+    assert_eq!(frame["file"], "/app/leak-global-array.js", "{frame}");
+}
+
+fn root_fixture_dir() -> PathBuf {
+    root().join("tests/fixtures/node")
 }
