@@ -46,6 +46,13 @@ pub struct StackKey {
     pub js_id: u64,
 }
 
+impl StackKey {
+    /// Whether this site made mappings (`mmap`), not heap blocks.
+    pub fn is_mapping(&self) -> bool {
+        self.kind == AllocKind::Mmap as u32
+    }
+}
+
 /// The return addresses of one call stack, innermost first, as the probes walked them.
 ///
 /// Walked by the probes themselves rather than by `bpf_get_stackid`: the kernel's stack map

@@ -457,21 +457,30 @@ fn node(target: &Target, name: &str) -> Option<Check> {
         return None;
     }
     let check = format!("node.js ({name})");
+    let layout =
+        crate::symbolize::v8::Layout::read(Path::new(&format!("/proc/{}/exe", target.pid)));
     let map = Path::new(&format!("/tmp/perf-{}.map", target.ns_pid)).to_path_buf();
-    Some(if crate::process::root::open(target.pid, &map).is_ok() {
-        Check::ok(
-            &check,
-            format!("{}; perf map present: JS frames are named", exe.display()),
-        )
-    } else {
-        Check::warn(
+    let perf_map = crate::process::root::open(target.pid, &map).is_ok();
+    Some(match (layout, perf_map) {
+        (Ok(_), _) => Check::ok(
             &check,
             format!(
-                "{}; no perf map: JavaScript frames will be unnamed",
+                "{}; V8 data read from the binary: JS frames are named, no flag needed",
+                exe.display()
+            ),
+        ),
+        (Err(_), true) => Check::ok(
+            &check,
+            format!("{}; perf map present: JS frames are named", exe.display()),
+        ),
+        (Err(err), false) => Check::warn(
+            &check,
+            format!(
+                "{}; V8 data unusable ({err}) and no perf map: JavaScript frames will be unnamed",
                 exe.display()
             ),
             "start node with --perf-basic-prof (and --interpreted-frames-native-stack)",
-        )
+        ),
     })
 }
 

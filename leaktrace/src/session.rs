@@ -476,7 +476,7 @@ impl Session {
             .last
             .sites
             .iter()
-            .filter(|(k, _)| k.kind == leaktrace_common::AllocKind::Heap as u32)
+            .filter(|(k, _)| !k.is_mapping())
             .map(|(_, s)| s.live_allocs)
             .sum();
         let top = self.fastest_grower().map(|(key, rate)| {
@@ -610,30 +610,23 @@ impl Session {
             .filter(|k| k.tgid == pid)
             .copied()
             .collect();
-        let kept: std::collections::HashSet<u64> = self
-            .last
-            .sites
-            .keys()
-            .filter(|k| k.tgid != pid)
-            .map(|k| k.stack)
-            .collect();
-        let orphaned: Vec<u64> = gone
-            .iter()
-            .map(|k| k.stack)
-            .filter(|s| !kept.contains(s))
-            .collect();
-        let kept_js: std::collections::HashSet<u64> = self
-            .last
-            .sites
-            .keys()
-            .filter(|k| k.tgid != pid)
-            .map(|k| k.js_id)
-            .collect();
-        let orphaned_js: Vec<u64> = gone
-            .iter()
-            .map(|k| k.js_id)
-            .filter(|j| *j != 0 && !kept_js.contains(j))
-            .collect();
+        // Stacks and JavaScript frames are shared between processes: only those no other
+        // process's site uses go.
+        let orphaned_by = |id: fn(&StackKey) -> u64| -> Vec<u64> {
+            let kept: std::collections::HashSet<u64> = self
+                .last
+                .sites
+                .keys()
+                .filter(|k| k.tgid != pid)
+                .map(id)
+                .collect();
+            gone.iter()
+                .map(id)
+                .filter(|i| *i != 0 && !kept.contains(i))
+                .collect()
+        };
+        let orphaned = orphaned_by(|k| k.stack);
+        let orphaned_js = orphaned_by(|k| k.js_id);
         if let Err(err) = self.probes.forget(pid, &orphaned, &orphaned_js) {
             warn!(pid, %err, "cannot drop this target's entries from the probes' maps");
         }

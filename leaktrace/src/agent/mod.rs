@@ -305,7 +305,7 @@ impl Agent {
             .last()
             .sites
             .iter()
-            .filter(|(k, _)| k.kind == leaktrace_common::AllocKind::Heap as u32)
+            .filter(|(k, _)| !k.is_mapping())
         {
             let entry = live.entry(key.tgid).or_default();
             entry.0 += stats.live_bytes;

@@ -150,40 +150,20 @@ pub struct StackCache {
 impl StackCache {
     /// The frames (innermost first) of a stack; empty when it was not captured.
     pub fn frames(&mut self, probes: &Probes, stack: u64) -> Result<&[u64], CollectError> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.stacks.entry(stack) {
-            let map: BpfHashMap<&MapData, u64, StackFrames> = BpfHashMap::try_from(
-                probes
-                    .ebpf()
-                    .map("STACKS")
-                    .ok_or(CollectError::MissingMap("STACKS"))?,
-            )
-            .map_err(map_err("STACKS"))?;
-            let frames = match map.get(&stack, 0) {
-                Ok(f) => f.ips[..(f.len as usize).min(f.ips.len())].to_vec(),
-                Err(_) => Vec::new(),
-            };
-            slot.insert(frames);
-        }
-        Ok(&self.stacks[&stack])
+        read_once(
+            &mut self.stacks,
+            probes,
+            "STACKS",
+            stack,
+            |f: &StackFrames| f.ips[..(f.len as usize).min(f.ips.len())].to_vec(),
+        )
     }
 
     /// The JavaScript frames (innermost first) stored under `js_id`; empty when none were.
     pub fn js_frames(&mut self, probes: &Probes, js_id: u64) -> Result<&[JsFrame], CollectError> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.js.entry(js_id) {
-            let map: BpfHashMap<&MapData, u64, JsFrames> = BpfHashMap::try_from(
-                probes
-                    .ebpf()
-                    .map("JS_STACKS")
-                    .ok_or(CollectError::MissingMap("JS_STACKS"))?,
-            )
-            .map_err(map_err("JS_STACKS"))?;
-            let frames = match map.get(&js_id, 0) {
-                Ok(f) => f.frames[..(f.len as usize).min(f.frames.len())].to_vec(),
-                Err(_) => Vec::new(),
-            };
-            slot.insert(frames);
-        }
-        Ok(&self.js[&js_id])
+        read_once(&mut self.js, probes, "JS_STACKS", js_id, |f: &JsFrames| {
+            f.frames[..(f.len as usize).min(f.frames.len())].to_vec()
+        })
     }
 
     /// Drops stacks and JavaScript frames no site refers to any more.
@@ -195,4 +175,26 @@ impl StackCache {
             self.js.remove(js_id);
         }
     }
+}
+
+/// The entry `key` of the probes' map `name`, as `take` extracts it, read into `cache` once;
+/// empty when the map has no such entry.
+fn read_once<'c, V: aya::Pod, T>(
+    cache: &'c mut HashMap<u64, Vec<T>>,
+    probes: &Probes,
+    name: &'static str,
+    key: u64,
+    take: impl FnOnce(&V) -> Vec<T>,
+) -> Result<&'c [T], CollectError> {
+    if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(key) {
+        let map: BpfHashMap<&MapData, u64, V> = BpfHashMap::try_from(
+            probes
+                .ebpf()
+                .map(name)
+                .ok_or(CollectError::MissingMap(name))?,
+        )
+        .map_err(map_err(name))?;
+        slot.insert(map.get(&key, 0).map(|v| take(&v)).unwrap_or_default());
+    }
+    Ok(&cache[&key])
 }

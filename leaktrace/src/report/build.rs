@@ -67,7 +67,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
     let mut sites: Vec<(&StackKey, &StackStats)> = inputs.last.sites.iter().collect();
     for (key, stats) in &sites {
         let totals = per_target.entry(key.tgid).or_default();
-        if key.kind == AllocKind::Mmap as u32 {
+        if key.is_mapping() {
             totals.mapped_bytes += stats.live_bytes;
             totals.mappings += stats.live_allocs;
             totals.reserved_bytes += inputs.last.reserved.get(key).copied().unwrap_or(0);

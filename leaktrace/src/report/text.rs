@@ -71,20 +71,20 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
         let tt = &target.totals;
         let _ = writeln!(
             out,
-            "    live {} in {} blocks; allocated {} in {} calls; {} frees, {} failed allocations",
+            "    live {} in {}; allocated {} in {}; {} frees, {} failed allocations",
             bytes(tt.live_bytes),
-            tt.live_allocs,
+            counted(tt.live_allocs, "block"),
             bytes(tt.allocated_bytes as i64),
-            tt.alloc_calls,
+            counted(tt.alloc_calls as i64, "call"),
             tt.free_calls,
             tt.failed_allocs,
         );
         if tt.mappings > 0 || tt.reserved_bytes > 0 {
             let _ = writeln!(
                 out,
-                "    mapped {} in {} mappings, and {} reserved",
+                "    mapped {} in {}, and {} reserved",
                 bytes(tt.mapped_bytes),
-                tt.mappings,
+                counted(tt.mappings, "mapping"),
                 bytes(tt.reserved_bytes as i64),
             );
         }
@@ -151,7 +151,7 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
 fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
     let (what, reserved) = if s.kind == "mmap" {
         (
-            "mappings",
+            "mapping",
             if s.reserved_bytes > 0 {
                 format!(" + {} reserved", bytes(s.reserved_bytes as i64))
             } else {
@@ -159,15 +159,15 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
             },
         )
     } else {
-        ("blocks", String::new())
+        ("block", String::new())
     };
     let _ = writeln!(
         out,
-        "\n#{rank}  {} live in {} {what}{reserved}  ({} allocated in {} calls)  {} {}/s {}  [pid {}, {}, {}]",
+        "\n#{rank}  {} live in {}{reserved}  ({} allocated in {})  {} {}/s {}  [pid {}, {}, {}]",
         bytes(s.live_bytes),
-        s.live_allocs,
+        counted(s.live_allocs, what),
         bytes(s.allocated_bytes as i64),
-        s.alloc_calls,
+        counted(s.alloc_calls as i64, "call"),
         s.growth.verdict.as_str(),
         Rate(s.growth.bytes_per_s),
         sparkline(&s.series, 16),
@@ -178,6 +178,11 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
     for frame in &s.frames {
         let _ = writeln!(out, "      {}", frame_line(frame));
     }
+}
+
+/// `n` and `word`, plural unless `n` is 1.
+fn counted(n: i64, word: &str) -> String {
+    format!("{n} {word}{}", if n == 1 { "" } else { "s" })
 }
 
 /// One frame: function, source line, module.

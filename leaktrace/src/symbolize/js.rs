@@ -24,11 +24,15 @@ pub type NamedFrames = Vec<(usize, Vec<Frame>)>;
 #[derive(Default)]
 pub struct JsNamer {
     /// V8 layouts by executable (device, inode): a node binary is read once however many
-    /// processes run it.
-    layouts: HashMap<(u64, u64), Option<Arc<Layout>>>,
+    /// processes run it. `Err(None)`: no V8 in it; `Err(Some(why))`: V8 data unusable.
+    layouts: HashMap<(u64, u64), Result<Arc<Layout>, Option<String>>>,
     targets: HashMap<u32, Resolver<ProcessMemory>>,
     /// By target, stack and JavaScript identity.
     named: HashMap<(u32, u64, u64), Arc<NamedFrames>>,
+    /// Each frame as named, by target, what the probe saw of it and its return address: the
+    /// same frame recurs in many stacks (a server's stacks differ in one frame or two), and
+    /// reading the heap for it again would cost the tracer a CPU on a busy server.
+    frames_named: HashMap<(u32, JsFrameKey), Option<Vec<Frame>>>,
     /// Per target: why its JavaScript frames cannot be named, for its report.
     problems: HashMap<u32, String>,
     /// Per target: frames the probes identified that did not decode (moved or freed since).
@@ -40,28 +44,32 @@ impl JsNamer {
     /// JavaScript frames, or `None` when it does not run V8 or its V8 data is unusable (said in
     /// a warning and in the report: its JavaScript frames stay addresses).
     pub fn attach(&mut self, pid: u32) -> Option<V8Frames> {
+        // Also after an exec: what was known of the old image goes.
         self.targets.remove(&pid);
+        self.problems.remove(&pid);
         let exe = format!("/proc/{pid}/exe");
         let id = std::fs::metadata(&exe).ok().map(|m| (m.dev(), m.ino()))?;
-        let layout = match self.layouts.get(&id) {
-            Some(known) => known.clone(),
-            None => {
-                let read = match Layout::read(std::path::Path::new(&exe)) {
-                    Ok(layout) => Some(Arc::new(layout)),
-                    Err(LayoutError::NotV8) => None,
-                    Err(err) => {
-                        warn!(pid, %err, "V8 data unusable: JavaScript frames stay addresses");
-                        self.problems.insert(
-                            pid,
-                            format!("V8 data unusable ({err}): JavaScript frames are addresses"),
-                        );
-                        None
-                    }
-                };
-                self.layouts.insert(id, read.clone());
-                read
+        let layout = self
+            .layouts
+            .entry(id)
+            .or_insert_with(|| match Layout::read(std::path::Path::new(&exe)) {
+                Ok(layout) => Ok(Arc::new(layout)),
+                Err(LayoutError::NotV8) => Err(None),
+                Err(err) => Err(Some(err.to_string())),
+            })
+            .clone();
+        let layout = match layout {
+            Ok(layout) => layout,
+            Err(None) => return None,
+            Err(Some(why)) => {
+                warn!(pid, %why, "V8 data unusable: JavaScript frames stay addresses");
+                self.problems.insert(
+                    pid,
+                    format!("V8 data unusable ({why}): JavaScript frames are addresses"),
+                );
+                return None;
             }
-        }?;
+        };
         let memory = match ProcessMemory::open(pid) {
             Ok(memory) => memory,
             Err(err) => {
@@ -115,8 +123,22 @@ impl JsNamer {
             let Some(&ip) = ips.get(index) else {
                 continue;
             };
-            match js_frames(resolver, frame, ip) {
-                Some(js) => named.push((index, js)),
+            let key = (
+                pid,
+                JsFrameKey {
+                    sfi: frame.sfi,
+                    bytecode_array: frame.bytecode_array,
+                    bytecode_offset: frame.bytecode_offset,
+                    code: frame.code,
+                    ip,
+                },
+            );
+            let js = self
+                .frames_named
+                .entry(key)
+                .or_insert_with(|| js_frames(resolver, frame, ip));
+            match js {
+                Some(js) => named.push((index, js.clone())),
                 None => failed += 1,
             }
         }
@@ -150,7 +172,18 @@ impl JsNamer {
         self.problems.remove(&pid);
         self.unnamed.remove(&pid);
         self.named.retain(|(p, _, _), _| *p != pid);
+        self.frames_named.retain(|(p, _), _| *p != pid);
     }
+}
+
+/// What identifies one JavaScript frame of a target for naming.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct JsFrameKey {
+    sfi: u64,
+    bytecode_array: u64,
+    bytecode_offset: u64,
+    code: u64,
+    ip: u64,
 }
 
 /// The frames one JavaScript frame stands for, innermost first: for optimized code, the
