@@ -42,13 +42,17 @@ pub fn identify(v8: &mut V8Frames, js: &mut JsScratch, tgid: u32, stack: u64) ->
         // SAFETY: the entry stays valid for this program run; another CPU may replace it whole,
         // which at worst makes the identity below miss and the frames be walked.
         let cached = unsafe { &*cached };
-        if cached.tgid == tgid
-            && now.wrapping_sub(cached.ts_ns) < JS_CACHE_TTL_NS
-            && let Some(id) = refresh(v8, js, &cached.frames)
-            // SAFETY: a plain lookup.
-            && unsafe { JS_STACKS.get(&id) }.is_some()
-        {
-            return (id, false);
+        if cached.tgid == tgid && now.wrapping_sub(cached.ts_ns) < JS_CACHE_TTL_NS {
+            // A native thread's stack (GC, libuv's pool) has no JavaScript frame to re-read.
+            if cached.frames.len == 0 {
+                return (0, false);
+            }
+            if let Some(id) = refresh(v8, js, &cached.frames)
+                // SAFETY: a plain lookup.
+                && unsafe { JS_STACKS.get(&id) }.is_some()
+            {
+                return (id, false);
+            }
         }
     }
     let id = walk(v8, js);
@@ -100,7 +104,7 @@ fn refresh(v8: &V8Frames, js: &JsScratch, cached: &JsFrames) -> Option<u64> {
         };
         hash = identity(hash, sfi, site, frame.index);
     }
-    (cached.len > 0).then_some(hash | 1)
+    Some(hash | 1)
 }
 
 /// Examines every frame of the stack; returns its identity (0 without JavaScript frames).

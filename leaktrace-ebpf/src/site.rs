@@ -121,13 +121,14 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
 
 /// Stores `value` under `key` unless it is there already; false when the map is full.
 #[inline(always)]
-pub fn store<V>(map: &aya_ebpf::maps::HashMap<u64, V>, key: u64, value: &V) -> bool {
+fn store<V>(map: &aya_ebpf::maps::HashMap<u64, V>, key: u64, value: &V) -> bool {
     match map.insert(&key, value, u64::from(BPF_NOEXIST)) {
         Ok(()) => true,
         Err(err) => i64::from(err) == -EEXIST,
     }
 }
 
+/// Where every hash of a stack starts.
 pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
 const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
 
