@@ -328,3 +328,60 @@ fn a_containerized_node_is_named_from_its_own_binary() {
 fn root_fixture_dir() -> PathBuf {
     root().join("tests/fixtures/node")
 }
+
+/// A copy of `node` whose `v8dbg_off_fp_function` (the frame slot of the function) says 4096:
+/// a V8 whose data is not what leaktrace expects.
+fn node_with_bad_v8_data(dir: &Path) -> PathBuf {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let mut bytes = std::fs::read("/usr/bin/node").expect("reading node");
+    let (offset, size) = {
+        let elf = object::File::parse(&*bytes).expect("node is an ELF file");
+        let symbol = elf
+            .symbols()
+            .find(|s| s.name() == Ok("v8dbg_off_fp_function"))
+            .expect("node has v8dbg_off_fp_function");
+        let section = elf
+            .section_by_index(symbol.section_index().expect("a defined symbol"))
+            .expect("its section");
+        let (file_offset, _) = section.file_range().expect("stored in the file");
+        (
+            (file_offset + symbol.address() - section.address()) as usize,
+            symbol.size() as usize,
+        )
+    };
+    assert_eq!(size, 4, "v8dbg values are ints");
+    bytes[offset..offset + 4].copy_from_slice(&4096i32.to_le_bytes());
+    let path = dir.join("node-bad-v8");
+    std::fs::write(&path, &bytes).expect("writing the copy");
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("making the copy executable");
+    path
+}
+
+#[test]
+fn unexpected_v8_data_is_said_and_frames_stay_addresses() {
+    if !have_root("unexpected_v8_data_is_said_and_frames_stay_addresses") {
+        return;
+    }
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = scratch("v8_bad_data");
+    let node = node_with_bad_v8_data(&dir);
+    let mut target = start(&node, "leak-global-array", "v8_bad_data");
+    let pid = target.pid();
+    let report = trace_workloads(
+        std::slice::from_mut(&mut target),
+        &[pid],
+        &["--interval", "500ms"],
+        &dir.join("report.json"),
+    );
+    assert_eq!(target.finish(), 0, "the target is unharmed");
+    let notes = report["targets"][0]["notes"].to_string();
+    assert!(notes.contains("V8 data unusable"), "{notes}");
+    // The trace itself is whole: the leak is found, its JavaScript frames are addresses.
+    let suspect = top_suspect(&report, pid);
+    assert!(
+        frames(suspect).iter().all(|f| f["source"] != "v8"),
+        "{:?}",
+        names(suspect)
+    );
+}
