@@ -572,3 +572,6 @@ pub fn assert_one_line_error(output: &Output, expect: &str) {
 // A dev-dependency of the agent's tests (tests/agent.rs), not of this library's unit tests.
 #[cfg(test)]
 use ureq as _;
+// A dev-dependency of tests/v8_frames.rs (it corrupts a copy of node's V8 data).
+#[cfg(test)]
+use object as _;
