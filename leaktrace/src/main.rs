@@ -19,7 +19,7 @@ use leaktrace::{
 };
 
 fn main() -> ExitCode {
-    let mut cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) if err.use_stderr() => {
             // Bad input gets one line: clap's first line, without its usage hint.
@@ -34,41 +34,31 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
+    let Cli { command, verbose } = cli;
     // The agent's settings are read before logging starts: they choose the log format.
-    let agent = match cli.command {
-        Command::Agent(ref _args) => {
-            let Command::Agent(args) = std::mem::replace(
-                &mut cli.command,
-                Command::Doctor {
-                    pids: Vec::new(),
-                    format: doctor::Format::Text,
-                },
-            ) else {
-                unreachable!("matched just above")
-            };
-            match agent::config::AgentConfig::load(args) {
-                Ok(config) => Some(config),
-                Err(err) => {
-                    eprintln!("leaktrace: error: {err}");
-                    return ExitCode::from(2);
-                }
+    let job = match command {
+        Command::Agent(args) => match agent::config::AgentConfig::load(args) {
+            Ok(config) => Job::Agent(config),
+            Err(err) => {
+                eprintln!("leaktrace: error: {err}");
+                return ExitCode::from(2);
             }
-        }
-        _ => None,
+        },
+        command => Job::Command(command),
     };
-    let (quietest, log_format) = match &agent {
-        Some(config) => (tracing::Level::INFO, config.log_format),
-        None => (tracing::Level::WARN, cli::LogFormat::Text),
+    let (quietest, log_format) = match &job {
+        Job::Agent(config) => (tracing::Level::INFO, config.log_format),
+        Job::Command(_) => (tracing::Level::WARN, cli::LogFormat::Text),
     };
-    cli::init_logging(cli.verbose, quietest, log_format);
+    cli::init_logging(verbose, quietest, log_format);
     // A bug must still end in one line, not a backtrace over the user's terminal.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("leaktrace: internal error: {info} (please report this)");
     }));
 
-    let result = match agent {
-        Some(config) => run_agent(config),
-        None => run(cli),
+    let result = match job {
+        Job::Agent(config) => run_agent(config),
+        Job::Command(command) => run(command),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -78,6 +68,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// What this invocation does: the agent, with its settings loaded, or any other command.
+enum Job {
+    Agent(agent::config::AgentConfig),
+    Command(Command),
 }
 
 /// `leaktrace agent`: runs until SIGINT or SIGTERM.
@@ -99,9 +95,9 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
-fn run(cli: Cli) -> anyhow::Result<u8> {
+fn run(command: Command) -> anyhow::Result<u8> {
     // What to trace, how, whether children are followed, and `run`'s own settings.
-    let (start, args, follow, run) = match cli.command {
+    let (start, args, follow, run) = match command {
         Command::Doctor { pids, format } => return doctor(&pids, format),
         Command::Report { trace, outputs } => {
             let targets = output_formats(&outputs)?;
