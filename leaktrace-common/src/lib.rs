@@ -7,8 +7,10 @@
 
 /// Default capacity of the live-allocation map (one entry per block the target holds).
 pub const DEFAULT_MAX_LIVE_ALLOCS: u32 = 1 << 20;
-/// Default capacity of the per-stack statistics map.
-pub const DEFAULT_MAX_STACKS: u32 = 1 << 16;
+/// Default capacity of the per-stack statistics map: one entry per allocation site, a native
+/// stack with its JavaScript identity (a Node process traced from its start has tens of
+/// thousands). Not preallocated: about 100 bytes per site seen.
+pub const DEFAULT_MAX_STACKS: u32 = 1 << 18;
 /// Default capacity of the stack map: distinct call stacks kept (not preallocated: each costs
 /// its [`StackFrames`] only once seen).
 pub const DEFAULT_MAX_STACK_TRACES: u32 = 1 << 16;

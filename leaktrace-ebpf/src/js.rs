@@ -92,13 +92,19 @@ fn refresh(v8: &V8Frames, js: &JsScratch, cached: &JsFrames) -> Option<u64> {
         }
         let frame = &cached.frames[n];
         let (sfi, site) = if frame.tier == JsTier::Interpreted as u32 {
-            let w = window(js.fps[frame.index as usize & (MAX_FRAMES - 1)])?;
-            let function = w[slot(v8.fp_function)];
+            let fp = js.fps[frame.index as usize & (MAX_FRAMES - 1)];
+            let function = read(frame_slot(fp, v8.fp_function))?;
             if !is_heap_object(function) {
                 return None;
             }
             let sfi = read(field(function, v8.js_function_shared))?;
-            (sfi, w[slot(v8.fp_bytecode_offset)])
+            // As `push` keeps it: the innermost frame's offset only.
+            let site = if n == 0 {
+                read(frame_slot(fp, v8.fp_bytecode_offset))?
+            } else {
+                0
+            };
+            (sfi, site)
         } else {
             (frame.sfi, frame.code)
         };
@@ -140,9 +146,20 @@ fn push(frames: &mut JsFrames, mut frame: JsFrame, index: u32, hash: u64) -> u64
     }
     frame.index = index;
     frames.frames[n] = frame;
+    // Only the innermost interpreted frame keeps where in its function it is: an interpreted
+    // frame's return address is the interpreter's, so every bytecode offset of every outer frame
+    // would multiply a process's sites (a Node process's startup alone would fill the site map).
+    // Outer interpreted frames are named by their function's line. (Cleared in map memory: a
+    // changed copy on the BPF stack would not fit.)
+    let mut site = frame.bytecode_offset | frame.code;
+    if n > 0 && frame.tier == JsTier::Interpreted as u32 {
+        frames.frames[n].bytecode_array = 0;
+        frames.frames[n].bytecode_offset = 0;
+        site = 0;
+    }
     // SAFETY: as above.
     unsafe { core::ptr::write_volatile(&mut frames.len, n as u32 + 1) };
-    identity(hash, frame.sfi, frame.bytecode_offset | frame.code, index)
+    identity(hash, frame.sfi, site, index)
 }
 
 /// One frame's part of a stack's JavaScript identity: its function, where in it (the bytecode
@@ -246,6 +263,12 @@ fn is_heap_object(value: u64) -> bool {
 #[inline(always)]
 fn slot(offset: i32) -> usize {
     ((offset + V8_WINDOW_BELOW_FP) as u32 >> 3) as usize & 7
+}
+
+/// The address of the frame slot at `offset` from the frame pointer `fp`.
+#[inline(always)]
+fn frame_slot(fp: u64, offset: i32) -> u64 {
+    fp.wrapping_add_signed(i64::from(offset))
 }
 
 /// The address of a field of a tagged heap object.

@@ -159,7 +159,8 @@ pub struct TraceArgs {
     #[arg(short, long)]
     pub quiet: bool,
     /// Do not name JavaScript frames from V8's own data in the node binary and the target's
-    /// heap (perf maps still name them): the probes then walk native frames only.
+    /// heap (perf maps still name them): the probes then walk native frames only. `run` does
+    /// not use V8's data: it names JavaScript frames by the perf maps it asks Node for.
     #[arg(long)]
     pub no_v8_frames: bool,
     /// Most live blocks tracked at once, over all targets.

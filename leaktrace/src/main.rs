@@ -145,7 +145,11 @@ fn run(command: Command) -> anyhow::Result<u8> {
         max_overhead: args.max_overhead,
         follow,
         node_perf_maps: run.as_ref().is_some_and(|(perf_maps, _)| *perf_maps),
-        v8_frames: !args.no_v8_frames,
+        // `run` names JavaScript frames by the perf maps it asks Node for. V8's data would also
+        // keep a test's stacks apart by JavaScript identity, and every recompilation of a
+        // function on them starts a new stack: a short test's leak would be split over stacks
+        // too young for a verdict until sites are merged across tiers.
+        v8_frames: !args.no_v8_frames && run.is_none(),
     };
     let mut outcome = runtime()?.block_on(trace::trace(start, &options))?;
     if let Some(suppressions) = &suppressions {

@@ -71,6 +71,9 @@ pub(crate) struct Session {
     mappings: Mappings,
     /// The call chain of every site seen.
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
+    /// Each site the probes count under, as the tracer counts it: the same with its JavaScript
+    /// identity by name rather than by heap address (see [`JsNamer::name`]).
+    sites: HashMap<StackKey, StackKey>,
     last: Snapshot,
     /// Time zero of every series.
     started: Instant,
@@ -126,6 +129,7 @@ impl Session {
             allocators: allocator::Finder::default(),
             mappings: Mappings::default(),
             chains: HashMap::new(),
+            sites: HashMap::new(),
             last: Snapshot::default(),
             started: Instant::now(),
             samples: 0,
@@ -537,6 +541,7 @@ impl Session {
             }
         }
         let mut snapshot = collect::snapshot(&self.probes)?;
+        self.merge_sites(&mut snapshot)?;
         self.probes
             .drain_map_events(|event| self.mappings.apply(&event));
         snapshot.add_mappings(&self.mappings);
@@ -626,7 +631,14 @@ impl Session {
                 .collect()
         };
         let orphaned = orphaned_by(|k| k.stack);
-        let orphaned_js = orphaned_by(|k| k.js_id);
+        // The probes keep JavaScript frames under their own identities, which the sites map.
+        let orphaned_js: Vec<u64> = self
+            .sites
+            .keys()
+            .filter(|k| k.tgid == pid)
+            .map(|k| k.js_id)
+            .collect();
+        self.sites.retain(|k, _| k.tgid != pid);
         if let Err(err) = self.probes.forget(pid, &orphaned, &orphaned_js) {
             warn!(pid, %err, "cannot drop this target's entries from the probes' maps");
         }
@@ -682,15 +694,46 @@ impl Session {
     fn read_new_stacks(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         for key in snapshot.sites.keys() {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.chains.entry(*key) {
-                let ips = self.stacks.frames(&self.probes, key.stack)?.to_vec();
-                // Named at once: what the JavaScript frames point at may move or die.
-                if key.js_id != 0 && self.js.names(key.tgid) {
-                    let js = self.stacks.js_frames(&self.probes, key.js_id)?;
-                    self.js.name(key.tgid, key.stack, key.js_id, js, &ips);
-                }
-                slot.insert(call_chain(&ips));
+                let ips = self.stacks.frames(&self.probes, key.stack)?;
+                slot.insert(call_chain(ips));
             }
         }
+        Ok(())
+    }
+
+    /// Names the JavaScript frames of sites not seen before, at once (what they point at may
+    /// move or die), and counts each site under its identity by name: sites the probes keep
+    /// apart only because a collection moved a function are one.
+    fn merge_sites(&mut self, snapshot: &mut Snapshot) -> anyhow::Result<()> {
+        let keys: Vec<StackKey> = snapshot
+            .sites
+            .keys()
+            .filter(|k| k.js_id != 0 && !self.sites.contains_key(k))
+            .copied()
+            .collect();
+        for key in keys {
+            let mut site = key;
+            if self.js.names(key.tgid) {
+                let ips = self.stacks.frames(&self.probes, key.stack)?.to_vec();
+                let js = self.stacks.js_frames(&self.probes, key.js_id)?;
+                if let Some(by_name) = self.js.name(key.tgid, key.stack, key.js_id, js, &ips) {
+                    site.js_id = by_name;
+                }
+            }
+            self.sites.insert(key, site);
+        }
+        let mut merged: HashMap<StackKey, leaktrace_common::StackStats> =
+            HashMap::with_capacity(snapshot.sites.len());
+        for (key, stats) in snapshot.sites.drain() {
+            let total = merged
+                .entry(self.sites.get(&key).copied().unwrap_or(key))
+                .or_default();
+            total.live_bytes += stats.live_bytes;
+            total.live_allocs += stats.live_allocs;
+            total.alloc_bytes += stats.alloc_bytes;
+            total.alloc_calls += stats.alloc_calls;
+        }
+        snapshot.sites = merged;
         Ok(())
     }
 

@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use self::{
     config::{AgentConfig, KubeMode},
@@ -43,6 +43,9 @@ use crate::{
 
 /// Points of each target's total live bytes kept for its growth rate.
 const TOTAL_POINTS: usize = 64;
+/// How long a selected process that cannot be attached to is tried again: long enough for a
+/// loader on a loaded machine, short enough that a process that will never do is said soon.
+const ATTACH_RETRY: Duration = Duration::from_secs(3);
 
 /// A question from the HTTP server, answered by the task that owns the session.
 pub(crate) enum Request {
@@ -88,6 +91,8 @@ struct Agent {
     passed_over: HashSet<(u32, u64, PathBuf)>,
     /// Matching processes refused for the target cap, counted once each.
     refused: HashSet<(u32, u64)>,
+    /// Matching processes that could not be attached to yet, since when: see [`ATTACH_RETRY`].
+    retrying: HashMap<(u32, u64), Instant>,
     pods: Option<Pods>,
     tally: Tally,
 }
@@ -144,6 +149,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         tracked: HashMap::new(),
         passed_over: HashSet::new(),
         refused: HashSet::new(),
+        retrying: HashMap::new(),
         pods,
         tally: Tally::default(),
     };
@@ -225,6 +231,8 @@ impl Agent {
         if self.passed_over.len() > 4 * 65536 {
             self.passed_over.clear();
         }
+        self.retrying
+            .retain(|_, since| since.elapsed() < ATTACH_RETRY * 2);
     }
 
     /// Attaches to one selected process; `false` when it must not be tried again.
@@ -257,6 +265,7 @@ impl Agent {
         match attached {
             Ok(()) => {
                 self.refused.remove(&(seen.pid, seen.start_time));
+                self.retrying.remove(&(seen.pid, seen.start_time));
                 info!(
                     pid = seen.pid,
                     exe = %seen.exe.display(),
@@ -280,6 +289,17 @@ impl Agent {
                 true
             }
             Err(err) => {
+                // Found right after its exec, a process has not mapped its C library yet (the
+                // loader is still at work): it is tried again at the next scans, for a while.
+                let since = *self
+                    .retrying
+                    .entry((seen.pid, seen.start_time))
+                    .or_insert_with(Instant::now);
+                if since.elapsed() < ATTACH_RETRY {
+                    debug!(pid = seen.pid, error = %format!("{err:#}"), "not attached yet; trying again");
+                    return true;
+                }
+                self.retrying.remove(&(seen.pid, seen.start_time));
                 self.tally.attach_failures += 1;
                 warn!(pid = seen.pid, exe = %seen.exe.display(), error = %format!("{err:#}"), "cannot trace this process");
                 false

@@ -107,15 +107,22 @@ impl JsNamer {
     }
 
     /// Names the JavaScript frames `frames` of the stack `stack` of `pid` whose addresses are
-    /// `ips`, once. Kept per stack, not per JavaScript identity alone: what was inlined at a
-    /// compiled frame depends on its return address.
-    pub fn name(&mut self, pid: u32, stack: u64, js_id: u64, frames: &[JsFrame], ips: &[u64]) {
-        if self.named.contains_key(&(pid, stack, js_id)) {
-            return;
-        }
-        let Some(resolver) = self.targets.get_mut(&pid) else {
-            return;
-        };
+    /// `ips`. Kept per stack, not per JavaScript identity alone: what was inlined at a compiled
+    /// frame depends on its return address.
+    ///
+    /// Returns the identity of what was named, when every frame was: the probes identify a
+    /// function by the address of its SharedFunctionInfo, which a compacting collection moves,
+    /// so one site can come back under another identity; by name it is the same site. The
+    /// names are kept under that identity too.
+    pub fn name(
+        &mut self,
+        pid: u32,
+        stack: u64,
+        js_id: u64,
+        frames: &[JsFrame],
+        ips: &[u64],
+    ) -> Option<u64> {
+        let resolver = self.targets.get_mut(&pid)?;
         let mut named = NamedFrames::new();
         let mut failed = 0;
         for frame in frames {
@@ -145,7 +152,13 @@ impl JsNamer {
         if failed > 0 {
             *self.unnamed.entry(pid).or_default() += failed;
         }
-        self.named.insert((pid, stack, js_id), Arc::new(named));
+        let by_name = (failed == 0).then(|| identity_of(&named));
+        let named = Arc::new(named);
+        if let Some(id) = by_name {
+            self.named.insert((pid, stack, id), named.clone());
+        }
+        self.named.insert((pid, stack, js_id), named);
+        by_name
     }
 
     /// The JavaScript frames of a stack of `pid`, as named.
@@ -159,7 +172,7 @@ impl JsNamer {
         if let Some(&n) = self.unnamed.get(&pid) {
             notes.push(format!(
                 "{n} JavaScript frame{} could not be read from V8's heap (the function moved or \
-                 was collected before it was named): shown by address",
+                 was collected, or the process exited, before it was named): shown by address",
                 if n == 1 { "" } else { "s" }
             ));
         }
@@ -174,6 +187,19 @@ impl JsNamer {
         self.named.retain(|(p, _, _), _| *p != pid);
         self.frames_named.retain(|(p, _), _| *p != pid);
     }
+}
+
+/// The identity of a stack's JavaScript frames by what they are named (never 0).
+fn identity_of(named: &NamedFrames) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for (index, frames) in named {
+        index.hash(&mut hasher);
+        for f in frames {
+            (&f.function, &f.file, f.line, f.inlined).hash(&mut hasher);
+        }
+    }
+    hasher.finish() | 1
 }
 
 /// What identifies one JavaScript frame of a target for naming.
