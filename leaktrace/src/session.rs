@@ -694,8 +694,17 @@ impl Session {
     fn read_new_stacks(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         for key in snapshot.sites.keys() {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.chains.entry(*key) {
-                let ips = self.stacks.frames(&self.probes, key.stack)?;
-                slot.insert(call_chain(ips));
+                let ips = self.stacks.frames(&self.probes, key.stack)?.to_vec();
+                // Mapping sites come from the mapping events, not through `merge_sites`: their
+                // JavaScript frames are named here, at once too.
+                if key.js_id != 0
+                    && self.js.names(key.tgid)
+                    && self.js.frames(key.tgid, key.stack, key.js_id).is_none()
+                {
+                    let js = self.stacks.js_frames(&self.probes, key.js_id)?;
+                    self.js.name(key.tgid, key.stack, key.js_id, js, &ips);
+                }
+                slot.insert(call_chain(&ips));
             }
         }
         Ok(())
