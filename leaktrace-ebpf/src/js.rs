@@ -31,8 +31,9 @@ type Window = [u64; 8];
 ///
 /// A stack seen lately is not walked again: its compiled frames are as they were (the same
 /// return addresses are the same code), and only its interpreted frames are read (function and
-/// bytecode offset: one window and one read each). If that identity is stored already, that is
-/// all; otherwise, and for a stack not seen lately, every frame is examined.
+/// SharedFunctionInfo, and the innermost one's bytecode offset: two or three reads each). If
+/// that identity is stored already, that is all; otherwise, and for a stack not seen lately,
+/// every frame is examined.
 #[inline(always)]
 pub fn identify(v8: &mut V8Frames, js: &mut JsScratch, tgid: u32, stack: u64) -> (u64, bool) {
     let cache_key = mix(stack, u64::from(tgid));
