@@ -55,6 +55,20 @@ impl StackKey {
     }
 }
 
+/// Slots per CPU of the probes' memo of stacks already in `STACKS` (a power of two).
+pub const STORED_SLOTS: u32 = 256;
+
+/// One slot of that memo: this process stored this stack. Storing a stack that is there already
+/// takes the map's bucket lock to find out, on every allocation; the memo is a lock-free array
+/// lookup. The tracer clears it before it removes stacks from `STACKS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredStack {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub stack: u64,
+}
+
 /// The return addresses of one call stack, innermost first, as the probes walked them.
 ///
 /// Walked by the probes themselves rather than by `bpf_get_stackid`: the kernel's stack map
@@ -129,8 +143,8 @@ impl V8Frames {
 pub struct JsCached {
     pub tgid: u32,
     pub _pad: u32,
-    /// `bpf_ktime_get_ns` when identified: older than [`JS_CACHE_TTL_NS`] is identified again,
-    /// so code freed and reused at the same addresses is not misnamed for long.
+    /// `bpf_ktime_get_ns` when identified: older than [`JS_CACHE_TTL_NS`] is identified
+    /// again, so code freed and reused at the same addresses is not misnamed for long.
     pub ts_ns: u64,
     pub frames: JsFrames,
 }
@@ -206,8 +220,6 @@ pub struct LiveAlloc {
     pub size: u64,
     /// Blocks this one stands for: 1, or in sampled mode the inverse of its probability.
     pub count: u64,
-    /// `bpf_ktime_get_ns` at allocation, for the age of what is held.
-    pub ts_ns: u64,
     pub site: StackKey,
 }
 
@@ -233,7 +245,8 @@ pub enum AllocOp {
 ///
 /// Keyed by the full `pid_tgid`, so threads never share it. `depth` counts nested allocator
 /// calls on the thread (glibc's `realloc(NULL, n)` enters `malloc`): only the outermost call is
-/// recorded, so nothing is counted twice and inner calls cannot overwrite the outer state.
+/// recorded, so nothing is counted twice and inner calls cannot overwrite the outer state. A
+/// thread outside every allocation function keeps its entry with `depth == 0`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct PendingCall {
@@ -360,7 +373,9 @@ pub enum Counter {
     StackCaptureFailed = 6,
     /// Stacks deeper than [`MAX_FRAMES`]: their outermost frames are not recorded.
     StackTruncated = 7,
-    /// Allocation calls lost because the in-flight call map was full.
+    /// Allocation calls lost because the in-flight call map did not hold their entry: more
+    /// threads called the allocator than it holds (it drops the least recently used), or the
+    /// call was already running when the probes were attached.
     PendingMapFull = 8,
     /// A block returned at an address still recorded as live: its free was missed.
     MissedFrees = 9,
@@ -403,6 +418,7 @@ mod pod {
     unsafe impl aya::Pod for super::TargetCounters {}
     unsafe impl aya::Pod for super::StackFrames {}
     unsafe impl aya::Pod for super::Sampling {}
+    unsafe impl aya::Pod for super::StoredStack {}
     unsafe impl aya::Pod for super::MapEvent {}
     unsafe impl aya::Pod for super::V8Frames {}
     unsafe impl aya::Pod for super::JsFrames {}

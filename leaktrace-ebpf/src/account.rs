@@ -4,7 +4,7 @@ use core::intrinsics::{AtomicOrdering, atomic_xadd};
 
 use aya_ebpf::{
     bindings::{BPF_ANY, BPF_NOEXIST},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::bpf_get_current_pid_tgid,
 };
 use leaktrace_common::{Counter, LiveAlloc, LiveKey, PendingCall, StackKey, StackStats};
 
@@ -57,7 +57,6 @@ pub fn record_alloc(counters: *mut u64, addr: u64, call: &PendingCall) {
     let block = LiveAlloc {
         size,
         count,
-        ts_ns: unsafe { bpf_ktime_get_ns() },
         site: *site,
     };
     if LIVE.insert(&key, &block, u64::from(BPF_NOEXIST)).is_err() {

@@ -70,19 +70,28 @@ pub fn alloc_return(ctx: RetProbeContext) -> u32 {
     let Some((pid_tgid, counters)) = current_target() else {
         return 0;
     };
+    // A call whose entry is not held: it began before the probes were attached, or the map
+    // dropped its entry to make room for other threads'. Either way its block goes unrecorded.
     let Some(pending) = PENDING.get_ptr_mut(&pid_tgid) else {
-        // The call began before the probes were attached.
+        bump(counters, Counter::PendingMapFull);
         return 0;
     };
     // SAFETY: the entry belongs to this thread; no other thread writes it.
     let call = unsafe {
-        if (*pending).depth > 1 {
-            (*pending).depth -= 1;
-            return 0;
+        match (*pending).depth {
+            0 => {
+                bump(counters, Counter::PendingMapFull);
+                return 0;
+            }
+            1 => {}
+            _ => {
+                (*pending).depth -= 1;
+                return 0;
+            }
         }
+        (*pending).depth = 0;
         *pending
     };
-    let _ = PENDING.remove(&pid_tgid);
 
     let ret: u64 = ctx.ret();
     let tgid = (pid_tgid >> 32) as u32;
@@ -135,7 +144,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     let Some((pid_tgid, counters)) = current_target() else {
         return 0;
     };
-    if PENDING.get_ptr(&pid_tgid).is_some() {
+    if in_call(pid_tgid) {
         // A free made by the allocator inside a traced call: that call accounts for it.
         bump(counters, Counter::NestedCalls);
         return 0;
@@ -154,7 +163,7 @@ pub fn free_guarded(ctx: ProbeContext) -> u32 {
     let Some((pid_tgid, counters)) = current_target() else {
         return 0;
     };
-    let Some((sp, caller)) = outermost(&ctx, pid_tgid, counters) else {
+    let Some(Outermost { sp, caller, entry }) = outermost(&ctx, pid_tgid, counters) else {
         return 0;
     };
     if addr != 0 {
@@ -163,6 +172,7 @@ pub fn free_guarded(ctx: ProbeContext) -> u32 {
     pend(
         pid_tgid,
         counters,
+        entry,
         &PendingCall {
             old_addr: addr,
             entry_sp: sp,
@@ -184,7 +194,7 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     let Some((pid_tgid, counters)) = current_target() else {
         return 0;
     };
-    let Some((sp, caller)) = outermost(&ctx, pid_tgid, counters) else {
+    let Some(Outermost { sp, caller, entry }) = outermost(&ctx, pid_tgid, counters) else {
         return 0;
     };
     // SAFETY: `regs` is the context the kernel handed to this probe.
@@ -202,6 +212,7 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     pend(
         pid_tgid,
         counters,
+        entry,
         &PendingCall {
             site,
             size: arg(&ctx, 1),
@@ -222,7 +233,7 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
     let Some((pid_tgid, counters)) = current_target() else {
         return 0;
     };
-    let Some((sp, caller)) = outermost(ctx, pid_tgid, counters) else {
+    let Some(Outermost { sp, caller, entry }) = outermost(ctx, pid_tgid, counters) else {
         return 0;
     };
     // Passed-over calls still get an entry: calls nested inside them must not be sampled again.
@@ -235,6 +246,7 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
     pend(
         pid_tgid,
         counters,
+        entry,
         &PendingCall {
             site,
             size,
@@ -251,34 +263,63 @@ fn enter(ctx: &ProbeContext, op: AllocOp, size: u64, old_addr: u64, out_ptr: u64
     0
 }
 
-/// The stack pointer and return address of a call that is the thread's outermost allocator
-/// call, or `None` for a call nested in the pending one (counted, and left to the outer call).
+/// A thread's outermost allocator call, as its entry probe found it.
+struct Outermost {
+    sp: u64,
+    /// The return address into the caller.
+    caller: u64,
+    /// The thread's entry in `PENDING`, to be rewritten in place; `None` at its first call.
+    entry: Option<*mut PendingCall>,
+}
+
+/// The call whose entry probe is running, unless it is nested in the pending one (then it is
+/// counted, and left to the outer call).
 #[inline(always)]
-fn outermost(ctx: &ProbeContext, pid_tgid: u64, counters: *mut u64) -> Option<(u64, u64)> {
+fn outermost(ctx: &ProbeContext, pid_tgid: u64, counters: *mut u64) -> Option<Outermost> {
     let sp = site::stack_pointer(ctx);
     let caller = site::return_address(sp);
-    if let Some(pending) = PENDING.get_ptr_mut(&pid_tgid) {
+    let entry = PENDING.get_ptr_mut(&pid_tgid);
+    if let Some(pending) = entry {
         // SAFETY: the entry belongs to this thread; no other thread writes it.
         unsafe {
-            if is_nested(sp, caller, &*pending) {
-                (*pending).depth += 1;
-                bump(counters, Counter::NestedCalls);
-                return None;
+            if (*pending).depth > 0 {
+                if is_nested(sp, caller, &*pending) {
+                    (*pending).depth += 1;
+                    bump(counters, Counter::NestedCalls);
+                    return None;
+                }
+                // The recorded call never returned through its probe (a longjmp, or a return
+                // probe the kernel could not place): start afresh rather than swallow every
+                // later call.
+                bump(counters, Counter::MissedReturns);
             }
         }
-        // Otherwise the recorded call never returned through its probe (a longjmp, or a return
-        // probe the kernel could not place): start afresh rather than swallow every later call.
-        bump(counters, Counter::MissedReturns);
     }
-    Some((sp, caller))
+    Some(Outermost { sp, caller, entry })
 }
 
 /// Makes `call` the thread's pending call.
 #[inline(always)]
-fn pend(pid_tgid: u64, counters: *mut u64, call: &PendingCall) {
-    if PENDING.insert(&pid_tgid, call, u64::from(BPF_ANY)).is_err() {
-        bump(counters, Counter::PendingMapFull);
+fn pend(pid_tgid: u64, counters: *mut u64, entry: Option<*mut PendingCall>, call: &PendingCall) {
+    match entry {
+        // SAFETY: the entry belongs to this thread; no other thread writes it.
+        Some(pending) => unsafe { *pending = *call },
+        // Least-recently-used: an insert fails only when the kernel cannot free an entry.
+        None => {
+            if PENDING.insert(&pid_tgid, call, u64::from(BPF_ANY)).is_err() {
+                bump(counters, Counter::PendingMapFull);
+            }
+        }
     }
+}
+
+/// Whether the thread is inside an allocation call.
+#[inline(always)]
+fn in_call(pid_tgid: u64) -> bool {
+    // SAFETY: the entry belongs to this thread; no other thread writes it.
+    PENDING
+        .get_ptr(&pid_tgid)
+        .is_some_and(|pending| unsafe { (*pending).depth > 0 })
 }
 
 /// Whether to record an allocation of `size` bytes, and the probability it had (scaled by 2^32;

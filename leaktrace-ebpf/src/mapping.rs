@@ -43,15 +43,16 @@ enum Caller {
 #[inline(always)]
 fn caller(pid_tgid: u64) -> Caller {
     match PENDING.get_ptr(&pid_tgid) {
-        None => Caller::Program,
         // SAFETY: the entry belongs to this thread; no other thread writes it.
-        Some(call) => unsafe {
+        Some(call) if unsafe { (*call).depth } > 0 => unsafe {
             if (*call).op == AllocOp::Mmap as u32 && (*call).depth == 1 {
                 Caller::Wrapper((*call).site)
             } else {
                 Caller::Allocator
             }
         },
+        // No entry, or an idle one: not inside an allocation call.
+        _ => Caller::Program,
     }
 }
 

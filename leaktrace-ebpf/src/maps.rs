@@ -5,13 +5,13 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leaktrace_common::{
     DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES,
     DEFAULT_MAX_STACKS, JsCached, JsFrames, LiveAlloc, LiveKey, MAX_FRAMES, MAX_PENDING_CALLS,
-    MAX_TARGETS, PendingCall, SAMPLE_BUCKETS, Sampling, StackFrames, StackKey, StackStats,
-    TargetCounters, V8Frames,
+    MAX_TARGETS, PendingCall, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames, StackKey,
+    StackStats, StoredStack, TargetCounters, V8Frames,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -30,10 +30,14 @@ pub static EXECS: HashMap<u32, u64> = HashMap::with_max_entries(MAX_TARGETS, 0);
 #[map]
 pub static FORKS_MISSED: Array<u64> = Array::with_max_entries(1, 0);
 
-/// Threads inside an allocation function, keyed by full pid_tgid. Preallocated: it is written
-/// and cleared on every call.
+/// Each thread's allocation call, keyed by full pid_tgid; `depth == 0` marks a thread outside
+/// every allocation function. An entry is created at a thread's first call and then rewritten in
+/// place: an insert and a delete per call (each taking a bucket lock) cost more than the rest of
+/// the bookkeeping of a free. Least-recently-used, so the entries of exited threads make room
+/// for new ones; a thread inside a call has just used its entry and is the last to go.
 #[map]
-pub static PENDING: HashMap<u64, PendingCall> = HashMap::with_max_entries(MAX_PENDING_CALLS, 0);
+pub static PENDING: LruHashMap<u64, PendingCall> =
+    LruHashMap::with_max_entries(MAX_PENDING_CALLS, 0);
 
 /// Every live block of every target. Not preallocated: memory follows what the target holds.
 #[map]
@@ -49,6 +53,15 @@ pub static STACK_STATS: HashMap<StackKey, StackStats> =
 #[map]
 pub static STACKS: HashMap<u64, StackFrames> =
     HashMap::with_max_entries(DEFAULT_MAX_STACK_TRACES, BPF_F_NO_PREALLOC);
+
+/// Which stacks this CPU stored lately, by the low bits of their hash (see [`StoredStack`]).
+#[map]
+pub static STORED: PerCpuArray<StoredStack> = PerCpuArray::with_max_entries(STORED_SLOTS, 0);
+
+/// Slot 0 is non-zero while any target runs V8: the other targets' stacks skip the
+/// [`V8_TARGETS`] lookup. Written by the tracer.
+#[map]
+pub static V8_PRESENT: Array<u32> = Array::with_max_entries(1, 0);
 
 /// V8's frame layout for each target (by tgid) that runs V8: its stacks' JavaScript frames are
 /// recognised and identified. Written by the tracer, which read it from the target's binary.

@@ -3,12 +3,12 @@
 //! on the way and stored once per distinct sequence under a hash of their identities.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
-use leaktrace_common::{AllocKind, Counter, MAX_FRAMES, StackKey};
+use leaktrace_common::{AllocKind, Counter, MAX_FRAMES, STORED_SLOTS, StackFrames, StackKey};
 
 use crate::{
     account::bump,
     js,
-    maps::{JS_SCRATCH, JS_STACKS, SCRATCH, STACKS, V8_TARGETS},
+    maps::{JS_SCRATCH, JS_STACKS, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
 };
 
 const EEXIST: i64 = 17;
@@ -60,9 +60,14 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     let frames = unsafe { &mut *frames };
     frames.ips[0] = at.ip;
     frames.ips[1] = at.caller;
-    // SAFETY: the map value stays valid for this program run; the probes only update its
-    // meta-map cache, a word any CPU may write.
-    let v8 = V8_TARGETS.get_ptr_mut(&tgid).map(|p| unsafe { &mut *p });
+    // One array lookup spares the targets that run no V8 the hash table's.
+    let v8 = if V8_PRESENT.get(0).is_some_and(|&n| n != 0) {
+        // SAFETY: the map value stays valid for this program run; the probes only update its
+        // meta-map cache, a word any CPU may write.
+        V8_TARGETS.get_ptr_mut(&tgid).map(|p| unsafe { &mut *p })
+    } else {
+        None
+    };
     let mut js = match v8 {
         // SAFETY: this CPU's scratch slot, used by one probe at a time.
         Some(_) => JS_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }),
@@ -104,7 +109,7 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     // 0 means "no stack".
     let stack = hash | 1;
     key.stack = stack;
-    if !store(&STACKS, key.stack, frames) {
+    if !store_stack(tgid, stack, frames) {
         bump(counters, Counter::StackCaptureFailed);
         key.stack = 0;
     }
@@ -117,6 +122,25 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
         }
     }
     key
+}
+
+/// Stores the frames of `stack` unless this CPU stored them lately; false when the map is full.
+#[inline(always)]
+fn store_stack(tgid: u32, stack: u64, frames: &StackFrames) -> bool {
+    let slot = STORED.get_ptr_mut((stack as u32) & (STORED_SLOTS - 1));
+    // SAFETY: this CPU's slot, used by one probe at a time.
+    if let Some(slot) = slot.map(|p| unsafe { &mut *p }) {
+        if slot.stack == stack && slot.tgid == tgid {
+            return true;
+        }
+        if !store(&STACKS, stack, frames) {
+            return false;
+        }
+        slot.tgid = tgid;
+        slot.stack = stack;
+        return true;
+    }
+    store(&STACKS, stack, frames)
 }
 
 /// Stores `value` under `key` unless it is there already; false when the map is full.

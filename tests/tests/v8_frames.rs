@@ -61,17 +61,24 @@ fn names(stack: &Value) -> Vec<&str> {
 
 /// The fastest-growing leak suspect of `pid`.
 fn top_suspect(report: &Value, pid: u32) -> &Value {
+    fastest(report, |s| {
+        s["pid"].as_u64() == Some(u64::from(pid))
+            && matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing"))
+    })
+    .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
+}
+
+/// The fastest-growing stack of those `wanted` picks.
+fn fastest(report: &Value, wanted: impl Fn(&Value) -> bool) -> Option<&Value> {
     report["stacks"]
         .as_array()
         .expect("stacks[]")
         .iter()
-        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
-        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
+        .filter(|s| wanted(s))
         .max_by(|a, b| {
             let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
             rate(a).total_cmp(&rate(b))
         })
-        .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
 }
 
 /// The 1-based lines of `fixture`'s source that hold `function`'s body, from its declaration
@@ -218,16 +225,7 @@ fn v8_names_agree_with_the_perf_map() {
         !optimized.lines().any(|l| l.contains("JS:*makeRecord")),
         "makeRecord has optimized code of its own: it was not (only) inlined"
     );
-    let suspect = report["stacks"]
-        .as_array()
-        .expect("stacks[]")
-        .iter()
-        .filter(|s| s["growth"]["verdict"] == "leak")
-        .max_by(|a, b| {
-            let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
-            rate(a).total_cmp(&rate(b))
-        })
-        .expect("a leak");
+    let suspect = fastest(&report, |s| s["growth"]["verdict"] == "leak").expect("a leak");
     let names: Vec<(&str, bool)> = frames(suspect)
         .iter()
         .filter(|f| f["kind"] == "js")

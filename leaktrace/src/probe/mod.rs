@@ -21,8 +21,8 @@ use aya::{
     util::nr_cpus,
 };
 use leaktrace_common::{
-    JsCached, JsFrames, LiveAlloc, LiveKey, MapEvent, PendingCall, Sampling, StackFrames, StackKey,
-    StackStats, TargetCounters, V8Frames,
+    JsCached, JsFrames, LiveAlloc, LiveKey, MapEvent, PendingCall, STORED_SLOTS, Sampling,
+    StackFrames, StackKey, StackStats, StoredStack, TargetCounters, V8Frames,
 };
 use tracing::{debug, warn};
 
@@ -618,23 +618,11 @@ impl Probes {
     /// inverse of the probability it had, so sums are unbiased estimates.
     pub fn set_sampling(&mut self, n: u64) -> Result<(), ProbeError> {
         let map_err = |e| ProbeError::Map(Box::new(e));
-        let mut table: aya::maps::Array<&mut aya::maps::MapData, u32> = aya::maps::Array::try_from(
-            self.ebpf
-                .map_mut("SAMPLE_TABLE")
-                .ok_or(ProbeError::Missing("SAMPLE_TABLE"))?,
-        )
-        .map_err(map_err)?;
+        let mut table = array_mut::<u32>(&mut self.ebpf, "SAMPLE_TABLE")?;
         for (bucket, p32) in sample_table(n).into_iter().enumerate() {
             table.set(bucket as u32, &p32, 0).map_err(map_err)?;
         }
-        let mut sampling: aya::maps::Array<&mut aya::maps::MapData, Sampling> =
-            aya::maps::Array::try_from(
-                self.ebpf
-                    .map_mut("SAMPLING")
-                    .ok_or(ProbeError::Missing("SAMPLING"))?,
-            )
-            .map_err(map_err)?;
-        sampling
+        array_mut::<Sampling>(&mut self.ebpf, "SAMPLING")?
             .set(0, &Sampling { sample_bytes: n }, 0)
             .map_err(map_err)
     }
@@ -767,18 +755,25 @@ impl Probes {
     /// Tells the probes V8's frame layout in `pid`, so that its stacks' JavaScript frames are
     /// recognised and identified; `None` when it runs no V8 (any more: an exec).
     pub fn set_v8(&mut self, pid: u32, layout: Option<V8Frames>) -> Result<(), ProbeError> {
-        let map = self
-            .ebpf
-            .map_mut("V8_TARGETS")
-            .ok_or(ProbeError::Missing("V8_TARGETS"))?;
-        let mut layouts: aya::maps::HashMap<_, u32, V8Frames> =
-            aya::maps::HashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))?;
+        let mut layouts = hash_map_mut::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS")?;
         match layout {
             Some(layout) => layouts.insert(&pid, &layout, 0),
             // Absent already is what was wanted.
             None => layouts.remove(&pid).or(Ok(())),
         }
-        .map_err(|e| ProbeError::Map(Box::new(e)))
+        .map_err(|e| ProbeError::Map(Box::new(e)))?;
+        self.note_v8_present()
+    }
+
+    /// Tells the probes whether any target runs V8 (see the `V8_PRESENT` map).
+    fn note_v8_present(&mut self) -> Result<(), ProbeError> {
+        let present = hash_map_mut::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS")?
+            .keys()
+            .next()
+            .is_some();
+        array_mut::<u32>(&mut self.ebpf, "V8_PRESENT")?
+            .set(0, &u32::from(present), 0)
+            .map_err(|e| ProbeError::Map(Box::new(e)))
     }
 
     /// Stops tracing `pid`: its probes are detached; its counts stay readable.
@@ -878,9 +873,7 @@ impl Probes {
             name: &'static str,
             doomed: impl Fn(&K) -> bool,
         ) -> Result<(), ProbeError> {
-            let map = ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?;
-            let mut map: aya::maps::HashMap<_, K, V> =
-                aya::maps::HashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))?;
+            let mut map = hash_map_mut::<K, V>(ebpf, name)?;
             let keys: Vec<K> = map.keys().flatten().filter(|k| doomed(k)).collect();
             for key in keys {
                 // An entry gone already (a free racing the sweep) is what we wanted.
@@ -892,17 +885,17 @@ impl Probes {
         remove_where::<LiveKey, LiveAlloc>(&mut self.ebpf, "LIVE", |k| k.tgid == pid)?;
         remove_where::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS", |k| k.tgid == pid)?;
         remove_where::<u64, PendingCall>(&mut self.ebpf, "PENDING", |k| (k >> 32) as u32 == pid)?;
+        if !stacks.is_empty() {
+            // Before the stacks go: a probe must not trust its memo of a stack stored.
+            self.clear_stored()?;
+        }
         remove_where::<u64, StackFrames>(&mut self.ebpf, "STACKS", |k| stacks.contains(k))?;
         let js_ids: HashSet<u64> = js_ids.iter().copied().collect();
         remove_where::<u64, JsFrames>(&mut self.ebpf, "JS_STACKS", |k| js_ids.contains(k))?;
         remove_where::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS", |k| *k == pid)?;
+        self.note_v8_present()?;
         // Keyed by a hash of stack and process: the process is in the value.
-        let map = self
-            .ebpf
-            .map_mut("JS_CACHE")
-            .ok_or(ProbeError::Missing("JS_CACHE"))?;
-        let mut cache: aya::maps::HashMap<_, u64, JsCached> =
-            aya::maps::HashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))?;
+        let mut cache = hash_map_mut::<u64, JsCached>(&mut self.ebpf, "JS_CACHE")?;
         let doomed: Vec<u64> = cache
             .iter()
             .flatten()
@@ -917,6 +910,25 @@ impl Probes {
         Ok(())
     }
 
+    /// Empties every CPU's memo of stacks stored (see [`StoredStack`]).
+    fn clear_stored(&mut self) -> Result<(), ProbeError> {
+        let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e.to_string()))?;
+        let map = self
+            .ebpf
+            .map_mut("STORED")
+            .ok_or(ProbeError::Missing("STORED"))?;
+        let mut stored = aya::maps::PerCpuArray::<_, StoredStack>::try_from(map)
+            .map_err(|e| ProbeError::Map(Box::new(e)))?;
+        for slot in 0..STORED_SLOTS {
+            let empty = PerCpuValues::try_from(vec![StoredStack::default(); cpus.get() as usize])
+                .map_err(|e| ProbeError::Cpus(e.to_string()))?;
+            stored
+                .set(slot, empty, 0)
+                .map_err(|e| ProbeError::Map(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
     fn targets_mut(
         &mut self,
     ) -> Result<aya::maps::PerCpuHashMap<&mut aya::maps::MapData, u32, TargetCounters>, ProbeError>
@@ -927,6 +939,24 @@ impl Probes {
             .ok_or(ProbeError::Missing("TARGETS"))?;
         aya::maps::PerCpuHashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))
     }
+}
+
+/// Opens the probes' hash map `name` with its key and value types.
+fn hash_map_mut<'a, K: aya::Pod, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<aya::maps::HashMap<&'a mut MapData, K, V>, ProbeError> {
+    let map = ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?;
+    aya::maps::HashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))
+}
+
+/// Opens the probes' array `name` with its value type.
+fn array_mut<'a, V: aya::Pod>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<aya::maps::Array<&'a mut MapData, V>, ProbeError> {
+    let map = ebpf.map_mut(name).ok_or(ProbeError::Missing(name))?;
+    aya::maps::Array::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))
 }
 
 impl Drop for Probes {
