@@ -15,7 +15,7 @@ use aya_ebpf::{
 use leaktrace_common::{AllocKind, AllocOp, Counter, PendingCall, StackKey, sample_bucket};
 
 use crate::{
-    account::{bump, current_target, record_alloc, record_free},
+    account::{bump, current_target, current_target_fast, record_alloc, record_free},
     maps::{PENDING, SAMPLE_TABLE, SAMPLING},
     site,
 };
@@ -67,7 +67,7 @@ pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
 /// The return of every allocation function above.
 #[uretprobe(multi)]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
-    let Some((pid_tgid, counters)) = current_target() else {
+    let Some((pid_tgid, counters)) = current_target_fast() else {
         return 0;
     };
     // A call whose entry is not held: it began before the probes were attached, or the map
@@ -141,7 +141,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if addr == 0 {
         return 0;
     }
-    let Some((pid_tgid, counters)) = current_target() else {
+    let Some((pid_tgid, counters)) = current_target_fast() else {
         return 0;
     };
     if in_call(pid_tgid) {

@@ -14,7 +14,7 @@ use leaktrace_common::{Counter, MapEvent, MapOp, TargetCounters};
 const EEXIST: i32 = 17;
 
 use crate::{
-    account::{add_u64, bump},
+    account::{add_u64, bump, table_counters},
     maps::{EXECS, FORKS_MISSED, MAP_EVENTS, TARGETS},
 };
 
@@ -30,7 +30,7 @@ static TASK_TGID_OFFSET: u32 = 0;
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
 pub fn follow_fork(ctx: RawTracePointContext) -> i32 {
     let parent = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if TARGETS.get_ptr_mut(&parent).is_none() {
+    if table_counters(parent).is_none() {
         return 0;
     }
     let child: *const u8 = ctx.arg(1);
@@ -72,7 +72,7 @@ pub fn follow_fork(ctx: RawTracePointContext) -> i32 {
 pub fn count_exec(_ctx: RawTracePointContext) -> i32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let Some(counters) = TARGETS.get_ptr_mut(&tgid) else {
+    let Some(counters) = table_counters(tgid) else {
         return 0;
     };
     // The old address space is gone: said in order with the mapping changes.
@@ -83,11 +83,7 @@ pub fn count_exec(_ctx: RawTracePointContext) -> i32 {
         ..MapEvent::default()
     };
     if MAP_EVENTS.output(&event, 0).is_err() {
-        // SAFETY: this CPU's slot of the per-CPU counters.
-        bump(
-            unsafe { (*counters).values.as_mut_ptr() },
-            Counter::MapEventsLost,
-        );
+        bump(counters, Counter::MapEventsLost);
     }
     match EXECS.get_ptr_mut(&tgid) {
         // SAFETY: a live map value; only this process's exec writes it, one at a time.

@@ -608,45 +608,21 @@ impl Session {
     pub(crate) fn forget(&mut self, pid: u32) {
         self.detach(pid);
         self.traced.retain(|t| t.target.pid != pid);
-        let gone: Vec<StackKey> = self
+        // The probes' keys of mapping sites: those sites never pass through `merge_sites`.
+        let mapping_sites: Vec<StackKey> = self
             .last
             .sites
             .keys()
-            .filter(|k| k.tgid == pid)
+            .filter(|k| k.is_mapping())
             .copied()
             .collect();
-        // Stacks and JavaScript frames are shared between processes: only those no other
-        // process's site uses go.
-        let orphaned_by = |id: fn(&StackKey) -> u64| -> Vec<u64> {
-            let kept: std::collections::HashSet<u64> = self
-                .last
-                .sites
-                .keys()
-                .filter(|k| k.tgid != pid)
-                .map(id)
-                .collect();
-            gone.iter()
-                .map(id)
-                .filter(|i| *i != 0 && !kept.contains(i))
-                .collect()
-        };
-        let orphaned = orphaned_by(|k| k.stack);
-        // The probes keep JavaScript frames under their own identities, which the sites map.
-        let orphaned_js: Vec<u64> = self
-            .sites
-            .keys()
-            .filter(|k| k.tgid == pid)
-            .map(|k| k.js_id)
-            .collect();
         self.sites.retain(|k, _| k.tgid != pid);
-        if let Err(err) = self.probes.forget(pid, &orphaned, &orphaned_js) {
-            warn!(pid, %err, "cannot drop this target's entries from the probes' maps");
+        match self.probes.forget(pid, &mapping_sites) {
+            Ok(orphans) => self.stacks.forget(&orphans.stacks, &orphans.js_ids),
+            Err(err) => warn!(pid, %err, "cannot drop this target's entries from the probes' maps"),
         }
-        self.stacks.forget(&orphaned, &orphaned_js);
-        for key in &gone {
-            self.chains.remove(key);
-            self.last.sites.remove(key);
-        }
+        self.chains.retain(|k, _| k.tgid != pid);
+        self.last.sites.retain(|k, _| k.tgid != pid);
         self.last.counters.remove(&pid);
         self.history.forget(pid);
         self.symbolizer.forget(pid);

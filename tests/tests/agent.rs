@@ -805,6 +805,8 @@ fn the_agent_names_javascript_frames_of_a_flagless_node() {
             "500ms",
             "--scan-interval",
             "100ms",
+            "--grace",
+            "1s",
         ],
     );
     let mut cmd = Command::new(&node);
@@ -842,5 +844,72 @@ fn the_agent_names_javascript_frames_of_a_flagless_node() {
         "no stack names makeRecord inlined into ingestBatch: {named:?}"
     );
     assert_eq!(target.finish(), 0);
+    // Forgotten, the process leaves nothing in the probes' maps: no block, site, stack,
+    // JavaScript frame, cache entry, layout or counter.
+    agent.wait_for(
+        "the exited target's series to go",
+        Duration::from_secs(30),
+        |a| Some(value(&a.metrics(), "leaktrace_target_live_bytes", pid).is_none()),
+    );
+    let held = map_entries(agent.child.id());
+    for name in [
+        "LIVE",
+        "STACK_STATS",
+        "STACKS",
+        "JS_STACKS",
+        "JS_CACHE",
+        "V8_TARGETS",
+        "TARGETS",
+        "EXECS",
+        "PENDING",
+    ] {
+        assert_eq!(
+            held.get(name),
+            Some(&0),
+            "entries of map {name} after the only target was forgotten (all: {held:?})"
+        );
+    }
     assert_eq!(agent.stop(), 0);
+}
+
+/// Entries of each hash map the process `pid` holds, by map name (as `bpftool` dumps them).
+fn map_entries(pid: u32) -> HashMap<String, usize> {
+    let mut ids: Vec<u64> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("reading the agent's fdinfo")
+        .flatten()
+        .filter_map(|entry| fs::read_to_string(entry.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix("map_id:")?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let bpftool = |args: &[&str]| -> Option<Value> {
+        let out = Command::new("bpftool")
+            .arg("--json")
+            .args(args)
+            .output()
+            .expect("running bpftool (cargo xtask setup installs it)");
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).ok())
+            .flatten()
+    };
+    let mut entries = HashMap::new();
+    for id in ids {
+        let id = id.to_string();
+        let Some(info) = bpftool(&["map", "show", "id", &id]) else {
+            continue;
+        };
+        if !info["type"].as_str().is_some_and(|t| t.contains("hash")) {
+            continue;
+        }
+        let name = info["name"].as_str().expect("a map name").to_owned();
+        let dump = bpftool(&["map", "dump", "id", &id])
+            .unwrap_or_else(|| panic!("bpftool cannot dump map {name}"));
+        entries.insert(name, dump.as_array().map_or(0, Vec::len));
+    }
+    entries
 }

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 pub use mappings::Mappings;
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
 use leaktrace_common::{
     JsFrame, JsFrames, NUM_COUNTERS, StackFrames, StackKey, StackStats, TargetCounters,
 };
@@ -122,15 +122,34 @@ pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
             .ok_or(CollectError::MissingMap("TARGETS"))?,
     )
     .map_err(map_err("TARGETS"))?;
-    let mut counters = HashMap::new();
-    for (pid, per_cpu) in targets.iter().flatten() {
+    let sum = |per_cpu: &PerCpuValues<TargetCounters>| {
         let mut sum = [0u64; NUM_COUNTERS];
         for cpu in per_cpu.iter() {
             for (total, value) in sum.iter_mut().zip(cpu.values) {
                 *total += value;
             }
         }
-        counters.insert(pid, sum);
+        sum
+    };
+    let mut counters: HashMap<u32, [u64; NUM_COUNTERS]> = targets
+        .iter()
+        .flatten()
+        .map(|(pid, per_cpu)| (pid, sum(&per_cpu)))
+        .collect();
+    let slotted: PerCpuArray<&MapData, TargetCounters> = PerCpuArray::try_from(
+        ebpf.map("SLOT_COUNTERS")
+            .ok_or(CollectError::MissingMap("SLOT_COUNTERS"))?,
+    )
+    .map_err(map_err("SLOT_COUNTERS"))?;
+    for (pid, slot) in probes.slots() {
+        let per_cpu = slotted.get(&slot, 0).map_err(map_err("SLOT_COUNTERS"))?;
+        // A target counts in both places: the allocator's probes in its slot, the others in
+        // the table.
+        if let Some(total) = counters.get_mut(&pid) {
+            for (total, value) in total.iter_mut().zip(sum(&per_cpu)) {
+                *total += value;
+            }
+        }
     }
     Ok(Snapshot {
         sites,

@@ -21,8 +21,8 @@ use aya::{
     util::nr_cpus,
 };
 use leaktrace_common::{
-    JsCached, JsFrames, LiveAlloc, LiveKey, MapEvent, PendingCall, STORED_SLOTS, Sampling,
-    StackFrames, StackKey, StackStats, StoredStack, TargetCounters, V8Frames,
+    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PendingCall, STORED_SLOTS,
+    Sampling, StackFrames, StackKey, StackStats, StoredStack, TargetCounters, V8Frames,
 };
 use tracing::{debug, warn};
 
@@ -356,6 +356,8 @@ pub struct Probes {
     attached_files: HashSet<(&'static str, std::path::PathBuf)>,
     /// Mapping changes of targets, in order (see `leaktrace-ebpf`'s `mapping`).
     map_events: Option<RingBuf<MapData>>,
+    /// Targets given a slot of the probes' fast path (`TARGET_SLOTS`), and the slot.
+    slots: HashMap<u32, u32>,
 }
 
 /// The probability of recording an allocation in each bucket of
@@ -607,6 +609,7 @@ impl Probes {
             ebpf,
             mode,
             links: HashMap::new(),
+            slots: HashMap::new(),
             follow,
             attached_files: HashSet::new(),
             map_events,
@@ -741,15 +744,42 @@ impl Probes {
         Ok(())
     }
 
-    /// Adds `pid` to the probes' target table, with zeroed counters.
+    /// Adds `pid` to the probes' target table, with zeroed counters, and gives it the slot of
+    /// the allocator probes' fast path while that is free (`TARGET_SLOTS`). Its counters are
+    /// then the sum of both places.
     fn register(&mut self, pid: u32) -> Result<(), ProbeError> {
         let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e.to_string()))?;
-        let mut targets = self.targets_mut()?;
-        let zero = PerCpuValues::try_from(vec![TargetCounters::default(); cpus.get() as usize])
-            .map_err(|e| ProbeError::Cpus(e.to_string()))?;
-        targets
-            .insert(&pid, zero, 0)
-            .map_err(|e| ProbeError::Map(Box::new(e)))
+        let zero = || {
+            PerCpuValues::try_from(vec![TargetCounters::default(); cpus.get() as usize])
+                .map_err(|e| ProbeError::Cpus(e.to_string()))
+        };
+        let map_err = |e| ProbeError::Map(Box::new(e));
+        self.targets_mut()?
+            .insert(&pid, zero()?, 0)
+            .map_err(map_err)?;
+        let slot = pid % MAX_TARGETS;
+        if self.slots.values().any(|&taken| taken == slot) {
+            return Ok(());
+        }
+        let map = self
+            .ebpf
+            .map_mut("SLOT_COUNTERS")
+            .ok_or(ProbeError::Missing("SLOT_COUNTERS"))?;
+        aya::maps::PerCpuArray::<_, TargetCounters>::try_from(map)
+            .map_err(map_err)?
+            .set(slot, zero()?, 0)
+            .map_err(map_err)?;
+        // Counters first: the probes use the slot as soon as it names the target.
+        array_mut::<u32>(&mut self.ebpf, "TARGET_SLOTS")?
+            .set(slot, &pid, 0)
+            .map_err(map_err)?;
+        self.slots.insert(pid, slot);
+        Ok(())
+    }
+
+    /// Targets that have a slot of the probes' fast path, with the slot.
+    pub fn slots(&self) -> impl Iterator<Item = (u32, u32)> + '_ {
+        self.slots.iter().map(|(&pid, &slot)| (pid, slot))
     }
 
     /// Tells the probes V8's frame layout in `pid`, so that its stacks' JavaScript frames are
@@ -865,9 +895,13 @@ impl Probes {
     }
 
     /// Drops every entry of a target from the maps (its live blocks, sites, pending calls and
-    /// counters) and the stored stacks only it used: an agent that traces processes as they
-    /// come and go must not fill its maps with the dead. Call after [`Probes::detach`].
-    pub fn forget(&mut self, pid: u32, stacks: &[u64], js_ids: &[u64]) -> Result<(), ProbeError> {
+    /// counters) and the stored stacks and JavaScript frames no other process's site uses: an
+    /// agent that traces processes as they come and go must not fill its maps with the dead.
+    /// Which sites exist is read from the probes' own site table, so sites made since the last
+    /// sample go too; mapping sites, which live in the tracer only, come in `mapping_sites`
+    /// (every process's, by the probes' keys). Returns what was dropped, for the tracer's
+    /// caches. Call after [`Probes::detach`].
+    pub fn forget(&mut self, pid: u32, mapping_sites: &[StackKey]) -> Result<Orphans, ProbeError> {
         fn remove_where<K: aya::Pod + Eq, V: aya::Pod>(
             ebpf: &mut Ebpf,
             name: &'static str,
@@ -881,16 +915,23 @@ impl Probes {
             }
             Ok(())
         }
-        let stacks: HashSet<u64> = stacks.iter().copied().collect();
+        let sites: Vec<StackKey> =
+            hash_map_mut::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS")?
+                .keys()
+                .flatten()
+                .chain(mapping_sites.iter().copied())
+                .collect();
+        let orphans = Orphans::of(pid, &sites);
         remove_where::<LiveKey, LiveAlloc>(&mut self.ebpf, "LIVE", |k| k.tgid == pid)?;
         remove_where::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS", |k| k.tgid == pid)?;
         remove_where::<u64, PendingCall>(&mut self.ebpf, "PENDING", |k| (k >> 32) as u32 == pid)?;
-        if !stacks.is_empty() {
+        if !orphans.stacks.is_empty() {
             // Before the stacks go: a probe must not trust its memo of a stack stored.
             self.clear_stored()?;
         }
+        let stacks: HashSet<u64> = orphans.stacks.iter().copied().collect();
         remove_where::<u64, StackFrames>(&mut self.ebpf, "STACKS", |k| stacks.contains(k))?;
-        let js_ids: HashSet<u64> = js_ids.iter().copied().collect();
+        let js_ids: HashSet<u64> = orphans.js_ids.iter().copied().collect();
         remove_where::<u64, JsFrames>(&mut self.ebpf, "JS_STACKS", |k| js_ids.contains(k))?;
         remove_where::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS", |k| *k == pid)?;
         self.note_v8_present()?;
@@ -906,8 +947,13 @@ impl Probes {
             let _ = cache.remove(&key);
         }
         remove_where::<u32, u64>(&mut self.ebpf, "EXECS", |k| *k == pid)?;
+        if let Some(slot) = self.slots.remove(&pid) {
+            array_mut::<u32>(&mut self.ebpf, "TARGET_SLOTS")?
+                .set(slot, &0, 0)
+                .map_err(|e| ProbeError::Map(Box::new(e)))?;
+        }
         let _ = self.targets_mut()?.remove(&pid);
-        Ok(())
+        Ok(orphans)
     }
 
     /// Empties every CPU's memo of stacks stored (see [`StoredStack`]).
@@ -959,6 +1005,37 @@ fn array_mut<'a, V: aya::Pod>(
     aya::maps::Array::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))
 }
 
+/// The stored stacks and JavaScript frames (by the probes' keys) that only a forgotten process
+/// used.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Orphans {
+    pub stacks: Vec<u64>,
+    pub js_ids: Vec<u64>,
+}
+
+impl Orphans {
+    /// What `pid`'s sites use and no other process's site in `sites` does: stacks and
+    /// JavaScript frames are shared between processes (a fork's, or identical binaries').
+    fn of(pid: u32, sites: &[StackKey]) -> Self {
+        let orphaned = |id: fn(&StackKey) -> u64| -> Vec<u64> {
+            let kept: HashSet<u64> = sites.iter().filter(|k| k.tgid != pid).map(id).collect();
+            let mut ids: Vec<u64> = sites
+                .iter()
+                .filter(|k| k.tgid == pid)
+                .map(id)
+                .filter(|i| *i != 0 && !kept.contains(i))
+                .collect();
+            ids.sort_unstable();
+            ids.dedup();
+            ids
+        };
+        Self {
+            stacks: orphaned(|k| k.stack),
+            js_ids: orphaned(|k| k.js_id),
+        }
+    }
+}
+
 impl Drop for Probes {
     fn drop(&mut self) {
         self.detach_all();
@@ -967,9 +1044,35 @@ impl Drop for Probes {
 
 #[cfg(test)]
 mod tests {
-    use leaktrace_common::sample_bucket;
+    use leaktrace_common::{StackKey, sample_bucket};
 
-    use super::sample_table;
+    use super::{Orphans, sample_table};
+
+    #[test]
+    fn orphans_are_what_no_other_process_uses() {
+        let site = |tgid, stack, js_id| StackKey {
+            tgid,
+            kind: 0,
+            stack,
+            js_id,
+        };
+        let sites = [
+            site(7, 1, 0),
+            site(7, 2, 20),
+            site(7, 2, 21),
+            site(7, 3, 30),
+            site(8, 3, 0),
+            site(8, 4, 21),
+        ];
+        assert_eq!(
+            Orphans::of(7, &sites),
+            Orphans {
+                stacks: vec![1, 2],
+                js_ids: vec![20, 30],
+            }
+        );
+        assert_eq!(Orphans::of(9, &sites), Orphans::default());
+    }
 
     #[test]
     fn sampling_probabilities_follow_poisson_by_bytes() {
