@@ -242,6 +242,18 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         }
         report.push(workload_json(workload, &results));
     }
+    let programs = if workloads.contains(&Workload::Churn) {
+        match program_costs(&bench) {
+            Ok(costs) => costs,
+            Err(err) => {
+                eprintln!("bench: program costs FAILED: {err:#}");
+                failures.push(format!("program costs: {err:#}"));
+                Value::Null
+            }
+        }
+    } else {
+        Value::Null
+    };
     let elapsed = started.elapsed();
     println!("bench: {total} runs in {:.0?}", elapsed);
     // leaktrace changes quickly: record which one was measured.
@@ -263,6 +275,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "workloads": report,
         "goals": goals,
         "js_naming_goal": js_goal,
+        "program_costs": programs,
         "failures": failures,
     });
     let dir = bench.root.join("bench/results");
@@ -344,6 +357,17 @@ fn unavailable_configs(bench: &Bench) -> anyhow::Result<BTreeMap<Config, String>
 
 /// Runs `workload` once under `config`: start it, attach, go, wait for its result, stop.
 fn run_once(bench: &Bench, workload: Workload, config: Config) -> anyhow::Result<Run> {
+    run_observed(bench, workload, config, |_| Ok(()))
+}
+
+/// [`run_once`], calling `observe` with the tracer's PID once the workload is done, while the
+/// tracer still runs.
+fn run_observed(
+    bench: &Bench,
+    workload: Workload,
+    config: Config,
+    mut observe: impl FnMut(u32) -> anyhow::Result<()>,
+) -> anyhow::Result<Run> {
     let mut target = Proc::spawn("workload", &mut workload_command(bench, workload))?;
     let ready = target.wait_for("`ready` line", Duration::from_secs(30), |l| {
         l.starts_with("ready ")
@@ -368,7 +392,10 @@ fn run_once(bench: &Bench, workload: Workload, config: Config) -> anyhow::Result
         (seconds, field(&result, "ops")?, Some(cpu))
     };
     let usage = match &mut tracer {
-        Some(tracer) => Some(tracer.usage()?),
+        Some(tracer) => {
+            observe(tracer.proc.pid())?;
+            Some(tracer.usage()?)
+        }
         None => None,
     };
     if let Some(tracer) = tracer {
@@ -883,6 +910,104 @@ fn print_table(
         cost_ratio(results, Config::Reference, Config::Exact),
     ) {
         println!("  exact costs {floor:.2}x the floor; the reference costs {reference:.2}x exact");
+    }
+}
+
+/// Where the time of leaktrace's programs goes: one more churn run under the floor and one under
+/// exact, with the kernel's BPF run-time statistics on, reading each program's runs and time.
+/// The statistics add two clock reads to every program run, so these runs are not timed and
+/// the floor's empty programs show what the statistics themselves cost.
+fn program_costs(bench: &Bench) -> anyhow::Result<Value> {
+    let _stats = BpfStats::enable()?;
+    println!("\nprograms: churn, kernel BPF run-time statistics on (runs not timed)");
+    println!("  config   program                   runs   ns/run");
+    let mut configs = Vec::new();
+    for config in [Config::Floor, Config::Exact] {
+        let mut programs = Vec::new();
+        let run = run_observed(bench, Workload::Churn, config, |tracer| {
+            programs = program_stats(tracer)?;
+            Ok(())
+        })?;
+        let mut total_ns = 0;
+        let mut listed = Vec::new();
+        for (name, runs, ns) in programs.into_iter().filter(|(_, runs, _)| *runs > 0) {
+            println!(
+                "  {:<8} {name:<20} {runs:>10} {:>8.0}",
+                config.name(),
+                ns as f64 / runs as f64
+            );
+            total_ns += ns;
+            listed.push(
+                json!({"program": name, "runs": runs, "ns_per_run": ns as f64 / runs as f64}),
+            );
+        }
+        let per_pair = total_ns as f64 / run.ops.max(1) as f64;
+        println!(
+            "  {:<8} all programs: {per_pair:.0} ns per malloc+free pair",
+            config.name()
+        );
+        configs.push(json!({"config": config.name(), "ns_per_pair": per_pair, "programs": listed}));
+    }
+    Ok(Value::Array(configs))
+}
+
+/// Each BPF program `pid` holds: name, runs and nanoseconds run, as the kernel counts them.
+fn program_stats(pid: u32) -> anyhow::Result<Vec<(String, u64, u64)>> {
+    let mut ids = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fdinfo"))?.flatten() {
+        let Ok(info) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        ids.extend(
+            info.lines()
+                .filter_map(|l| l.strip_prefix("prog_id:")?.trim().parse::<u64>().ok()),
+        );
+    }
+    ids.sort_unstable();
+    ids.dedup();
+    let mut programs = Vec::new();
+    for id in ids {
+        let text = shell::output(Command::new("bpftool").args([
+            "--json",
+            "prog",
+            "show",
+            "id",
+            &id.to_string(),
+        ]))
+        .with_context(|| format!("bpftool cannot show program {id}"))?;
+        let info: Value = serde_json::from_str(&text)
+            .with_context(|| format!("bpftool's JSON for program {id}"))?;
+        programs.push((
+            info["name"].as_str().unwrap_or("?").to_owned(),
+            info["run_cnt"].as_u64().unwrap_or(0),
+            info["run_time_ns"].as_u64().unwrap_or(0),
+        ));
+    }
+    Ok(programs)
+}
+
+/// The kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`), on while this lives and
+/// set back as they were after.
+struct BpfStats {
+    before: String,
+}
+
+const BPF_STATS_SYSCTL: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    fn enable() -> anyhow::Result<Self> {
+        let before = fs::read_to_string(BPF_STATS_SYSCTL)
+            .with_context(|| format!("reading {BPF_STATS_SYSCTL}"))?;
+        fs::write(BPF_STATS_SYSCTL, "1").with_context(|| format!("writing {BPF_STATS_SYSCTL}"))?;
+        Ok(Self { before })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(err) = fs::write(BPF_STATS_SYSCTL, self.before.trim()) {
+            eprintln!("bench: cannot set {BPF_STATS_SYSCTL} back: {err}");
+        }
     }
 }
 
