@@ -23,6 +23,25 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Ids of the BPF objects of one kind (`prog`, `link`, `map`) that process `pid` holds open,
+/// from its file descriptors' `fdinfo`.
+pub fn bpf_ids(pid: u32, kind: &str) -> Vec<u64> {
+    let prefix = format!("{kind}_id:");
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .expect("reading a process's fdinfo")
+        .flatten()
+        .filter_map(|entry| std::fs::read_to_string(entry.path()).ok())
+        .flat_map(|info| {
+            info.lines()
+                .filter_map(|l| l.strip_prefix(prefix.as_str())?.trim().parse().ok())
+                .collect::<Vec<u64>>()
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 /// Whether this test may load eBPF. Without root: fails in CI, says it did not run elsewhere.
 pub fn have_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.

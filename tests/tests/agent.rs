@@ -14,8 +14,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, assert_matches_schema, assert_one_line_error, fixture, have_root, leaktrace, make_root,
-    scratch, site,
+    Target, assert_matches_schema, assert_one_line_error, bpf_ids, fixture, have_root, leaktrace,
+    make_root, scratch, site,
 };
 use serde_json::Value;
 
@@ -874,18 +874,6 @@ fn the_agent_names_javascript_frames_of_a_flagless_node() {
 
 /// Entries of each hash map the process `pid` holds, by map name (as `bpftool` dumps them).
 fn map_entries(pid: u32) -> HashMap<String, usize> {
-    let mut ids: Vec<u64> = fs::read_dir(format!("/proc/{pid}/fdinfo"))
-        .expect("reading the agent's fdinfo")
-        .flatten()
-        .filter_map(|entry| fs::read_to_string(entry.path()).ok())
-        .flat_map(|info| {
-            info.lines()
-                .filter_map(|l| l.strip_prefix("map_id:")?.trim().parse().ok())
-                .collect::<Vec<u64>>()
-        })
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
     let bpftool = |args: &[&str]| -> Option<Value> {
         let out = Command::new("bpftool")
             .arg("--json")
@@ -898,7 +886,7 @@ fn map_entries(pid: u32) -> HashMap<String, usize> {
             .flatten()
     };
     let mut entries = HashMap::new();
-    for id in ids {
+    for id in bpf_ids(pid, "map") {
         let id = id.to_string();
         let Some(info) = bpftool(&["map", "show", "id", &id]) else {
             continue;

@@ -5,34 +5,12 @@
 use std::{fs, process::Command, thread, time::Duration};
 
 use leaktrace_tests::{
-    Target, Tracer, fixture, have_root, leaktrace, leaktrace_unprivileged, trace_workload,
+    Target, Tracer, bpf_ids, fixture, have_root, leaktrace, leaktrace_unprivileged, trace_workload,
 };
 
 /// The ids of the BPF programs and links a process holds, from its descriptors' fdinfo.
 fn bpf_objects(pid: u32) -> (Vec<u64>, Vec<u64>) {
-    let (mut progs, mut links) = (Vec::new(), Vec::new());
-    let dir = fs::read_dir(format!("/proc/{pid}/fdinfo")).expect("reading the tracer's fdinfo");
-    for entry in dir.flatten() {
-        let Ok(info) = fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        for line in info.lines() {
-            let id = |prefix: &str| {
-                line.strip_prefix(prefix)
-                    .and_then(|v| v.trim().parse().ok())
-            };
-            if let Some(id) = id("prog_id:") {
-                progs.push(id);
-            } else if let Some(id) = id("link_id:") {
-                links.push(id);
-            }
-        }
-    }
-    progs.sort_unstable();
-    progs.dedup();
-    links.sort_unstable();
-    links.dedup();
-    (progs, links)
+    (bpf_ids(pid, "prog"), bpf_ids(pid, "link"))
 }
 
 /// Whether the kernel still has the BPF object (`prog` or `link`) with this id.

@@ -748,11 +748,7 @@ impl Probes {
     /// the allocator probes' fast path while that is free (`TARGET_SLOTS`). Its counters are
     /// then the sum of both places.
     fn register(&mut self, pid: u32) -> Result<(), ProbeError> {
-        let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e.to_string()))?;
-        let zero = || {
-            PerCpuValues::try_from(vec![TargetCounters::default(); cpus.get() as usize])
-                .map_err(|e| ProbeError::Cpus(e.to_string()))
-        };
+        let zero = per_cpu_default::<TargetCounters>;
         let map_err = |e| ProbeError::Map(Box::new(e));
         self.targets_mut()?
             .insert(&pid, zero()?, 0)
@@ -915,15 +911,15 @@ impl Probes {
             }
             Ok(())
         }
-        let sites: Vec<StackKey> =
-            hash_map_mut::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS")?
-                .keys()
-                .flatten()
-                .chain(mapping_sites.iter().copied())
-                .collect();
+        let mut stats = hash_map_mut::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS")?;
+        let mut sites: Vec<StackKey> = stats.keys().flatten().collect();
+        // Read once: the same keys say which sites go and what the others still use.
+        for key in sites.iter().filter(|k| k.tgid == pid) {
+            let _ = stats.remove(key);
+        }
+        sites.extend_from_slice(mapping_sites);
         let orphans = Orphans::of(pid, &sites);
         remove_where::<LiveKey, LiveAlloc>(&mut self.ebpf, "LIVE", |k| k.tgid == pid)?;
-        remove_where::<StackKey, StackStats>(&mut self.ebpf, "STACK_STATS", |k| k.tgid == pid)?;
         remove_where::<u64, PendingCall>(&mut self.ebpf, "PENDING", |k| (k >> 32) as u32 == pid)?;
         if !orphans.stacks.is_empty() {
             // Before the stacks go: a probe must not trust its memo of a stack stored.
@@ -958,7 +954,6 @@ impl Probes {
 
     /// Empties every CPU's memo of stacks stored (see [`StoredStack`]).
     fn clear_stored(&mut self) -> Result<(), ProbeError> {
-        let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e.to_string()))?;
         let map = self
             .ebpf
             .map_mut("STORED")
@@ -966,10 +961,8 @@ impl Probes {
         let mut stored = aya::maps::PerCpuArray::<_, StoredStack>::try_from(map)
             .map_err(|e| ProbeError::Map(Box::new(e)))?;
         for slot in 0..STORED_SLOTS {
-            let empty = PerCpuValues::try_from(vec![StoredStack::default(); cpus.get() as usize])
-                .map_err(|e| ProbeError::Cpus(e.to_string()))?;
             stored
-                .set(slot, empty, 0)
+                .set(slot, per_cpu_default()?, 0)
                 .map_err(|e| ProbeError::Map(Box::new(e)))?;
         }
         Ok(())
@@ -985,6 +978,13 @@ impl Probes {
             .ok_or(ProbeError::Missing("TARGETS"))?;
         aya::maps::PerCpuHashMap::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))
     }
+}
+
+/// A per-CPU map value with every CPU's copy at its default (zero).
+fn per_cpu_default<V: aya::Pod + Default + Clone>() -> Result<PerCpuValues<V>, ProbeError> {
+    let cpus = nr_cpus().map_err(|(_, e)| ProbeError::Cpus(e.to_string()))?;
+    PerCpuValues::try_from(vec![V::default(); cpus.get() as usize])
+        .map_err(|e| ProbeError::Cpus(e.to_string()))
 }
 
 /// Opens the probes' hash map `name` with its key and value types.
