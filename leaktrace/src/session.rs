@@ -19,7 +19,10 @@ use tracing::{info, warn};
 use crate::{
     analyze::History,
     budget::{self, Budget},
-    collect::{self, Mappings, Snapshot, StackCache},
+    collect::{
+        self, Mappings, Snapshot, StackCache,
+        sideband::{Change, Sideband},
+    },
     probe::{Attachment, Probes},
     process::{Target, allocator},
     report::{
@@ -32,11 +35,14 @@ use crate::{
     trace::Options,
 };
 
-const LOADER_POLL: Duration = Duration::from_micros(200);
-const LOADER_SETTLE: Duration = Duration::from_millis(3);
-const LOADER_WAIT_MAX: Duration = Duration::from_millis(500);
-const MAPS_WATCH_PERIOD: Duration = Duration::from_millis(5);
-const MAPS_WATCH_SPAN: Duration = Duration::from_secs(1);
+/// How often the kernel's mapping records are read: often enough that a file is opened while
+/// it is still there, and that a busy host's records never fill a ring.
+pub(crate) const SIDEBAND_PERIOD: Duration = Duration::from_millis(10);
+/// How long a record of a process not (yet) known is kept: its fork record may come from
+/// another CPU's ring a little later.
+const UNKNOWN_KEPT: Duration = Duration::from_millis(200);
+/// Most such records kept: the rest of the host's processes map files too.
+const UNKNOWN_MAX: usize = 4096;
 
 /// One process the probes were attached to.
 pub(crate) struct Traced {
@@ -45,8 +51,12 @@ pub(crate) struct Traced {
     pub(crate) exit_code: Option<i32>,
     /// The executable, as last seen while the process lived (it changes at exec).
     exe: Option<PathBuf>,
-    /// Allocator libraries besides libc already probed (the C++ runtime), by path.
-    runtimes: Vec<PathBuf>,
+    /// Allocator objects besides the one serving `malloc` already probed (the C++ runtime), by
+    /// inode.
+    runtimes: Vec<u64>,
+    /// Objects probed only once the process was running (a `dlopen`, an exec the tracer could
+    /// not foresee): what they allocated before is missed. With when, in seconds.
+    late: Vec<(PathBuf, f64)>,
     /// When its probes were attached.
     pub(crate) attached_at: Instant,
     /// When its probes were detached, if they were before the session ended.
@@ -69,6 +79,13 @@ pub(crate) struct Session {
     allocators: allocator::Finder,
     /// The anonymous mappings of every target, from the mapping events.
     mappings: Mappings,
+    /// The kernel's records of what processes map, fork and exec.
+    sideband: Sideband,
+    /// Records of processes not known yet, with when they were read.
+    unknown: Vec<(Instant, Change)>,
+    /// Command lines of followed processes, as learnt at fork and exec: a child that exits
+    /// within a millisecond is still reported with its command.
+    commands: HashMap<u32, String>,
     /// The call chain of every site seen.
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
     /// Each site the probes count under, as the tracer counts it: the same with its JavaScript
@@ -128,6 +145,9 @@ impl Session {
             v8_frames: options.v8_frames,
             allocators: allocator::Finder::default(),
             mappings: Mappings::default(),
+            sideband: Sideband::open()?,
+            unknown: Vec::new(),
+            commands: HashMap::new(),
             chains: HashMap::new(),
             sites: HashMap::new(),
             last: Snapshot::default(),
@@ -155,6 +175,38 @@ impl Session {
         target: Target,
         allocator: &crate::process::Allocator,
     ) -> anyhow::Result<()> {
+        let index = self.attach_to(target, allocator)?;
+        self.attach_runtimes(index, false);
+        Ok(())
+    }
+
+    /// Attaches to a process held before it execs (`run`), on every object the dynamic linker
+    /// will load for it (`planned`, see `process::loader`): uprobes live on files, so they are
+    /// armed the moment the program maps them, before its first instruction.
+    pub(crate) fn attach_planned(
+        &mut self,
+        target: Target,
+        planned: &[crate::process::Allocator],
+    ) -> anyhow::Result<()> {
+        let malloc = planned.iter().find(|a| a.roles.malloc).ok_or_else(|| {
+            crate::process::ProcessError::NoAllocator {
+                pid: target.pid,
+                command: target.command.clone(),
+            }
+        })?;
+        let index = self.attach_to(target, malloc)?;
+        for lib in planned.iter().filter(|a| !a.roles.malloc) {
+            self.attach_runtime(index, lib, false);
+        }
+        Ok(())
+    }
+
+    /// Attaches the probes to `target`'s allocator and starts keeping what it does.
+    fn attach_to(
+        &mut self,
+        target: Target,
+        allocator: &crate::process::Allocator,
+    ) -> anyhow::Result<usize> {
         let attachment = match self.probes.attach(&target, allocator) {
             Ok(a) => a,
             Err(err) if !target.is_alive() => {
@@ -172,6 +224,7 @@ impl Session {
             "attached"
         );
         self.symbolizer.remember(target.pid);
+        self.commands.insert(target.pid, target.command.clone());
         self.name_js_of(target.pid);
         let index = self.traced.len();
         self.traced.push(Traced {
@@ -180,46 +233,59 @@ impl Session {
             attachment,
             exit_code: None,
             runtimes: Vec::new(),
+            late: Vec::new(),
             attached_at: Instant::now(),
             detached_at: None,
             execs: 0,
         });
-        self.attach_runtimes(index);
         // The window starts once the first targets are attached; after the first sample, time
         // runs on for every series alike.
         if self.samples == 0 {
             self.started = Instant::now();
         }
-        Ok(())
+        Ok(index)
     }
 
     /// Probes allocator libraries the target has mapped since last look: a C++ runtime loaded
-    /// after exec or by dlopen, or the C library of a command that exec'd into a program linked
-    /// against another libc than the tracer's. Failing here is warned about, and the trace goes
-    /// on.
-    pub(crate) fn attach_runtimes(&mut self, index: usize) {
-        let traced = &mut self.traced[index];
-        // The mappings the symbolizer just remembered: /proc/PID/maps is read once a sample.
+    /// by dlopen, or the C library of an image it exec'd. Failing here is warned about, and the
+    /// trace goes on. `late`: the process has been running, so what these objects allocated
+    /// before is missed (said in its report).
+    pub(crate) fn attach_runtimes(&mut self, index: usize, late: bool) {
+        let traced = &self.traced[index];
         let allocators = self
             .allocators
             .find_all(&traced.target, self.symbolizer.mappings(traced.target.pid));
         for lib in allocators {
-            if lib.path == traced.attachment.allocator.path || traced.runtimes.contains(&lib.path) {
-                continue;
-            }
-            traced.runtimes.push(lib.path.clone());
-            match self.probes.attach_more(&traced.target, &lib) {
-                Ok(functions) => {
-                    info!(pid = traced.target.pid, library = %lib.path.display(), "probed");
-                    traced.attachment.functions.extend(functions);
+            self.attach_runtime(index, &lib, late);
+        }
+    }
+
+    /// Probes one more allocator object of target `index`, unless it is probed already.
+    fn attach_runtime(&mut self, index: usize, lib: &crate::process::Allocator, late: bool) {
+        let traced = &mut self.traced[index];
+        if lib.inode == traced.attachment.allocator.inode || traced.runtimes.contains(&lib.inode) {
+            return;
+        }
+        traced.runtimes.push(lib.inode);
+        // Following, a file's probes serve every process: a child has its parent's.
+        if self.probes.covers(lib.inode) {
+            return;
+        }
+        match self.probes.attach_more(&traced.target, lib) {
+            Ok(functions) => {
+                info!(pid = traced.target.pid, library = %lib.path.display(), late, "probed");
+                traced.attachment.functions.extend(functions);
+                if late {
+                    let at = self.started.elapsed().as_secs_f64();
+                    traced.late.push((lib.path.clone(), at));
                 }
-                Err(err) => warn!(
-                    pid = traced.target.pid,
-                    library = %lib.path.display(),
-                    %err,
-                    "cannot probe this allocator library: its allocations are missed"
-                ),
             }
+            Err(err) => warn!(
+                pid = traced.target.pid,
+                library = %lib.path.display(),
+                %err,
+                "cannot probe this allocator library: its allocations are missed"
+            ),
         }
     }
 
@@ -237,10 +303,20 @@ impl Session {
             if self.traced.iter().any(|t| t.target.pid == pid) {
                 continue;
             }
-            // A child gone before it was seen is still reported, by PID.
-            let target = Target::open(pid).unwrap_or_else(|_| Target::gone(pid));
+            // A child gone before it was seen is still reported, with the command the kernel's
+            // records gave it (its parent's, or its image's at exec).
+            let target = Target::open(pid).unwrap_or_else(|_| {
+                let mut gone = Target::gone(pid);
+                if let Some(command) = self.commands.get(&pid) {
+                    gone.command.clone_from(command);
+                }
+                gone
+            });
             info!(pid, command = %target.command, "following a child process");
-            self.symbolizer.remember(pid);
+            // Its mappings came with the kernel's records, from its fork on.
+            if !self.symbolizer.tracks(pid) {
+                self.symbolizer.remember(pid);
+            }
             self.name_js_of(pid);
             self.traced.push(Traced {
                 exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
@@ -248,6 +324,7 @@ impl Session {
                 attachment: attachment.clone(),
                 exit_code: None,
                 runtimes: Vec::new(),
+                late: Vec::new(),
                 attached_at: Instant::now(),
                 detached_at: None,
                 execs: 0,
@@ -291,11 +368,8 @@ impl Session {
         let mut interval = tokio::time::interval(options.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let watch_targets = child.is_none();
-        // A short-lived command can map its libraries, allocate and exit between two samples;
-        // its mappings must be remembered before it exits, or its stacks cannot be named. So
-        // for the first second mapping changes are polled far more often than samples are taken.
-        let mut maps_watch = tokio::time::interval(MAPS_WATCH_PERIOD);
-        let mut seen_maps: HashMap<u32, u64> = HashMap::new();
+        let mut sideband = tokio::time::interval(SIDEBAND_PERIOD);
+        sideband.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
         let child_exited = async {
             match child.as_mut() {
@@ -323,54 +397,100 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 } => return Ok(("duration", None)),
-                _ = maps_watch.tick(), if self.watching_mappings() => {
-                    self.adopt_children();
-                    self.remember_changed_mappings(&mut seen_maps);
-                }
+                _ = sideband.tick() => self.apply_sideband(false),
                 () = stop.recv() => return Ok(("signal", None)),
                 code = &mut child_exited => return Ok(("targets-exited", Some(code))),
             }
         }
     }
 
-    /// Remembers a just-exec'd command's mappings as the kernel and the dynamic loader create
-    /// them.
-    ///
-    /// A command can map its libraries, allocate and exit within milliseconds; its stacks can
-    /// only be named from mappings seen while it lived. The exec has replaced the address space
-    /// when this runs, but the program and its libraries appear over the next milliseconds: the
-    /// mappings are polled every `LOADER_POLL` until a C library (mapped by the loader) is there
-    /// and nothing has changed for `LOADER_SETTLE`.
-    pub(crate) fn follow_loader(&mut self, pid: u32) {
-        let started = Instant::now();
-        let mut last: Option<String> = None;
-        let mut still_since = Instant::now();
-        while started.elapsed() < LOADER_WAIT_MAX {
-            let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-                return;
-            };
-            if maps.is_empty() {
-                return;
-            }
-            if last.as_ref() != Some(&maps) {
-                self.symbolizer.remember(pid);
-                last = Some(maps);
-                still_since = Instant::now();
-            } else if still_since.elapsed() >= LOADER_SETTLE && maps_a_libc(&maps) {
-                return;
-            }
-            std::thread::sleep(LOADER_POLL);
+    /// Takes in what the kernel recorded of mappings, forks and execs since last look (see
+    /// `collect::sideband`): each file a process maps is opened as soon as it is reported, so
+    /// that its stacks can be named however soon it exits. Children are followed from their
+    /// fork record when process trees are. `flush`: the trace ends, take every record read.
+    pub(crate) fn apply_sideband(&mut self, flush: bool) {
+        let mut changes = Vec::new();
+        self.sideband.drain(flush, |change| changes.push(change));
+        let follow = self.probes.follows();
+        for change in changes {
+            self.apply_change(change, follow);
+        }
+        let now = Instant::now();
+        self.unknown
+            .retain(|(seen, _)| now.duration_since(*seen) < UNKNOWN_KEPT && !flush);
+        if self.unknown.len() > UNKNOWN_MAX {
+            let excess = self.unknown.len() - UNKNOWN_MAX;
+            self.unknown.drain(..excess);
         }
     }
 
-    /// Whether mappings are polled: while some target is young, and all along when following
-    /// process trees (children appear at any time).
-    fn watching_mappings(&self) -> bool {
-        self.probes.follows()
-            || self
-                .traced
-                .iter()
-                .any(|t| t.attached_at.elapsed() < MAPS_WATCH_SPAN)
+    fn apply_change(&mut self, change: Change, follow: bool) {
+        match change {
+            Change::Map {
+                pid,
+                start,
+                len,
+                pgoff,
+                prot,
+                inode,
+                ref path,
+                ..
+            } => {
+                if !self.symbolizer.tracks(pid) {
+                    self.unknown.push((Instant::now(), change));
+                    return;
+                }
+                let exec = prot & libc::PROT_EXEC as u32 != 0;
+                let mapping = crate::process::maps::Mapping {
+                    start,
+                    end: start.saturating_add(len),
+                    perms: [
+                        if prot & libc::PROT_READ as u32 != 0 {
+                            b'r'
+                        } else {
+                            b'-'
+                        },
+                        if prot & libc::PROT_WRITE as u32 != 0 {
+                            b'w'
+                        } else {
+                            b'-'
+                        },
+                        if exec { b'x' } else { b'-' },
+                        b'p',
+                    ],
+                    offset: pgoff,
+                    inode,
+                    // Anonymous code (JIT) is `//anon`; labels such as `[vdso]` are kept as
+                    // /proc/PID/maps shows them.
+                    path: (path.is_absolute() || path.starts_with("[")).then(|| path.clone()),
+                };
+                self.symbolizer.mapped(pid, mapping);
+            }
+            Change::Fork { parent, child } => {
+                if !follow || !self.symbolizer.tracks(parent) || self.symbolizer.tracks(child) {
+                    return;
+                }
+                self.symbolizer.forked(parent, child);
+                if let Some(command) = self.commands.get(&parent).cloned() {
+                    self.commands.insert(child, command);
+                }
+                // Its own records may have come first, from another CPU's ring.
+                let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unknown)
+                    .into_iter()
+                    .partition(|(_, c)| matches!(c, Change::Map { pid, .. } if *pid == child));
+                self.unknown = others;
+                for (_, change) in mine {
+                    self.apply_change(change, follow);
+                }
+            }
+            Change::Exec { pid, comm } => {
+                if self.symbolizer.tracks(pid) {
+                    let command = crate::process::command_line(pid).unwrap_or(comm);
+                    self.commands.insert(pid, command);
+                }
+            }
+            Change::Exit { .. } => {}
+        }
     }
 
     /// Notices that target `index` exec'd since last look (the probes count its execs): the
@@ -415,32 +535,6 @@ impl Session {
         if exec_seen {
             // The new image may run another V8, or none.
             self.name_js_of(pid);
-        }
-    }
-
-    /// Remembers the mappings of every young target whose `/proc/PID/maps` changed since last
-    /// seen.
-    fn remember_changed_mappings(&mut self, seen: &mut HashMap<u32, u64>) {
-        let pids: Vec<u32> = self
-            .traced
-            .iter()
-            .filter(|t| t.detached_at.is_none() && t.attached_at.elapsed() < MAPS_WATCH_SPAN)
-            .map(|t| t.target.pid)
-            .collect();
-        for pid in pids {
-            let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
-                continue;
-            };
-            let mut hasher = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&maps, &mut hasher);
-            let hash = std::hash::Hasher::finish(&hasher);
-            if seen.insert(pid, hash) != Some(hash) {
-                // A change may be an exec: the old image's stacks are named first.
-                if let Some(index) = self.traced.iter().position(|t| t.target.pid == pid) {
-                    self.notice_exec(index);
-                }
-                self.symbolizer.remember(pid);
-            }
         }
     }
 
@@ -529,6 +623,7 @@ impl Session {
 
     /// Reads the probes' totals, extends the series and names any new stack.
     pub(crate) fn sample(&mut self) -> anyhow::Result<()> {
+        self.apply_sideband(false);
         self.adopt_children();
         // Who is gone is settled before the maps are read, so that the snapshot holds every
         // gone target's final values. A target's series ends with its last sample alive: what
@@ -566,15 +661,16 @@ impl Session {
             // An exec changes the command line (a shell becomes the program it runs).
             if let Some(command) = crate::process::command_line(traced.target.pid) {
                 traced.target.command = command;
+            } else if let Some(command) = self.commands.get(&traced.target.pid) {
+                traced.target.command.clone_from(command);
             }
             let pid = traced.target.pid;
             let alive = traced.target.is_alive();
             self.notice_exec(index);
-            // Mappings change (dlopen, exec): keep the latest for symbolizing after exit. A
-            // process that is gone leaves the last ones in place.
-            self.symbolizer.remember(pid);
+            // Mappings come from the kernel's records; a JIT's perf map grows on its own.
+            self.symbolizer.refresh_perf_map(pid);
             if alive && !ended {
-                self.attach_runtimes(index);
+                self.attach_runtimes(index, true);
             }
         }
         self.read_new_stacks(&snapshot)?;
@@ -634,6 +730,13 @@ impl Session {
     /// included.
     fn trace_notes(&self) -> Vec<String> {
         let mut notes = self.notes.clone();
+        let lost = self.sideband.lost();
+        if lost > 0 {
+            notes.push(format!(
+                "{lost} of the kernel's mapping records were lost (a ring was full): frames in \
+                 files mapped then may be unnamed"
+            ));
+        }
         let missed = self.probes.forks_missed();
         if missed > 0 {
             notes.push(format!(
@@ -655,6 +758,13 @@ impl Session {
             .is_some_and(|n| n.to_string_lossy().starts_with("node"));
         let pid = traced.target.pid;
         let mut notes = self.js.notes(pid);
+        for (path, at) in &traced.late {
+            notes.push(format!(
+                "{} was probed only at {at:.1}s, once the process had loaded it (dlopen, or an \
+                 exec leaktrace could not foresee): what it allocated before is missed",
+                path.display()
+            ));
+        }
         if is_node && !self.js.names(pid) && !self.symbolizer.has_perf_map(pid) {
             notes.push(format!(
                 "Node.js without a perf map (/tmp/perf-{pid}.map) or usable V8 data: JavaScript \
@@ -727,6 +837,7 @@ impl Session {
     pub(crate) fn end_trace(&mut self) -> anyhow::Result<()> {
         self.status.finish();
         if self.detached.is_none() {
+            self.apply_sideband(true);
             self.sample()?;
             self.detached = Some(Instant::now());
             self.probes.detach_all();
@@ -841,13 +952,6 @@ fn name_stack(
             },
         )
         .collect()
-}
-
-/// Whether `/proc/PID/maps` text shows a C library mapped executable.
-fn maps_a_libc(maps: &str) -> bool {
-    crate::process::maps::parse(maps)
-        .iter()
-        .any(|m| m.is_executable() && crate::process::allocator::is_libc_path(m.path.as_deref()))
 }
 
 /// Allocation calls of every target so far.

@@ -10,7 +10,7 @@ use tracing::info;
 use crate::{
     doctor, preflight,
     probe::{MapLimits, ProbeMode},
-    process::{Target, spawn},
+    process::{Target, allocator, loader, spawn},
     report::Report,
     session::{Session, StopSignals},
 };
@@ -118,20 +118,34 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
                     return Err(err);
                 }
             };
-            // Before exec the child maps leaktrace's own libc: the file most commands use.
+            // The objects the command will load, resolved as its dynamic linker will: probed
+            // now, they are armed from its first instruction.
+            let child_env: Vec<(OsString, OsString)> = std::env::vars_os()
+                .filter(|(k, _)| !env.iter().any(|(name, _)| name == k))
+                .chain(env.iter().cloned())
+                .collect();
+            let closure = loader::closure(
+                &held.path,
+                &loader::LoaderEnv::from_vars(child_env.iter().map(|(k, v)| (k, v))),
+                &allocator::wanted_symbols(),
+            );
+            let planned = allocator::Finder::default().find_planned(&closure);
             let mut target = Target::open(pid)?;
-            let allocator = target.allocator()?;
             target.command = argv
                 .iter()
                 .map(|a| a.to_string_lossy())
                 .collect::<Vec<_>>()
                 .join(" ");
-            session.attach(target, &allocator)?;
+            if planned.iter().any(|a| a.roles.malloc) {
+                session.attach_planned(target, &planned)?;
+            } else {
+                // Nothing resolvable (a static binary whose allocator has no symbols): the
+                // probes go where the held child's own C library is, as for any process.
+                let allocator = target.allocator()?;
+                session.attach(target, &allocator)?;
+            }
             session.announce();
             held.release()?;
-            session.follow_loader(pid);
-            // The program may be linked against another C library than the tracer's.
-            session.attach_runtimes(0);
             let (tx, mut exited) = oneshot::channel();
             tokio::task::spawn_blocking(move || {
                 let _ = tx.send(reap(pid));

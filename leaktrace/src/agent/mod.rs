@@ -155,13 +155,15 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let mut scan = tokio::time::interval(agent.config.scan_interval);
     let mut sample = tokio::time::interval(agent.config.interval);
-    for timer in [&mut scan, &mut sample] {
+    let mut sideband = tokio::time::interval(crate::session::SIDEBAND_PERIOD);
+    for timer in [&mut scan, &mut sample, &mut sideband] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     tokio::pin!(server);
     loop {
         tokio::select! {
             _ = scan.tick() => agent.scan(),
+            _ = sideband.tick() => agent.session.apply_sideband(false),
             _ = sample.tick() => match agent.sample() {
                 Ok(()) => {
                     published_tx.send_replace(Arc::new(agent.publish()));

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod mappings;
+pub mod sideband;
 
 use std::collections::HashMap;
 

@@ -353,7 +353,9 @@ pub struct Probes {
     /// Following process trees: the fork probe's link, and each (program, file) attached for
     /// every process (the kernel filters by the target table instead of by PID).
     follow: Option<RawTracePointLinkId>,
-    attached_files: HashSet<(&'static str, std::path::PathBuf)>,
+    /// (program, inode): the same file under another path (a child's `map_files`) is the same
+    /// probe target.
+    attached_files: HashSet<(&'static str, u64)>,
     /// Mapping changes of targets, in order (see `leaktrace-ebpf`'s `mapping`).
     map_events: Option<RingBuf<MapData>>,
     /// Targets given a slot of the probes' fast path (`TARGET_SLOTS`), and the slot.
@@ -540,7 +542,7 @@ impl Probes {
         // kernel grace period per link, not per function.
         by_program.push((RETURN_PROGRAM, returns));
         for (program, points) in &by_program {
-            self.attach_many(program, points, &object.host_path, scope, target.pid)?;
+            self.attach_many(program, points, object, scope, target.pid)?;
         }
         Ok(attached)
     }
@@ -708,10 +710,11 @@ impl Probes {
         &mut self,
         program: &'static str,
         points: &[(String, u64)],
-        library: &std::path::Path,
+        object: &Allocator,
         scope: UProbeScope,
         pid: u32,
     ) -> Result<(), ProbeError> {
+        let library = object.host_path.as_path();
         if points.is_empty() {
             return Ok(());
         }
@@ -721,7 +724,7 @@ impl Probes {
             (ProbeMode::Empty, _) => EMPTY_ENTRY,
         };
         // Following, a file's probes serve every process: attached once.
-        if self.follow.is_some() && !self.attached_files.insert((program, library.to_path_buf())) {
+        if self.follow.is_some() && !self.attached_files.insert((program, object.inode)) {
             return Ok(());
         }
         let prog: &mut UProbe = self
@@ -814,6 +817,12 @@ impl Probes {
                 debug!(%err, program, pid, "detach failed (the process may be gone)");
             }
         }
+    }
+
+    /// Whether the file with this inode is probed for every process already (following process
+    /// trees): a child's objects are its parent's.
+    pub fn covers(&self, inode: u64) -> bool {
+        self.follow.is_some() && self.attached_files.iter().any(|&(_, i)| i == inode)
     }
 
     /// Whether process trees are followed (see [`Probes::load`]).

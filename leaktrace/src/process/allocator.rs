@@ -105,18 +105,18 @@ pub struct Finder {
     objects: HashMap<(u64, PathBuf), (Defines, ObjectInfo)>,
 }
 
-/// One executable object mapped by a process.
-struct Object<'a> {
-    mapping: &'a Mapping,
-    path: &'a Path,
-    name: &'a str,
+/// One executable object a process maps, or will map.
+struct Object {
+    path: PathBuf,
+    name: String,
     is_exe: bool,
     host_path: PathBuf,
+    inode: u64,
     defines: Defines,
     info: ObjectInfo,
 }
 
-impl Object<'_> {
+impl Object {
     /// Whether other objects name this one `needed` (by its soname, else its file name).
     fn is(&self, needed: &str) -> bool {
         self.info.soname.as_deref() == Some(needed) || self.name == needed
@@ -155,46 +155,82 @@ impl Finder {
                 .or_insert_with(|| read_object(&host_path, is_exe))
                 .clone();
             objects.push(Object {
-                mapping: m,
-                path,
-                name,
+                path: path.to_path_buf(),
+                name: name.to_owned(),
                 is_exe,
                 host_path,
+                inode: m.inode,
                 defines,
                 info,
             });
         }
-        let order = search_order(&objects, &preloads(target));
-        let pick =
-            |wanted: &dyn Fn(&Object) -> bool| order.iter().copied().find(|&i| wanted(&objects[i]));
-        let malloc = pick(&|o| o.defines.malloc_and_free);
-        let new = pick(&|o| o.defines.new);
-        // The `mmap` the program calls: the C library's wrapper, or one that interposes on it
-        // (tcmalloc defines its own, to see the program's mappings).
-        let mmap = pick(&|o| o.defines.mmap);
-        order
-            .iter()
-            .map(|&i| {
-                let o = &objects[i];
-                let roles = Roles {
-                    malloc: malloc == Some(i),
-                    new: new == Some(i),
-                    // An allocator's own deletes free without `free` (a C library has none).
-                    delete: malloc == Some(i) && o.defines.delete && o.defines.new,
-                    prefixes: o.defines.prefixes.clone(),
-                    mmap: mmap == Some(i),
-                };
-                Allocator {
-                    roles,
-                    name: name_of(o),
-                    path: o.path.to_path_buf(),
-                    host_path: o.host_path.clone(),
-                    inode: o.mapping.inode,
-                }
-            })
-            .filter(|a| a.roles.any())
-            .collect()
+        roles(&objects, &preloads(target))
     }
+
+    /// Every object a program about to be exec'd will allocate through, from the objects the
+    /// dynamic linker will load for it (see [`super::loader::closure`]): its probes can be in
+    /// place before its first instruction.
+    pub fn find_planned(&mut self, closure: &[super::loader::LoadedObject]) -> Vec<Allocator> {
+        let preloads: Vec<PathBuf> = closure
+            .iter()
+            .filter(|o| o.preloaded)
+            .map(|o| o.path.clone())
+            .collect();
+        let objects: Vec<Object> = closure
+            .iter()
+            .filter_map(|o| {
+                let inode = fs::metadata(&o.path).ok()?.ino();
+                let name = o.path.file_name()?.to_str()?.to_owned();
+                let defines = defines_from(|n| o.info.defined.contains(n));
+                self.objects
+                    .insert((inode, o.path.clone()), (defines.clone(), o.info.clone()));
+                Some(Object {
+                    path: o.path.clone(),
+                    name,
+                    is_exe: o.is_exe,
+                    host_path: o.path.clone(),
+                    inode,
+                    defines,
+                    info: o.info.clone(),
+                })
+            })
+            .collect();
+        roles(&objects, &preloads)
+    }
+}
+
+/// What each object is probed for, in the dynamic linker's search order.
+fn roles(objects: &[Object], preloads: &[PathBuf]) -> Vec<Allocator> {
+    let order = search_order(objects, preloads);
+    let pick =
+        |wanted: &dyn Fn(&Object) -> bool| order.iter().copied().find(|&i| wanted(&objects[i]));
+    let malloc = pick(&|o| o.defines.malloc_and_free);
+    let new = pick(&|o| o.defines.new);
+    // The `mmap` the program calls: the C library's wrapper, or one that interposes on it
+    // (tcmalloc defines its own, to see the program's mappings).
+    let mmap = pick(&|o| o.defines.mmap);
+    order
+        .iter()
+        .map(|&i| {
+            let o = &objects[i];
+            let roles = Roles {
+                malloc: malloc == Some(i),
+                new: new == Some(i),
+                // An allocator's own deletes free without `free` (a C library has none).
+                delete: malloc == Some(i) && o.defines.delete && o.defines.new,
+                prefixes: o.defines.prefixes.clone(),
+                mmap: mmap == Some(i),
+            };
+            Allocator {
+                roles,
+                name: name_of(o),
+                path: o.path.clone(),
+                host_path: o.host_path.clone(),
+                inode: o.inode,
+            }
+        })
+        .filter(|a| a.roles.any())
+        .collect()
 }
 
 /// The dynamic linker's search order, as indices into `objects`: the executable, the preloaded
@@ -216,7 +252,7 @@ fn search_order(objects: &[Object], preloads: &[PathBuf]) -> Vec<usize> {
         let file = preload.file_name().and_then(|n| n.to_str());
         let found = objects
             .iter()
-            .position(|o| o.path == preload.as_path() || file.is_some_and(|f| o.is(f)));
+            .position(|o| o.path == *preload || file.is_some_and(|f| o.is(f)));
         if let Some(i) = found {
             add(i, &mut order);
         }
@@ -238,7 +274,7 @@ fn search_order(objects: &[Object], preloads: &[PathBuf]) -> Vec<usize> {
 }
 
 fn name_of(o: &Object) -> &'static str {
-    if is_libc(o.name) {
+    if is_libc(&o.name) {
         if o.name == "libc.so.6" || o.name.starts_with("libc-") {
             "glibc"
         } else {
@@ -246,7 +282,7 @@ fn name_of(o: &Object) -> &'static str {
         }
     } else if let Some(name) = o.defines.name {
         name
-    } else if is_cxx_runtime(o.name) {
+    } else if is_cxx_runtime(&o.name) {
         "c++ runtime"
     } else {
         "allocator"

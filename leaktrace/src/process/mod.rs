@@ -2,6 +2,7 @@
 
 pub mod allocator;
 pub mod cgroup;
+pub mod loader;
 pub mod maps;
 pub mod root;
 pub mod spawn;

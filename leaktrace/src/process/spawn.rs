@@ -36,6 +36,8 @@ pub enum SpawnError {
 /// A forked child waiting for [`Held::release`] before it execs the command.
 pub struct Held {
     pub pid: u32,
+    /// The file it will exec, found as `execvp` finds it.
+    pub path: PathBuf,
     program: String,
     go: OwnedFd,
     exec_error: OwnedFd,
@@ -90,6 +92,7 @@ pub fn hold(argv: &[OsString], env: &[(OsString, OsString)]) -> Result<Held, Spa
         },
         pid => Ok(Held {
             pid: pid as u32,
+            path: program.clone(),
             program: first.to_string_lossy().into_owned(),
             go: go_write,
             exec_error: err_read,

@@ -9,10 +9,10 @@ use std::{collections::HashSet, fs::File, io, path::Path};
 use object::{
     Endianness, ReadCache,
     elf::{
-        DT_NEEDED, DT_SONAME, FileHeader64, SHN_UNDEF, SHT_DYNAMIC, SHT_DYNSYM, SHT_SYMTAB,
-        STT_FUNC, STT_GNU_IFUNC,
+        DT_NEEDED, DT_RPATH, DT_RUNPATH, DT_SONAME, FileHeader64, PT_INTERP, SHN_UNDEF,
+        SHT_DYNAMIC, SHT_DYNSYM, SHT_SYMTAB, STT_FUNC, STT_GNU_IFUNC,
     },
-    read::elf::{Dyn as _, FileHeader as _, SectionHeader as _, Sym as _},
+    read::elf::{Dyn as _, FileHeader as _, ProgramHeader as _, SectionHeader as _, Sym as _},
 };
 
 /// What one object says about itself.
@@ -24,6 +24,12 @@ pub struct ObjectInfo {
     pub needed: Vec<String>,
     /// Its `DT_SONAME`: the name other objects need it by.
     pub soname: Option<String>,
+    /// Its `DT_RPATH` and `DT_RUNPATH` directories (`:`-separated lists, split), unexpanded:
+    /// where the dynamic linker looks for what it needs.
+    pub rpath: Vec<String>,
+    pub runpath: Vec<String>,
+    /// Its `PT_INTERP`: the dynamic linker an executable asks the kernel for.
+    pub interp: Option<String>,
 }
 
 /// Largest symbol or string table read (a hostile file may claim any size).
@@ -66,7 +72,7 @@ pub fn read(path: &Path, symtab: bool, wanted: &[String]) -> Result<ObjectInfo, 
         {
             for entry in entries {
                 let tag = entry.d_tag(endian) as u32;
-                if tag != DT_NEEDED && tag != DT_SONAME {
+                if ![DT_NEEDED, DT_SONAME, DT_RPATH, DT_RUNPATH].contains(&tag) {
                     continue;
                 }
                 let Some(name) = usize::try_from(entry.d_val(endian))
@@ -77,14 +83,17 @@ pub fn read(path: &Path, symtab: bool, wanted: &[String]) -> Result<ObjectInfo, 
                     continue;
                 };
                 let name = String::from_utf8_lossy(name).into_owned();
-                if tag == DT_NEEDED {
-                    info.needed.push(name);
-                } else {
-                    info.soname = Some(name);
+                let dirs = || name.split(':').filter(|d| !d.is_empty()).map(str::to_owned);
+                match tag {
+                    DT_NEEDED => info.needed.push(name),
+                    DT_RPATH => info.rpath.extend(dirs()),
+                    DT_RUNPATH => info.runpath.extend(dirs()),
+                    _ => info.soname = Some(name),
                 }
             }
         }
     }
+    info.interp = interpreter(header, endian, &cache);
     let found = &mut info.defined;
     let kinds: &[u32] = if symtab {
         &[SHT_DYNSYM, SHT_SYMTAB]
@@ -126,6 +135,25 @@ pub fn read(path: &Path, symtab: bool, wanted: &[String]) -> Result<ObjectInfo, 
         }
     }
     Ok(info)
+}
+
+/// The `PT_INTERP` path of an executable (at most a page: a path, not a file).
+fn interpreter(
+    header: &FileHeader64<Endianness>,
+    endian: Endianness,
+    cache: &ReadCache<File>,
+) -> Option<String> {
+    let interp = header
+        .program_headers(endian, cache)
+        .ok()?
+        .iter()
+        .find(|p| p.p_type(endian) == PT_INTERP)?;
+    if interp.p_filesz(endian) > 4096 {
+        return None;
+    }
+    let bytes = interp.data(endian, cache).ok()?;
+    let path = bytes.split(|&b| b == 0).next()?;
+    (!path.is_empty()).then(|| String::from_utf8_lossy(path).into_owned())
 }
 
 #[cfg(test)]

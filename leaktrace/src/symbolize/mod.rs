@@ -12,8 +12,9 @@ pub mod v8;
 use std::{
     collections::HashMap,
     fs::File,
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use blazesym::symbolize::{
@@ -34,8 +35,11 @@ pub struct Symbolizer {
     frames: HashMap<(u32, u64), Vec<Frame>>,
     /// The last mappings seen of each process.
     mappings: HashMap<u32, Vec<Mapping>>,
-    /// Mapped files, opened while their process lived, by (pid, path as the process names it).
-    files: HashMap<(u32, PathBuf), Option<File>>,
+    /// Mapped files, opened while their process lived (or as soon as the kernel said it mapped
+    /// them), by (pid, path as the process names it); a forked child shares its parent's.
+    files: HashMap<(u32, PathBuf), Option<Arc<File>>>,
+    /// The process each followed child was forked from: where to open its files once it is gone.
+    parents: HashMap<u32, u32>,
     /// Perf maps of JIT runtimes, kept open like mapped files.
     perf_maps: HashMap<u32, (File, PerfMap)>,
 }
@@ -64,6 +68,7 @@ impl Symbolizer {
             frames: HashMap::new(),
             mappings: HashMap::new(),
             files: HashMap::new(),
+            parents: HashMap::new(),
             perf_maps: HashMap::new(),
         }
     }
@@ -82,10 +87,74 @@ impl Symbolizer {
             let Some(path) = &m.path else { continue };
             self.files
                 .entry((pid, path.clone()))
-                .or_insert_with(|| open_mapped(pid, m, path));
+                .or_insert_with(|| open_mapped(pid, m, path).map(Arc::new));
         }
         self.mappings.insert(pid, mappings);
         self.refresh_perf_map(pid);
+    }
+
+    /// Whether `pid`'s mappings are kept: a target, or a child forked by one.
+    pub fn tracks(&self, pid: u32) -> bool {
+        self.mappings.contains_key(&pid)
+    }
+
+    /// Adds a mapping the kernel reported as it was made (see `collect::sideband`), over
+    /// whatever it covers, and opens its file at once: the process may be gone in a moment.
+    pub fn mapped(&mut self, pid: u32, m: Mapping) {
+        if let Some(path) = m.path.clone().filter(|p| p.is_absolute())
+            && !self.files.contains_key(&(pid, path.clone()))
+        {
+            let file = self.open_reported(pid, &m, &path).map(Arc::new);
+            self.files.insert((pid, path), file);
+        }
+        overlay(self.mappings.entry(pid).or_default(), m);
+    }
+
+    /// `child` was forked by `parent`: it has its parent's mappings and files until it execs
+    /// (what it mapped itself already, reported first from another CPU, stays on top).
+    pub fn forked(&mut self, parent: u32, child: u32) {
+        self.parents.insert(child, parent);
+        let inherited = self.mappings.get(&parent).cloned().unwrap_or_default();
+        let own = self.mappings.remove(&child).unwrap_or_default();
+        let list = self.mappings.entry(child).or_default();
+        *list = inherited;
+        for m in own {
+            overlay(list, m);
+        }
+        let files: Vec<(PathBuf, Option<Arc<File>>)> = self
+            .files
+            .iter()
+            .filter(|((p, _), _)| *p == parent)
+            .map(|((_, path), file)| (path.clone(), file.clone()))
+            .collect();
+        for (path, file) in files {
+            self.files.entry((child, path)).or_insert(file);
+        }
+    }
+
+    /// Opens the file of a mapping the kernel reported: the very file mapped while the process
+    /// lives, else the path under its root or its parents' (a container's files), else on the
+    /// host; a file found by path must be the inode that was mapped.
+    fn open_reported(&self, pid: u32, m: &Mapping, path: &Path) -> Option<File> {
+        let by_map = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+        if let Ok(file) = File::open(&by_map) {
+            return Some(file);
+        }
+        let same =
+            |file: &File| m.inode == 0 || file.metadata().is_ok_and(|md| md.ino() == m.inode);
+        let mut pids = vec![pid];
+        let mut at = pid;
+        while let Some(&parent) = self.parents.get(&at) {
+            if pids.contains(&parent) {
+                break;
+            }
+            pids.push(parent);
+            at = parent;
+        }
+        pids.iter()
+            .filter_map(|&p| crate::process::root::open(p, path).ok())
+            .chain(File::open(path).ok())
+            .find(same)
     }
 
     /// The mappings of `pid` last remembered (none if never seen).
@@ -94,6 +163,7 @@ impl Symbolizer {
         self.frames.retain(|(p, _), _| *p != pid);
         self.mappings.remove(&pid);
         self.files.retain(|(p, _), _| *p != pid);
+        self.parents.remove(&pid);
         self.perf_maps.remove(&pid);
     }
 
@@ -107,7 +177,7 @@ impl Symbolizer {
     }
 
     /// Opens `pid`'s perf map once it exists and reads what it gained since last time.
-    fn refresh_perf_map(&mut self, pid: u32) {
+    pub fn refresh_perf_map(&mut self, pid: u32) {
         if let std::collections::hash_map::Entry::Vacant(slot) = self.perf_maps.entry(pid) {
             let Some(file) = open_perf_map(pid) else {
                 return;
@@ -265,6 +335,35 @@ fn open_mapped(pid: u32, m: &Mapping, path: &Path) -> Option<File> {
         .or_else(|_| crate::process::root::open(pid, path))
         .inspect_err(|err| debug!(pid, path = %path.display(), %err, "cannot open mapped file"))
         .ok()
+}
+
+/// Puts `m` into a process's mappings (kept in address order), cutting away what it covers of
+/// the older ones: a new mapping replaces whatever was at its addresses.
+fn overlay(list: &mut Vec<Mapping>, m: Mapping) {
+    let mut kept = Vec::with_capacity(list.len() + 2);
+    for old in list.drain(..) {
+        if old.end <= m.start || old.start >= m.end {
+            kept.push(old);
+            continue;
+        }
+        if old.start < m.start {
+            kept.push(Mapping {
+                end: m.start,
+                ..old.clone()
+            });
+        }
+        if old.end > m.end {
+            let cut = m.end - old.start;
+            kept.push(Mapping {
+                start: m.end,
+                offset: old.offset + cut,
+                ..old
+            });
+        }
+    }
+    kept.push(m);
+    kept.sort_by_key(|m| m.start);
+    *list = kept;
 }
 
 fn located(addr: u64, module: Option<String>, code: Option<&CodeInfo<'_>>) -> Frame {
