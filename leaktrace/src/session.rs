@@ -749,6 +749,15 @@ impl Session {
         notes
     }
 
+    /// A target's command line: as last read while it lived, or, for a child gone before it
+    /// could be looked at, as the kernel's records gave it (its parent's, or its image's).
+    fn command_of(&self, traced: &Traced) -> String {
+        match self.commands.get(&traced.target.pid) {
+            Some(command) if traced.target.is_gone_placeholder() => command.clone(),
+            _ => traced.target.command.clone(),
+        }
+    }
+
     /// What the reader of the report should know about one target.
     fn notes(&self, traced: &Traced) -> Vec<String> {
         let is_node = traced
@@ -873,7 +882,7 @@ impl Session {
             .map(|t| TargetSummary {
                 pid: t.target.pid,
                 ns_pid: t.target.ns_pid,
-                command: t.target.command.clone(),
+                command: self.command_of(t),
                 allocator: t.attachment.allocator.path.display().to_string(),
                 allocator_name: t.attachment.allocator.name.to_owned(),
                 functions: t

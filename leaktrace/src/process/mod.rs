@@ -34,6 +34,9 @@ pub enum ProcessError {
     NoAllocator { pid: u32, command: String },
 }
 
+/// How [`Target::gone`] names a process it never saw.
+const GONE_PREFIX: &str = "(exited before it was seen:";
+
 /// A process being traced, as the host sees it.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -91,9 +94,14 @@ impl Target {
         Self {
             pid,
             ns_pid: pid,
-            command: format!("(exited before it was seen: pid {pid})"),
+            command: format!("{GONE_PREFIX} pid {pid})"),
             root: PathBuf::from(format!("/proc/{pid}/root")),
         }
+    }
+
+    /// Whether this is [`Target::gone`]'s stand-in, known by its PID alone.
+    pub fn is_gone_placeholder(&self) -> bool {
+        self.command.starts_with(GONE_PREFIX)
     }
 
     /// The process's current mappings.
