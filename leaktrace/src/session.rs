@@ -496,7 +496,7 @@ impl Session {
     /// Notices that target `index` exec'd since last look (the probes count its execs): the
     /// stacks of the old image are named now, from the mappings remembered before the exec,
     /// which the new ones are about to replace. Called before any new mappings are remembered.
-    fn notice_exec(&mut self, index: usize) {
+    fn notice_exec(&mut self, index: usize, snapshot: &Snapshot) {
         let traced = &mut self.traced[index];
         let pid = traced.target.pid;
         let execs = self.probes.execs(pid);
@@ -510,12 +510,27 @@ impl Session {
                 self.symbolizer.resolve(key.tgid, chain);
             }
             // Said in the report when the old image held memory: its blocks went with the exec
-            // and are never freed, so they stay counted as live.
-            let held = self
-                .last
+            // and are never freed, so they stay counted as live. The old image's stacks are the
+            // ones with a frame outside what the process maps now (its libraries were mapped
+            // elsewhere, and the C library too, whatever the new image is).
+            let now = crate::process::Target::open(pid)
+                .and_then(|t| t.mappings())
+                .unwrap_or_default();
+            let mapped_now = |ip: u64| {
+                now.iter()
+                    .any(|m| m.is_executable() && (m.start..m.end).contains(&ip))
+            };
+            let live: Vec<StackKey> = snapshot
                 .sites
                 .iter()
-                .any(|(k, v)| k.tgid == pid && v.live_bytes > 0);
+                .filter(|(k, v)| k.tgid == pid && v.live_bytes > 0 && !k.is_mapping())
+                .map(|(k, _)| *k)
+                .collect();
+            let held = live.iter().any(|key| {
+                self.stacks
+                    .frames(&self.probes, key.stack)
+                    .is_ok_and(|ips| ips.iter().any(|&ip| !mapped_now(ip)))
+            });
             if held {
                 let at = self.started.elapsed().as_secs_f64();
                 let was = traced
@@ -666,7 +681,7 @@ impl Session {
             }
             let pid = traced.target.pid;
             let alive = traced.target.is_alive();
-            self.notice_exec(index);
+            self.notice_exec(index, &snapshot);
             // Mappings come from the kernel's records; a JIT's perf map grows on its own.
             self.symbolizer.refresh_perf_map(pid);
             if alive && !ended {

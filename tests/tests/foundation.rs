@@ -49,9 +49,6 @@ fn run_leaky(args: &[&str], exit_code: &str) -> std::process::Output {
                 .expect("writing to the fixture");
         }
     }
-    // Mappings are read while the process lives; give the tracer a few samples of it after the
-    // workload (a command that maps, allocates and exits within a millisecond can outrun that).
-    std::thread::sleep(std::time::Duration::from_millis(300));
     drop(stdin);
     let mut output = child.wait_with_output().expect("leaktrace run");
     // Put back what was read, so the caller sees the whole standard output.
