@@ -141,9 +141,10 @@ pub struct TraceArgs {
     /// Stop after this long (`30s`, `5m`); default: until Ctrl-C or the targets exit.
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// How often the probes' totals are sampled into each stack's series.
-    #[arg(short, long, default_value = "1s", value_parser = parse_interval)]
-    pub interval: Duration,
+    /// How often the probes' totals are sampled into each stack's series [default: 1s; 250ms
+    /// for `run`, whose test binaries and test files live seconds].
+    #[arg(short, long, value_parser = parse_interval)]
+    pub interval: Option<Duration>,
     #[command(flatten)]
     pub outputs: OutputArgs,
     /// Record a sample of allocations, one per this many bytes on average (Poisson sampling by
@@ -159,8 +160,7 @@ pub struct TraceArgs {
     #[arg(short, long)]
     pub quiet: bool,
     /// Do not name JavaScript frames from V8's own data in the node binary and the target's
-    /// heap (perf maps still name them): the probes then walk native frames only. `run` does
-    /// not use V8's data: it names JavaScript frames by the perf maps it asks Node for.
+    /// heap (perf maps still name them): the probes then walk native frames only.
     #[arg(long)]
     pub no_v8_frames: bool,
     /// Most live blocks tracked at once, over all targets.

@@ -136,7 +136,11 @@ fn run(command: Command) -> anyhow::Result<u8> {
     };
     let options = trace::Options {
         duration: args.duration,
-        interval: args.interval,
+        interval: args.interval.unwrap_or(if run.is_some() {
+            std::time::Duration::from_millis(250)
+        } else {
+            std::time::Duration::from_secs(1)
+        }),
         top: args.outputs.top,
         limits: args.limits(),
         mode: args.mode(),
@@ -145,11 +149,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         max_overhead: args.max_overhead,
         follow,
         node_perf_maps: run.as_ref().is_some_and(|(perf_maps, _)| *perf_maps),
-        // `run` names JavaScript frames by the perf maps it asks Node for. V8's data would also
-        // keep a test's stacks apart by JavaScript identity, and every recompilation of a
-        // function on them starts a new stack: a short test's leak would be split over stacks
-        // too young for a verdict until sites are merged across tiers.
-        v8_frames: !args.no_v8_frames && run.is_none(),
+        v8_frames: !args.no_v8_frames,
     };
     let mut outcome = runtime()?.block_on(trace::trace(start, &options))?;
     if let Some(suppressions) = &suppressions {

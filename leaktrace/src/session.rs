@@ -31,7 +31,10 @@ use crate::{
         live::LiveStatus,
         model::Frame,
     },
-    symbolize::{AddrKind, Symbolizer, js::JsNamer},
+    symbolize::{
+        AddrKind, Symbolizer,
+        js::{JsNamer, Naming},
+    },
     trace::Options,
 };
 
@@ -43,6 +46,8 @@ pub(crate) const SIDEBAND_PERIOD: Duration = Duration::from_millis(10);
 const UNKNOWN_KEPT: Duration = Duration::from_millis(200);
 /// Most such records kept: the rest of the host's processes map files too.
 const UNKNOWN_MAX: usize = 4096;
+/// Share of the interval a sample may spend naming new JavaScript sites.
+const NAMING_SHARE: f64 = 0.4;
 
 /// One process the probes were attached to.
 pub(crate) struct Traced {
@@ -59,6 +64,8 @@ pub(crate) struct Traced {
     late: Vec<(PathBuf, f64)>,
     /// When its probes were attached.
     pub(crate) attached_at: Instant,
+    /// Traced from its first instruction: `run`'s command, or a child followed from its fork.
+    from_start: bool,
     /// When its probes were detached, if they were before the session ended.
     pub(crate) detached_at: Option<Instant>,
     /// Its execs counted by the probes, at the last sample.
@@ -88,9 +95,14 @@ pub(crate) struct Session {
     commands: HashMap<u32, String>,
     /// The call chain of every site seen.
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
-    /// Each site the probes count under, as the tracer counts it: the same with its JavaScript
-    /// identity by name rather than by heap address (see [`JsNamer::name`]).
+    /// Each site the probes count under, as the tracer counts it: one site per JavaScript call
+    /// site, whatever tier ran it and wherever a collection moved its functions (see
+    /// [`JsNamer::name`]).
     sites: HashMap<StackKey, StackKey>,
+    /// The probes' site whose frames show each merged site.
+    shown_by: HashMap<StackKey, StackKey>,
+    /// Time a sample may spend naming new JavaScript sites.
+    naming_budget: Duration,
     last: Snapshot,
     /// Time zero of every series.
     started: Instant,
@@ -150,6 +162,8 @@ impl Session {
             commands: HashMap::new(),
             chains: HashMap::new(),
             sites: HashMap::new(),
+            shown_by: HashMap::new(),
+            naming_budget: options.interval.mul_f64(NAMING_SHARE),
             last: Snapshot::default(),
             started: Instant::now(),
             samples: 0,
@@ -195,6 +209,7 @@ impl Session {
             }
         })?;
         let index = self.attach_to(target, malloc)?;
+        self.traced[index].from_start = true;
         for lib in planned.iter().filter(|a| !a.roles.malloc) {
             self.attach_runtime(index, lib, false);
         }
@@ -235,6 +250,7 @@ impl Session {
             runtimes: Vec::new(),
             late: Vec::new(),
             attached_at: Instant::now(),
+            from_start: false,
             detached_at: None,
             execs: 0,
         });
@@ -326,6 +342,8 @@ impl Session {
                 runtimes: Vec::new(),
                 late: Vec::new(),
                 attached_at: Instant::now(),
+                // Made a target by the fork probe before it ran.
+                from_start: true,
                 detached_at: None,
                 execs: 0,
             });
@@ -728,6 +746,7 @@ impl Session {
             .copied()
             .collect();
         self.sites.retain(|k, _| k.tgid != pid);
+        self.shown_by.retain(|k, _| k.tgid != pid);
         match self.probes.forget(pid, &mapping_sites) {
             Ok(orphans) => self.stacks.forget(&orphans.stacks, &orphans.js_ids),
             Err(err) => warn!(pid, %err, "cannot drop this target's entries from the probes' maps"),
@@ -804,15 +823,18 @@ impl Session {
     fn read_new_stacks(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         for key in snapshot.sites.keys() {
             if let std::collections::hash_map::Entry::Vacant(slot) = self.chains.entry(*key) {
-                let ips = self.stacks.frames(&self.probes, key.stack)?.to_vec();
+                // A merged site is shown by one of the probes' stacks.
+                let raw = self.shown_by.get(key).copied().unwrap_or(*key);
+                let ips = self.stacks.frames(&self.probes, raw.stack)?.to_vec();
                 // Mapping sites come from the mapping events, not through `merge_sites`: their
                 // JavaScript frames are named here, at once too.
-                if key.js_id != 0
-                    && self.js.names(key.tgid)
-                    && self.js.frames(key.tgid, key.stack, key.js_id).is_none()
+                if raw.is_mapping()
+                    && raw.js_id != 0
+                    && self.js.names(raw.tgid)
+                    && self.js.frames(raw.tgid, raw.stack, raw.js_id).is_none()
                 {
-                    let js = self.stacks.js_frames(&self.probes, key.js_id)?;
-                    self.js.name(key.tgid, key.stack, key.js_id, js, &ips);
+                    let js = self.stacks.js_frames(&self.probes, raw.js_id)?;
+                    self.js.name(raw.tgid, raw.stack, raw.js_id, js, &ips);
                 }
                 slot.insert(call_chain(&ips));
             }
@@ -824,22 +846,42 @@ impl Session {
     /// move or die), and counts each site under its identity by name: sites the probes keep
     /// apart only because a collection moved a function are one.
     fn merge_sites(&mut self, snapshot: &mut Snapshot) -> anyhow::Result<()> {
-        let keys: Vec<StackKey> = snapshot
+        // Naming reads the target's heap, a few reads a frame: a Node process that starts makes
+        // thousands of sites a second. The largest are named first, within a budget per sample
+        // so that samples keep their pace; the rest wait for the next sample, counted under the
+        // probes' keys meanwhile.
+        let mut keys: Vec<(StackKey, (i64, u64))> = snapshot
             .sites
-            .keys()
-            .filter(|k| k.js_id != 0 && !self.sites.contains_key(k))
-            .copied()
+            .iter()
+            .filter(|(k, _)| k.js_id != 0 && !self.sites.contains_key(k))
+            .map(|(k, s)| (*k, (s.live_bytes, s.alloc_bytes)))
             .collect();
-        for key in keys {
-            let mut site = key;
-            if self.js.names(key.tgid) {
+        keys.sort_unstable_by_key(|&(_, weight)| std::cmp::Reverse(weight));
+        let deadline = Instant::now() + self.naming_budget;
+        for (key, _) in keys {
+            if Instant::now() >= deadline {
+                break;
+            }
+            let naming = if self.js.names(key.tgid) {
                 let ips = self.stacks.frames(&self.probes, key.stack)?.to_vec();
                 let js = self.stacks.js_frames(&self.probes, key.js_id)?;
-                if let Some(by_name) = self.js.name(key.tgid, key.stack, key.js_id, js, &ips) {
-                    site.js_id = by_name;
-                }
-            }
+                self.js.name(key.tgid, key.stack, key.js_id, js, &ips)
+            } else {
+                Naming::Failed
+            };
+            let site = match naming {
+                Naming::Named(site) => StackKey {
+                    stack: site.stack,
+                    js_id: site.js_id,
+                    ..key
+                },
+                // Counted under the probes' key this once; named again at the next sample.
+                Naming::Retry => continue,
+                Naming::Failed => key,
+            };
             self.sites.insert(key, site);
+            // The first of a merged site's stacks shows it: its frames and their names.
+            self.shown_by.entry(site).or_insert(key);
         }
         let mut merged: HashMap<StackKey, leaktrace_common::StackStats> =
             HashMap::with_capacity(snapshot.sites.len());
@@ -910,6 +952,7 @@ impl Session {
                 alive_at_end: t.target.is_alive(),
                 exit_code: t.exit_code,
                 notes: self.notes(t),
+                from_start: t.from_start,
                 exited_at_s: t
                     .detached_at
                     .filter(|_| !t.target.is_alive())

@@ -139,10 +139,10 @@ pub async fn trace(start: Start, options: &Options) -> anyhow::Result<Outcome> {
             if planned.iter().any(|a| a.roles.malloc) {
                 session.attach_planned(target, &planned)?;
             } else {
-                // Nothing resolvable (a static binary whose allocator has no symbols): the
-                // probes go where the held child's own C library is, as for any process.
+                // Nothing resolvable (the file is not one the loader reads): the probes go
+                // where the held child's own C library is, as for any process.
                 let allocator = target.allocator()?;
-                session.attach(target, &allocator)?;
+                session.attach_planned(target, &[allocator])?;
             }
             session.announce();
             held.release()?;

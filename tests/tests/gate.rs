@@ -83,9 +83,11 @@ fn a_leaking_node_test_fails_the_run_and_is_named() {
         return;
     }
     let dir = scratch("gate-leak");
+    // No perf map: the test file's JavaScript is named from V8's own data, its call site one
+    // site across V8's tiers, and a leak of three seconds is enough.
     let (output, report, xml) = run_suite(
         &dir,
-        &["--fail-on", "leak"],
+        &["--fail-on", "leak", "--no-perf-map"],
         &["leak.test.js", "clean.test.js"],
     );
     assert_eq!(
@@ -122,6 +124,7 @@ fn a_leaking_node_test_fails_the_run_and_is_named() {
             .iter()
             .any(|f| {
                 f["function"] == "fillSessionCache"
+                    && f["source"] == "v8"
                     && f["file"]
                         .as_str()
                         .is_some_and(|p| p.ends_with("leak.test.js"))
@@ -129,8 +132,13 @@ fn a_leaking_node_test_fails_the_run_and_is_named() {
     });
     assert!(
         named,
-        "no failing stack names fillSessionCache in leak.test.js"
+        "no failing stack names fillSessionCache in leak.test.js from V8's data"
     );
+    // Nothing asked Node for a perf map.
+    for t in report["targets"].as_array().unwrap() {
+        let pid = t["pid"].as_u64().unwrap();
+        assert!(!Path::new(&format!("/tmp/perf-{pid}.map")).exists());
+    }
     let text = stderr(&output);
     assert!(text.contains("leaktrace: FAIL (--fail-on leak)"), "{text}");
     assert!(text.contains("fillSessionCache"), "{text}");
@@ -178,9 +186,10 @@ fn a_suppressed_leak_passes_and_is_counted() {
             .ends_with("suppressions.txt:2")
     );
     assert!(rule["stacks"].as_u64().unwrap() >= 1);
-    // Every buffer the test kept went through fillSessionCache: 8 s at 4 x 64 KiB per 50 ms.
+    // Every buffer the test kept went through fillSessionCache: 4 x 64 KiB per step of 50 ms
+    // for 3 s; however slowly a loaded machine runs its timers, more than 4 steps.
     assert!(
-        rule["allocated_bytes"].as_u64().unwrap() > 10 << 20,
+        rule["allocated_bytes"].as_u64().unwrap() > 4 * 4 * 64 << 10,
         "{rule:#}"
     );
     assert!(

@@ -34,6 +34,10 @@ const MIN_TEST_POINTS: usize = 5;
 const LEAK_MIN_POINTS: usize = 10;
 /// A shorter window cannot separate a leak from a warm-up either.
 const LEAK_MIN_SECONDS: f64 = 5.0;
+/// The same for a process traced from its first instruction to its end (a test binary or a
+/// test file's worker under `run`): its warm-up is in the series and so is its end, so a
+/// shorter life that grows to its last sample is a leak of that life.
+const LIFE_LEAK_MIN_SECONDS: f64 = 2.0;
 /// Least rise, in bytes, for a leak: a few strings kept by a runtime warming up (a process has
 /// hundreds of such stacks) are not worth an engineer's attention, however steady. Smaller
 /// steady growth stays `growing`, listed but not called a leak.
@@ -193,6 +197,16 @@ pub struct Growth {
 /// random walk shows trends more often, and the fall condition of rule 8
 /// keeps most of those from `leak`.
 pub fn classify(series: &[(f64, i64)]) -> Growth {
+    classify_within(series, LEAK_MIN_SECONDS)
+}
+
+/// [`classify`] for the series of a process traced over its whole life, from its first
+/// instruction to its exit: a leak needs 2 s rather than 5 (`LIFE_LEAK_MIN_SECONDS`).
+pub fn classify_life(series: &[(f64, i64)]) -> Growth {
+    classify_within(series, LIFE_LEAK_MIN_SECONDS)
+}
+
+fn classify_within(series: &[(f64, i64)], leak_min_seconds: f64) -> Growth {
     let points = clean(series);
     let values: Vec<i64> = points.iter().map(|&(_, v)| v).collect();
     let trend = evenly_spaced(&points, MAX_TREND_POINTS);
@@ -200,7 +214,7 @@ pub fn classify(series: &[(f64, i64)]) -> Growth {
     let mk = mann_kendall(&trend_values);
     let slope = theil_sen(&trend).unwrap_or(0.0);
     Growth {
-        verdict: decide(&points, &values, &trend, &mk, slope),
+        verdict: decide(&points, &values, &trend, &mk, slope, leak_min_seconds),
         bytes_per_s: slope,
         mann_kendall_s: mk.s,
         mann_kendall_z: mk.z,
@@ -219,6 +233,7 @@ fn decide(
     trend: &[(f64, i64)],
     whole: &MannKendall,
     slope: f64,
+    leak_min_seconds: f64,
 ) -> Verdict {
     // 1.
     let Some(peak) = values.iter().copied().max().filter(|&p| p > 0) else {
@@ -304,7 +319,7 @@ fn decide(
 
     // 8, 9.
     let leak = values.len() >= LEAK_MIN_POINTS
-        && duration >= LEAK_MIN_SECONDS
+        && duration >= leak_min_seconds
         && rise >= LEAK_MIN_RISE_BYTES
         && whole.s > 0
         && p < LEAK_SIGNIFICANCE

@@ -33,6 +33,9 @@ pub struct TargetSummary {
     pub notes: Vec<String>,
     /// Series time at which the process was found gone, if it was.
     pub exited_at_s: Option<f64>,
+    /// Traced from its first instruction (`run`'s command, a followed child): with its exit,
+    /// its series is its whole life.
+    pub from_start: bool,
 }
 
 /// Everything a report is made of.
@@ -55,10 +58,10 @@ pub struct Inputs<'a> {
 pub fn build(inputs: Inputs<'_>) -> Report {
     // What counts as an exiting process's teardown: its last second, or two samples.
     let teardown = (2.0 * inputs.interval_s).max(1.0);
-    let exits: HashMap<u32, f64> = inputs
+    let exits: HashMap<u32, (f64, bool)> = inputs
         .targets
         .iter()
-        .filter_map(|t| Some((t.pid, t.exited_at_s? - inputs.time_zero_s)))
+        .filter_map(|t| Some((t.pid, (t.exited_at_s? - inputs.time_zero_s, t.from_start))))
         .collect();
     let mut per_target: HashMap<u32, Totals> = HashMap::new();
     for (pid, counters) in &inputs.last.counters {
@@ -102,10 +105,15 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 allocated_bytes: stats.alloc_bytes,
                 alloc_calls: stats.alloc_calls,
                 reserved_bytes: inputs.last.reserved.get(key).copied().unwrap_or(0),
-                growth: growth::classify(match exits.get(&key.tgid) {
-                    Some(&exited) => crate::analyze::before_exit(&series, exited, teardown),
-                    None => &series,
-                }),
+                growth: match exits.get(&key.tgid) {
+                    Some(&(exited, true)) => growth::classify_life(crate::analyze::before_exit(
+                        &series, exited, teardown,
+                    )),
+                    Some(&(exited, false)) => {
+                        growth::classify(crate::analyze::before_exit(&series, exited, teardown))
+                    }
+                    None => growth::classify(&series),
+                },
                 origin: origin::classify(&frames),
                 series,
                 frames,

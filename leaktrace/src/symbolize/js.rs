@@ -31,8 +31,11 @@ pub struct JsNamer {
     named: HashMap<(u32, u64, u64), Arc<NamedFrames>>,
     /// Each frame as named, by target, what the probe saw of it and its return address: the
     /// same frame recurs in many stacks (a server's stacks differ in one frame or two), and
-    /// reading the heap for it again would cost the tracer a CPU on a busy server.
-    frames_named: HashMap<(u32, JsFrameKey), Option<Vec<Frame>>>,
+    /// reading the heap for it again would cost the tracer a CPU on a busy server. Only frames
+    /// that read back whole are kept.
+    frames_named: HashMap<(u32, JsFrameKey), Vec<Frame>>,
+    /// Stacks whose frames did not all read back yet, with the attempts made.
+    attempts: HashMap<(u32, u64, u64), u32>,
     /// Per target: why its JavaScript frames cannot be named, for its report.
     problems: HashMap<u32, String>,
     /// Per target: frames the probes identified that did not decode (moved or freed since).
@@ -110,10 +113,13 @@ impl JsNamer {
     /// `ips`. Kept per stack, not per JavaScript identity alone: what was inlined at a compiled
     /// frame depends on its return address.
     ///
-    /// Returns the identity of what was named, when every frame was: the probes identify a
-    /// function by the address of its SharedFunctionInfo, which a compacting collection moves,
-    /// so one site can come back under another identity; by name it is the same site. The
-    /// names are kept under that identity too.
+    /// When every frame is named, returns the site's identity across tiers ([`Site`]): the
+    /// probes identify a function by the address of its SharedFunctionInfo, which a compacting
+    /// collection moves, and one call site runs interpreted, then baseline, then optimized code
+    /// (other return addresses, other glue between the frames, callees inlined or not). By the
+    /// names of its JavaScript frames it is one site. The names are kept under that identity
+    /// too. A frame that does not read back yet (a collection moved what it points at) is not
+    /// taken as final: the stack is named again at the next sample, a few times.
     pub fn name(
         &mut self,
         pid: u32,
@@ -121,8 +127,10 @@ impl JsNamer {
         js_id: u64,
         frames: &[JsFrame],
         ips: &[u64],
-    ) -> Option<u64> {
-        let resolver = self.targets.get_mut(&pid)?;
+    ) -> Naming {
+        let Some(resolver) = self.targets.get_mut(&pid) else {
+            return Naming::Failed;
+        };
         let mut named = NamedFrames::new();
         let mut failed = 0;
         for frame in frames {
@@ -140,25 +148,38 @@ impl JsNamer {
                     ip,
                 },
             );
-            let js = self
-                .frames_named
-                .entry(key)
-                .or_insert_with(|| js_frames(resolver, frame, ip));
-            match js {
-                Some(js) => named.push((index, js.clone())),
+            if let Some(js) = self.frames_named.get(&key) {
+                named.push((index, js.clone()));
+                continue;
+            }
+            match js_frames(resolver, frame, ip) {
+                Some(js) => {
+                    self.frames_named.insert(key, js.clone());
+                    named.push((index, js));
+                }
                 None => failed += 1,
             }
         }
         if failed > 0 {
+            let tries = self.attempts.entry((pid, stack, js_id)).or_default();
+            *tries += 1;
+            if *tries < NAMING_ATTEMPTS {
+                return Naming::Retry;
+            }
+            self.attempts.remove(&(pid, stack, js_id));
             *self.unnamed.entry(pid).or_default() += failed;
+            self.named.insert((pid, stack, js_id), Arc::new(named));
+            return Naming::Failed;
         }
-        let by_name = (failed == 0).then(|| identity_of(&named));
+        self.attempts.remove(&(pid, stack, js_id));
+        let site = site_of(&named, ips);
         let named = Arc::new(named);
-        if let Some(id) = by_name {
-            self.named.insert((pid, stack, id), named.clone());
-        }
+        // The first stack named shows the merged site (the session keeps the same one).
+        self.named
+            .entry((pid, site.stack, site.js_id))
+            .or_insert_with(|| named.clone());
         self.named.insert((pid, stack, js_id), named);
-        by_name
+        Naming::Named(site)
     }
 
     /// The JavaScript frames of a stack of `pid`, as named.
@@ -186,20 +207,61 @@ impl JsNamer {
         self.unnamed.remove(&pid);
         self.named.retain(|(p, _, _), _| *p != pid);
         self.frames_named.retain(|(p, _), _| *p != pid);
+        self.attempts.retain(|(p, _, _), _| *p != pid);
     }
 }
 
-/// The identity of a stack's JavaScript frames by what they are named (never 0).
-fn identity_of(named: &NamedFrames) -> u64 {
+/// How often a stack whose frames do not all read back is named again before its unnamed
+/// frames are taken as final (shown by address, counted in the report's notes).
+const NAMING_ATTEMPTS: u32 = 3;
+
+/// What naming a stack's JavaScript frames came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// Every frame named: the site's identity across tiers.
+    Named(Site),
+    /// Some frame did not read back: try again at the next sample.
+    Retry,
+    /// Not a V8 target, or frames that never read back: the site stays as the probes keyed it.
+    Failed,
+}
+
+/// A JavaScript site's identity by name, the same whichever tier ran it: `stack` stands for its
+/// native frames and `js_id` for its named JavaScript frames (never 0).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Site {
+    pub stack: u64,
+    pub js_id: u64,
+}
+
+/// The identity across tiers of a stack whose JavaScript frames are `named` (by their index in
+/// `ips`). JavaScript frames count by function and script only: the line of a baseline frame is
+/// its function's first, and what the optimizer inlined shows as frames of their own when
+/// interpreted. Native frames between the innermost and the outermost JavaScript frame are V8's
+/// glue (entry trampolines, construct stubs, JIT code that changes with every compilation) and
+/// do not count; those inside (the allocator, the runtime's C++) and outside (the event loop)
+/// count by address.
+fn site_of(named: &NamedFrames, ips: &[u64]) -> Site {
     use std::hash::{Hash as _, Hasher as _};
-    let mut hasher = std::hash::DefaultHasher::new();
-    for (index, frames) in named {
-        index.hash(&mut hasher);
-        for f in frames {
-            (&f.function, &f.file, f.line, f.inlined).hash(&mut hasher);
+    let (lo, hi) = match (named.first(), named.last()) {
+        (Some(first), Some(last)) => (first.0.min(last.0), first.0.max(last.0)),
+        _ => (usize::MAX, 0),
+    };
+    let mut native = std::hash::DefaultHasher::new();
+    let mut js = std::hash::DefaultHasher::new();
+    for (i, ip) in ips.iter().enumerate() {
+        if let Some((_, frames)) = named.iter().find(|(index, _)| *index == i) {
+            for f in frames {
+                (&f.function, &f.file).hash(&mut js);
+            }
+        } else if i < lo || i > hi {
+            (i > hi, ip).hash(&mut native);
         }
     }
-    hasher.finish() | 1
+    Site {
+        stack: native.finish() | 1,
+        js_id: js.finish() | 1,
+    }
 }
 
 /// What identifies one JavaScript frame of a target for naming.
