@@ -189,7 +189,7 @@ fn a_suppressed_leak_passes_and_is_counted() {
     // Every buffer the test kept went through fillSessionCache: 4 x 64 KiB per step of 50 ms
     // for 3 s; however slowly a loaded machine runs its timers, more than 4 steps.
     assert!(
-        rule["allocated_bytes"].as_u64().unwrap() > 4 * 4 * 64 << 10,
+        rule["allocated_bytes"].as_u64().unwrap() > (4 * 4 * 64) << 10,
         "{rule:#}"
     );
     assert!(
