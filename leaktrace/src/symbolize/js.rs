@@ -341,3 +341,64 @@ fn probe_layout(layout: &Layout) -> V8Frames {
         meta_map: 0,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn js(function: &str, line: u32, inlined: bool) -> Frame {
+        Frame {
+            kind: "js".into(),
+            function: Some(function.into()),
+            file: Some("/app/server.js".into()),
+            line: Some(line),
+            inlined,
+            source: Some("v8".into()),
+            ..Frame::default()
+        }
+    }
+
+    #[test]
+    fn a_call_site_is_one_site_whatever_tier_ran_it() {
+        // Interpreted: alloc and makeRecord are frames of their own, with the interpreter's
+        // glue between them and a construct stub (0x500) in between.
+        let interpreted_ips = [0x10, 0x20, 0xa0, 0x500, 0xb0, 0xc0, 0x30];
+        let interpreted: NamedFrames = vec![
+            (2, vec![js("alloc", 397, false)]),
+            (4, vec![js("makeRecord", 36, false)]),
+            (5, vec![js("ingestBatch", 49, false)]),
+        ];
+        // Optimized: one frame of JIT code at another address, alloc and makeRecord inlined,
+        // lines as the optimizer's positions say.
+        let optimized_ips = [0x10, 0x20, 0x7f00, 0x30];
+        let optimized: NamedFrames = vec![(
+            2,
+            vec![
+                js("alloc", 397, true),
+                js("makeRecord", 36, true),
+                js("ingestBatch", 50, false),
+            ],
+        )];
+        assert_eq!(
+            site_of(&interpreted, &interpreted_ips),
+            site_of(&optimized, &optimized_ips)
+        );
+        // Another allocator path inside, or another caller outside, is another site.
+        let other_inside = [0x11, 0x20, 0x7f00, 0x30];
+        assert_ne!(
+            site_of(&optimized, &optimized_ips),
+            site_of(&optimized, &other_inside)
+        );
+        let other_outside = [0x10, 0x20, 0x7f00, 0x31];
+        assert_ne!(
+            site_of(&optimized, &optimized_ips),
+            site_of(&optimized, &other_outside)
+        );
+        // Another function is another site.
+        let renamed: NamedFrames = vec![(2, vec![js("alloc", 397, true), js("other", 1, false)])];
+        assert_ne!(
+            site_of(&optimized, &optimized_ips),
+            site_of(&renamed, &optimized_ips)
+        );
+    }
+}

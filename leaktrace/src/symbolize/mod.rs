@@ -384,3 +384,49 @@ fn located(addr: u64, module: Option<String>, code: Option<&CodeInfo<'_>>) -> Fr
 pub fn hex(addr: u64) -> String {
     format!("{addr:#x}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mapping(start: u64, end: u64, offset: u64, path: &str) -> Mapping {
+        Mapping {
+            start,
+            end,
+            perms: *b"r-xp",
+            offset,
+            inode: 1,
+            path: Some(PathBuf::from(path)),
+        }
+    }
+
+    #[test]
+    fn a_new_mapping_replaces_what_it_covers() {
+        let mut list = vec![mapping(0x1000, 0x5000, 0, "/old")];
+        overlay(&mut list, mapping(0x2000, 0x3000, 0, "/new"));
+        assert_eq!(
+            list,
+            vec![
+                mapping(0x1000, 0x2000, 0, "/old"),
+                mapping(0x2000, 0x3000, 0, "/new"),
+                mapping(0x3000, 0x5000, 0x2000, "/old"),
+            ]
+        );
+        overlay(&mut list, mapping(0x0, 0x6000, 0, "/all"));
+        assert_eq!(list, vec![mapping(0x0, 0x6000, 0, "/all")]);
+        overlay(&mut list, mapping(0x8000, 0x9000, 0, "/apart"));
+        assert_eq!(list.len(), 2);
+    }
+
+    #[test]
+    fn a_forked_child_has_its_parents_mappings_under_its_own() {
+        let mut symbolizer = Symbolizer::new();
+        symbolizer.mapped(7, mapping(0x1000, 0x2000, 0, "[vdso]"));
+        symbolizer.mapped(8, mapping(0x1800, 0x1900, 0, "[child]"));
+        symbolizer.forked(7, 8);
+        assert!(symbolizer.tracks(8));
+        let child = symbolizer.mappings(8);
+        assert_eq!(child.len(), 3, "{child:?}");
+        assert_eq!(child[1].path.as_deref(), Some(Path::new("[child]")));
+    }
+}
