@@ -62,6 +62,8 @@ pub(crate) struct Traced {
     /// Objects probed only once the process was running (a `dlopen`, an exec the tracer could
     /// not foresee): what they allocated before is missed. With when, in seconds.
     late: Vec<(PathBuf, f64)>,
+    /// When it exec'd an image it was gone from before the image could be looked at.
+    gone_after_exec: Option<f64>,
     /// When its probes were attached.
     pub(crate) attached_at: Instant,
     /// Traced from its first instruction: `run`'s command, or a child followed from its fork.
@@ -249,6 +251,7 @@ impl Session {
             exit_code: None,
             runtimes: Vec::new(),
             late: Vec::new(),
+            gone_after_exec: None,
             attached_at: Instant::now(),
             from_start: false,
             detached_at: None,
@@ -273,6 +276,40 @@ impl Session {
             .find_all(&traced.target, self.symbolizer.mappings(traced.target.pid));
         for lib in allocators {
             self.attach_runtime(index, &lib, late);
+        }
+    }
+
+    /// Probes the allocators of the image target `index` just exec'd, from the objects its
+    /// loader maps (resolved as for `run`, with its own environment): the exec was seen only
+    /// as it happened, so they are probed a few milliseconds late, and said to be.
+    fn probe_new_image(&mut self, index: usize) {
+        let pid = self.traced[index].target.pid;
+        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+            // Gone already (a test binary of a millisecond): what its new image allocated in
+            // objects not probed for its parent was missed, and the report says so.
+            self.traced[index].gone_after_exec = Some(self.started.elapsed().as_secs_f64());
+            return;
+        };
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = environ
+            .split(|&b| b == 0)
+            .filter_map(|var| {
+                let at = var.iter().position(|&b| b == b'=')?;
+                let (name, value) = (&var[..at], &var[at + 1..]);
+                let os = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes;
+                Some((os(name).to_os_string(), os(value).to_os_string()))
+            })
+            .collect();
+        let root = format!("/proc/{pid}/root");
+        // The image as the process names it, reached under its root (a container's own).
+        let exe = std::path::Path::new(&root).join(exe.strip_prefix("/").unwrap_or(&exe));
+        let closure = crate::process::loader::closure(
+            &exe,
+            &crate::process::loader::LoaderEnv::from_vars(vars.iter().map(|(k, v)| (k, v))),
+            &allocator::wanted_symbols(),
+        );
+        for lib in self.allocators.find_planned(&closure) {
+            self.attach_runtime(index, &lib, true);
         }
     }
 
@@ -341,6 +378,7 @@ impl Session {
                 exit_code: None,
                 runtimes: Vec::new(),
                 late: Vec::new(),
+                gone_after_exec: None,
                 attached_at: Instant::now(),
                 // Made a target by the fork probe before it ran.
                 from_start: true,
@@ -430,6 +468,11 @@ impl Session {
         let mut changes = Vec::new();
         self.sideband.drain(flush, |change| changes.push(change));
         let follow = self.probes.follows();
+        // A followed child is a target from its fork: adopted now, its exec is seen as it
+        // happens.
+        if follow && !changes.is_empty() {
+            self.adopt_children();
+        }
         for change in changes {
             self.apply_change(change, follow);
         }
@@ -505,6 +548,9 @@ impl Session {
                 if self.symbolizer.tracks(pid) {
                     let command = crate::process::command_line(pid).unwrap_or(comm);
                     self.commands.insert(pid, command);
+                }
+                if let Some(index) = self.traced.iter().position(|t| t.target.pid == pid) {
+                    self.probe_new_image(index);
                 }
             }
             Change::Exit { .. } => {}
@@ -801,6 +847,13 @@ impl Session {
             .is_some_and(|n| n.to_string_lossy().starts_with("node"));
         let pid = traced.target.pid;
         let mut notes = self.js.notes(pid);
+        if let Some(at) = traced.gone_after_exec {
+            notes.push(format!(
+                "it exec'd a new image and exited before {at:.1}s, before that image's objects \
+                 could be probed: what it allocated through objects not probed for its parent \
+                 (a C++ runtime, another allocator) is missed"
+            ));
+        }
         for (path, at) in &traced.late {
             notes.push(format!(
                 "{} was probed only at {at:.1}s, once the process had loaded it (dlopen, or an \

@@ -245,3 +245,41 @@ fn a_cxx_program_names_the_caller_of_new_through_a_frameless_runtime() {
         assert_eq!(got, expected, "run {run}: {report:#}");
     }
 }
+
+#[test]
+fn a_followed_child_that_execs_a_new_image_says_what_was_probed_late() {
+    if !have_root("a_followed_child_that_execs_a_new_image_says_what_was_probed_late") {
+        return;
+    }
+    // A shell forks a child that execs a C++ program the shell never loaded: its C++ runtime
+    // can only be probed once the exec is seen, a few milliseconds late, and the program is done
+    // in two. Whatever the timing, the report says it.
+    let dir = scratch("short_lived_exec");
+    let exe = fixture_with("g++", "short/newarray", &["-O2", "-rdynamic"]);
+    let out = dir.join("report.json");
+    let output = leaktrace()
+        .args(["run", "--quiet", "-o"])
+        .arg(&out)
+        .args(["--", "sh", "-c"])
+        .arg(format!("true; {}", exe.display()))
+        .output()
+        .expect("running leaktrace");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(&out);
+    let child = report["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["command"].as_str().unwrap().contains("newarray"))
+        .unwrap_or_else(|| panic!("the exec'd child is a target: {:#}", report["targets"]));
+    let notes = child["notes"].to_string();
+    assert!(
+        notes.contains("before that image's objects could be probed")
+            || notes.contains("was probed only at"),
+        "{child:#}"
+    );
+}
