@@ -121,6 +121,19 @@ pub fn system() -> Vec<Check> {
             },
         );
     }
+    if privileged {
+        checks.push(match crate::collect::sideband::Sideband::open() {
+            Ok(_) => Check::ok(
+                "mapping records",
+                "perf side-band events (mmap, fork, exec) open on every CPU",
+            ),
+            Err(err) => Check::fail(
+                "mapping records",
+                err.to_string(),
+                "use a kernel with CONFIG_PERF_EVENTS, and grant CAP_PERFMON",
+            ),
+        });
+    }
     checks.push(lockdown());
     checks.push(memlock());
     checks.push(match uretprobe_seccomp_hazard(&kernel_release()) {
