@@ -436,6 +436,9 @@ impl Session {
         tokio::pin!(child_exited);
         loop {
             tokio::select! {
+                // In this order: the first sample (the interval's first tick is at once) is
+                // taken, and its status line shown, even when the command is done already.
+                biased;
                 _ = interval.tick() => {
                     let calls_before = total_alloc_calls(&self.last);
                     self.sample()?;

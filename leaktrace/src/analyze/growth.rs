@@ -36,8 +36,14 @@ const LEAK_MIN_POINTS: usize = 10;
 const LEAK_MIN_SECONDS: f64 = 5.0;
 /// The same for a process traced from its first instruction to its end (a test binary or a
 /// test file's worker under `run`): its warm-up is in the series and so is its end, so a
-/// shorter life that grows to its last sample is a leak of that life.
+/// shorter life that grows to its last sample is a leak of that life, and fewer points serve
+/// (8 strictly rising ones give p < 0.001; a loaded machine samples late).
 const LIFE_LEAK_MIN_SECONDS: f64 = 2.0;
+const LIFE_LEAK_MIN_POINTS: usize = 8;
+/// Least rise, in bytes, for any growth: a runtime's bookkeeping that steps up once by a few
+/// hundred bytes (V8's remembered sets, a hash table's next size) is not growth anyone can act
+/// on, and a `growing` verdict fails `--fail-on growing`.
+const GROWTH_MIN_RISE_BYTES: f64 = 4096.0;
 /// Least rise, in bytes, for a leak: a few strings kept by a runtime warming up (a process has
 /// hundreds of such stacks) are not worth an engineer's attention, however steady. Smaller
 /// steady growth stays `growing`, listed but not called a leak.
@@ -171,7 +177,7 @@ pub struct Growth {
 ///    collector), else `churn`. So a saw-tooth is never a leak, however steeply its teeth
 ///    climb.
 /// 3. Downward trend, Mann-Kendall p < 0.05: `churn`.
-/// 4. No sign of growth: `stable`. From 5 points on, a sign is an upward
+/// 4. No sign of growth, or a rise under 4 KiB: `stable`. From 5 points on, a sign is an upward
 ///    trend at p < 0.05, or a rise of 5 times the step noise (the scaled
 ///    median absolute deviation of the steps between samples) and 5 % of
 ///    the peak: a burst among many noisy flat samples can hide from the
@@ -197,16 +203,16 @@ pub struct Growth {
 /// random walk shows trends more often, and the fall condition of rule 8
 /// keeps most of those from `leak`.
 pub fn classify(series: &[(f64, i64)]) -> Growth {
-    classify_within(series, LEAK_MIN_SECONDS)
+    classify_within(series, LEAK_MIN_SECONDS, LEAK_MIN_POINTS)
 }
 
 /// [`classify`] for the series of a process traced over its whole life, from its first
-/// instruction to its exit: a leak needs 2 s rather than 5 (`LIFE_LEAK_MIN_SECONDS`).
+/// instruction to its exit: a leak needs 2 s and 8 points rather than 5 s and 10.
 pub fn classify_life(series: &[(f64, i64)]) -> Growth {
-    classify_within(series, LIFE_LEAK_MIN_SECONDS)
+    classify_within(series, LIFE_LEAK_MIN_SECONDS, LIFE_LEAK_MIN_POINTS)
 }
 
-fn classify_within(series: &[(f64, i64)], leak_min_seconds: f64) -> Growth {
+fn classify_within(series: &[(f64, i64)], leak_min_seconds: f64, leak_min_points: usize) -> Growth {
     let points = clean(series);
     let values: Vec<i64> = points.iter().map(|&(_, v)| v).collect();
     let trend = evenly_spaced(&points, MAX_TREND_POINTS);
@@ -214,7 +220,14 @@ fn classify_within(series: &[(f64, i64)], leak_min_seconds: f64) -> Growth {
     let mk = mann_kendall(&trend_values);
     let slope = theil_sen(&trend).unwrap_or(0.0);
     Growth {
-        verdict: decide(&points, &values, &trend, &mk, slope, leak_min_seconds),
+        verdict: decide(
+            &points,
+            &values,
+            &trend,
+            &mk,
+            slope,
+            (leak_min_seconds, leak_min_points),
+        ),
         bytes_per_s: slope,
         mann_kendall_s: mk.s,
         mann_kendall_z: mk.z,
@@ -233,7 +246,7 @@ fn decide(
     trend: &[(f64, i64)],
     whole: &MannKendall,
     slope: f64,
-    leak_min_seconds: f64,
+    (leak_min_seconds, leak_min_points): (f64, usize),
 ) -> Verdict {
     // 1.
     let Some(peak) = values.iter().copied().max().filter(|&p| p > 0) else {
@@ -270,7 +283,7 @@ fn decide(
             rise >= SHIFT_NOISE_MULTIPLE * step_noise(values) && rise >= SHIFT_MIN_SHARE * peak;
         trend || shift
     };
-    if !growth_seen {
+    if !growth_seen || rise < GROWTH_MIN_RISE_BYTES {
         return Verdict::Stable;
     }
 
@@ -318,7 +331,7 @@ fn decide(
     }
 
     // 8, 9.
-    let leak = values.len() >= LEAK_MIN_POINTS
+    let leak = values.len() >= leak_min_points
         && duration >= leak_min_seconds
         && rise >= LEAK_MIN_RISE_BYTES
         && whole.s > 0
@@ -984,7 +997,7 @@ mod tests {
 
     #[test]
     fn short_rising_series_is_growing_not_leak() {
-        assert_eq!(verdict(&per_second([0, 10, 20])), Verdict::Growing);
+        assert_eq!(verdict(&per_second([0, 10_000, 20_000])), Verdict::Growing);
         let nine_points = per_second((0..9).map(|t| t * MIB));
         assert_eq!(verdict(&nine_points), Verdict::Growing);
     }
@@ -993,7 +1006,9 @@ mod tests {
     fn tiny_series_get_sensible_verdicts() {
         assert_eq!(verdict(&[(0.0, 5)]), Verdict::Stable);
         assert_eq!(verdict(&[(0.0, 5), (1.0, 5)]), Verdict::Stable);
-        assert_eq!(verdict(&[(0.0, 5), (1.0, 9)]), Verdict::Growing);
+        assert_eq!(verdict(&[(0.0, 5_000), (1.0, 10_000)]), Verdict::Growing);
+        // A step smaller than a page is no growth to act on.
+        assert_eq!(verdict(&[(0.0, 5), (1.0, 9)]), Verdict::Stable);
         assert_eq!(verdict(&[(0.0, 9), (1.0, 8), (2.0, 9)]), Verdict::Stable);
         assert_eq!(verdict(&[(0.0, 9), (1.0, 1), (2.0, 9)]), Verdict::Churn);
     }
@@ -1089,8 +1104,11 @@ mod tests {
 
     #[test]
     fn steady_growth_too_small_to_matter_is_not_a_leak() {
-        // A runtime keeping a few strings: perfectly steady, 10 B/s for 20 s.
+        // A runtime keeping a few strings: perfectly steady, 10 B/s for 20 s, less than a page.
         let series = per_second((0..20).map(|t| t * 10));
+        assert_eq!(classify(&series).verdict, Verdict::Stable);
+        // 300 B/s for 20 s: growth, but under the 64 KiB a leak needs.
+        let series = per_second((0..20).map(|t| t * 300));
         assert_eq!(classify(&series).verdict, Verdict::Growing);
         // The same shape at 8 KiB/s is one.
         let series = per_second((0..20).map(|t| t * 8192));
