@@ -256,7 +256,8 @@ fn a_suppression_rule_that_took_nothing_is_listed() {
             "-o",
             text.to_str().expect("utf-8"),
         ],
-        &[&leaky(), "3"],
+        // 100 ms between rounds: seen while it lives, so its frames are named.
+        &[&leaky(), "3", "100"],
     );
     assert!(output.status.success(), "{}", stderr(&output));
     let taken = |rule: &str| -> &Value {
