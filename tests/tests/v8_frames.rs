@@ -2,8 +2,8 @@
 //! attached to while they run: the machine's Node 20 and the official Node 22 build. The top
 //! suspect of each leak must name the JavaScript function that allocates, its script and a line
 //! of that function, each frame saying it was named by `v8`, a function the optimizing compiler
-//! inlined into its caller included; no control may yield a `leak`; and where a perf map names
-//! the same frames, both must agree.
+//! inlined into its caller included; the control must be traced and yield no `leak` or
+//! `growing`; and where a perf map names the same frames, both must agree.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
 use std::{
