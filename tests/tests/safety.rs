@@ -371,16 +371,18 @@ fn an_overhead_budget_detaches_rather_than_slow_a_busy_target() {
     // 8000 pairs a second: the traps alone are 2.16 % of a CPU, twice the budget of 1 %.
     let report = trace_paced("budget", 8000, 0, "1", &["--duration", "30s"]);
     assert_eq!(report["trace"]["ended_by"], "overhead-budget");
+    // The first window may start before the target's first pair (its share then looks smaller,
+    // and sampling may be raised once); the end is a detach for the traps alone.
     let notes = notes(&report);
-    assert_eq!(
-        notes.len(),
-        1,
-        "detached at once, nothing raised: {notes:?}"
+    let (last, earlier) = notes.split_last().expect("a note");
+    assert!(
+        last.contains("detached")
+            && last.contains("traps alone")
+            && last.contains("--max-overhead budget of 1 %"),
+        "{notes:?}"
     );
     assert!(
-        notes[0].contains("detached")
-            && notes[0].contains("traps alone")
-            && notes[0].contains("--max-overhead budget of 1 %"),
+        earlier.iter().all(|n| n.contains("sampling raised")),
         "{notes:?}"
     );
 }
