@@ -524,13 +524,37 @@ mod tests {
         assert_eq!(Check::ok("x", "fine").line(), "ok    x: fine");
     }
 
+    /// An object file of `n` functions of more than 8 bytes each, compiled by gcc with `flag`.
+    fn functions_compiled(n: usize, flag: &str) -> Vec<u8> {
+        let dir =
+            std::env::temp_dir().join(format!("leaktrace-fp-{}-{n}{flag}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut source = String::from("void sink(int);\n");
+        for i in 0..n {
+            source.push_str(&format!("void f{i}(void) {{ sink({i}); sink({i}); }}\n"));
+        }
+        fs::write(dir.join("f.c"), source).unwrap();
+        let status = std::process::Command::new("gcc")
+            .args(["-O1", flag, "-c", "-o"])
+            .arg(dir.join("f.o"))
+            .arg(dir.join("f.c"))
+            .status()
+            .expect("running gcc (cargo xtask setup installs it)");
+        assert!(status.success(), "gcc {flag}");
+        let object = fs::read(dir.join("f.o")).unwrap();
+        let _ = fs::remove_dir_all(&dir);
+        object
+    }
+
     #[test]
     fn frame_pointer_heuristic_reads_real_binaries() {
-        // gcc's default for this workspace's fixtures keeps them; the test binary itself is Rust
-        // built without forced frame pointers, so only check the numbers are sane.
-        let me = fs::read("/proc/self/exe").unwrap();
-        let (with, total) = frame_pointer_share(&me).unwrap();
-        assert!(total > 0 && with <= total);
+        // Every function counted, each with or without the prologue as compiled, up to 200.
+        let kept = functions_compiled(10, "-fno-omit-frame-pointer");
+        assert_eq!(frame_pointer_share(&kept), Some((10, 10)));
+        let omitted = functions_compiled(10, "-fomit-frame-pointer");
+        assert_eq!(frame_pointer_share(&omitted), Some((0, 10)));
+        let many = functions_compiled(250, "-fno-omit-frame-pointer");
+        assert_eq!(frame_pointer_share(&many), Some((200, 200)));
         assert_eq!(frame_pointer_share(b"not an elf"), None);
     }
 }

@@ -99,6 +99,12 @@ impl Config {
         }
     }
 
+    /// Whether leaktrace records every allocation under this configuration: its report must
+    /// then have lost nothing, or the run measured less work than it claims.
+    fn is_exact(self) -> bool {
+        matches!(self, Config::Exact | Config::NativeOnly)
+    }
+
     /// Whether this configuration says anything on `workload`: without V8 there are no
     /// JavaScript frames, and `native-only` would be `exact` again.
     fn applies_to(self, workload: Workload) -> bool {
@@ -122,6 +128,8 @@ struct Bench {
     /// Holds the private copy of the C library (see the module comment).
     libc_dir: PathBuf,
     quick: bool,
+    /// Where each exact run's report is kept: `bench/results/<started>/`, beside the results.
+    reports: PathBuf,
 }
 
 /// What the tracer used during one run.
@@ -147,6 +155,8 @@ struct Run {
     /// includes them.
     workload_cpu_s: Option<f64>,
     tracer: Option<TracerUsage>,
+    /// The loss counters that were not zero in an exact run's report.
+    losses: Vec<(String, u64)>,
 }
 
 /// One configuration on one workload: medians over the rounds, and how they compare.
@@ -170,7 +180,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     }
     let started = Instant::now();
     let started_utc = utc_timestamp(SystemTime::now());
-    let bench = prepare(options.quick)?;
+    let bench = prepare(options.quick, &started_utc)?;
     let rounds = options.rounds.unwrap_or(if options.quick { 1 } else { 3 });
     let workloads = if options.workloads.is_empty() {
         <Workload as clap::ValueEnum>::value_variants().to_vec()
@@ -193,6 +203,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
             .sum::<usize>();
     let mut runs = Vec::new();
     let mut failures = Vec::new();
+    let mut lossy = Vec::new();
     for round in 0..rounds {
         for &workload in &workloads {
             // Rotated each round, so no configuration always runs first (or right after another).
@@ -210,13 +221,19 @@ pub fn run(options: Options) -> anyhow::Result<()> {
                     workload.name(),
                     config.name()
                 );
-                match run_once(&bench, workload, config) {
+                let report = format!("{}-{}-{}.json", round + 1, workload.name(), config.name());
+                match run_once(&bench, workload, config, &report) {
                     Ok(run) => {
                         eprintln!(
                             "bench: [{}/{total}] {label}: {}",
                             runs.len() + failures.len() + 1,
                             format_metric(workload, run.metric)
                         );
+                        if !run.losses.is_empty() {
+                            let lost = describe_losses(&run.losses);
+                            eprintln!("bench: {label} LOST {lost} (report {report})");
+                            lossy.push(format!("{label}: lost {lost}"));
+                        }
                         runs.push(run);
                     }
                     Err(err) => {
@@ -277,20 +294,60 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "js_naming_goal": js_goal,
         "program_costs": programs,
         "failures": failures,
+        "losses": lossy,
+        "reports": bench.reports.strip_prefix(&bench.root).unwrap_or(&bench.reports),
     });
     let dir = bench.root.join("bench/results");
     write_atomically(&dir.join(format!("{started_utc}.json")), &json)?;
     write_atomically(&dir.join("latest.json"), &json)?;
     println!(
-        "bench: results in {}",
-        dir.join(format!("{started_utc}.json")).display()
+        "bench: results in {}, exact runs' reports in {}",
+        dir.join(format!("{started_utc}.json")).display(),
+        bench.reports.display()
     );
+    if !lossy.is_empty() {
+        bail!(
+            "{} exact run(s) lost allocations, so they measured less than full tracing:\n{}",
+            lossy.len(),
+            lossy.join("\n")
+        );
+    }
     Ok(())
 }
 
+/// The loss counters of a leaktrace JSON report (`totals.losses`) that are not zero, but
+/// `unknown_frees`: attached to a running process, the tracer sees frees of blocks allocated
+/// before it came (a Node workload makes many), which is no loss of its own; a block it failed to
+/// record and then sees freed counts under `live_map_full` first.
+fn report_losses(report: &Value) -> anyhow::Result<Vec<(String, u64)>> {
+    let losses = report["totals"]["losses"]
+        .as_object()
+        .context("the report has no totals.losses")?;
+    let mut lost = Vec::new();
+    for (name, value) in losses {
+        let count = value
+            .as_u64()
+            .with_context(|| format!("losses.{name} is not a count: {value}"))?;
+        if count > 0 && name != "unknown_frees" {
+            lost.push((name.clone(), count));
+        }
+    }
+    Ok(lost)
+}
+
+fn describe_losses(losses: &[(String, u64)]) -> String {
+    losses
+        .iter()
+        .map(|(name, count)| format!("{name}={count}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Builds leaktrace and the C workloads, and copies the C library.
-fn prepare(quick: bool) -> anyhow::Result<Bench> {
+fn prepare(quick: bool, started_utc: &str) -> anyhow::Result<Bench> {
     let root = shell::root();
+    let reports = root.join("bench/results").join(started_utc);
+    fs::create_dir_all(&reports).with_context(|| format!("creating {}", reports.display()))?;
     shell::run(cargo().args(["build", "--release", "--package", "leaktrace"]))?;
     let bin = root.join("target/bench");
     fs::create_dir_all(&bin).with_context(|| format!("creating {}", bin.display()))?;
@@ -310,6 +367,7 @@ fn prepare(quick: bool) -> anyhow::Result<Bench> {
         bin,
         libc_dir,
         quick,
+        reports,
     })
 }
 
@@ -356,8 +414,14 @@ fn unavailable_configs(bench: &Bench) -> anyhow::Result<BTreeMap<Config, String>
 }
 
 /// Runs `workload` once under `config`: start it, attach, go, wait for its result, stop.
-fn run_once(bench: &Bench, workload: Workload, config: Config) -> anyhow::Result<Run> {
-    run_observed(bench, workload, config, |_| Ok(()))
+/// An exact run's report is kept as `report` in `bench.reports`.
+fn run_once(
+    bench: &Bench,
+    workload: Workload,
+    config: Config,
+    report: &str,
+) -> anyhow::Result<Run> {
+    run_observed(bench, workload, config, report, |_| Ok(()))
 }
 
 /// [`run_once`], calling `observe` with the tracer's PID once the workload is done, while the
@@ -366,15 +430,17 @@ fn run_observed(
     bench: &Bench,
     workload: Workload,
     config: Config,
+    report: &str,
     mut observe: impl FnMut(u32) -> anyhow::Result<()>,
 ) -> anyhow::Result<Run> {
+    let report = config.is_exact().then(|| bench.reports.join(report));
     let mut target = Proc::spawn("workload", &mut workload_command(bench, workload))?;
     let ready = target.wait_for("`ready` line", Duration::from_secs(30), |l| {
         l.starts_with("ready ")
     })?;
     let mut words = ready.split_whitespace().skip(1);
     let pid: u32 = parse_word(words.next(), "pid", &ready)?;
-    let mut tracer = match tracer_command(bench, config, pid) {
+    let mut tracer = match tracer_command(bench, config, pid, report.as_deref()) {
         Some(mut cmd) => Some(Tracer::attach(config, &mut cmd)?),
         None => None,
     };
@@ -402,6 +468,16 @@ fn run_observed(
         tracer.stop()?;
     }
     target.finish()?;
+    let losses = match &report {
+        Some(path) => {
+            let text = fs::read_to_string(path)
+                .with_context(|| format!("reading the run's report {}", path.display()))?;
+            let json: Value = serde_json::from_str(&text)
+                .with_context(|| format!("parsing the run's report {}", path.display()))?;
+            report_losses(&json).with_context(|| path.display().to_string())?
+        }
+        None => Vec::new(),
+    };
     Ok(Run {
         workload,
         config,
@@ -409,6 +485,7 @@ fn run_observed(
         ops,
         workload_cpu_s,
         tracer: usage,
+        losses,
     })
 }
 
@@ -445,11 +522,20 @@ fn workload_command(bench: &Bench, workload: Workload) -> Command {
     cmd
 }
 
-fn tracer_command(bench: &Bench, config: Config, pid: u32) -> Option<Command> {
+/// The tracer's command; a leaktrace one writes its JSON report to `report` when given.
+fn tracer_command(
+    bench: &Bench,
+    config: Config,
+    pid: u32,
+    report: Option<&Path>,
+) -> Option<Command> {
     let pid = pid.to_string();
     let leaktrace = |extra: &[&str]| {
         let mut cmd = Command::new(&bench.leaktrace);
         cmd.arg("attach").args(extra).arg(&pid);
+        if let Some(report) = report {
+            cmd.args(["--format", "json", "-o"]).arg(report);
+        }
         cmd.env_remove("LEAKTRACE_LOG");
         Some(cmd)
     };
@@ -924,7 +1010,8 @@ fn program_costs(bench: &Bench) -> anyhow::Result<Value> {
     let mut configs = Vec::new();
     for config in [Config::Floor, Config::Exact] {
         let mut programs = Vec::new();
-        let run = run_observed(bench, Workload::Churn, config, |tracer| {
+        let report = format!("programs-churn-{}.json", config.name());
+        let run = run_observed(bench, Workload::Churn, config, &report, |tracer| {
             programs = program_stats(tracer)?;
             Ok(())
         })?;
@@ -1165,6 +1252,33 @@ mod tests {
         assert_eq!(utc_timestamp(leap), "20000229T010203Z");
         let later = UNIX_EPOCH + Duration::from_secs(1_798_761_599); // 2026-12-31 23:59:59
         assert_eq!(utc_timestamp(later), "20261231T235959Z");
+    }
+
+    #[test]
+    fn losses_of_a_report() {
+        let report = |losses: Value| json!({"totals": {"losses": losses}});
+        let clean = report(json!({"unknown_frees": 0, "live_map_full": 0, "missed_returns": 0}));
+        assert_eq!(report_losses(&clean).unwrap(), vec![]);
+        // Frees of blocks from before the attach are not the tracer's losses.
+        let attached = report(json!({"unknown_frees": 12, "live_map_full": 0}));
+        assert_eq!(report_losses(&attached).unwrap(), vec![]);
+        let lossy = report(
+            json!({"unknown_frees": 3, "live_map_full": 7, "stack_map_full": 0,
+                                  "map_events_lost": 1}),
+        );
+        assert_eq!(
+            report_losses(&lossy).unwrap(),
+            vec![
+                ("live_map_full".to_owned(), 7),
+                ("map_events_lost".to_owned(), 1)
+            ]
+        );
+        assert_eq!(
+            describe_losses(&report_losses(&lossy).unwrap()),
+            "live_map_full=7, map_events_lost=1"
+        );
+        assert!(report_losses(&json!({"totals": {}})).is_err());
+        assert!(report_losses(&report(json!({"live_map_full": "many"}))).is_err());
     }
 
     #[test]
