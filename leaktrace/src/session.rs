@@ -14,7 +14,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::oneshot,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     analyze::History,
@@ -62,8 +62,9 @@ pub(crate) struct Traced {
     /// Objects probed only once the process was running (a `dlopen`, an exec the tracer could
     /// not foresee): what they allocated before is missed. With when, in seconds.
     late: Vec<(PathBuf, f64)>,
-    /// When it exec'd an image it was gone from before the image could be looked at.
-    gone_after_exec: Option<f64>,
+    /// Allocator objects of an image it exec'd and was gone from before they could be probed:
+    /// what it allocated through them is missed.
+    gone_after_exec: Option<Vec<PathBuf>>,
     /// When its probes were attached.
     pub(crate) attached_at: Instant,
     /// Traced from its first instruction: `run`'s command, or a child followed from its fork.
@@ -95,6 +96,11 @@ pub(crate) struct Session {
     /// Command lines of followed processes, as learnt at fork and exec: a child that exits
     /// within a millisecond is still reported with its command.
     commands: HashMap<u32, String>,
+    /// Processes that exec'd and were gone before their command line could be read: the next
+    /// file the kernel says each mapped is its executable.
+    exe_unknown: std::collections::HashSet<u32>,
+    /// Targets that exec'd, whose new image's allocators are to be probed.
+    new_images: std::collections::HashSet<u32>,
     /// The call chain of every site seen.
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
     /// Each site the probes count under, as the tracer counts it: one site per JavaScript call
@@ -162,6 +168,8 @@ impl Session {
             sideband: Sideband::open()?,
             unknown: Vec::new(),
             commands: HashMap::new(),
+            exe_unknown: std::collections::HashSet::new(),
+            new_images: std::collections::HashSet::new(),
             chains: HashMap::new(),
             sites: HashMap::new(),
             shown_by: HashMap::new(),
@@ -279,15 +287,35 @@ impl Session {
         }
     }
 
+    /// Probes the allocators of the images targets exec'd since last look. A target gone since
+    /// waits until the kernel's records of what it mapped are all in (found gone a while ago,
+    /// or `flush`: the trace ends), then its report says what could not be probed.
+    fn probe_new_images(&mut self, flush: bool) {
+        let pids: Vec<u32> = self.new_images.iter().copied().collect();
+        for pid in pids {
+            let Some(index) = self.traced.iter().position(|t| t.target.pid == pid) else {
+                self.new_images.remove(&pid);
+                continue;
+            };
+            let traced = &self.traced[index];
+            let settled = flush
+                || traced
+                    .detached_at
+                    .is_some_and(|at| at.elapsed() >= 5 * crate::collect::sideband::SETTLE);
+            if settled || traced.target.is_alive() {
+                self.new_images.remove(&pid);
+                self.probe_new_image(index);
+            }
+        }
+    }
+
     /// Probes the allocators of the image target `index` just exec'd, from the objects its
     /// loader maps (resolved as for `run`, with its own environment): the exec was seen only
     /// as it happened, so they are probed a few milliseconds late, and said to be.
     fn probe_new_image(&mut self, index: usize) {
         let pid = self.traced[index].target.pid;
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            // Gone already (a test binary of a millisecond): what its new image allocated in
-            // objects not probed for its parent was missed, and the report says so.
-            self.traced[index].gone_after_exec = Some(self.started.elapsed().as_secs_f64());
+            self.note_unprobed_image(index);
             return;
         };
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
@@ -310,6 +338,37 @@ impl Session {
         );
         for lib in self.allocators.find_planned(&closure) {
             self.attach_runtime(index, &lib, true);
+        }
+    }
+
+    /// Target `index` exec'd and was gone before its new image could be looked at (a test
+    /// binary of a millisecond): the allocators among the files the kernel says it mapped that
+    /// no probe covered are named in its report, since what it allocated through them is missed.
+    fn note_unprobed_image(&mut self, index: usize) {
+        let traced = &self.traced[index];
+        let pid = traced.target.pid;
+        // Its root went with it: the files are read by the paths it mapped them at.
+        let mut gone = traced.target.clone();
+        gone.root = PathBuf::from("/");
+        let missed: Vec<PathBuf> = self
+            .allocators
+            .find_all(&gone, self.symbolizer.mappings(pid))
+            .into_iter()
+            .filter(|lib| {
+                lib.inode != traced.attachment.allocator.inode
+                    && !traced.runtimes.contains(&lib.inode)
+                    && !self.probes.covers(lib.inode)
+            })
+            .map(|lib| lib.path)
+            .collect();
+        debug!(
+            pid,
+            mapped = self.symbolizer.mappings(pid).len(),
+            ?missed,
+            "an image gone before it could be probed"
+        );
+        if !missed.is_empty() {
+            self.traced[index].gone_after_exec = Some(missed);
         }
     }
 
@@ -479,6 +538,7 @@ impl Session {
         for change in changes {
             self.apply_change(change, follow);
         }
+        self.probe_new_images(false);
         let now = Instant::now();
         self.unknown
             .retain(|(seen, _)| now.duration_since(*seen) < UNKNOWN_KEPT && !flush);
@@ -503,6 +563,9 @@ impl Session {
                 if !self.symbolizer.tracks(pid) {
                     self.unknown.push((Instant::now(), change));
                     return;
+                }
+                if path.is_absolute() && self.exe_unknown.remove(&pid) {
+                    self.commands.insert(pid, path.display().to_string());
                 }
                 let exec = prot & libc::PROT_EXEC as u32 != 0;
                 let mapping = crate::process::maps::Mapping {
@@ -549,12 +612,20 @@ impl Session {
             }
             Change::Exec { pid, comm } => {
                 if self.symbolizer.tracks(pid) {
-                    let command = crate::process::command_line(pid).unwrap_or(comm);
-                    self.commands.insert(pid, command);
+                    match crate::process::command_line(pid) {
+                        Some(command) => {
+                            self.commands.insert(pid, command);
+                        }
+                        // Gone already: its name for now, its executable's path once the
+                        // kernel's record of mapping it is read (the next one).
+                        None => {
+                            self.commands.insert(pid, comm);
+                            self.exe_unknown.insert(pid);
+                        }
+                    }
                 }
-                if let Some(index) = self.traced.iter().position(|t| t.target.pid == pid) {
-                    self.probe_new_image(index);
-                }
+                // Looked at once this batch's records (its new mappings) are in.
+                self.new_images.insert(pid);
             }
             Change::Exit { .. } => {}
         }
@@ -580,6 +651,7 @@ impl Session {
             // and are never freed, so they stay counted as live. The old image's stacks are the
             // ones with a frame outside what the process maps now (its libraries were mapped
             // elsewhere, and the C library too, whatever the new image is).
+            // Gone already: nothing to compare with, and nothing said.
             let now = crate::process::Target::open(pid)
                 .and_then(|t| t.mappings())
                 .unwrap_or_default();
@@ -593,11 +665,12 @@ impl Session {
                 .filter(|(k, v)| k.tgid == pid && v.live_bytes > 0 && !k.is_mapping())
                 .map(|(k, _)| *k)
                 .collect();
-            let held = live.iter().any(|key| {
-                self.stacks
-                    .frames(&self.probes, key.stack)
-                    .is_ok_and(|ips| ips.iter().any(|&ip| !mapped_now(ip)))
-            });
+            let held = !now.is_empty()
+                && live.iter().any(|key| {
+                    self.stacks
+                        .frames(&self.probes, key.stack)
+                        .is_ok_and(|ips| ips.iter().any(|&ip| !mapped_now(ip)))
+                });
             if held {
                 let at = self.started.elapsed().as_secs_f64();
                 let was = traced
@@ -707,6 +780,7 @@ impl Session {
     pub(crate) fn sample(&mut self) -> anyhow::Result<()> {
         self.apply_sideband(false);
         self.adopt_children();
+        self.probe_new_images(self.detached.is_some());
         // Who is gone is settled before the maps are read, so that the snapshot holds every
         // gone target's final values. A target's series ends with its last sample alive: what
         // a runtime frees while exiting (Node's teardown frees every buffer) is not part of its
@@ -850,11 +924,12 @@ impl Session {
             .is_some_and(|n| n.to_string_lossy().starts_with("node"));
         let pid = traced.target.pid;
         let mut notes = self.js.notes(pid);
-        if let Some(at) = traced.gone_after_exec {
+        if let Some(missed) = &traced.gone_after_exec {
+            let missed: Vec<String> = missed.iter().map(|p| p.display().to_string()).collect();
             notes.push(format!(
-                "it exec'd a new image and exited before {at:.1}s, before that image's objects \
-                 could be probed: what it allocated through objects not probed for its parent \
-                 (a C++ runtime, another allocator) is missed"
+                "it exec'd a new image and exited before that image's allocators could be \
+                 probed: what it allocated through {} is missed",
+                missed.join(", ")
             ));
         }
         for (path, at) in &traced.late {
@@ -960,6 +1035,7 @@ impl Session {
         self.status.finish();
         if self.detached.is_none() {
             self.apply_sideband(true);
+            self.probe_new_images(true);
             self.sample()?;
             self.detached = Some(Instant::now());
             self.probes.detach_all();
