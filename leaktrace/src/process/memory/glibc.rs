@@ -324,7 +324,7 @@ pub fn read_account(
         mem.read(n, &mut four).ok()?;
         let n = i32::from_le_bytes(four);
         let bytes = read_word(mem, bytes).ok()?;
-        (n >= 0 && bytes % 4096 == 0).then_some((n as u64, bytes))
+        (n >= 0 && bytes.is_multiple_of(4096)).then_some((n as u64, bytes))
     });
     Ok(account)
 }
@@ -400,9 +400,9 @@ pub fn read_arena(
         return Err("the arena was locked (the process was allocating)".into());
     }
     let chunk_ok = |p: u64, size: u64| {
-        p % ALIGN == 0
+        p.is_multiple_of(ALIGN)
             && size >= MIN_CHUNK
-            && size % ALIGN == 0
+            && size.is_multiple_of(ALIGN)
             && regions
                 .iter()
                 .any(|&(s, e)| s <= p && p.checked_add(size).is_some_and(|end| end <= e))
