@@ -148,3 +148,43 @@ fn a_plain_leak_stays_a_leak() {
     );
     assert_eq!(target.finish(), 0);
 }
+
+#[test]
+fn another_allocators_account_is_said_unread() {
+    if !have_root("another_allocators_account_is_said_unread") {
+        return;
+    }
+    const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+    if !std::path::Path::new(JEMALLOC).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{JEMALLOC} is missing (cargo xtask setup installs libjemalloc2)"
+        );
+        return;
+    }
+    let mut cmd = std::process::Command::new(fixture("fragment", &[]));
+    cmd.args(["2", "2", "50"]).env("LD_PRELOAD", JEMALLOC);
+    let mut target = Target::spawn(cmd);
+    let pid = target.pid();
+    let out = scratch("memory-jemalloc").join("report.json");
+    let report = trace_workload(&mut target, pid, &["--interval", "100ms"], &out);
+    let m = memory(&report, pid);
+    eprintln!("{}", m["summary"]);
+    // jemalloc's arenas are not glibc's: no verdict, and the reason in words.
+    assert_eq!(m["verdict"], "unknown");
+    assert_eq!(m["malloc"]["allocator"], "jemalloc");
+    assert_eq!(m["malloc"]["readable"], false);
+    let why = m["malloc"]["unreadable"].as_str().expect("a reason");
+    assert!(why.contains("jemalloc"), "{why}");
+    // The resident set is still broken down, and its classes still sum to it.
+    let b = &m["breakdown"];
+    assert!(u(&b["rss"]) > 0);
+    assert_eq!(
+        u(&b["rss"]),
+        u(&b["malloc_heaps"])
+            + u(&b["thread_stacks"])
+            + u(&b["code_and_files"])
+            + u(&b["other_anonymous"])
+    );
+    assert_eq!(target.finish(), 0);
+}
