@@ -85,6 +85,9 @@ struct Watched {
     reader: Reader,
     series: Vec<MemoryPoint>,
     last: Option<Reading>,
+    /// The last allocator account that read back, with when: a process allocating without
+    /// pause can race the last reading.
+    last_readable: Option<(f64, MallocAccount)>,
 }
 
 impl Watch {
@@ -94,6 +97,7 @@ impl Watch {
             reader: Reader::new(pid, allocator),
             series: Vec::new(),
             last: None,
+            last_readable: None,
         });
         let Some(reading) = watched.reader.read() else {
             return;
@@ -113,6 +117,9 @@ impl Watch {
                 i % 2 == 1
             });
         }
+        if readable {
+            watched.last_readable = Some((at, reading.malloc.clone()));
+        }
         watched.last = Some(reading);
     }
 
@@ -127,16 +134,29 @@ impl Watch {
         let last = watched.last.as_ref()?;
         let series = watched.series.clone();
         let (verdict, growth) = judge(&series);
+        let mut notes = last.notes.clone();
+        let malloc = match (&watched.last_readable, last.malloc.readable) {
+            (Some((at, account)), false) => {
+                notes.push(format!(
+                    "the last reading of the allocator's account failed ({}); the account shown \
+                     was read {:.1}s earlier",
+                    last.malloc.unreadable.as_deref().unwrap_or("unreadable"),
+                    series.last().map_or(0.0, |p| p.t) - at
+                ));
+                account.clone()
+            }
+            _ => last.malloc.clone(),
+        };
         // The one-line summary is the report's to word (see `report::memory`).
         Some(MemoryReport {
             verdict,
             summary: String::new(),
             breakdown: last.breakdown.clone(),
-            malloc: last.malloc.clone(),
+            advice: advice(verdict, &malloc),
+            malloc,
             growth,
             series,
-            advice: advice(verdict, &last.malloc),
-            notes: last.notes.clone(),
+            notes,
         })
     }
 }

@@ -407,7 +407,13 @@ pub fn read_arena(
                 .iter()
                 .any(|&(s, e)| s <= p && p.checked_add(size).is_some_and(|end| end <= e))
     };
-    let chunk_size = |p: u64| -> Result<u64, String> { Ok(read_word(mem, p + 8)? & !7) };
+    // A link is checked before it is followed: a pointer the process was rewriting is not read.
+    let chunk_size = |p: u64| -> Result<u64, String> {
+        if !chunk_ok(p, MIN_CHUNK) {
+            return Err(format!("a link to {p:#x} leads out of the arena's heaps"));
+        }
+        Ok(read_word(mem, p + 8)? & !7)
+    };
     let mut out = ArenaAccount {
         address: format!("{arena:#x}"),
         system_bytes: word(&buf, layout::SYSTEM_MEM),
