@@ -122,6 +122,8 @@ pub(crate) struct Session {
     budget: Option<Budget>,
     /// What the reader should know about the trace as a whole.
     notes: Vec<String>,
+    /// Each live target's resident set and allocator account, read at every sample.
+    memory: crate::analyze::memory::Watch,
 }
 
 /// SIGTERM and SIGINT, caught from before the first probe is attached: a signal that arrives
@@ -191,6 +193,7 @@ impl Session {
                 None => None,
             },
             notes: Vec::new(),
+            memory: Default::default(),
         })
     }
 
@@ -828,6 +831,10 @@ impl Session {
             if alive && !ended {
                 self.attach_runtimes(index, true);
             }
+            if alive {
+                let allocator = self.traced[index].attachment.allocator.name;
+                self.memory.sample(pid, allocator, at);
+            }
         }
         self.read_new_stacks(&snapshot)?;
         self.last = snapshot;
@@ -881,6 +888,7 @@ impl Session {
         self.symbolizer.forget(pid);
         self.js.forget(pid);
         self.mappings.forget(pid);
+        self.memory.forget(pid);
     }
 
     /// What the reader should know about the trace as a whole, losses of whole processes
@@ -1085,6 +1093,7 @@ impl Session {
                 exit_code: t.exit_code,
                 notes: self.notes(t),
                 from_start: t.from_start,
+                memory: self.memory.report(t.target.pid),
                 exited_at_s: t
                     .detached_at
                     .filter(|_| !t.target.is_alive())

@@ -157,6 +157,7 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
         targets,
         |t| t.totals.failed_allocs,
     );
+    memory_metrics(registry, targets);
     let lost = Family::<Labels, Counter>::default();
     for t in targets {
         let l = &t.totals.losses;
@@ -179,6 +180,59 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
         "target_lost_events",
         "Events not fully accounted for, by reason (see the README's loss counters)",
         lost,
+    );
+}
+
+/// Each target's resident bytes by what holds them (one series per category), and its
+/// allocator's in-use and free-but-kept bytes where that account was read.
+fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
+    let resident = Family::<Labels, Gauge<i64>>::default();
+    for t in targets {
+        let Some(m) = &t.memory else { continue };
+        let b = &m.breakdown;
+        for (category, bytes) in [
+            ("malloc_heaps", b.malloc_heaps),
+            ("thread_stacks", b.thread_stacks),
+            ("code_and_files", b.code_and_files),
+            ("other_anonymous", b.other_anonymous),
+        ] {
+            let mut labels = labels(t);
+            labels.push(("category", category.to_string()));
+            resident
+                .get_or_create(&labels)
+                .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "target_resident_bytes",
+        "Resident bytes by what holds them (smaps): malloc heaps, thread stacks, code and files, \
+         other anonymous",
+        resident,
+    );
+    let readable: Vec<TargetView> = targets
+        .iter()
+        .filter(|t| t.memory.as_ref().is_some_and(|m| m.malloc.readable))
+        .cloned()
+        .collect();
+    let malloc = |t: &TargetView| {
+        t.memory
+            .as_ref()
+            .map(|m| m.malloc.clone())
+            .unwrap_or_default()
+    };
+    gauge_i64(
+        registry,
+        "target_malloc_in_use_bytes",
+        "Bytes in use by glibc's account (mallinfo2 uordblks), read from outside",
+        &readable,
+        |t| i64::try_from(malloc(t).in_use_bytes).unwrap_or(i64::MAX),
+    );
+    gauge_i64(
+        registry,
+        "target_malloc_free_bytes",
+        "Bytes freed but kept by glibc's arenas (mallinfo2 fordblks), read from outside",
+        &readable,
+        |t| i64::try_from(malloc(t).free_bytes).unwrap_or(i64::MAX),
     );
 }
 
@@ -307,6 +361,7 @@ mod tests {
             leak_suspects: 1,
             top_suspect_bytes_per_s: 100.0,
             top_suspect: None,
+            memory: None,
         }
     }
 
@@ -331,5 +386,63 @@ mod tests {
         );
         assert!(text.contains("reason=\"unknown_free\"} 0"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn one_resident_series_per_category_and_the_malloc_account() {
+        use crate::{
+            analyze::memory::{MemoryGrowth, MemoryReport, Verdict},
+            process::memory::{Breakdown, MallocAccount},
+        };
+        let mut t = target(7);
+        t.memory = Some(MemoryReport {
+            verdict: Verdict::Retention,
+            summary: String::new(),
+            breakdown: Breakdown {
+                rss: 100,
+                malloc_heaps: 60,
+                thread_stacks: 10,
+                code_and_files: 20,
+                other_anonymous: 10,
+                swap: 0,
+            },
+            malloc: MallocAccount {
+                allocator: "glibc".into(),
+                readable: true,
+                in_use_bytes: 5,
+                free_bytes: 55,
+                ..MallocAccount::default()
+            },
+            growth: MemoryGrowth::default(),
+            series: Vec::new(),
+            advice: Vec::new(),
+            notes: Vec::new(),
+        });
+        let text = render(&Published {
+            targets: vec![t, target(9)],
+            ..Published::default()
+        });
+        for (category, bytes) in [
+            ("malloc_heaps", 60),
+            ("thread_stacks", 10),
+            ("code_and_files", 20),
+            ("other_anonymous", 10),
+        ] {
+            assert!(
+                text.contains(&format!(
+                    "container=\"\",category=\"{category}\"}} {bytes}\n"
+                )),
+                "{text}"
+            );
+        }
+        assert_eq!(text.matches("leaktrace_target_resident_bytes{").count(), 4);
+        assert!(
+            text.contains("leaktrace_target_malloc_free_bytes{pid=\"7\""),
+            "{text}"
+        );
+        assert!(
+            !text.contains("leaktrace_target_malloc_free_bytes{pid=\"9\""),
+            "{text}"
+        );
     }
 }

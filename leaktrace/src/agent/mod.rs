@@ -492,6 +492,11 @@ fn target_view(
         totals,
         growth_bytes_per_s: growth::theil_sen(&points).unwrap_or(0.0),
         leak_suspects: suspects.len(),
+        memory: target.and_then(|t| t.memory.clone()).map(|mut m| {
+            // The series is the report's; the view serves the last reading.
+            m.series.clear();
+            m
+        }),
         top_suspect_bytes_per_s: top.map_or(0.0, |s| s.growth.bytes_per_s),
         top_suspect: top.and_then(|s| {
             s.frames

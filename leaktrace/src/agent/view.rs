@@ -38,6 +38,9 @@ pub struct TargetView {
     pub top_suspect_bytes_per_s: f64,
     /// The innermost named frame of that suspect, for a human glancing at the list.
     pub top_suspect: Option<String>,
+    /// Where its resident memory is and what its allocator keeps, at the last sample.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::analyze::memory::MemoryReport>,
 }
 
 /// Where a process runs: container and pod, as far as they are known.

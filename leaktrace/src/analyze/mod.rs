@@ -1,6 +1,7 @@
 //! From snapshots to series and verdicts: how each site's live bytes moved over the trace.
 
 pub mod growth;
+pub mod memory;
 pub mod origin;
 
 use std::collections::HashMap;

@@ -26,7 +26,8 @@ pub fn parse(text: &str) -> Vec<Mapping> {
     text.lines().filter_map(parse_line).collect()
 }
 
-fn parse_line(line: &str) -> Option<Mapping> {
+/// Parses one line of `/proc/PID/maps` (also the header line of each `/proc/PID/smaps` entry).
+pub fn parse_line(line: &str) -> Option<Mapping> {
     // start-end perms offset dev inode [path]; the path may contain spaces.
     let mut rest = line;
     let mut field = || {

@@ -4,6 +4,7 @@ pub mod allocator;
 pub mod cgroup;
 pub mod loader;
 pub mod maps;
+pub mod memory;
 pub mod root;
 pub mod spawn;
 pub mod stat;

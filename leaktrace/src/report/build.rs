@@ -36,6 +36,8 @@ pub struct TargetSummary {
     /// Traced from its first instruction (`run`'s command, a followed child): with its exit,
     /// its series is its whole life.
     pub from_start: bool,
+    /// Its memory, as read at each sample while it lived.
+    pub memory: Option<crate::analyze::memory::MemoryReport>,
 }
 
 /// Everything a report is made of.
@@ -154,6 +156,15 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 exit_code: t.exit_code,
                 notes: t.notes,
                 totals: target_totals,
+                memory: t.memory.map(|mut m| {
+                    for point in &mut m.series {
+                        point.t -= inputs.time_zero_s;
+                    }
+                    m.growth.from_s -= inputs.time_zero_s;
+                    m.growth.to_s -= inputs.time_zero_s;
+                    m.summary = super::memory::summary(&m);
+                    m
+                }),
             }
         })
         .collect();

@@ -54,6 +54,21 @@ pub fn render(report: &Report) -> String {
     }
     out.push_str("</table>\n");
 
+    for target in report.targets.iter() {
+        if let Some(memory) = &target.memory {
+            let _ = writeln!(
+                out,
+                "<h2>Where the RSS went: PID {}</h2>\n<p>{}</p>",
+                target.pid,
+                escape(&memory.summary)
+            );
+            out.push_str(&super::memory::stacked_chart(&memory.series, 720, 200));
+            for line in memory.advice.iter().chain(&memory.notes) {
+                let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(line));
+            }
+        }
+    }
+
     out.push_str("<h2>Live bytes over time</h2>\n");
     out.push_str(&chart(&total_series(&report.stacks), "total", 720, 180));
 

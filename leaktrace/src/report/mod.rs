@@ -7,6 +7,7 @@ pub mod html;
 pub mod json;
 pub mod junit;
 pub mod live;
+pub mod memory;
 pub mod model;
 pub mod pprof;
 pub mod text;
@@ -243,6 +244,7 @@ mod render_tests {
                 exit_code: None,
                 notes: Vec::new(),
                 totals: totals.clone(),
+                memory: None,
             }],
             totals,
             origins: Vec::new(),

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::analyze::{growth::Growth, origin::Origin};
+use crate::analyze::{growth::Growth, memory::MemoryReport, origin::Origin};
 
 /// Version of the JSON report layout.
 pub const FORMAT_VERSION: u32 = 1;
@@ -123,6 +123,10 @@ pub struct TargetReport {
     /// What the reader should know: missing perf maps and the like.
     pub notes: Vec<String>,
     pub totals: Totals,
+    /// Where its resident memory is, and whether its allocator's growth is a leak or memory
+    /// kept after free; for processes read while alive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<MemoryReport>,
 }
 
 /// Totals and loss counters. Losses are never hidden: each one is reported, zero or not.

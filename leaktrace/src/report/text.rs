@@ -89,6 +89,9 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
             );
         }
         let _ = writeln!(out, "    losses: {}", tt.losses);
+        if let Some(memory) = &target.memory {
+            super::memory::render(&mut out, memory);
+        }
         for note in &target.notes {
             let _ = writeln!(out, "    note: {note}");
         }

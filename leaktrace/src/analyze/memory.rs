@@ -1,0 +1,269 @@
+//! Leak or retention: whether a process's growing memory is live blocks or memory its
+//! allocator keeps after they were freed, from the allocator's own account over the trace.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::process::memory::{Breakdown, MallocAccount, Reader, Reading};
+
+/// Most points kept per series (past it, every other one is dropped, as for sites).
+const MAX_POINTS: usize = 2048;
+
+/// Growth below this is noise: the top chunk alone moves by glibc's top pad (128 KiB) and a
+/// page or two.
+pub const GROWTH_FLOOR: i64 = 512 << 10;
+
+/// A share of the allocator's growth below this does not make a verdict: a retaining process
+/// keeps a few live blocks that pin its free memory, a leaking one frees a little.
+pub const GROWTH_SHARE: f64 = 0.2;
+
+/// What a process's allocator growth is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Blocks in use grew.
+    Leak,
+    /// Freed memory the allocator keeps grew while blocks in use did not.
+    Retention,
+    /// Both grew.
+    Both,
+    /// Neither grew.
+    Neither,
+    /// The allocator's account could not be read twice.
+    Unknown,
+}
+
+/// One point of a process's memory series.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryPoint {
+    /// Seconds since the report's time zero.
+    pub t: f64,
+    pub rss_bytes: u64,
+    /// In use by the allocator's account (with `mmap`ed blocks), when it was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_use_bytes: Option<u64>,
+    /// Free but kept by the allocator, when its account was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub free_bytes: Option<u64>,
+}
+
+/// How each quantity moved between the first and last readable points.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MemoryGrowth {
+    pub from_s: f64,
+    pub to_s: f64,
+    pub rss_bytes: i64,
+    pub in_use_bytes: i64,
+    pub free_bytes: i64,
+}
+
+/// A process's memory, as the report shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MemoryReport {
+    pub verdict: Verdict,
+    /// The verdict and its numbers in one line.
+    pub summary: String,
+    /// Resident bytes by what holds them, at the last reading.
+    pub breakdown: Breakdown,
+    /// The allocator's account at the last reading.
+    pub malloc: MallocAccount,
+    pub growth: MemoryGrowth,
+    pub series: Vec<MemoryPoint>,
+    /// What people do about what was found.
+    pub advice: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+/// Reads the memory of every traced process at each sample and keeps their series.
+#[derive(Default)]
+pub struct Watch {
+    targets: HashMap<u32, Watched>,
+}
+
+struct Watched {
+    reader: Reader,
+    series: Vec<MemoryPoint>,
+    last: Option<Reading>,
+    /// The last allocator account that read back, with when: a process allocating without
+    /// pause can race the last reading.
+    last_readable: Option<(f64, MallocAccount)>,
+}
+
+impl Watch {
+    /// Reads one live process `at` seconds after the session's start.
+    pub fn sample(&mut self, pid: u32, allocator: &str, at: f64) {
+        let watched = self.targets.entry(pid).or_insert_with(|| Watched {
+            reader: Reader::new(pid, allocator),
+            series: Vec::new(),
+            last: None,
+            last_readable: None,
+        });
+        let Some(reading) = watched.reader.read() else {
+            return;
+        };
+        let malloc = &reading.malloc;
+        let readable = malloc.readable;
+        watched.series.push(MemoryPoint {
+            t: at,
+            rss_bytes: reading.breakdown.rss,
+            in_use_bytes: readable.then(|| malloc.in_use_bytes + malloc.mmapped_bytes.unwrap_or(0)),
+            free_bytes: readable.then_some(malloc.free_bytes),
+        });
+        if watched.series.len() > MAX_POINTS {
+            let mut i = 0;
+            watched.series.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+        if readable {
+            watched.last_readable = Some((at, reading.malloc.clone()));
+        }
+        watched.last = Some(reading);
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.targets.remove(&pid);
+    }
+
+    /// The report of one process, its times in seconds since the session's start; `None` if it
+    /// was never read.
+    pub fn report(&self, pid: u32) -> Option<MemoryReport> {
+        let watched = self.targets.get(&pid)?;
+        let last = watched.last.as_ref()?;
+        let series = watched.series.clone();
+        let (verdict, growth) = judge(&series);
+        let mut notes = last.notes.clone();
+        let malloc = match (&watched.last_readable, last.malloc.readable) {
+            (Some((at, account)), false) => {
+                notes.push(format!(
+                    "the last reading of the allocator's account failed ({}); the account shown \
+                     was read {:.1}s earlier",
+                    last.malloc.unreadable.as_deref().unwrap_or("unreadable"),
+                    series.last().map_or(0.0, |p| p.t) - at
+                ));
+                account.clone()
+            }
+            _ => last.malloc.clone(),
+        };
+        // The one-line summary is the report's to word (see `report::memory`).
+        Some(MemoryReport {
+            verdict,
+            summary: String::new(),
+            breakdown: last.breakdown.clone(),
+            advice: advice(verdict, &malloc),
+            malloc,
+            growth,
+            series,
+            notes,
+        })
+    }
+}
+
+/// The verdict over a series: growth between its first and last points where the allocator's
+/// account was read.
+pub fn judge(series: &[MemoryPoint]) -> (Verdict, MemoryGrowth) {
+    let readable: Vec<&MemoryPoint> = series.iter().filter(|p| p.free_bytes.is_some()).collect();
+    let (Some(first), Some(last)) = (readable.first(), readable.last()) else {
+        return (Verdict::Unknown, MemoryGrowth::default());
+    };
+    let delta = |a: Option<u64>, b: Option<u64>| b.unwrap_or(0) as i64 - a.unwrap_or(0) as i64;
+    let growth = MemoryGrowth {
+        from_s: first.t,
+        to_s: last.t,
+        rss_bytes: last.rss_bytes as i64 - first.rss_bytes as i64,
+        in_use_bytes: delta(first.in_use_bytes, last.in_use_bytes),
+        free_bytes: delta(first.free_bytes, last.free_bytes),
+    };
+    if readable.len() < 2 {
+        return (Verdict::Unknown, growth);
+    }
+    let total = (growth.in_use_bytes.abs() + growth.free_bytes.abs()) as f64;
+    let grew = |d: i64| d >= GROWTH_FLOOR && d as f64 >= GROWTH_SHARE * total;
+    let verdict = match (grew(growth.in_use_bytes), grew(growth.free_bytes)) {
+        (true, true) => Verdict::Both,
+        (true, false) => Verdict::Leak,
+        (false, true) => Verdict::Retention,
+        (false, false) => Verdict::Neither,
+    };
+    (verdict, growth)
+}
+
+/// What people do about it, in the report's words.
+fn advice(verdict: Verdict, malloc: &MallocAccount) -> Vec<String> {
+    let mut out = Vec::new();
+    if matches!(verdict, Verdict::Retention | Verdict::Both) && malloc.allocator == "glibc" {
+        out.push(format!(
+            "glibc keeps freed memory in its {} arenas (one per thread that allocated, up to 8 \
+             per core): MALLOC_ARENA_MAX=2 in the environment caps them, trading some lock \
+             contention for less retained memory",
+            malloc.arenas
+        ));
+        out.push(
+            "malloc_trim(0) (Node: a native addon, or gdb in an emergency) gives free pages back \
+             to the system; MALLOC_TRIM_THRESHOLD_/MALLOC_TOP_PAD_ tune when glibc does it on its \
+             own"
+            .into(),
+        );
+        out.push(
+            "another allocator (LD_PRELOAD=libjemalloc.so.2 or libmimalloc.so) returns freed \
+             memory on its own; measure before and after"
+                .into(),
+        );
+    }
+    if matches!(verdict, Verdict::Leak | Verdict::Both) {
+        out.push(
+            "blocks in use grow: the growing allocation sites below say which code keeps them"
+                .into(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(t: f64, rss: u64, in_use: u64, free: u64) -> MemoryPoint {
+        MemoryPoint {
+            t,
+            rss_bytes: rss,
+            in_use_bytes: Some(in_use),
+            free_bytes: Some(free),
+        }
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[test]
+    fn free_memory_growing_alone_is_retention() {
+        let series = [
+            point(0.0, 10 * MIB, 2 * MIB, MIB),
+            point(1.0, 60 * MIB, 3 * MIB, 50 * MIB),
+        ];
+        let (verdict, growth) = judge(&series);
+        assert_eq!(verdict, Verdict::Retention);
+        assert_eq!(growth.free_bytes, 49 * MIB as i64);
+        assert_eq!(growth.in_use_bytes, MIB as i64);
+    }
+
+    #[test]
+    fn live_blocks_growing_alone_is_a_leak_and_both_is_both() {
+        let leak = [point(0.0, 0, MIB, MIB), point(1.0, 0, 9 * MIB, MIB + 4096)];
+        assert_eq!(judge(&leak).0, Verdict::Leak);
+        let both = [point(0.0, 0, MIB, MIB), point(1.0, 0, 9 * MIB, 12 * MIB)];
+        assert_eq!(judge(&both).0, Verdict::Both);
+        let flat = [point(0.0, 0, MIB, MIB), point(1.0, 0, MIB + 100, MIB + 300)];
+        assert_eq!(judge(&flat).0, Verdict::Neither);
+    }
+
+    #[test]
+    fn an_unread_account_gives_no_verdict() {
+        let mut p = point(0.0, 0, 0, 0);
+        p.free_bytes = None;
+        p.in_use_bytes = None;
+        assert_eq!(judge(&[p, p]).0, Verdict::Unknown);
+        assert_eq!(judge(&[point(0.0, 0, 0, 0)]).0, Verdict::Unknown);
+    }
+}

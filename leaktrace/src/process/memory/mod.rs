@@ -1,0 +1,195 @@
+//! Where a process's resident memory is: its resident set by what holds it (`smaps`), and its
+//! allocator's own account of what it keeps (glibc's arenas, read from outside).
+//!
+//! A process whose RSS grows while its live blocks do not is not leaking: its allocator keeps
+//! what was freed. Only the allocator's account tells the two apart.
+
+pub mod glibc;
+pub mod smaps;
+
+use std::{fs::File, io, os::unix::fs::FileExt as _};
+
+use serde::{Deserialize, Serialize};
+
+pub use smaps::Breakdown;
+
+/// Reads target memory; a trait so unit tests walk a synthetic memory image.
+pub trait ReadMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
+}
+
+/// `/proc/PID/mem`, read with positioned reads and never written: the target is not stopped.
+/// The open file serves the process it was opened for only, even if its PID is reused.
+pub struct ProcMem {
+    file: File,
+}
+
+impl ProcMem {
+    pub fn open(pid: u32) -> io::Result<Self> {
+        Ok(Self {
+            file: File::open(format!("/proc/{pid}/mem"))?,
+        })
+    }
+}
+
+impl ReadMemory for ProcMem {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+        self.file.read_exact_at(buf, addr)
+    }
+}
+
+/// Most threads whose stack pointers are read.
+const MAX_THREADS: usize = 4096;
+
+/// The allocator's account of its memory, as `mallinfo2()` would report it inside the process.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MallocAccount {
+    /// The allocator serving `malloc`: `glibc`, `musl`, `jemalloc`...
+    pub allocator: String,
+    /// Whether the account below was read; when not, `unreadable` says why.
+    pub readable: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unreadable: Option<String>,
+    /// Arenas read (`mallinfo2` walks the same list).
+    pub arenas: usize,
+    /// Arenas that changed under every read, or failed a check: left out of the sums.
+    pub arenas_unreadable: usize,
+    /// `mallinfo2().arena`: bytes the arenas obtained from the system.
+    pub system_bytes: u64,
+    /// `mallinfo2().uordblks`: in use, `system_bytes - free_bytes`. Blocks in the threads'
+    /// caches (tcache) count here, as `mallinfo2` counts them.
+    pub in_use_bytes: u64,
+    /// `mallinfo2().fordblks`: freed but kept by the allocator (top chunks, fastbins, bins).
+    pub free_bytes: u64,
+    /// The arenas' top chunks (part of `free_bytes`): what `malloc_trim` can give back first.
+    pub top_bytes: u64,
+    /// `mallinfo2().fsmblks`: in fastbins (part of `free_bytes`).
+    pub fastbin_bytes: u64,
+    /// `mallinfo2().hblkhd` and `hblks`: blocks served by their own `mmap`, when found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmapped_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mmapped_blocks: Option<u64>,
+    /// Free chunks counted.
+    pub free_chunks: u64,
+}
+
+/// One look at a process's memory.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reading {
+    pub breakdown: Breakdown,
+    pub malloc: MallocAccount,
+    /// What limited the reading (a truncated `smaps`).
+    pub notes: Vec<String>,
+}
+
+/// Reads one process's memory, again and again: glibc's addresses are found once.
+pub struct Reader {
+    pid: u32,
+    allocator: String,
+    mem: Option<ProcMem>,
+    /// glibc's state, found for the libc mapped at this address: an exec maps another one
+    /// (and `/proc/PID/mem` opened before it reads the old image), so both are found again.
+    glibc: Option<(u64, Result<glibc::Locations, String>)>,
+}
+
+impl Reader {
+    pub fn new(pid: u32, allocator: &str) -> Self {
+        Self {
+            pid,
+            allocator: allocator.to_owned(),
+            mem: None,
+            glibc: None,
+        }
+    }
+
+    /// Reads `smaps` and the allocator's account; `None` once the process is gone.
+    pub fn read(&mut self) -> Option<Reading> {
+        let (entries, truncated) = smaps::read(self.pid).ok()?;
+        let mut notes = Vec::new();
+        if truncated {
+            notes.push(format!(
+                "/proc/{}/smaps is larger than {} MiB: mappings past that are not counted",
+                self.pid,
+                smaps::MAX_SMAPS_BYTES >> 20
+            ));
+        }
+        let mut malloc = MallocAccount {
+            allocator: self.allocator.clone(),
+            ..MallocAccount::default()
+        };
+        let mut known = smaps::Known {
+            stack_pointers: smaps::stack_pointers(self.pid, MAX_THREADS),
+            ..smaps::Known::default()
+        };
+        match self.glibc_account(&entries) {
+            Ok(account) => {
+                known.malloc_heaps.clone_from(&account.heap_ranges);
+                fill(&mut malloc, &account);
+            }
+            Err(why) => malloc.unreadable = Some(why),
+        }
+        Some(Reading {
+            breakdown: smaps::breakdown(&entries, &known),
+            malloc,
+            notes,
+        })
+    }
+
+    fn glibc_account(&mut self, entries: &[smaps::Entry]) -> Result<glibc::Account, String> {
+        if !glibc::is_glibc(&self.allocator) {
+            return Err(format!(
+                "leaktrace reads glibc's arenas only; this process's malloc is {}'s",
+                self.allocator
+            ));
+        }
+        let mappings: Vec<_> = entries.iter().map(|e| e.mapping.clone()).collect();
+        let libc = mappings
+            .iter()
+            .find(|m| crate::process::allocator::is_libc_path(m.path.as_deref()))
+            .map_or(0, |m| m.start);
+        if self.glibc.as_ref().is_none_or(|(at, _)| *at != libc) {
+            self.mem = ProcMem::open(self.pid).ok();
+            self.glibc = Some((
+                libc,
+                glibc::locate(self.pid, &mappings).map_err(|e| e.to_string()),
+            ));
+        }
+        let at = self.glibc.as_ref().expect("just set").1.clone()?;
+        let mem = self
+            .mem
+            .as_ref()
+            .ok_or_else(|| format!("cannot open /proc/{}/mem", self.pid))?;
+        let writable: Vec<(u64, u64)> = entries
+            .iter()
+            .filter(|e| {
+                e.mapping.path.is_none()
+                    && e.mapping.perms[..2] == *b"rw"
+                    && e.pseudo.as_deref().is_none_or(|p| p == "[heap]")
+            })
+            .map(|e| (e.mapping.start, e.mapping.end))
+            .collect();
+        glibc::read_account(mem, &at, &writable).map_err(|e| e.to_string())
+    }
+}
+
+fn fill(out: &mut MallocAccount, account: &glibc::Account) {
+    out.readable = account.unreadable.is_empty();
+    if let Some((arena, why)) = account.unreadable.first() {
+        out.unreadable = Some(format!(
+            "{} arena(s) could not be read in {} tries (the first, at {arena:#x}: {why})",
+            account.unreadable.len(),
+            glibc::ATTEMPTS
+        ));
+    }
+    out.arenas = account.arenas.len();
+    out.arenas_unreadable = account.unreadable.len();
+    out.system_bytes = account.system_bytes();
+    out.free_bytes = account.free_bytes();
+    out.in_use_bytes = account.in_use_bytes();
+    out.top_bytes = account.arenas.iter().map(|a| a.top_bytes).sum();
+    out.fastbin_bytes = account.arenas.iter().map(|a| a.fastbin_bytes).sum();
+    out.free_chunks = account.arenas.iter().map(|a| a.free_chunks).sum();
+    out.mmapped_blocks = account.mmapped.map(|(n, _)| n);
+    out.mmapped_bytes = account.mmapped.map(|(_, bytes)| bytes);
+}

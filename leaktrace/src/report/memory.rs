@@ -1,0 +1,227 @@
+//! Where the resident set went, in words: the one-line summary and the text report's section.
+
+use std::fmt::Write as _;
+
+use super::bytes;
+use crate::analyze::memory::{MemoryPoint, MemoryReport, Verdict};
+
+fn b(n: u64) -> String {
+    bytes(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+/// `leak: RSS 1.2 GiB = malloc heaps 900 MiB (glibc: in use 210 MiB + free but kept 690 MiB
+/// in 17 arenas) + ...`: the resident classes sum to the RSS exactly; the allocator's account
+/// counts bytes it obtained, resident or not, so it is shown beside the heaps, not summed.
+pub fn summary(m: &MemoryReport) -> String {
+    let d = &m.breakdown;
+    let a = &m.malloc;
+    let account = if a.readable {
+        let mmapped = a
+            .mmapped_bytes
+            .map(|n| format!(", mmapped blocks {}", b(n)))
+            .unwrap_or_default();
+        format!(
+            " ({}: in use {} + free but kept {} in {} arena{}{mmapped})",
+            a.allocator,
+            b(a.in_use_bytes),
+            b(a.free_bytes),
+            a.arenas,
+            if a.arenas == 1 { "" } else { "s" }
+        )
+    } else {
+        format!(" ({}'s account unread)", a.allocator)
+    };
+    let g = &m.growth;
+    let growth = if m.verdict == Verdict::Unknown {
+        String::new()
+    } else {
+        format!(
+            "; over {:.1}s RSS {}, in use {}, free but kept {}",
+            g.to_s - g.from_s,
+            signed(g.rss_bytes),
+            signed(g.in_use_bytes),
+            signed(g.free_bytes)
+        )
+    };
+    format!(
+        "{}: RSS {} = malloc heaps {}{account} + thread stacks {} + code and files {} + other \
+         anonymous {}{growth}",
+        verdict_name(m.verdict),
+        b(d.rss),
+        b(d.malloc_heaps),
+        b(d.thread_stacks),
+        b(d.code_and_files),
+        b(d.other_anonymous),
+    )
+}
+
+fn signed(n: i64) -> String {
+    if n >= 0 {
+        format!("+{}", bytes(n))
+    } else {
+        bytes(n)
+    }
+}
+
+pub fn verdict_name(v: Verdict) -> &'static str {
+    match v {
+        Verdict::Leak => "leak",
+        Verdict::Retention => "retention",
+        Verdict::Both => "leak and retention",
+        Verdict::Neither => "neither leak nor retention",
+        Verdict::Unknown => "unknown",
+    }
+}
+
+/// The text report's lines for one process's memory.
+pub fn render(out: &mut String, m: &MemoryReport) {
+    let _ = writeln!(out, "    memory: {}", m.summary);
+    if let Some(why) = &m.malloc.unreadable {
+        let _ = writeln!(out, "      allocator account: {why}");
+    }
+    for advice in &m.advice {
+        let _ = writeln!(out, "      what to do: {advice}");
+    }
+    for note in &m.notes {
+        let _ = writeln!(out, "      note: {note}");
+    }
+}
+
+/// An inline SVG of the allocator's account over time, stacked (in use below, free but kept
+/// above), with the RSS as a line over it. Points whose account was not read are left out of
+/// the areas, not drawn as zero.
+pub fn stacked_chart(series: &[MemoryPoint], width: u32, height: u32) -> String {
+    let (w, h) = (f64::from(width), f64::from(height));
+    let t_min = series.iter().map(|p| p.t).fold(f64::INFINITY, f64::min);
+    let t_max = series.iter().map(|p| p.t).fold(f64::NEG_INFINITY, f64::max);
+    let span = (t_max - t_min).max(1e-9);
+    let v_max = series
+        .iter()
+        .map(|p| {
+            p.rss_bytes
+                .max(p.in_use_bytes.unwrap_or(0) + p.free_bytes.unwrap_or(0))
+        })
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let x = |t: f64| 50.0 + (t - t_min) / span * (w - 60.0);
+    let y = |v: u64| h - 20.0 - v as f64 / v_max * (h - 30.0);
+    let read: Vec<(f64, u64, u64)> = series
+        .iter()
+        .filter_map(|p| Some((p.t, p.in_use_bytes?, p.free_bytes?)))
+        .collect();
+    let area = |upper: &dyn Fn(&(f64, u64, u64)) -> u64,
+                lower: &dyn Fn(&(f64, u64, u64)) -> u64| {
+        let top = read
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(upper(p))));
+        let bottom = read
+            .iter()
+            .rev()
+            .map(|p| format!("{:.1},{:.1}", x(p.0), y(lower(p))));
+        top.chain(bottom).collect::<Vec<_>>().join(" ")
+    };
+    let in_use = area(&|p| p.1, &|_| 0);
+    let free = area(&|p| p.1 + p.2, &|p| p.1);
+    let rss: Vec<String> = series
+        .iter()
+        .map(|p| format!("{:.1},{:.1}", x(p.t), y(p.rss_bytes)))
+        .collect();
+    format!(
+        "<svg class=\"chart memory\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" \
+         height=\"{height}\" role=\"img\" aria-label=\"resident set and the allocator's account \
+         over time\"><text x=\"4\" y=\"14\" font-size=\"11\">{}</text>\
+         <polygon class=\"in-use\" fill=\"#c33\" fill-opacity=\"0.6\" points=\"{in_use}\"/>\
+         <polygon class=\"free\" fill=\"#e93\" fill-opacity=\"0.5\" points=\"{free}\"/>\
+         <polyline class=\"rss\" fill=\"none\" stroke=\"#333\" stroke-width=\"2\" \
+         points=\"{}\"/><text x=\"{}\" y=\"14\" font-size=\"11\" text-anchor=\"end\">\
+         malloc in use (red), free but kept (orange), RSS (line)</text></svg>\n",
+        b(v_max as u64),
+        rss.join(" "),
+        width - 10,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        analyze::memory::MemoryGrowth,
+        process::memory::{Breakdown, MallocAccount},
+    };
+
+    #[test]
+    fn the_summary_sums_the_resident_classes_and_shows_the_account() {
+        const MIB: u64 = 1 << 20;
+        let m = MemoryReport {
+            verdict: Verdict::Retention,
+            summary: String::new(),
+            breakdown: Breakdown {
+                rss: 100 * MIB,
+                malloc_heaps: 90 * MIB,
+                thread_stacks: MIB,
+                code_and_files: 4 * MIB,
+                other_anonymous: 5 * MIB,
+                swap: 0,
+            },
+            malloc: MallocAccount {
+                allocator: "glibc".into(),
+                readable: true,
+                arenas: 7,
+                in_use_bytes: 2 * MIB,
+                free_bytes: 88 * MIB,
+                mmapped_bytes: Some(0),
+                ..MallocAccount::default()
+            },
+            growth: MemoryGrowth {
+                from_s: 0.0,
+                to_s: 2.0,
+                rss_bytes: 80 * MIB as i64,
+                in_use_bytes: 1 << 10,
+                free_bytes: 79 * MIB as i64,
+            },
+            series: vec![],
+            advice: vec![],
+            notes: vec![],
+        };
+        assert_eq!(
+            summary(&m),
+            "retention: RSS 100.0 MiB = malloc heaps 90.0 MiB (glibc: in use 2.0 MiB + free but \
+             kept 88.0 MiB in 7 arenas, mmapped blocks 0 B) + thread stacks 1.0 MiB + code and \
+             files 4.0 MiB + other anonymous 5.0 MiB; over 2.0s RSS +80.0 MiB, in use +1.0 KiB, \
+             free but kept +79.0 MiB"
+        );
+    }
+
+    #[test]
+    fn the_chart_stacks_free_over_in_use_and_skips_unread_points() {
+        let p = |t: f64, rss: u64, account: Option<(u64, u64)>| MemoryPoint {
+            t,
+            rss_bytes: rss,
+            in_use_bytes: account.map(|a| a.0),
+            free_bytes: account.map(|a| a.1),
+        };
+        // 100 bytes high at most: y = 200 - 20 - v / 100 * 170.
+        let svg = stacked_chart(
+            &[
+                p(0.0, 50, Some((10, 10))),
+                p(1.0, 60, None),
+                p(2.0, 100, Some((20, 60))),
+            ],
+            260,
+            200,
+        );
+        assert!(
+            svg.contains("class=\"in-use\" fill=\"#c33\" fill-opacity=\"0.6\" points=\"50.0,163.0 250.0,146.0 250.0,180.0 50.0,180.0\""),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("points=\"50.0,146.0 250.0,44.0 250.0,146.0 50.0,163.0\""),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("points=\"50.0,95.0 150.0,78.0 250.0,10.0\""),
+            "{svg}"
+        );
+    }
+}

@@ -1,0 +1,205 @@
+//! Where the RSS went (#20): glibc's account read from outside agrees with the process's own
+//! `mallinfo2()`, arenas full of freed memory are `retention`, and a plain leak stays a `leak`.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use leaktrace_tests::{Target, Tracer, fixture, have_root, read_report, scratch, trace_workload};
+use serde_json::Value;
+
+/// The `memory` object of the report's only target.
+fn memory(report: &Value, pid: u32) -> &Value {
+    let target = report["targets"]
+        .as_array()
+        .expect("targets[]")
+        .iter()
+        .find(|t| t["pid"] == pid)
+        .expect("the fixture is a target");
+    &target["memory"]
+}
+
+/// `key value key value ...` after the line's first word.
+fn numbers(line: &str, key: &str) -> u64 {
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let at = words
+        .iter()
+        .position(|w| *w == key)
+        .unwrap_or_else(|| panic!("{key} in {line:?}"));
+    words[at + 1].parse().expect("a number")
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or_else(|| panic!("a number: {v}"))
+}
+
+#[test]
+fn fragmented_arenas_are_retention_and_match_mallinfo2() {
+    if !have_root("fragmented_arenas_are_retention_and_match_mallinfo2") {
+        return;
+    }
+    // 6 threads at once: 6 arenas besides the main one; 6 rounds of growing sizes, 150 ms apart.
+    let exe = fixture("fragment", &[]);
+    let mut target = Target::start(&exe, &["6", "6", "150"]);
+    let pid = target.pid();
+    let out = scratch("memory-retention").join("report.json");
+    let pid_arg = pid.to_string();
+    let tracer = Tracer::attach(&[
+        &pid_arg,
+        "--interval",
+        "100ms",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    target.send("go");
+    let arenas = numbers(&target.expect_line("arenas"), "arenas");
+    let mallinfo = target.expect_line("mallinfo2");
+    target.expect_line("done");
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "leaktrace failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(&out);
+    let m = memory(&report, pid);
+    let malloc = &m["malloc"];
+    eprintln!("{}", m["summary"]);
+    eprintln!("fixture: arenas {arenas}, {mallinfo}");
+
+    assert_eq!(m["verdict"], "retention", "{}", m["summary"]);
+    assert_eq!(malloc["allocator"], "glibc");
+    assert_eq!(malloc["readable"], true, "{malloc}");
+    assert_eq!(arenas, 7, "each thread allocated in an arena of its own");
+    assert_eq!(u(&malloc["arenas"]), arenas, "the arenas malloc_info lists");
+    // The process is idle once it printed mallinfo2 (it waits on stdin and allocates nothing),
+    // so the last reading sees the same arenas. Blocks in the threads' caches (tcache) count
+    // as in use in both accounts, so no tolerance is needed: the sums are equal.
+    assert_eq!(u(&malloc["system_bytes"]), numbers(&mallinfo, "arena"));
+    assert_eq!(u(&malloc["free_bytes"]), numbers(&mallinfo, "fordblks"));
+    assert_eq!(u(&malloc["in_use_bytes"]), numbers(&mallinfo, "uordblks"));
+    assert_eq!(
+        malloc["mmapped_bytes"].as_u64(),
+        Some(numbers(&mallinfo, "hblkhd"))
+    );
+    assert_eq!(
+        malloc["mmapped_blocks"].as_u64(),
+        Some(numbers(&mallinfo, "hblks"))
+    );
+
+    // The probes saw every block the threads kept: glibc's in-use bytes add each chunk's header
+    // and rounding (at most 24 bytes a block), and what the process allocated before the trace
+    // or outside the probes' view (the main thread's tcache, the loader's blocks): under 64 KiB.
+    let live = report["targets"][0]["totals"]["live_bytes"]
+        .as_i64()
+        .expect("live bytes");
+    let blocks = report["targets"][0]["totals"]["live_allocs"]
+        .as_i64()
+        .expect("live blocks");
+    let glibc_in_use = u(&malloc["in_use_bytes"]) as i64;
+    assert!(
+        (glibc_in_use - live).abs() <= 24 * blocks + (64 << 10),
+        "glibc says {glibc_in_use} in use, the probes {live} live in {blocks} blocks"
+    );
+
+    // Free but kept grew by tens of MiB, the RSS with it, while the blocks in use (one in 64
+    // kept) grew by a few percent of that.
+    let growth = &m["growth"];
+    let free = growth["free_bytes"].as_i64().expect("free growth");
+    let in_use = growth["in_use_bytes"].as_i64().expect("in-use growth");
+    let rss = growth["rss_bytes"].as_i64().expect("rss growth");
+    assert!(free > 20 << 20, "free but kept grew by {free}");
+    assert!(
+        in_use < free / 10,
+        "in use grew by {in_use}, free by {free}"
+    );
+    assert!(rss > free / 2, "RSS grew by {rss}, free by {free}");
+    // The arenas' heaps hold the resident memory, and the resident classes sum to the RSS.
+    let b = &m["breakdown"];
+    assert!(u(&b["malloc_heaps"]) > 60 << 20, "{b}");
+    assert_eq!(
+        u(&b["rss"]),
+        u(&b["malloc_heaps"])
+            + u(&b["thread_stacks"])
+            + u(&b["code_and_files"])
+            + u(&b["other_anonymous"])
+    );
+    assert!(
+        m["advice"]
+            .as_array()
+            .expect("advice")
+            .iter()
+            .any(|a| a.as_str().is_some_and(|a| a.contains("MALLOC_ARENA_MAX"))),
+        "{}",
+        m["advice"]
+    );
+    assert_eq!(target.finish(), 0);
+}
+
+#[test]
+fn a_plain_leak_stays_a_leak() {
+    if !have_root("a_plain_leak_stays_a_leak") {
+        return;
+    }
+    // 1500 rounds of 6,212 bytes kept each, 1 ms apart: 9.3 MB of live blocks.
+    let exe = fixture("leaky", &[]);
+    let mut target = Target::start(&exe, &["1500", "1"]);
+    let pid = target.pid();
+    let out = scratch("memory-leak").join("report.json");
+    let report = trace_workload(&mut target, pid, &["--interval", "100ms"], &out);
+    let m = memory(&report, pid);
+    eprintln!("{}", m["summary"]);
+    assert_eq!(m["verdict"], "leak", "{}", m["summary"]);
+    let growth = &m["growth"];
+    let in_use = growth["in_use_bytes"].as_i64().expect("in-use growth");
+    // The probes' own count of live bytes is the independent truth here: glibc's in-use bytes
+    // add a chunk header (8 bytes) and rounding to 16 per block, at most 24 bytes on each of
+    // the 8 blocks a round keeps.
+    let live = report["targets"][0]["totals"]["live_bytes"]
+        .as_i64()
+        .expect("live bytes");
+    assert!(
+        in_use <= live + 1500 * 8 * 24 && in_use >= live * 9 / 10,
+        "in use grew by {in_use}, the probes saw {live} live"
+    );
+    assert_eq!(target.finish(), 0);
+}
+
+#[test]
+fn another_allocators_account_is_said_unread() {
+    if !have_root("another_allocators_account_is_said_unread") {
+        return;
+    }
+    const JEMALLOC: &str = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2";
+    if !std::path::Path::new(JEMALLOC).exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{JEMALLOC} is missing (cargo xtask setup installs libjemalloc2)"
+        );
+        return;
+    }
+    let mut cmd = std::process::Command::new(fixture("fragment", &[]));
+    cmd.args(["2", "2", "50"]).env("LD_PRELOAD", JEMALLOC);
+    let mut target = Target::spawn(cmd);
+    let pid = target.pid();
+    let out = scratch("memory-jemalloc").join("report.json");
+    let report = trace_workload(&mut target, pid, &["--interval", "100ms"], &out);
+    let m = memory(&report, pid);
+    eprintln!("{}", m["summary"]);
+    // jemalloc's arenas are not glibc's: no verdict, and the reason in words.
+    assert_eq!(m["verdict"], "unknown");
+    assert_eq!(m["malloc"]["allocator"], "jemalloc");
+    assert_eq!(m["malloc"]["readable"], false);
+    let why = m["malloc"]["unreadable"].as_str().expect("a reason");
+    assert!(why.contains("jemalloc"), "{why}");
+    // The resident set is still broken down, and its classes still sum to it.
+    let b = &m["breakdown"];
+    assert!(u(&b["rss"]) > 0);
+    assert_eq!(
+        u(&b["rss"]),
+        u(&b["malloc_heaps"])
+            + u(&b["thread_stacks"])
+            + u(&b["code_and_files"])
+            + u(&b["other_anonymous"])
+    );
+    assert_eq!(target.finish(), 0);
+}
