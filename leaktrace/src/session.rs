@@ -122,8 +122,10 @@ pub(crate) struct Session {
     budget: Option<Budget>,
     /// What the reader should know about the trace as a whole.
     notes: Vec<String>,
-    /// Each live target's resident set and allocator account, read at every sample.
+    /// Each live target's resident set and allocator account, read at most once a second.
     memory: crate::analyze::memory::Watch,
+    /// The last sample is being taken: every reading is made.
+    ending: bool,
 }
 
 /// SIGTERM and SIGINT, caught from before the first probe is attached: a signal that arrives
@@ -194,6 +196,7 @@ impl Session {
             },
             notes: Vec::new(),
             memory: Default::default(),
+            ending: false,
         })
     }
 
@@ -833,7 +836,7 @@ impl Session {
             }
             if alive {
                 let allocator = self.traced[index].attachment.allocator.name;
-                self.memory.sample(pid, allocator, at);
+                self.memory.sample(pid, allocator, at, self.ending);
             }
         }
         self.read_new_stacks(&snapshot)?;
@@ -1042,6 +1045,7 @@ impl Session {
     pub(crate) fn end_trace(&mut self) -> anyhow::Result<()> {
         self.status.finish();
         if self.detached.is_none() {
+            self.ending = true;
             self.apply_sideband(true);
             self.probe_new_images(true);
             self.sample()?;

@@ -75,7 +75,10 @@ pub struct MemoryReport {
     pub notes: Vec<String>,
 }
 
-/// Reads the memory of every traced process at each sample and keeps their series.
+/// Least time between two readings of one process's memory, in seconds.
+const READ_EVERY_S: f64 = 1.0;
+
+/// Reads the memory of every traced process, once a second at most, and keeps their series.
 #[derive(Default)]
 pub struct Watch {
     targets: HashMap<u32, Watched>,
@@ -92,13 +95,27 @@ struct Watched {
 
 impl Watch {
     /// Reads one live process `at` seconds after the session's start.
-    pub fn sample(&mut self, pid: u32, allocator: &str, at: f64) {
+    /// Reads `pid`'s memory unless it was read less than a second ago (`last`: the trace ends,
+    /// read it anyway).
+    pub fn sample(&mut self, pid: u32, allocator: &str, at: f64, last: bool) {
         let watched = self.targets.entry(pid).or_insert_with(|| Watched {
             reader: Reader::new(pid, allocator),
             series: Vec::new(),
             last: None,
             last_readable: None,
         });
+        // smaps and the arenas cost reads by the hundred: once a second is enough for a
+        // resident set, and keeps a short interval's samples on pace, once an account has read
+        // back (until then, every sample tries).
+        if !last
+            && watched.last_readable.is_some()
+            && watched
+                .series
+                .last()
+                .is_some_and(|p| at - p.t < READ_EVERY_S)
+        {
+            return;
+        }
         let Some(reading) = watched.reader.read() else {
             return;
         };

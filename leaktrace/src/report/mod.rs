@@ -204,7 +204,7 @@ mod render_tests {
     use crate::analyze::growth::classify;
 
     fn sample() -> Report {
-        let series = vec![(1.0, 1000), (2.0, 2000), (3.0, 3000)];
+        let series = vec![(1.0, 4000), (2.0, 8000), (3.0, 12000)];
         let totals = Totals {
             live_bytes: 3000,
             live_allocs: 3,
@@ -337,7 +337,7 @@ Leak suspects, fastest growing first (1 of 1):
             assert!(stack.get(field).is_some(), "stacks[] lacks {field}");
         }
         assert_eq!(stack["growth"]["method"], "mann-kendall+theil-sen");
-        assert_eq!(stack["series"][2], serde_json::json!([3.0, 3000]));
+        assert_eq!(stack["series"][2], serde_json::json!([3.0, 12000]));
         let frame = &stack["frames"][1];
         assert_eq!(frame["address"], "0x5000");
         assert_eq!(frame["function"], "make_session");
