@@ -99,6 +99,9 @@ pub(crate) struct Session {
     /// Processes that exec'd and were gone before their command line could be read: the next
     /// file the kernel says each mapped is its executable.
     exe_unknown: std::collections::HashSet<u32>,
+    /// Processes whose command was last learnt from an exec record: once they are gone, that
+    /// is newer than what was read while they lived (a child seen between its fork and exec).
+    exec_commands: std::collections::HashSet<u32>,
     /// Targets that exec'd, whose new image's allocators are to be probed.
     new_images: std::collections::HashSet<u32>,
     /// The call chain of every site seen.
@@ -174,6 +177,7 @@ impl Session {
             commands: HashMap::new(),
             exe_unknown: std::collections::HashSet::new(),
             new_images: std::collections::HashSet::new(),
+            exec_commands: std::collections::HashSet::new(),
             chains: HashMap::new(),
             sites: HashMap::new(),
             shown_by: HashMap::new(),
@@ -618,6 +622,7 @@ impl Session {
             }
             Change::Exec { pid, comm } => {
                 if self.symbolizer.tracks(pid) {
+                    self.exec_commands.insert(pid);
                     match crate::process::command_line(pid) {
                         Some(command) => {
                             self.commands.insert(pid, command);
@@ -920,8 +925,11 @@ impl Session {
     /// A target's command line: as last read while it lived, or, for a child gone before it
     /// could be looked at, as the kernel's records gave it (its parent's, or its image's).
     fn command_of(&self, traced: &Traced) -> String {
-        match self.commands.get(&traced.target.pid) {
-            Some(command) if traced.target.is_gone_placeholder() => command.clone(),
+        let pid = traced.target.pid;
+        let learnt = traced.target.is_gone_placeholder()
+            || (self.exec_commands.contains(&pid) && !traced.target.is_alive());
+        match self.commands.get(&pid) {
+            Some(command) if learnt => command.clone(),
             _ => traced.target.command.clone(),
         }
     }
