@@ -102,6 +102,8 @@ pub(crate) struct Session {
     /// Processes whose command was last learnt from an exec record: once they are gone, that
     /// is newer than what was read while they lived (a child seen between its fork and exec).
     exec_commands: std::collections::HashSet<u32>,
+    /// `run`'s command, held before its exec: that exec is the one it was started for.
+    held_for_exec: std::collections::HashSet<u32>,
     /// Targets that exec'd, whose new image's allocators are to be probed.
     new_images: std::collections::HashSet<u32>,
     /// The call chain of every site seen.
@@ -178,6 +180,7 @@ impl Session {
             exe_unknown: std::collections::HashSet::new(),
             new_images: std::collections::HashSet::new(),
             exec_commands: std::collections::HashSet::new(),
+            held_for_exec: std::collections::HashSet::new(),
             chains: HashMap::new(),
             sites: HashMap::new(),
             shown_by: HashMap::new(),
@@ -228,8 +231,10 @@ impl Session {
                 command: target.command.clone(),
             }
         })?;
+        let pid = target.pid;
         let index = self.attach_to(target, malloc)?;
         self.traced[index].from_start = true;
+        self.held_for_exec.insert(pid);
         for lib in planned.iter().filter(|a| !a.roles.malloc) {
             self.attach_runtime(index, lib, false);
         }
@@ -621,7 +626,8 @@ impl Session {
                 }
             }
             Change::Exec { pid, comm } => {
-                if self.symbolizer.tracks(pid) {
+                // `run`'s own exec of its command: its command line is the one it was given.
+                if self.symbolizer.tracks(pid) && !self.held_for_exec.remove(&pid) {
                     self.exec_commands.insert(pid);
                     match crate::process::command_line(pid) {
                         Some(command) => {
