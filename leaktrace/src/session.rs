@@ -903,6 +903,11 @@ impl Session {
         self.js.forget(pid);
         self.mappings.forget(pid);
         self.memory.forget(pid);
+        self.commands.remove(&pid);
+        self.exec_commands.remove(&pid);
+        self.exe_unknown.remove(&pid);
+        self.new_images.remove(&pid);
+        self.held_for_exec.remove(&pid);
     }
 
     /// What the reader should know about the trace as a whole, losses of whole processes
