@@ -333,16 +333,7 @@ impl Session {
             self.note_unprobed_image(index);
             return;
         };
-        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-        let vars: Vec<(std::ffi::OsString, std::ffi::OsString)> = environ
-            .split(|&b| b == 0)
-            .filter_map(|var| {
-                let at = var.iter().position(|&b| b == b'=')?;
-                let (name, value) = (&var[..at], &var[at + 1..]);
-                let os = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes;
-                Some((os(name).to_os_string(), os(value).to_os_string()))
-            })
-            .collect();
+        let vars = crate::process::environ(pid);
         let root = format!("/proc/{pid}/root");
         // The image as the process names it, reached under its root (a container's own).
         let exe = std::path::Path::new(&root).join(exe.strip_prefix("/").unwrap_or(&exe));

@@ -306,17 +306,15 @@ fn host_path(target: &Target, m: &Mapping, path: &Path) -> PathBuf {
 /// dynamic linker read), in order, each as named and, when that is a link, as its target (a
 /// mapping shows the file it resolved to).
 fn preloads(target: &Target) -> Vec<PathBuf> {
-    let Ok(environ) = fs::read(format!("/proc/{}/environ", target.pid)) else {
-        return Vec::new();
-    };
-    let Some(list) = environ
-        .split(|&b| b == 0)
-        .find_map(|var| var.strip_prefix(b"LD_PRELOAD="))
+    let Some((_, list)) = super::environ(target.pid)
+        .into_iter()
+        .find(|(name, _)| name == "LD_PRELOAD")
     else {
         return Vec::new();
     };
     let mut paths = Vec::new();
-    for entry in String::from_utf8_lossy(list)
+    for entry in list
+        .to_string_lossy()
         .split([' ', ':'])
         .filter(|p| !p.is_empty())
     {

@@ -11,6 +11,7 @@ pub mod stat;
 pub mod symbols;
 
 use std::{
+    ffi::OsString,
     fs, io,
     path::{Path, PathBuf},
 };
@@ -131,6 +132,21 @@ impl Target {
                 command: self.command.clone(),
             })
     }
+}
+
+/// The environment a process was exec'd with (`/proc/PID/environ`), as (name, value) pairs:
+/// what its dynamic linker read. Empty once it is gone.
+pub fn environ(pid: u32) -> Vec<(OsString, OsString)> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let bytes = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    bytes
+        .split(|&b| b == 0)
+        .filter_map(|var| {
+            let at = var.iter().position(|&b| b == b'=')?;
+            let os = |b: &[u8]| std::ffi::OsStr::from_bytes(b).to_os_string();
+            Some((os(&var[..at]), os(&var[at + 1..])))
+        })
+        .collect()
 }
 
 /// The PID inside the process's innermost PID namespace: the last `NStgid` field.
