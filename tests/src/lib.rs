@@ -462,6 +462,28 @@ pub fn site(report: &Value, pid: u32, function: &str) -> SiteTotals {
     totals
 }
 
+/// Asserts that none of `stacks` (a control's) is a `leak` or `growing`, naming the ones that
+/// are with their frames' functions.
+pub fn assert_no_growth(label: &str, stacks: Vec<&Value>) {
+    let suspects: Vec<(&Value, Vec<&str>)> = stacks
+        .into_iter()
+        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
+        .map(|s| {
+            let names = s["frames"]
+                .as_array()
+                .expect("frames[]")
+                .iter()
+                .filter_map(|f| f["function"].as_str())
+                .collect();
+            (&s["growth"], names)
+        })
+        .collect();
+    assert!(
+        suspects.is_empty(),
+        "{label}: stacks with verdict leak or growing: {suspects:#?}"
+    );
+}
+
 /// The loss counters of a report's totals.
 pub fn losses(report: &Value) -> &serde_json::Map<String, Value> {
     report["totals"]["losses"]

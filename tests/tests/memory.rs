@@ -30,6 +30,18 @@ fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("a number: {v}"))
 }
 
+/// The resident classes of a breakdown sum to its RSS, exactly.
+fn assert_classes_sum_to_rss(b: &Value) {
+    assert_eq!(
+        u(&b["rss"]),
+        u(&b["malloc_heaps"])
+            + u(&b["thread_stacks"])
+            + u(&b["code_and_files"])
+            + u(&b["other_anonymous"]),
+        "{b}"
+    );
+}
+
 #[test]
 fn fragmented_arenas_are_retention_and_match_mallinfo2() {
     if !have_root("fragmented_arenas_are_retention_and_match_mallinfo2") {
@@ -116,13 +128,7 @@ fn fragmented_arenas_are_retention_and_match_mallinfo2() {
     // The arenas' heaps hold the resident memory, and the resident classes sum to the RSS.
     let b = &m["breakdown"];
     assert!(u(&b["malloc_heaps"]) > 60 << 20, "{b}");
-    assert_eq!(
-        u(&b["rss"]),
-        u(&b["malloc_heaps"])
-            + u(&b["thread_stacks"])
-            + u(&b["code_and_files"])
-            + u(&b["other_anonymous"])
-    );
+    assert_classes_sum_to_rss(b);
     assert!(
         m["advice"]
             .as_array()
@@ -194,12 +200,6 @@ fn another_allocators_account_is_said_unread() {
     // The resident set is still broken down, and its classes still sum to it.
     let b = &m["breakdown"];
     assert!(u(&b["rss"]) > 0);
-    assert_eq!(
-        u(&b["rss"]),
-        u(&b["malloc_heaps"])
-            + u(&b["thread_stacks"])
-            + u(&b["code_and_files"])
-            + u(&b["other_anonymous"])
-    );
+    assert_classes_sum_to_rss(b);
     assert_eq!(target.finish(), 0);
 }

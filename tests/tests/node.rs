@@ -128,15 +128,7 @@ fn assert_traced_control(report: &Value, fixture: &str, pid: u32, function: &str
         "{fixture}: no stack names {function} ({} stacks)",
         stacks.len()
     );
-    let suspects: Vec<(&Value, Vec<&str>)> = stacks
-        .into_iter()
-        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
-        .map(|s| (&s["growth"], names(s)))
-        .collect();
-    assert!(
-        suspects.is_empty(),
-        "{fixture}: stacks with verdict leak or growing: {suspects:#?}"
-    );
+    leaktrace_tests::assert_no_growth(fixture, stacks);
 }
 
 #[test]

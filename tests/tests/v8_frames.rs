@@ -169,15 +169,7 @@ fn leaks_are_named_under(node: &Path, test: &str) {
         "{CONTROL}: no stack names {CONTROL_FUNCTION} ({} stacks)",
         stacks.len()
     );
-    let suspects: Vec<(&Value, Vec<&str>)> = stacks
-        .into_iter()
-        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
-        .map(|s| (&s["growth"], names(s)))
-        .collect();
-    assert!(
-        suspects.is_empty(),
-        "{CONTROL}: stacks with verdict leak or growing: {suspects:#?}"
-    );
+    leaktrace_tests::assert_no_growth(CONTROL, stacks);
     for target in report["targets"].as_array().expect("targets[]") {
         let notes = target["notes"].to_string();
         assert!(!notes.contains("unnamed"), "{notes}");
