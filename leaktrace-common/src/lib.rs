@@ -22,13 +22,32 @@ pub const MAX_PENDING_CALLS: u32 = 1 << 14;
 /// Capacity of the target table: processes traced at once by one loaded program set.
 pub const MAX_TARGETS: u32 = 4096;
 
-/// What an allocation site allocated: heap blocks from the allocator, or mappings.
+/// What an allocation site allocated: heap blocks from the allocator, or mappings; or, in watch
+/// mode, the pages a stack populated (touched for the first time), seen by page faults.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AllocKind {
     Heap = 0,
     Mmap = 1,
+    Populated = 2,
 }
+
+/// Default capacity of watch mode's page map: pages whose populating stack is kept (1 GiB of
+/// 4 KiB pages at a fault period of 1; each entry stands for a period's pages).
+pub const DEFAULT_MAX_PAGES: u32 = 1 << 18;
+
+/// Key of watch mode's page map: one populated page of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PageKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// The page's address.
+    pub page: u64,
+}
+
+/// Bytes one page fault populates (a base page; see `leaktrace`'s watch mode on huge pages).
+pub const PAGE_BYTES: u64 = 4096;
 
 /// Identity of one allocation site of one process.
 ///
@@ -52,6 +71,11 @@ impl StackKey {
     /// Whether this site made mappings (`mmap`), not heap blocks.
     pub fn is_mapping(&self) -> bool {
         self.kind == AllocKind::Mmap as u32
+    }
+
+    /// Whether this site's bytes are pages populated (watch mode), not live blocks.
+    pub fn is_populated(&self) -> bool {
+        self.kind == AllocKind::Populated as u32
     }
 }
 
@@ -387,6 +411,11 @@ pub enum Counter {
     /// Mapping events (mmap, munmap, mremap, mprotect) lost because the event ring was full:
     /// mapped bytes may be off by what they did.
     MapEventsLost = 12,
+    /// Page faults counted in watch mode (each sample stands for its period's faults).
+    PageFaults = 13,
+    /// Populated pages whose stack was not kept: the page map was full. Their bytes count as
+    /// populated, never as resident.
+    PageMapFull = 14,
 }
 
 /// Number of counters kept per target (room to add counters without changing the map layout).
@@ -423,4 +452,5 @@ mod pod {
     unsafe impl aya::Pod for super::V8Frames {}
     unsafe impl aya::Pod for super::JsFrames {}
     unsafe impl aya::Pod for super::JsCached {}
+    unsafe impl aya::Pod for super::PageKey {}
 }

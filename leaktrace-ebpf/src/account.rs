@@ -55,6 +55,13 @@ pub fn bump(counters: *mut u64, counter: Counter) {
     unsafe { *counters.add(counter as usize) += 1 };
 }
 
+/// Adds `n` to a per-CPU counter.
+#[inline(always)]
+pub fn bump_by(counters: *mut u64, counter: Counter, n: u64) {
+    // SAFETY: as for `bump`.
+    unsafe { *counters.add(counter as usize) += n };
+}
+
 /// Records a block returned by the allocation call `call` (if sampling picked it).
 #[inline(always)]
 pub fn record_alloc(counters: *mut u64, addr: u64, call: &PendingCall) {
@@ -141,7 +148,7 @@ fn release(block: &LiveAlloc) {
 
 /// The totals of `site`, created on first use.
 #[inline(always)]
-fn site_stats(site: &StackKey) -> Option<*mut StackStats> {
+pub fn site_stats(site: &StackKey) -> Option<*mut StackStats> {
     if let Some(stats) = STACK_STATS.get_ptr_mut(site) {
         return Some(stats);
     }

@@ -10,6 +10,7 @@
 
 mod account;
 mod alloc;
+mod fault;
 mod follow;
 mod js;
 mod mapping;

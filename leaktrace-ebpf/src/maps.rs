@@ -8,10 +8,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leaktrace_common::{
-    DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES,
+    DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_PAGES, DEFAULT_MAX_STACK_TRACES,
     DEFAULT_MAX_STACKS, JsCached, JsFrames, LiveAlloc, LiveKey, MAX_FRAMES, MAX_PENDING_CALLS,
-    MAX_TARGETS, PendingCall, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames, StackKey,
-    StackStats, StoredStack, TargetCounters, V8Frames,
+    MAX_TARGETS, PageKey, PendingCall, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames,
+    StackKey, StackStats, StoredStack, TargetCounters, V8Frames,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -127,3 +127,9 @@ pub static SAMPLE_TABLE: Array<u32> = Array::with_max_entries(SAMPLE_BUCKETS, 0)
 /// Mapping changes of targets, in the order they happened (see `mapping`). Sized by the tracer.
 #[map]
 pub static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_MAP_EVENTS_BYTES, 0);
+
+/// Watch mode: the stack that last populated each sampled page of a target. The tracer reads
+/// which of them are still resident (`/proc/PID/pagemap`), and drops the others.
+#[map]
+pub static PAGES: HashMap<PageKey, StackKey> =
+    HashMap::with_max_entries(DEFAULT_MAX_PAGES, BPF_F_NO_PREALLOC);

@@ -147,6 +147,15 @@ pub struct TraceArgs {
     pub interval: Option<Duration>,
     #[command(flatten)]
     pub outputs: OutputArgs,
+    /// What to capture. `exact`: probe the allocator, every call, and report each stack's live
+    /// blocks. `watch`: place no probe at all (the target's code runs untouched) and report the
+    /// pages each stack populates, from sampled page faults, with the resident set's growth.
+    #[arg(long, value_enum, default_value_t = Capture::Exact)]
+    pub mode: Capture,
+    /// In watch mode, take one page fault in this many (of every process on each CPU, alike):
+    /// each sample stands for that many pages. 1 counts every fault.
+    #[arg(long, default_value_t = DEFAULT_FAULT_PERIOD, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fault_period: u64,
     /// Record a sample of allocations, one per this many bytes on average (Poisson sampling by
     /// bytes: `512KiB`, `1MiB` or plain bytes); sizes become unbiased estimates. Cheaper on busy
     /// processes: a passed-over call costs no stack walk and no map update.
@@ -172,6 +181,10 @@ pub struct TraceArgs {
     /// Most distinct call stacks stored (each costs about 0.5 KiB of kernel memory once seen).
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_STACK_TRACES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stack_traces: u32,
+    /// Watch mode: most populated pages whose stack is kept at once (about 100 bytes of kernel
+    /// memory each; each stands for --fault-period pages). Pages beyond it are counted.
+    #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_PAGES, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_pages: u32,
     /// Size of the ring that carries mapping changes (mmap, munmap, mremap, mprotect) to the
     /// tracer, in bytes: a power of two of at least 4096. Events that do not fit are counted.
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAP_EVENTS_BYTES, value_parser = parse_ring_bytes)]
@@ -181,6 +194,18 @@ pub struct TraceArgs {
     #[arg(long, hide = true)]
     pub empty_probes: bool,
 }
+
+/// How a trace captures memory, see [`TraceArgs::mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Capture {
+    #[default]
+    Exact,
+    Watch,
+}
+
+/// Page faults per sample in watch mode: every one. A leak populates a few thousand pages a
+/// second (PLATFORM.md), and `cargo xtask bench` measures what sampling each of them costs.
+pub const DEFAULT_FAULT_PERIOD: u64 = 1;
 
 /// A ring buffer size: the kernel wants a power of two and a multiple of the page size.
 fn parse_ring_bytes(text: &str) -> Result<u32, String> {
@@ -194,11 +219,27 @@ fn parse_ring_bytes(text: &str) -> Result<u32, String> {
 }
 
 impl TraceArgs {
-    pub fn mode(&self) -> ProbeMode {
-        if self.empty_probes {
-            ProbeMode::Empty
-        } else {
-            ProbeMode::Trace
+    /// The probes' mode; watch mode refuses the options that only mean something for probes.
+    pub fn mode(&self) -> Result<ProbeMode, String> {
+        match self.mode {
+            Capture::Exact if self.empty_probes => Ok(ProbeMode::Empty),
+            Capture::Exact => Ok(ProbeMode::Trace),
+            Capture::Watch => {
+                let probe_only = [
+                    (self.sample_bytes.is_some(), "--sample-bytes"),
+                    (self.max_overhead.is_some(), "--max-overhead"),
+                    (self.empty_probes, "--empty-probes"),
+                ];
+                if let Some((_, flag)) = probe_only.iter().find(|(given, _)| *given) {
+                    return Err(format!(
+                        "{flag} applies to allocator probes; `--mode watch` places none"
+                    ));
+                }
+                Ok(ProbeMode::Watch {
+                    period: std::num::NonZeroU64::new(self.fault_period)
+                        .ok_or("--fault-period must be at least 1")?,
+                })
+            }
         }
     }
 
@@ -207,6 +248,7 @@ impl TraceArgs {
             live_allocs: self.max_live_allocs,
             stacks: self.max_stacks,
             stack_traces: self.max_stack_traces,
+            pages: self.max_pages,
             map_events_bytes: self.map_events_bytes,
         }
     }

@@ -143,7 +143,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         }),
         top: args.outputs.top,
         limits: args.limits(),
-        mode: args.mode(),
+        mode: args.mode().map_err(anyhow::Error::msg)?,
         quiet: args.quiet,
         sample_bytes: args.sample_bytes,
         max_overhead: args.max_overhead,

@@ -131,6 +131,8 @@ pub(crate) struct Session {
     memory: crate::analyze::memory::Watch,
     /// The last sample is being taken: every reading is made.
     ending: bool,
+    /// Watch mode's page-fault period; `None` when the allocator is probed.
+    fault_period: Option<u64>,
 }
 
 /// SIGTERM and SIGINT, caught from before the first probe is attached: a signal that arrives
@@ -204,6 +206,10 @@ impl Session {
             notes: Vec::new(),
             memory: Default::default(),
             ending: false,
+            fault_period: match options.mode {
+                crate::probe::ProbeMode::Watch { period } => Some(period.get()),
+                _ => None,
+            },
         })
     }
 
@@ -293,6 +299,9 @@ impl Session {
     /// trace goes on. `late`: the process has been running, so what these objects allocated
     /// before is missed (said in its report).
     pub(crate) fn attach_runtimes(&mut self, index: usize, late: bool) {
+        if !self.probes.traps() {
+            return;
+        }
         let traced = &self.traced[index];
         let allocators = self
             .allocators
@@ -306,6 +315,10 @@ impl Session {
     /// waits until the kernel's records of what it mapped are all in (found gone a while ago,
     /// or `flush`: the trace ends), then its report says what could not be probed.
     fn probe_new_images(&mut self, flush: bool) {
+        if !self.probes.traps() {
+            self.new_images.clear();
+            return;
+        }
         let pids: Vec<u32> = self.new_images.iter().copied().collect();
         for pid in pids {
             let Some(index) = self.traced.iter().position(|t| t.target.pid == pid) else {
@@ -380,6 +393,10 @@ impl Session {
 
     /// Probes one more allocator object of target `index`, unless it is probed already.
     fn attach_runtime(&mut self, index: usize, lib: &crate::process::Allocator, late: bool) {
+        // Watched processes are not probed: what they populate is counted from their faults.
+        if !self.probes.traps() {
+            return;
+        }
         let traced = &mut self.traced[index];
         if lib.inode == traced.attachment.allocator.inode || traced.runtimes.contains(&lib.inode) {
             return;
@@ -800,6 +817,9 @@ impl Session {
             }
         }
         let mut snapshot = collect::snapshot(&self.probes)?;
+        if let Some(period) = self.fault_period {
+            collect::pages::apply(&mut self.probes, &mut snapshot, period)?;
+        }
         self.merge_sites(&mut snapshot)?;
         self.probes
             .drain_map_events(|event| self.mappings.apply(&event));
@@ -1149,6 +1169,7 @@ impl Session {
             notes,
             ended_by,
             top: options.top,
+            fault_period: self.fault_period,
         })
     }
 }

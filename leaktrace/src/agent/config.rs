@@ -248,6 +248,7 @@ impl AgentConfig {
                 None => Ok(default),
             };
         let limits = MapLimits {
+            pages: leaktrace_common::DEFAULT_MAX_PAGES,
             live_allocs: positive(
                 args.max_live_allocs,
                 file.max_live_allocs,

@@ -5,6 +5,7 @@
 
 pub mod batch;
 pub mod mappings;
+pub mod pages;
 pub mod sideband;
 
 use std::collections::HashMap;
@@ -78,7 +79,7 @@ impl Snapshot {
 pub enum CollectError {
     #[error("map {0} is missing from the probes object")]
     MissingMap(&'static str),
-    #[error("reading map STACK_STATS in batches: {0}")]
+    #[error("reading a map in batches: {0}")]
     Batch(#[source] std::io::Error),
     #[error("reading map {map}: {source}")]
     Map {

@@ -1,12 +1,13 @@
 //! Loading the probes and attaching them to each target's allocator.
 
 pub mod btf;
+mod fault;
 pub mod placement;
 
 use std::{
     collections::{HashMap, HashSet},
     fs,
-    num::NonZeroU32,
+    num::{NonZeroU32, NonZeroU64},
 };
 
 use aya::{
@@ -21,8 +22,9 @@ use aya::{
     util::nr_cpus,
 };
 use leaktrace_common::{
-    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PendingCall, STORED_SLOTS,
-    Sampling, StackFrames, StackKey, StackStats, StoredStack, TargetCounters, V8Frames,
+    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PageKey, PendingCall,
+    STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack, TargetCounters,
+    V8Frames,
 };
 use tracing::{debug, warn};
 
@@ -34,6 +36,8 @@ pub struct MapLimits {
     pub live_allocs: u32,
     pub stacks: u32,
     pub stack_traces: u32,
+    /// Watch mode's sampled pages kept at once.
+    pub pages: u32,
     /// Bytes of the mapping event ring (a power of two, at least a page).
     pub map_events_bytes: u32,
 }
@@ -47,6 +51,16 @@ pub enum ProbeMode {
     /// Programs that return at once, at the same places: the cost of the traps alone, the
     /// floor that `cargo xtask bench` compares the tracer with.
     Empty,
+    /// No uprobe at all: the pages each stack populates, from the `page-faults` event sampled
+    /// once every `period` faults (see `fault`).
+    Watch { period: NonZeroU64 },
+}
+
+impl ProbeMode {
+    /// Whether allocator calls are probed (exact or empty), rather than page faults watched.
+    pub fn traps(self) -> bool {
+        !matches!(self, Self::Watch { .. })
+    }
 }
 
 impl Default for MapLimits {
@@ -55,6 +69,7 @@ impl Default for MapLimits {
             live_allocs: leaktrace_common::DEFAULT_MAX_LIVE_ALLOCS,
             stacks: leaktrace_common::DEFAULT_MAX_STACKS,
             stack_traces: leaktrace_common::DEFAULT_MAX_STACK_TRACES,
+            pages: leaktrace_common::DEFAULT_MAX_PAGES,
             map_events_bytes: leaktrace_common::DEFAULT_MAP_EVENTS_BYTES,
         }
     }
@@ -97,6 +112,15 @@ pub enum ProbeError {
     #[error("`{function}` in {library} starts with instructions the kernel cannot probe")]
     Unprobeable { library: String, function: String },
 
+    #[error(
+        "opening the page-fault event on CPU {cpu}: {source} (watch mode needs perf events: root \
+         or CAP_PERFMON, and a kernel with the page-faults software event)"
+    )]
+    FaultEvent {
+        cpu: u32,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
     #[error("{0} is missing from the probes object (a build problem: rebuild leaktrace)")]
     Missing(&'static str),
     #[error("updating the target table: {0}")]
@@ -360,6 +384,8 @@ pub struct Probes {
     map_events: Option<RingBuf<MapData>>,
     /// Targets given a slot of the probes' fast path (`TARGET_SLOTS`), and the slot.
     slots: HashMap<u32, u32>,
+    /// Watch mode's page-fault events.
+    faults: Option<fault::FaultEvents>,
 }
 
 /// The probability of recording an allocation in each bucket of
@@ -571,12 +597,15 @@ impl Probes {
             .map_max_entries("STACKS", limits.stack_traces)
             .map_max_entries("JS_STACKS", limits.stack_traces)
             .map_max_entries("JS_CACHE", limits.stack_traces)
+            .map_max_entries("PAGES", limits.pages)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/leaktrace-probes"
             )))
             .map_err(|e| ProbeError::Load(Box::new(e)))?;
-        for &name in PROGRAMS {
+        // Watch mode loads no uprobe program: verifying them is most of the load time.
+        let uprobes = if mode.traps() { PROGRAMS } else { &[] };
+        for &name in uprobes {
             let program: &mut UProbe = ebpf
                 .program_mut(name)
                 .and_then(|p| p.try_into().ok())
@@ -595,6 +624,10 @@ impl Probes {
             None => None,
         };
         attach_raw_tracepoint(&mut ebpf, EXEC_PROGRAM, "sched_process_exec")?;
+        let faults = match mode {
+            ProbeMode::Watch { period } => Some(fault::FaultEvents::open(&mut ebpf, period)?),
+            _ => None,
+        };
         let map_events = if mode == ProbeMode::Trace {
             // Their links live as long as the loaded object.
             for &(name, tracepoint) in SYSCALL_PROGRAMS {
@@ -615,6 +648,7 @@ impl Probes {
             follow,
             attached_files: HashSet::new(),
             map_events,
+            faults,
         })
     }
 
@@ -637,6 +671,7 @@ impl Probes {
     pub fn run_time(&self) -> std::time::Duration {
         PROGRAMS
             .iter()
+            .chain([fault::FAULT_PROGRAM].iter())
             .filter_map(|&name| self.ebpf.program(name)?.info().ok())
             .map(|info| info.run_time())
             .sum()
@@ -656,6 +691,18 @@ impl Probes {
         target: &Target,
         allocator: &Allocator,
     ) -> Result<Attachment, ProbeError> {
+        if !self.mode.traps() {
+            // Watched: the page-fault program counts a process from its entry in the table.
+            self.register(target.pid)?;
+            return Ok(Attachment {
+                allocator: allocator.clone(),
+                functions: Vec::new(),
+                free: FreePlacement {
+                    offset: 0,
+                    note: "none: watch mode places no probe".to_owned(),
+                },
+            });
+        }
         let attached = self.attach_object(target, allocator).and_then(|attached| {
             let free = attached.free.ok_or_else(|| ProbeError::MissingSymbol {
                 library: allocator.host_path.display().to_string(),
@@ -693,6 +740,9 @@ impl Probes {
         target: &Target,
         object: &Allocator,
     ) -> Result<Vec<String>, ProbeError> {
+        if !self.mode.traps() {
+            return Ok(Vec::new());
+        }
         self.attach_object(target, object).map(|a| a.functions)
     }
 
@@ -722,6 +772,7 @@ impl Probes {
             (ProbeMode::Trace, program) => program,
             (ProbeMode::Empty, RETURN_PROGRAM) => EMPTY_RETURN,
             (ProbeMode::Empty, _) => EMPTY_ENTRY,
+            (ProbeMode::Watch { .. }, program) => program,
         };
         // Following, a file's probes serve every process: attached once.
         if self.follow.is_some() && !self.attached_files.insert((program, object.inode)) {
@@ -825,6 +876,38 @@ impl Probes {
         self.follow.is_some() && self.attached_files.iter().any(|&(_, i)| i == inode)
     }
 
+    /// Watch mode's sampled pages, each with the stack that populated it.
+    pub fn pages(&self) -> std::io::Result<Vec<(PageKey, StackKey)>> {
+        match self.ebpf.map("PAGES") {
+            Some(aya::maps::Map::HashMap(data)) => Ok(crate::collect::batch::read_all::<
+                PageKey,
+                StackKey,
+            >(std::os::fd::AsFd::as_fd(
+                data.fd(),
+            ))?
+            .unwrap_or_default()),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// Forgets pages no longer resident. A page populated again meanwhile loses its entry
+    /// until its next fault: it is missing from its stack's resident bytes, never counted twice.
+    pub fn drop_pages(&mut self, pages: &[PageKey]) {
+        if pages.is_empty() {
+            return;
+        }
+        if let Ok(mut map) = hash_map_mut::<PageKey, StackKey>(&mut self.ebpf, "PAGES") {
+            for page in pages {
+                let _ = map.remove(page);
+            }
+        }
+    }
+
+    /// Whether allocator calls are probed; in watch mode no uprobe is placed.
+    pub fn traps(&self) -> bool {
+        self.mode.traps()
+    }
+
     /// Whether process trees are followed (see [`Probes::load`]).
     pub fn follows(&self) -> bool {
         self.follow.is_some()
@@ -897,6 +980,9 @@ impl Probes {
         for pid in pids {
             self.detach(pid);
         }
+        if let Some(faults) = self.faults.take() {
+            faults.close(&mut self.ebpf);
+        }
     }
 
     /// Drops every entry of a target from the maps (its live blocks, sites, pending calls and
@@ -952,6 +1038,7 @@ impl Probes {
             let _ = cache.remove(&key);
         }
         remove_where::<u32, u64>(&mut self.ebpf, "EXECS", |k| *k == pid)?;
+        remove_where::<PageKey, StackKey>(&mut self.ebpf, "PAGES", |k| k.tgid == pid)?;
         if let Some(slot) = self.slots.remove(&pid) {
             array_mut::<u32>(&mut self.ebpf, "TARGET_SLOTS")?
                 .set(slot, &0, 0)

@@ -55,6 +55,8 @@ pub struct Inputs<'a> {
     pub notes: Vec<String>,
     pub ended_by: &'static str,
     pub top: Option<usize>,
+    /// Watch mode's page-fault period; `None` for probes.
+    pub fault_period: Option<u64>,
 }
 
 pub fn build(inputs: Inputs<'_>) -> Report {
@@ -72,7 +74,10 @@ pub fn build(inputs: Inputs<'_>) -> Report {
     let mut sites: Vec<(&StackKey, &StackStats)> = inputs.last.sites.iter().collect();
     for (key, stats) in &sites {
         let totals = per_target.entry(key.tgid).or_default();
-        if key.is_mapping() {
+        if key.is_populated() {
+            totals.populated_bytes += stats.alloc_bytes as i64;
+            totals.resident_bytes += stats.live_bytes;
+        } else if key.is_mapping() {
             totals.mapped_bytes += stats.live_bytes;
             totals.mappings += stats.live_allocs;
             totals.reserved_bytes += inputs.last.reserved.get(key).copied().unwrap_or(0);
@@ -180,6 +185,13 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             notes: inputs.notes,
             ended_by: inputs.ended_by.into(),
             stacks_omitted: omitted,
+            mode: if inputs.fault_period.is_some() {
+                "watch"
+            } else {
+                "exact"
+            }
+            .into(),
+            fault_period: inputs.fault_period.unwrap_or(0),
         },
         targets,
         totals,
@@ -236,7 +248,9 @@ fn counter_totals(c: &[u64; NUM_COUNTERS]) -> Totals {
             missed_frees: n(Counter::MissedFrees),
             missed_returns: n(Counter::MissedReturns),
             map_events_lost: n(Counter::MapEventsLost),
+            page_map_full: n(Counter::PageMapFull),
         },
+        page_faults: n(Counter::PageFaults),
         ..Totals::default()
     }
 }
@@ -244,6 +258,8 @@ fn counter_totals(c: &[u64; NUM_COUNTERS]) -> Totals {
 fn kind_name(kind: u32) -> &'static str {
     if kind == AllocKind::Mmap as u32 {
         "mmap"
+    } else if kind == AllocKind::Populated as u32 {
+        "populated"
     } else {
         "heap"
     }

@@ -219,6 +219,7 @@ mod render_tests {
                 unknown_frees: 2,
                 ..Losses::default()
             },
+            ..Totals::default()
         };
         Report {
             format_version: FORMAT_VERSION,
@@ -231,6 +232,8 @@ mod render_tests {
                 notes: Vec::new(),
                 ended_by: "duration".into(),
                 stacks_omitted: 0,
+                mode: "exact".into(),
+                fault_period: 0,
             },
             targets: vec![TargetReport {
                 pid: 42,
@@ -298,7 +301,7 @@ leaktrace: traced 1 process for 3.0s (interval 1s), ended by duration
   PID 42  ./app --flag  [running]
     allocator glibc /usr/lib/libc.so.6 (free probe at +3)
     live 2.9 KiB in 3 blocks; allocated 6.9 KiB in 4 calls; 1 frees, 0 failed allocations
-    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stacks not stored, 0 stacks truncated, 0 in-flight map full, 0 missed frees, 0 missed returns, 0 mapping events lost
+    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stacks not stored, 0 stacks truncated, 0 in-flight map full, 0 missed frees, 0 missed returns, 0 mapping events lost, 0 pages not kept (page map full)
 
 Leak suspects, fastest growing first (1 of 1):
 ";

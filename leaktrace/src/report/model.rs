@@ -98,6 +98,17 @@ pub struct TraceInfo {
     pub ended_by: String,
     /// Sites left out of `stacks` by `--top` (their bytes are still in `totals`).
     pub stacks_omitted: usize,
+    /// `exact`: the allocator was probed, stacks hold live blocks. `watch`: no probe was placed;
+    /// stacks are of kind `populated`, the pages each touched first, from page faults.
+    #[serde(default = "exact")]
+    pub mode: String,
+    /// In watch mode, the page faults each sample stood for (0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub fault_period: u64,
+}
+
+fn exact() -> String {
+    "exact".into()
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -148,6 +159,16 @@ pub struct Totals {
     /// ...and bytes mapped `PROT_NONE` (reserved address space, not memory in use).
     #[serde(default)]
     pub reserved_bytes: u64,
+    /// Watch mode: bytes of the pages populated (first touched), from the page faults
+    /// sampled...
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub populated_bytes: i64,
+    /// ...the page faults they stand for...
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub page_faults: u64,
+    /// ...and the bytes of those pages still resident at the end.
+    #[serde(default, skip_serializing_if = "is_zero_i64")]
+    pub resident_bytes: i64,
     pub losses: Losses,
 }
 
@@ -174,6 +195,10 @@ pub struct Losses {
     /// mapped bytes may be off by what they did.
     #[serde(default)]
     pub map_events_lost: u64,
+    /// Watch mode: populated pages whose stack was not kept, the page map being full (raise
+    /// `--max-pages` or `--fault-period`): counted as populated, never as resident.
+    #[serde(default)]
+    pub page_map_full: u64,
 }
 
 impl std::fmt::Display for Losses {
@@ -183,7 +208,7 @@ impl std::fmt::Display for Losses {
             f,
             "{} unknown frees (allocated before attach), {} live-map full, {} stack-map full, \
              {} stacks not stored, {} stacks truncated, {} in-flight map full, {} missed frees, \
-             {} missed returns, {} mapping events lost",
+             {} missed returns, {} mapping events lost, {} pages not kept (page map full)",
             self.unknown_frees,
             self.live_map_full,
             self.stack_map_full,
@@ -193,6 +218,7 @@ impl std::fmt::Display for Losses {
             self.missed_frees,
             self.missed_returns,
             self.map_events_lost,
+            self.page_map_full,
         )
     }
 }
@@ -209,6 +235,9 @@ impl Totals {
         self.mapped_bytes += other.mapped_bytes;
         self.mappings += other.mappings;
         self.reserved_bytes += other.reserved_bytes;
+        self.populated_bytes += other.populated_bytes;
+        self.page_faults += other.page_faults;
+        self.resident_bytes += other.resident_bytes;
         let (l, o) = (&mut self.losses, &other.losses);
         l.unknown_frees += o.unknown_frees;
         l.live_map_full += o.live_map_full;
@@ -219,18 +248,24 @@ impl Totals {
         l.missed_frees += o.missed_frees;
         l.missed_returns += o.missed_returns;
         l.map_events_lost += o.map_events_lost;
+        l.page_map_full += o.page_map_full;
     }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct StackReport {
     pub pid: u32,
-    /// `heap` for allocator blocks, `mmap` for anonymous mappings.
+    /// `heap` for allocator blocks, `mmap` for anonymous mappings, `populated` (watch mode) for
+    /// the pages a stack touched first.
     pub kind: String,
-    /// For `mmap`: bytes mapped with some access (reserved address space is apart).
+    /// For `mmap`: bytes mapped with some access (reserved address space is apart). For
+    /// `populated`: bytes of the pages this stack populated that are still resident.
     pub live_bytes: i64,
+    /// For `populated`: those pages.
     pub live_allocs: i64,
+    /// For `populated`: bytes of every page this stack populated, resident or given back.
     pub allocated_bytes: u64,
+    /// For `populated`: the page faults.
     pub alloc_calls: u64,
     /// For `mmap`: bytes mapped `PROT_NONE`, address space reserved but not memory in use.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -265,5 +300,9 @@ pub struct Frame {
 }
 
 fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+fn is_zero_i64(n: &i64) -> bool {
     *n == 0
 }

@@ -1,0 +1,94 @@
+//! The zero-trap capture path: page faults, not allocator calls.
+//!
+//! A perf software event counts the page faults of every CPU; each `sample_period`-th runs this
+//! program, which keeps to the targets and charges the pages the sample stands for to the stack
+//! that touched them. Memory a process writes for the first time faults once per page, so the
+//! stacks that populate new memory are the ones that grow the resident set, found without a
+//! single uprobe on the request path.
+
+use aya_ebpf::{
+    bindings::{BPF_ANY, bpf_perf_event_data, pt_regs},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel,
+        bpf_probe_read_user, bpf_task_pt_regs,
+    },
+    macros::perf_event,
+    programs::PerfEventContext,
+};
+use leaktrace_common::{AllocKind, Counter, PAGE_BYTES, PageKey};
+
+use crate::{
+    account::{add_u64, bump, bump_by, site_stats, table_counters},
+    maps::PAGES,
+    site,
+};
+
+/// Ring 3 in the low bits of the code segment: the registers are the user's.
+const USER_MODE: u64 = 3;
+
+/// One sampled page fault of any process; only targets' are counted.
+#[perf_event]
+pub fn page_fault(ctx: PerfEventContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let Some(counters) = table_counters(tgid) else {
+        return 0;
+    };
+    // SAFETY: `ctx` is the context the kernel handed to this program.
+    let data = unsafe { &*ctx.ctx };
+    let period = data.sample_period.max(1);
+    bump_by(counters, Counter::PageFaults, period);
+    let Some(user) = user_registers(data) else {
+        bump(counters, Counter::StackCaptureFailed);
+        return 0;
+    };
+    // Mid-function, the return address into the caller sits above the saved frame pointer.
+    // SAFETY: user-memory reads through the helper: a bad address yields an error.
+    let frame = unsafe { bpf_probe_read_user(user.rbp as *const [u64; 2]) }.unwrap_or([0, 0]);
+    let key = site::capture_at(
+        site::Registers {
+            ip: user.rip,
+            caller: frame[1],
+            fp: frame[0],
+        },
+        tgid,
+        AllocKind::Populated,
+        counters,
+    );
+    let Some(stats) = site_stats(&key) else {
+        bump(counters, Counter::StackMapFull);
+        return 0;
+    };
+    // Populated bytes are never given back by this count; what is still resident is the
+    // tracer's to read, from the pages below.
+    add_u64(
+        unsafe { &raw mut (*stats).alloc_bytes },
+        period * PAGE_BYTES,
+    );
+    add_u64(unsafe { &raw mut (*stats).alloc_calls }, period);
+    let page = PageKey {
+        tgid,
+        _pad: 0,
+        page: data.addr & !(PAGE_BYTES - 1),
+    };
+    if page.page != 0 && PAGES.insert(&page, &key, u64::from(BPF_ANY)).is_err() {
+        bump(counters, Counter::PageMapFull);
+    }
+    0
+}
+
+/// The user registers of the faulting thread: the event's own for a fault in user mode, the
+/// ones saved at kernel entry for a fault the kernel took on the user's behalf (a `read` into a
+/// fresh buffer), whose instruction pointer is then the return from that system call.
+#[inline(always)]
+fn user_registers(data: &bpf_perf_event_data) -> Option<pt_regs> {
+    if data.regs.cs & USER_MODE == USER_MODE {
+        return Some(data.regs);
+    }
+    // SAFETY: helpers on the current task; the registers are read through the kernel-read
+    // helper, which fails rather than faults.
+    unsafe {
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const pt_regs;
+        bpf_probe_read_kernel(regs).ok()
+    }
+}
