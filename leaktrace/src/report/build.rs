@@ -127,6 +127,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             }
         })
         .collect();
+    demote_unseen_growth(&mut stacks, &inputs.targets);
     let origins = roll_up(&stacks);
     // `--top` keeps the largest stacks, and every leak suspect however small.
     let omitted = match inputs.top.or(Some(DEFAULT_STACKS_KEPT)) {
@@ -262,5 +263,31 @@ fn kind_name(kind: u32) -> &'static str {
         "populated"
     } else {
         "heap"
+    }
+}
+
+/// Watch mode: pages a stack keeps are growth only where the process's resident set grew by as
+/// much as half their rise. Where it did not, the stack took over pages given back elsewhere (a
+/// collector's, the allocator's trimmed top): its growth is someone else's churn.
+fn demote_unseen_growth(stacks: &mut [StackReport], targets: &[TargetSummary]) {
+    let rss_rise: HashMap<u32, i64> = targets
+        .iter()
+        .filter_map(|t| {
+            let series = &t.memory.as_ref()?.series;
+            let (first, last) = (series.first()?, series.last()?);
+            Some((t.pid, last.rss_bytes as i64 - first.rss_bytes as i64))
+        })
+        .collect();
+    for stack in stacks.iter_mut().filter(|s| s.kind == "populated") {
+        let (Some(&rss), Some(first), Some(last)) = (
+            rss_rise.get(&stack.pid),
+            stack.series.first(),
+            stack.series.last(),
+        ) else {
+            continue;
+        };
+        if stack.growth.verdict.is_suspect() && 2 * rss < last.1 - first.1 {
+            stack.growth.verdict = growth::Verdict::Churn;
+        }
     }
 }

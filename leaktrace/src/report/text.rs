@@ -26,6 +26,15 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
     for note in &t.notes {
         let _ = writeln!(out, "  note: {note}");
     }
+    let watch = t.mode == "watch";
+    if watch {
+        let _ = writeln!(
+            out,
+            "  watch mode: no probe placed; stacks are the pages they populated (page faults, one \
+             sampled in {}), \"resident\" the ones still in memory, not live blocks",
+            t.fault_period
+        );
+    }
     if t.sample_bytes > 0 {
         let _ = writeln!(
             out,
@@ -63,30 +72,19 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
             "  PID {}{ns}  {}  [{state}]",
             target.pid, target.command
         );
-        let _ = writeln!(
-            out,
-            "    allocator {} {} (free probe {})",
-            target.allocator_name, target.allocator, target.free_probe
-        );
         let tt = &target.totals;
-        let _ = writeln!(
-            out,
-            "    live {} in {}; allocated {} in {}; {} frees, {} failed allocations",
-            bytes(tt.live_bytes),
-            counted(tt.live_allocs, "block"),
-            bytes(tt.allocated_bytes as i64),
-            counted(tt.alloc_calls as i64, "call"),
-            tt.free_calls,
-            tt.failed_allocs,
-        );
-        if tt.mappings > 0 || tt.reserved_bytes > 0 {
+        if watch {
             let _ = writeln!(
                 out,
-                "    mapped {} in {}, and {} reserved",
-                bytes(tt.mapped_bytes),
-                counted(tt.mappings, "mapping"),
-                bytes(tt.reserved_bytes as i64),
+                "    allocator {} {}; populated {} in {}, {} still resident",
+                target.allocator_name,
+                target.allocator,
+                bytes(tt.populated_bytes),
+                counted(tt.page_faults as i64, "page fault"),
+                bytes(tt.resident_bytes),
             );
+        } else {
+            write_allocations(&mut out, target);
         }
         let _ = writeln!(out, "    losses: {}", tt.losses);
         if let Some(memory) = &target.memory {
@@ -119,7 +117,8 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
     }
 
     if !report.origins.is_empty() {
-        let _ = writeln!(out, "\nLive bytes by origin:");
+        let measure = if watch { "Resident" } else { "Live" };
+        let _ = writeln!(out, "\n{measure} bytes by origin:");
         for o in &report.origins {
             let _ = writeln!(
                 out,
@@ -142,7 +141,8 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
     let total = report.stacks.len() + t.stacks_omitted;
     let _ = writeln!(
         out,
-        "\nLargest other stacks by live bytes ({} of {total} stacks in all):",
+        "\nLargest other stacks by {} bytes ({} of {total} stacks in all):",
+        if watch { "resident" } else { "live" },
         others.len()
     );
     for (i, stack) in others.iter().enumerate() {
@@ -152,6 +152,24 @@ pub fn render(report: &Report, top: Option<usize>) -> String {
 }
 
 fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
+    if s.kind == "populated" {
+        let _ = writeln!(
+            out,
+            "\n#{rank}  {} resident in {}  ({} populated in {})  {} {}/s {}  [pid {}, {}, {}]",
+            bytes(s.live_bytes),
+            counted(s.live_allocs, "page"),
+            bytes(s.allocated_bytes as i64),
+            counted(s.alloc_calls as i64, "page fault"),
+            s.growth.verdict.as_str(),
+            Rate(s.growth.bytes_per_s),
+            sparkline(&s.series, 16),
+            s.pid,
+            s.kind,
+            s.origin.as_str(),
+        );
+        write_frames(out, &s.frames);
+        return;
+    }
     let (what, reserved) = if s.kind == "mmap" {
         (
             "mapping",
@@ -178,7 +196,40 @@ fn write_stack(out: &mut String, rank: usize, s: &StackReport) {
         s.kind,
         s.origin.as_str(),
     );
-    for frame in &s.frames {
+    write_frames(out, &s.frames);
+}
+
+/// A probed target's allocator and what its calls did.
+fn write_allocations(out: &mut String, target: &super::model::TargetReport) {
+    let tt = &target.totals;
+    let _ = writeln!(
+        out,
+        "    allocator {} {} (free probe {})",
+        target.allocator_name, target.allocator, target.free_probe
+    );
+    let _ = writeln!(
+        out,
+        "    live {} in {}; allocated {} in {}; {} frees, {} failed allocations",
+        bytes(tt.live_bytes),
+        counted(tt.live_allocs, "block"),
+        bytes(tt.allocated_bytes as i64),
+        counted(tt.alloc_calls as i64, "call"),
+        tt.free_calls,
+        tt.failed_allocs,
+    );
+    if tt.mappings > 0 || tt.reserved_bytes > 0 {
+        let _ = writeln!(
+            out,
+            "    mapped {} in {}, and {} reserved",
+            bytes(tt.mapped_bytes),
+            counted(tt.mappings, "mapping"),
+            bytes(tt.reserved_bytes as i64),
+        );
+    }
+}
+
+fn write_frames(out: &mut String, frames: &[Frame]) {
+    for frame in frames {
         let _ = writeln!(out, "      {}", frame_line(frame));
     }
 }

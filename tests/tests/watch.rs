@@ -1,0 +1,215 @@
+//! Watch mode end to end (`--mode watch`): no uprobe placed, the pages each stack populates
+//! counted from page faults, and the ones still resident read back from the process.
+#![allow(unused_crate_dependencies, reason = "the harness library uses them")]
+
+use std::process::Command;
+
+use leaktrace_tests::{
+    Target, Tracer, assert_no_growth, fixture, have_root, leaktrace, losses, read_report, root,
+    scratch, trace_workload,
+};
+use serde_json::Value;
+
+const PAGE: u64 = 4096;
+
+/// The stacks of `pid` with a frame in `function`.
+fn stacks_with<'a>(report: &'a Value, pid: u32, function: &str) -> Vec<&'a Value> {
+    report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .filter(|s| {
+            s["frames"]
+                .as_array()
+                .expect("frames[]")
+                .iter()
+                .any(|f| f["function"].as_str() == Some(function))
+        })
+        .collect()
+}
+
+fn functions(stack: &Value) -> Vec<&str> {
+    stack["frames"]
+        .as_array()
+        .expect("frames[]")
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?"))
+        .collect()
+}
+
+/// Every page a C program touches first is one page fault, charged to the function that
+/// touched it; the pages it keeps stay resident, the ones it unmaps do not.
+#[test]
+fn watch_counts_every_populated_page_and_what_stays_resident() {
+    if !have_root("watch_counts_every_populated_page_and_what_stays_resident") {
+        return;
+    }
+    let (rounds, pages) = (12u64, 256u64);
+    let exe = fixture("populate", &[]);
+    let mut target = Target::start(&exe, &[&rounds.to_string(), &pages.to_string(), "400"]);
+    let pid = target.pid();
+    let out = scratch("watch_exact").join("report.json");
+    let report = trace_workload(
+        &mut target,
+        pid,
+        &["--mode", "watch", "--interval", "250ms"],
+        &out,
+    );
+    assert_eq!(target.finish(), 0, "the fixture is unharmed");
+
+    assert_eq!(report["trace"]["mode"], "watch");
+    assert_eq!(report["trace"]["fault_period"], 1);
+    let t = &report["targets"][0];
+    assert_eq!(t["functions"], Value::Array(Vec::new()), "no probe placed");
+    assert!(
+        t["free_probe"]
+            .as_str()
+            .unwrap_or("")
+            .contains("watch mode")
+    );
+
+    let populated = rounds * pages;
+    let kept = stacks_with(&report, pid, "touch_kept");
+    assert_eq!(kept.len(), 1, "one stack touched the kept pages: {kept:#?}");
+    let kept = kept[0];
+    assert_eq!(kept["kind"], "populated");
+    assert_eq!(
+        kept["alloc_calls"].as_u64(),
+        Some(populated),
+        "one fault a page"
+    );
+    assert_eq!(kept["allocated_bytes"].as_u64(), Some(populated * PAGE));
+    assert_eq!(
+        kept["live_allocs"].as_u64(),
+        Some(populated),
+        "every kept page resident"
+    );
+    assert_eq!(kept["live_bytes"].as_u64(), Some(populated * PAGE));
+    assert_eq!(
+        &functions(kept)[..2],
+        ["touch_kept", "main"],
+        "the walk starts at the faulting instruction"
+    );
+    assert!(
+        matches!(kept["growth"]["verdict"].as_str(), Some("leak" | "growing")),
+        "{}",
+        kept["growth"]
+    );
+
+    let churn = stacks_with(&report, pid, "touch_churn");
+    assert_eq!(churn.len(), 1, "{churn:#?}");
+    assert_eq!(churn[0]["alloc_calls"].as_u64(), Some(populated));
+    assert_eq!(
+        churn[0]["live_bytes"].as_u64(),
+        Some(0),
+        "unmapped pages are not resident"
+    );
+    assert_no_growth("unmapped pages", churn);
+
+    let totals = &t["totals"];
+    let faults = totals["page_faults"].as_u64().expect("page_faults");
+    assert!(faults >= 2 * populated, "{totals}");
+    assert_eq!(totals["populated_bytes"].as_u64(), Some(faults * PAGE));
+    for (name, value) in losses(&report) {
+        assert_eq!(value.as_u64(), Some(0), "loss {name}");
+    }
+}
+
+fn start_node(fixture: &str, seconds: &str) -> Target {
+    let mut cmd = Command::new("node");
+    cmd.current_dir(scratch(&format!("watch_cwd_{fixture}")))
+        .arg(root().join(format!("tests/fixtures/node/{fixture}.js")))
+        .arg(seconds);
+    Target::spawn(cmd)
+}
+
+/// A flag-less Node leaking Buffers into a global array: without a single uprobe, the fastest
+/// growing stack names the leaking JavaScript function from the pages it fills; a control that
+/// churns the same Buffers, attached to once warm as a service would be, is watched and has no
+/// growing stack.
+#[test]
+fn watch_names_a_node_leak_by_the_pages_it_fills() {
+    if !have_root("watch_names_a_node_leak_by_the_pages_it_fills") {
+        return;
+    }
+    let mut leak = start_node("leak-global-array", "10");
+    let mut control = start_node("control-gc-buffers", "15");
+    control.send("go");
+    // Its allocator's heap reaches its working size in the first seconds (a warm-up, not
+    // growth); the control is watched after that.
+    std::thread::sleep(std::time::Duration::from_secs(4));
+    let pids = [leak.pid(), control.pid()];
+    let out = scratch("watch_node").join("report.json");
+    let tracer = Tracer::attach(&[
+        &pids[0].to_string(),
+        &pids[1].to_string(),
+        "--mode",
+        "watch",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    leak.send("go");
+    leak.expect_line("done");
+    control.expect_line("done");
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(&out);
+    for target in [leak, control] {
+        assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    }
+    let mut suspects: Vec<&Value> = report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pids[0])))
+        .filter(|s| s["growth"]["verdict"] == "leak")
+        .collect();
+    suspects.sort_by(|a, b| {
+        let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
+        rate(b).total_cmp(&rate(a))
+    });
+    let top = suspects.first().expect("a leak in the leaking process");
+    assert_eq!(top["kind"], "populated");
+    assert!(
+        functions(top).contains(&"leakIntoGlobalArray"),
+        "top suspect: {:?}",
+        functions(top)
+    );
+    let control: Vec<&Value> = report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pids[1])))
+        .collect();
+    assert!(
+        control
+            .iter()
+            .any(|s| s["alloc_calls"].as_u64().unwrap_or(0) > 0),
+        "the control was watched"
+    );
+    assert_no_growth("control-gc-buffers in watch mode", control);
+}
+
+/// Options that only mean something for allocator probes are refused in watch mode, in one
+/// line, before anything is attached.
+#[test]
+fn watch_mode_refuses_probe_options_in_one_line() {
+    for extra in [["--sample-bytes", "1MiB"], ["--max-overhead", "5"]] {
+        let output = leaktrace()
+            .args(["attach", "1", "--mode", "watch"])
+            .args(extra)
+            .output()
+            .expect("running leaktrace");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(extra[0]), "{stderr}");
+    }
+}
