@@ -114,6 +114,50 @@ fn watch_counts_every_populated_page_and_what_stays_resident() {
     for (name, value) in losses(&report) {
         assert_eq!(value.as_u64(), Some(0), "loss {name}");
     }
+    assert_every_format_says_resident(&report, &out);
+}
+
+/// The text, HTML and pprof renderings of a watch report say what its bytes are: resident pages
+/// populated by page faults, not live blocks; `go tool pprof` reads the resident total.
+fn assert_every_format_says_resident(report: &Value, json: &std::path::Path) {
+    let dir = json.parent().expect("scratch dir");
+    let status = leaktrace()
+        .arg("report")
+        .arg(json)
+        .args(["-o", "r.txt", "-o", "r.html", "-o", "r.pb.gz"])
+        .current_dir(dir)
+        .status()
+        .expect("leaktrace report");
+    assert!(status.success());
+    let text = std::fs::read_to_string(dir.join("r.txt")).expect("text report");
+    assert!(text.contains("watch mode: no probe placed"), "{text}");
+    assert!(text.contains("resident in 3072 pages"), "{text}");
+    let html = std::fs::read_to_string(dir.join("r.html")).expect("html report");
+    assert!(html.contains("Resident bytes over time"));
+    let resident: i64 = report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .map(|s| s["live_bytes"].as_i64().unwrap_or(0))
+        .sum();
+    let output = Command::new("go")
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            "-unit=B",
+            "-sample_index=resident_space",
+        ])
+        .arg(dir.join("r.pb.gz"))
+        .env("HOME", dir)
+        .output()
+        .expect("running go tool pprof (cargo xtask setup installs golang-go)");
+    let top = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        top.contains(&format!("Total samples = {resident}B")) && top.contains("touch_kept"),
+        "go tool pprof: {top}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 fn start_node(fixture: &str, seconds: &str) -> Target {

@@ -1,4 +1,4 @@
-//! A flame graph of live bytes, drawn by inferno (the Rust port of flamegraph.pl).
+//! A flame graph of live bytes (resident bytes in watch mode), drawn by inferno (the Rust port of flamegraph.pl).
 
 use inferno::flamegraph::{self, Options};
 
@@ -8,7 +8,10 @@ use super::{Report, folded};
 pub fn render(report: &Report) -> String {
     let folded = folded::render(report);
     let mut options = Options::default();
-    options.title = "leaktrace: live native memory by stack".into();
+    options.title = format!(
+        "leaktrace: {} native memory by stack",
+        report.trace.measure().held
+    );
     options.count_name = "bytes".into();
     options.name_type = "Function:".into();
     let mut svg = Vec::new();

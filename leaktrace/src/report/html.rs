@@ -27,22 +27,42 @@ pub fn render(report: &Report) -> String {
         escape(&report.tool_version),
     );
 
-    out.push_str(
-        "<h2>Targets</h2>\n<table><tr><th>PID</th><th>command</th><th>live</th>\
-                  <th>allocated</th><th>losses</th></tr>\n",
+    let m = report.trace.measure();
+    let _ = writeln!(
+        out,
+        "<h2>Targets</h2>\n<table><tr><th>PID</th><th>command</th><th>{}</th>\
+         <th>{}</th><th>losses</th></tr>",
+        m.held, m.made
     );
     for target in &report.targets {
+        let tt = &target.totals;
+        let (held, made) = if report.trace.mode == "watch" {
+            (
+                bytes(tt.resident_bytes),
+                format!(
+                    "{} in {} {}",
+                    bytes(tt.populated_bytes),
+                    tt.page_faults,
+                    m.events
+                ),
+            )
+        } else {
+            (
+                format!("{} in {} {}", bytes(tt.live_bytes), tt.live_allocs, m.units),
+                format!(
+                    "{} in {} {}",
+                    bytes(tt.allocated_bytes as i64),
+                    tt.alloc_calls,
+                    m.events
+                ),
+            )
+        };
         let _ = writeln!(
             out,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{} in {} blocks</td>\
-             <td>{} in {} calls</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td><code>{}</code></td><td>{held}</td><td>{made}</td><td>{}</td></tr>",
             target.pid,
             escape(&target.command),
-            bytes(target.totals.live_bytes),
-            target.totals.live_allocs,
-            bytes(target.totals.allocated_bytes as i64),
-            target.totals.alloc_calls,
-            target.totals.losses,
+            tt.losses,
         );
         for note in &target.notes {
             let _ = writeln!(
@@ -69,7 +89,7 @@ pub fn render(report: &Report) -> String {
         }
     }
 
-    out.push_str("<h2>Live bytes over time</h2>\n");
+    let _ = writeln!(out, "<h2>{} bytes over time</h2>", capitalized(m.held));
     out.push_str(&chart(&total_series(&report.stacks), "total", 720, 180));
 
     let mut suspects: Vec<&StackReport> = report
@@ -85,13 +105,15 @@ pub fn render(report: &Report) -> String {
     for (i, stack) in suspects.iter().take(MAX_SUSPECTS).enumerate() {
         let _ = writeln!(
             out,
-            "<section class=\"suspect\"><h3>#{} {} {}/s — {} live in {} blocks \
+            "<section class=\"suspect\"><h3>#{} {} {}/s — {} {} in {} {} \
              <small>[pid {}, {}]</small></h3>",
             i + 1,
             stack.growth.verdict.as_str(),
             bytes(stack.growth.bytes_per_s.round() as i64),
             bytes(stack.live_bytes),
+            m.held,
             stack.live_allocs,
+            m.units,
             stack.pid,
             stack.origin.as_str(),
         );
@@ -109,7 +131,7 @@ pub fn render(report: &Report) -> String {
     }
 
     out.push_str(
-        "<h2>By origin</h2>\n<table><tr><th>origin</th><th>live</th><th>stacks</th>\
+        "<h2>By origin</h2>\n<table><tr><th>origin</th><th>bytes held</th><th>stacks</th>\
                   <th>growth</th><th>suspects</th></tr>\n",
     );
     for o in &report.origins {
@@ -123,7 +145,11 @@ pub fn render(report: &Report) -> String {
             o.leak_suspects
         );
     }
-    out.push_str("</table>\n<h2>Flame graph of live bytes</h2>\n<div class=\"flame\">");
+    let _ = write!(
+        out,
+        "</table>\n<h2>Flame graph of {} bytes</h2>\n<div class=\"flame\">",
+        m.held
+    );
     let svg = flamegraph::render(report);
     // Inline the SVG element itself, without its XML prologue.
     out.push_str(svg.find("<svg").map_or(svg.as_str(), |i| &svg[i..]));
@@ -198,6 +224,15 @@ fn escape(s: &str) -> String {
         }
     }
     out
+}
+
+/// `word` with its first letter in upper case.
+fn capitalized(word: &str) -> String {
+    let mut chars = word.chars();
+    chars
+        .next()
+        .map(|c| c.to_uppercase().chain(chars).collect())
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -111,6 +111,54 @@ fn exact() -> String {
     "exact".into()
 }
 
+/// The words for what a report's stacks hold, so that every format says it: live blocks from
+/// the allocator's probes, or, in watch mode, resident pages found by their page faults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Measure {
+    /// What `live_bytes` is: `live` or `resident`.
+    pub held: &'static str,
+    /// What `live_allocs` counts: `blocks` or `pages`.
+    pub units: &'static str,
+    /// What `allocated_bytes` is: `allocated` or `populated`.
+    pub made: &'static str,
+    /// What `alloc_calls` counts: `calls` or `page faults`.
+    pub events: &'static str,
+    /// The pprof sample types of those four numbers.
+    pub pprof: [&'static str; 4],
+}
+
+impl TraceInfo {
+    pub fn measure(&self) -> Measure {
+        if self.mode == "watch" {
+            Measure {
+                held: "resident",
+                units: "pages",
+                made: "populated",
+                events: "page faults",
+                pprof: [
+                    "resident_space",
+                    "resident_pages",
+                    "populated_space",
+                    "page_faults",
+                ],
+            }
+        } else {
+            Measure {
+                held: "live",
+                units: "blocks",
+                made: "allocated",
+                events: "calls",
+                pprof: [
+                    "inuse_space",
+                    "inuse_objects",
+                    "alloc_space",
+                    "alloc_objects",
+                ],
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TargetReport {
     pub pid: u32,

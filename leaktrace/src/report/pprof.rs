@@ -114,20 +114,19 @@ pub struct Function {
     pub filename: i64,
 }
 
-/// The sample types, in the order of every sample's values.
-pub const SAMPLE_TYPES: [(&str, &str); 4] = [
-    ("inuse_space", "bytes"),
-    ("inuse_objects", "count"),
-    ("alloc_space", "bytes"),
-    ("alloc_objects", "count"),
-];
+/// The units of the sample types (named by the report's [`super::model::Measure`]), in the
+/// order of every sample's values.
+pub const SAMPLE_UNITS: [&str; 4] = ["bytes", "count", "bytes", "count"];
 
 /// Builds the profile: one sample per stack, locations shared between stacks.
 pub fn profile(report: &Report) -> Profile {
     let mut b = Builder::default();
     b.string(""); // Index 0 is the empty string, by the format's rule.
-    let sample_type: Vec<ValueType> = SAMPLE_TYPES
+    let measure = report.trace.measure();
+    let sample_type: Vec<ValueType> = measure
+        .pprof
         .iter()
+        .zip(SAMPLE_UNITS)
         .map(|(t, u)| ValueType {
             r#type: b.string(t),
             unit: b.string(u),
@@ -169,8 +168,8 @@ pub fn profile(report: &Report) -> Profile {
         });
     }
     let comment = vec![b.string(&format!(
-        "leaktrace {}: live native memory by stack, {:.1}s, ended by {}",
-        report.tool_version, report.trace.duration_s, report.trace.ended_by
+        "leaktrace {}: {} native memory by stack, {:.1}s, ended by {}",
+        report.tool_version, measure.held, report.trace.duration_s, report.trace.ended_by
     ))];
     Profile {
         period_type: Some(sample_type[0].clone()),
