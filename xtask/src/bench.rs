@@ -76,16 +76,19 @@ enum Config {
     /// leaktrace, full accounting, with JavaScript frames left to addresses (`--no-v8-frames`):
     /// on Node workloads, what naming JS frames from V8's data adds is `exact` minus this.
     NativeOnly,
+    /// leaktrace's watch mode (`--mode watch`): no uprobe, every page fault sampled.
+    Watch,
 }
 
 impl Config {
-    const ALL: [Config; 6] = [
+    const ALL: [Config; 7] = [
         Config::None,
         Config::Floor,
         Config::Exact,
         Config::Reference,
         Config::Sampled,
         Config::NativeOnly,
+        Config::Watch,
     ];
 
     fn name(self) -> &'static str {
@@ -96,6 +99,7 @@ impl Config {
             Config::Reference => "reference",
             Config::Sampled => "sampled",
             Config::NativeOnly => "native-only",
+            Config::Watch => "watch",
         }
     }
 
@@ -545,6 +549,7 @@ fn tracer_command(
         Config::Exact => leaktrace(&[]),
         Config::Sampled => leaktrace(&["--sample-bytes", SAMPLE_BYTES]),
         Config::NativeOnly => leaktrace(&["--no-v8-frames"]),
+        Config::Watch => leaktrace(&["--mode", "watch"]),
         Config::Reference => {
             let mut cmd = Command::new("bpftrace");
             cmd.args(["-p", &pid])
