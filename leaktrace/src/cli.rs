@@ -196,7 +196,18 @@ pub struct TraceArgs {
 }
 
 /// How a trace captures memory, see [`TraceArgs::mode`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Deserialize,
+    serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Capture {
     #[default]
     Exact,

@@ -988,3 +988,62 @@ fn map_entries(pid: u32) -> HashMap<String, usize> {
     }
     entries
 }
+
+/// `--mode watch`: the agent places no probe; it serves what each target's page faults
+/// populated, the pages still resident, and the stack that keeps them, exactly.
+#[test]
+fn the_agent_in_watch_mode_serves_populated_pages_without_a_probe() {
+    if !have_root("the_agent_in_watch_mode_serves_populated_pages_without_a_probe") {
+        return;
+    }
+    let dir = scratch("agent-watch");
+    let agent = Agent::start(
+        &dir,
+        &[
+            "--mode",
+            "watch",
+            "--match-exe",
+            "populate-watch-*",
+            "--interval",
+            "200ms",
+            "--scan-interval",
+            "100ms",
+        ],
+    );
+    let exe = dir.join("populate-watch-1");
+    fs::copy(fixture("populate", &[]), &exe).expect("copying the fixture");
+    let (rounds, pages) = (8u64, 64u64);
+    let mut target = Target::start(&exe, &[&rounds.to_string(), &pages.to_string(), "0"]);
+    let pid = target.pid();
+    agent.wait_for("the target", Duration::from_secs(30), |a| {
+        Some(value(&a.metrics(), "leaktrace_target_traced", pid) == Some(1.0))
+    });
+    target.send("go");
+    target.expect_line("done");
+    let kept = rounds * pages;
+    let kept_stack = |report: &Value| -> Option<(u64, u64)> {
+        let stack = report["stacks"].as_array()?.iter().find(|s| {
+            s["frames"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f["function"] == "touch_kept"))
+        })?;
+        Some((
+            stack["alloc_calls"].as_u64()?,
+            stack["live_allocs"].as_u64()?,
+        ))
+    };
+    agent.wait_for("the kept pages", Duration::from_secs(30), |a| {
+        let report = a.json(&format!("/api/v1/targets/{pid}/report"));
+        Some(kept_stack(&report) == Some((kept, kept)))
+    });
+    let report = agent.json(&format!("/api/v1/targets/{pid}/report"));
+    assert_eq!(report["trace"]["mode"], "watch");
+    assert_eq!(report["targets"][0]["functions"], Value::Array(Vec::new()));
+    let m = agent.metrics();
+    let faults = value(&m, "leaktrace_target_page_faults_total", pid).expect("page faults");
+    assert!(faults >= (2 * kept) as f64, "{faults}");
+    let resident = value(&m, "leaktrace_target_populated_resident_bytes", pid).expect("resident");
+    assert!(resident >= (kept * 4096) as f64, "{resident}");
+    assert_eq!(target.finish(), 0);
+    assert_eq!(agent.stop(), 0);
+}

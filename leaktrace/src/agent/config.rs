@@ -57,6 +57,11 @@ pub struct AgentArgs {
     /// How long an exited target's series stay served [default: 5m].
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
+    /// What to capture [default: exact]: `exact` probes each target's allocator (sampled by
+    /// --sample-bytes); `watch` places no probe at all and watches the pages each stack
+    /// populates, from page faults (see `leaktrace attach --mode`).
+    #[arg(long, value_enum)]
+    pub mode: Option<crate::cli::Capture>,
     /// Poisson sampling by bytes, one sample per this many bytes on average; 0 records every
     /// allocation [default: 512KiB].
     #[arg(long, value_parser = parse_sample_bytes)]
@@ -100,6 +105,7 @@ struct FileConfig {
     interval: Option<String>,
     scan_interval: Option<String>,
     grace: Option<String>,
+    mode: Option<crate::cli::Capture>,
     sample_bytes: Option<u64>,
     max_targets: Option<u32>,
     max_live_allocs_per_target: Option<u32>,
@@ -132,7 +138,8 @@ pub struct AgentConfig {
     pub scan_interval: Duration,
     #[serde(with = "humantime_serde_secs")]
     pub grace: Duration,
-    /// `None` records every allocation.
+    pub mode: crate::cli::Capture,
+    /// `None` records every allocation (or watch mode, which probes no allocation).
     pub sample_bytes: Option<u64>,
     pub max_targets: usize,
     pub max_live_allocs_per_target: u64,
@@ -239,6 +246,7 @@ impl AgentConfig {
             }
             (None, None) => DEFAULT_SAMPLE_BYTES,
         };
+        let mode = args.mode.or(file.mode).unwrap_or_default();
         let positive =
             |flag: Option<u32>, file: Option<u32>, key: &'static str, default: u32| match flag
                 .or(file)
@@ -296,7 +304,9 @@ impl AgentConfig {
             interval,
             scan_interval,
             grace,
-            sample_bytes: (sample_bytes > 0).then_some(sample_bytes),
+            mode,
+            sample_bytes: (sample_bytes > 0 && mode == crate::cli::Capture::Exact)
+                .then_some(sample_bytes),
             max_targets: positive(
                 args.max_targets,
                 file.max_targets,

@@ -157,6 +157,7 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
         targets,
         |t| t.totals.failed_allocs,
     );
+    watch_metrics(registry, targets);
     memory_metrics(registry, targets);
     let lost = Family::<Labels, Counter>::default();
     for t in targets {
@@ -170,6 +171,8 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
             ("pending_map_full", l.pending_map_full),
             ("missed_free", l.missed_frees),
             ("missed_return", l.missed_returns),
+            ("map_event_lost", l.map_events_lost),
+            ("page_map_full", l.page_map_full),
         ] {
             let mut with_reason = labels(t);
             with_reason.push(("reason", reason.to_string()));
@@ -180,6 +183,32 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
         "target_lost_events",
         "Events not fully accounted for, by reason (see the README's loss counters)",
         lost,
+    );
+}
+
+/// Watch mode (`--mode watch`): what each target's page faults populated, and how much of it
+/// is still resident. Zero for targets whose allocator is probed.
+fn watch_metrics(registry: &mut Registry, targets: &[TargetView]) {
+    counter(
+        registry,
+        "target_page_faults",
+        "Page faults seen since the target was watched (watch mode)",
+        targets,
+        |t| t.totals.page_faults,
+    );
+    counter(
+        registry,
+        "target_populated_bytes",
+        "Bytes of the pages the target populated since it was watched (watch mode)",
+        targets,
+        |t| u64::try_from(t.totals.populated_bytes).unwrap_or(0),
+    );
+    gauge_i64(
+        registry,
+        "target_populated_resident_bytes",
+        "Bytes of those pages still resident (watch mode)",
+        targets,
+        |t| t.totals.resident_bytes,
     );
 }
 

@@ -123,7 +123,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         interval: config.interval,
         top: None,
         limits: config.limits,
-        mode: crate::probe::ProbeMode::Trace,
+        mode: match config.mode {
+            crate::cli::Capture::Exact => crate::probe::ProbeMode::Trace,
+            crate::cli::Capture::Watch => crate::probe::ProbeMode::Watch {
+                period: std::num::NonZeroU64::MIN,
+            },
+        },
         quiet: true,
         sample_bytes: config.sample_bytes,
         max_overhead: None,
@@ -359,7 +364,9 @@ impl Agent {
                 if tracked.totals.len() > TOTAL_POINTS {
                     tracked.totals.pop_front();
                 }
-                if allocs as u64 > self.config.max_live_allocs_per_target {
+                // Watched pages are bounded by the page map, not per target.
+                let exact = self.config.mode == crate::cli::Capture::Exact;
+                if exact && allocs as u64 > self.config.max_live_allocs_per_target {
                     tracked.capped = true;
                     self.tally.capped += 1;
                     self.session.detach(pid);
