@@ -133,6 +133,8 @@ pub(crate) struct Session {
     ending: bool,
     /// Watch mode's page-fault period; `None` when the allocator is probed.
     fault_period: Option<u64>,
+    /// Watch mode: which recorded pages are resident, and in huge pages.
+    residency: collect::pages::Residency,
 }
 
 /// SIGTERM and SIGINT, caught from before the first probe is attached: a signal that arrives
@@ -210,6 +212,7 @@ impl Session {
                 crate::probe::ProbeMode::Watch { period } => Some(period.get()),
                 _ => None,
             },
+            residency: collect::pages::Residency::new(),
         })
     }
 
@@ -818,7 +821,8 @@ impl Session {
         }
         let mut snapshot = collect::snapshot(&self.probes)?;
         if let Some(period) = self.fault_period {
-            collect::pages::apply(&mut self.probes, &mut snapshot, period)?;
+            self.residency
+                .apply(&mut self.probes, &mut snapshot, period)?;
         }
         self.merge_sites(&mut snapshot)?;
         self.probes
@@ -914,6 +918,7 @@ impl Session {
         self.js.forget(pid);
         self.mappings.forget(pid);
         self.memory.forget(pid);
+        self.residency.forget(pid);
         self.commands.remove(&pid);
         self.exec_commands.remove(&pid);
         self.exe_unknown.remove(&pid);

@@ -47,7 +47,7 @@ fn watch_counts_every_populated_page_and_what_stays_resident() {
     }
     let (rounds, pages) = (12u64, 256u64);
     let exe = fixture("populate", &[]);
-    let mut target = Target::start(&exe, &[&rounds.to_string(), &pages.to_string(), "400"]);
+    let mut target = Target::start(&exe, &[&rounds.to_string(), &pages.to_string(), "400", "1"]);
     let pid = target.pid();
     let out = scratch("watch_exact").join("report.json");
     let report = trace_workload(
@@ -107,10 +107,31 @@ fn watch_counts_every_populated_page_and_what_stays_resident() {
     );
     assert_no_growth("unmapped pages", churn);
 
+    // One fault a round maps a whole transparent huge page (where THP is not off): counted by
+    // its size, populated and resident.
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|mode| !mode.contains("[never]"));
+    let huge_pages = if thp { 512 } else { 1 };
+    let huge = stacks_with(&report, pid, "touch_huge");
+    assert_eq!(huge.len(), 1, "{huge:#?}");
+    assert_eq!(
+        huge[0]["alloc_calls"].as_u64(),
+        Some(rounds),
+        "one fault a round"
+    );
+    assert_eq!(
+        huge[0]["allocated_bytes"].as_u64(),
+        Some(rounds * huge_pages * PAGE)
+    );
+    assert_eq!(huge[0]["live_allocs"].as_u64(), Some(rounds * huge_pages));
+
     let totals = &t["totals"];
     let faults = totals["page_faults"].as_u64().expect("page_faults");
-    assert!(faults >= 2 * populated, "{totals}");
-    assert_eq!(totals["populated_bytes"].as_u64(), Some(faults * PAGE));
+    assert!(faults >= 2 * populated + rounds, "{totals}");
+    assert_eq!(
+        totals["populated_bytes"].as_u64(),
+        Some((faults + rounds * (huge_pages - 1)) * PAGE)
+    );
     for (name, value) in losses(&report) {
         assert_eq!(value.as_u64(), Some(0), "loss {name}");
     }

@@ -9,8 +9,18 @@
 //! growth is a leak and whose saw-tooth is churn. Presence is read from `/proc/PID/pagemap`
 //! (read-only, the process is never stopped); pages found gone are dropped from the map, which
 //! so holds only what is resident.
+//!
+//! A transparent huge page is populated by one fault for 512 base pages. Each resident page's
+//! frame is looked up once in `/proc/kpageflags`: a page inside a huge page counts its share of
+//! the 512 (several sampled pages of one huge page, which `khugepaged` made of faulted base
+//! pages, share them), and the fault that mapped one is credited the other 511 populated.
 
-use std::{collections::HashMap, fs::File, io, os::unix::fs::FileExt as _};
+use std::{
+    collections::{HashMap, HashSet},
+    fs::File,
+    io,
+    os::unix::fs::FileExt as _,
+};
 
 use leaktrace_common::{PAGE_BYTES, PageKey, StackKey};
 
@@ -21,61 +31,140 @@ use crate::probe::Probes;
 const PRESENT: u64 = 1 << 63;
 /// ...and its "swapped out" bit: a swapped page is still the process's memory.
 const SWAPPED: u64 = 1 << 62;
+/// A pagemap entry's page frame number (visible to root only; 0 otherwise).
+const PFN: u64 = (1 << 55) - 1;
+/// `/proc/kpageflags`: the frame belongs to a transparent huge page.
+const KPF_THP: u64 = 1 << 22;
+/// Base pages in a (PMD-sized) transparent huge page, which is aligned to its size in frames.
+const HUGE_PAGES: u64 = 512;
 /// Pages apart that are still read in one call: sampled pages cluster in the regions being
 /// populated, and one read of a few hundred entries costs less than a call per page.
 const RUN_PAGES: u64 = 512;
 
-/// Replaces the live figures of every populated site in `snapshot` by its resident pages, each
-/// sampled page standing for `period` pages, and drops the pages found gone from the probes'
-/// map. A process whose pagemap cannot be read (it is gone) keeps its pages for next time.
-pub fn apply(
-    probes: &mut Probes,
-    snapshot: &mut Snapshot,
-    period: u64,
-) -> Result<(), CollectError> {
-    let pages = probes.pages().map_err(CollectError::Batch)?;
-    let mut by_process: HashMap<u32, Vec<(u64, StackKey)>> = HashMap::new();
-    for (page, site) in pages {
-        by_process
-            .entry(page.tgid)
-            .or_default()
-            .push((page.page, site));
+/// What the tracer knows of the pages the probes recorded, across samples.
+#[derive(Default)]
+pub struct Residency {
+    /// Each page seen resident, with the first frame of the huge page it lies in (0: a base
+    /// page); looked up once per page.
+    backing: HashMap<PageKey, u64>,
+    /// Huge pages whose populating fault was credited its 511 other pages.
+    credited: HashSet<(u32, u64)>,
+    /// Those credits, by the stack of the fault, in pages.
+    huge_extra: HashMap<StackKey, u64>,
+    /// `/proc/kpageflags`, when this tracer may read it.
+    flags: Option<File>,
+}
+
+impl Residency {
+    pub fn new() -> Self {
+        Self {
+            flags: File::open("/proc/kpageflags").ok(),
+            ..Self::default()
+        }
     }
-    let mut resident: HashMap<StackKey, i64> = HashMap::new();
-    let mut gone = Vec::new();
-    for (tgid, mut pages) in by_process {
-        let Ok(pagemap) = File::open(format!("/proc/{tgid}/pagemap")) else {
-            continue;
-        };
-        pages.sort_unstable_by_key(|&(page, _)| page);
-        let Ok(held) = held(&pagemap, &pages) else {
-            continue;
-        };
-        for ((page, site), held) in pages.into_iter().zip(held) {
-            if held {
-                *resident.entry(site).or_default() += 1;
-            } else {
-                gone.push(PageKey {
+
+    /// Replaces the live figures of every populated site in `snapshot` by its resident pages,
+    /// each sampled page standing for `period` pages, adds the pages huge-page faults populated
+    /// beyond the one counted, and drops the pages found gone from the probes' map. A process
+    /// whose pagemap cannot be read (it is gone) keeps its pages for next time.
+    pub fn apply(
+        &mut self,
+        probes: &mut Probes,
+        snapshot: &mut Snapshot,
+        period: u64,
+    ) -> Result<(), CollectError> {
+        let pages = probes.pages().map_err(CollectError::Batch)?;
+        let mut by_process: HashMap<u32, Vec<(u64, StackKey)>> = HashMap::new();
+        for (page, site) in pages {
+            by_process
+                .entry(page.tgid)
+                .or_default()
+                .push((page.page, site));
+        }
+        // Resident base pages by stack, in 512ths of a page so huge pages split exactly.
+        let mut resident: HashMap<StackKey, u64> = HashMap::new();
+        let mut gone = Vec::new();
+        for (tgid, mut pages) in by_process {
+            let Ok(pagemap) = File::open(format!("/proc/{tgid}/pagemap")) else {
+                continue;
+            };
+            pages.sort_unstable_by_key(|&(page, _)| page);
+            let Ok(entries) = entries(&pagemap, &pages) else {
+                continue;
+            };
+            let mut held = Vec::new();
+            for ((page, site), entry) in pages.into_iter().zip(entries) {
+                let key = PageKey {
                     tgid,
                     _pad: 0,
                     page,
-                });
+                };
+                if entry & (PRESENT | SWAPPED) == 0 {
+                    self.backing.remove(&key);
+                    gone.push(key);
+                    continue;
+                }
+                let huge = match self.backing.get(&key) {
+                    Some(&huge) => huge,
+                    None => {
+                        let huge = self.huge_page_of(entry & PFN);
+                        self.backing.insert(key, huge);
+                        if huge != 0 && self.credited.insert((tgid, huge)) {
+                            *self.huge_extra.entry(site).or_default() += HUGE_PAGES - 1;
+                        }
+                        huge
+                    }
+                };
+                held.push((site, huge));
+            }
+            let mut sharing: HashMap<u64, u64> = HashMap::new();
+            for &(_, huge) in held.iter().filter(|(_, huge)| *huge != 0) {
+                *sharing.entry(huge).or_default() += 1;
+            }
+            for (site, huge) in held {
+                let share = match huge {
+                    0 => HUGE_PAGES,
+                    huge => HUGE_PAGES * HUGE_PAGES / sharing[&huge],
+                };
+                *resident.entry(site).or_default() += share;
             }
         }
+        probes.drop_pages(&gone);
+        let period = i64::try_from(period).unwrap_or(i64::MAX);
+        let page = PAGE_BYTES as i64;
+        for (key, stats) in snapshot.sites.iter_mut().filter(|(k, _)| k.is_populated()) {
+            let pages = resident.get(key).map_or(0, |&n| (n / HUGE_PAGES) as i64) * period;
+            stats.live_allocs = pages;
+            stats.live_bytes = pages * page;
+            let extra = self.huge_extra.get(key).map_or(0, |&n| n as i64) * period;
+            stats.alloc_bytes += (extra * page) as u64;
+        }
+        Ok(())
     }
-    probes.drop_pages(&gone);
-    let pages_per_sample = i64::try_from(period).unwrap_or(i64::MAX);
-    for (key, stats) in snapshot.sites.iter_mut().filter(|(k, _)| k.is_populated()) {
-        let pages = resident.get(key).copied().unwrap_or(0) * pages_per_sample;
-        stats.live_allocs = pages;
-        stats.live_bytes = pages * PAGE_BYTES as i64;
+
+    /// The first frame of the transparent huge page holding frame `pfn`, or 0.
+    fn huge_page_of(&self, pfn: u64) -> u64 {
+        let (Some(flags), true) = (&self.flags, pfn != 0) else {
+            return 0;
+        };
+        let mut word = [0u8; 8];
+        match flags.read_exact_at(&mut word, pfn * 8) {
+            Ok(()) if u64::from_ne_bytes(word) & KPF_THP != 0 => pfn & !(HUGE_PAGES - 1),
+            _ => 0,
+        }
     }
-    Ok(())
+
+    /// Forgets a process's pages.
+    pub fn forget(&mut self, pid: u32) {
+        self.backing.retain(|k, _| k.tgid != pid);
+        self.credited.retain(|(tgid, _)| *tgid != pid);
+        self.huge_extra.retain(|k, _| k.tgid != pid);
+    }
 }
 
-/// Whether each page (sorted by address) is present or swapped, reading runs of nearby pages'
-/// entries at once.
-fn held(pagemap: &File, pages: &[(u64, StackKey)]) -> io::Result<Vec<bool>> {
+/// The pagemap entry of each page (sorted by address), reading runs of nearby pages' entries
+/// at once.
+fn entries(pagemap: &File, pages: &[(u64, StackKey)]) -> io::Result<Vec<u64>> {
     let mut out = Vec::with_capacity(pages.len());
     let mut start = 0;
     while start < pages.len() {
@@ -85,12 +174,13 @@ fn held(pagemap: &File, pages: &[(u64, StackKey)]) -> io::Result<Vec<bool>> {
             end += 1;
         }
         let last = pages[end - 1].0 / PAGE_BYTES;
-        let mut entries = vec![0u8; ((last - first + 1) * 8) as usize];
-        pagemap.read_exact_at(&mut entries, first * 8)?;
+        let mut raw = vec![0u8; ((last - first + 1) * 8) as usize];
+        pagemap.read_exact_at(&mut raw, first * 8)?;
         for &(page, _) in &pages[start..end] {
             let at = ((page / PAGE_BYTES - first) * 8) as usize;
-            let entry = u64::from_ne_bytes(entries[at..at + 8].try_into().expect("8 bytes"));
-            out.push(entry & (PRESENT | SWAPPED) != 0);
+            out.push(u64::from_ne_bytes(
+                raw[at..at + 8].try_into().expect("8 bytes"),
+            ));
         }
         start = end;
     }
