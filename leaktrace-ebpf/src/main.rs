@@ -14,6 +14,7 @@ mod follow;
 mod js;
 mod mapping;
 mod maps;
+mod queue;
 mod site;
 
 #[cfg(not(test))]

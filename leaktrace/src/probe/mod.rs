@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod placement;
+pub mod pool;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -16,13 +17,14 @@ use aya::{
     programs::{
         RawTracePoint, UProbe,
         raw_trace_point::RawTracePointLinkId,
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
     util::nr_cpus,
 };
 use leaktrace_common::{
-    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PendingCall, STORED_SLOTS,
-    Sampling, StackFrames, StackKey, StackStats, StoredStack, TargetCounters, V8Frames,
+    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PendingCall, QueuedKey,
+    QueuedWork, STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack,
+    TargetCounters, V8Frames,
 };
 use tracing::{debug, warn};
 
@@ -249,7 +251,17 @@ const PROGRAMS: &[&str] = &[
     "posix_memalign_enter",
     RETURN_PROGRAM,
     FREE_PROGRAM,
+    POOL_SUBMIT,
+    POOL_QUEUE_WORK,
+    POOL_BEGIN,
+    POOL_END,
 ];
+
+/// The programs on libuv's thread pool (see [`pool`]).
+const POOL_SUBMIT: &str = "pool_submit";
+const POOL_QUEUE_WORK: &str = "pool_queue_work";
+const POOL_BEGIN: &str = "pool_work_begin";
+const POOL_END: &str = "pool_work_end";
 
 /// Where an allocation function's entry and return probes go: past leading instructions the
 /// kernel would single-step (libstdc++'s `operator new` starts with `endbr64`: ~30 µs a call
@@ -747,6 +759,66 @@ impl Probes {
         Ok(())
     }
 
+    /// Stitches the work `pid` queues to libuv's thread pool in the object at `path` (inode
+    /// `inode`) to the code that queued it (see [`pool`]). Not in the empty-probes mode: those
+    /// probes fire once per work item, not per allocation.
+    pub fn attach_pool(
+        &mut self,
+        pid: u32,
+        path: &std::path::Path,
+        inode: u64,
+        sites: &pool::PoolSites,
+    ) -> Result<(), ProbeError> {
+        if self.mode == ProbeMode::Empty {
+            return Ok(());
+        }
+        let scope = self.scope(pid)?;
+        // The call's probe gets the call's length: where `worker` resumes.
+        let mut points = vec![
+            (POOL_QUEUE_WORK, "uv_queue_work", sites.queue_work, None),
+            (
+                POOL_BEGIN,
+                "worker",
+                sites.begin,
+                Some(sites.end - sites.begin),
+            ),
+            (POOL_END, "worker", sites.end, None),
+        ];
+        if let Some(submit) = sites.submit {
+            points.push((POOL_SUBMIT, "uv__work_submit", submit, None));
+        }
+        for (program, function, offset, cookie) in points {
+            // Following, a file's probes serve every process: attached once.
+            if self.follow.is_some() && !self.attached_files.insert((program, inode)) {
+                continue;
+            }
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(ProbeError::Missing(program))?;
+            let link = prog
+                .attach(
+                    [UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(offset),
+                        cookie,
+                    }],
+                    path,
+                    scope,
+                )
+                .map_err(|source| ProbeError::Attach {
+                    function: function.to_owned(),
+                    library: path.display().to_string(),
+                    pid,
+                    source: Box::new(source),
+                })?;
+            self.links.entry(pid).or_default().push((program, link));
+        }
+        array_mut::<u32>(&mut self.ebpf, "POOL_PRESENT")?
+            .set(0, &1, 0)
+            .map_err(|e| ProbeError::Map(Box::new(e)))
+    }
+
     /// Adds `pid` to the probes' target table, with zeroed counters, and gives it the slot of
     /// the allocator probes' fast path while that is free (`TARGET_SLOTS`). Its counters are
     /// then the sum of both places.
@@ -939,6 +1011,8 @@ impl Probes {
         let js_ids: HashSet<u64> = orphans.js_ids.iter().copied().collect();
         remove_where::<u64, JsFrames>(&mut self.ebpf, "JS_STACKS", |k| js_ids.contains(k))?;
         remove_where::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS", |k| *k == pid)?;
+        remove_where::<QueuedKey, QueuedWork>(&mut self.ebpf, "QUEUED", |k| k.tgid == pid)?;
+        remove_where::<u64, QueuedWork>(&mut self.ebpf, "RUNNING", |k| (k >> 32) as u32 == pid)?;
         self.note_v8_present()?;
         // Keyed by a hash of stack and process: the process is in the value.
         let mut cache = hash_map_mut::<u64, JsCached>(&mut self.ebpf, "JS_CACHE")?;
