@@ -11,7 +11,7 @@ use std::{
     process::Command,
 };
 
-use leaktrace_tests::{Target, have_root, node22, root, scratch, trace_workloads};
+use leaktrace_tests::{Target, have_root, leaktrace, node22, root, scratch, trace_workloads};
 use serde_json::Value;
 
 /// Seconds each fixture runs its workload while traced.
@@ -165,6 +165,43 @@ fn pool_work_is_named_under(node: &Path, test: &str) {
     for target in report["targets"].as_array().expect("targets[]") {
         let notes = target["notes"].to_string();
         assert!(!notes.contains("thread pool"), "{notes}");
+    }
+    every_format_shows_the_marker(&out, pids[0]);
+}
+
+/// Renders the saved report in every other format: each shows the marker of queued work.
+fn every_format_shows_the_marker(json: &Path, pid: u32) {
+    let dir = json.parent().expect("the report's directory");
+    let outputs = [
+        "report.txt",
+        "report.folded",
+        "report.svg",
+        "report.html",
+        "report.pb.gz",
+    ];
+    let mut cmd = leaktrace();
+    cmd.arg("report").arg(json);
+    for name in outputs {
+        cmd.arg("-o").arg(dir.join(name));
+    }
+    let status = cmd.status().expect("running leaktrace report");
+    assert!(status.success(), "leaktrace report failed");
+    let marker = format!("queued by \"node\" on thread {pid}");
+    for name in outputs {
+        let bytes = std::fs::read(dir.join(name)).expect("a rendered report");
+        let text = if name.ends_with(".gz") {
+            let mut text = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut text)
+                .expect("gzip");
+            text
+        } else {
+            bytes
+        };
+        // The SVG and HTML escape the quotes.
+        let found = [marker.clone(), marker.replace('"', "&quot;")]
+            .iter()
+            .any(|m| text.windows(m.len()).any(|w| w == m.as_bytes()));
+        assert!(found, "{name} does not show {marker:?}");
     }
 }
 
