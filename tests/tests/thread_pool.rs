@@ -220,3 +220,77 @@ fn flagless_node_22_names_what_queued_pool_work() {
     }
     pool_work_is_named_under(&node22(), "pool_node22");
 }
+
+/// Work items the C fixture queues; each keeps one block of `WORK_BYTES` made on a pool thread.
+const JOBS: u64 = 48;
+const WORK_BYTES: u64 = 12345;
+
+/// A C program queues work through Debian's shared, stripped libuv: the pool's call of the work
+/// is found in its code, and every block the work made is counted, exactly, under a stack that
+/// goes from `work_cb` through the marker to `queue_jobs`, which called `uv_queue_work`. libuv's
+/// internal submit has no symbol there: the report says so, once.
+#[test]
+fn a_shared_libuvs_work_is_named_by_the_function_that_queued_it() {
+    if !have_root("a_shared_libuvs_work_is_named_by_the_function_that_queued_it") {
+        return;
+    }
+    let exe = leaktrace_tests::fixture("pool_work", &["-luv"]);
+    let mut cmd = Command::new(exe);
+    cmd.arg(JOBS.to_string());
+    let mut target = Target::spawn(cmd);
+    let pid = target.pid();
+    let out = scratch("pool_shared_libuv").join("report.json");
+    let report = leaktrace_tests::trace_workload(&mut target, pid, &["--interval", "250ms"], &out);
+    assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    let stacks: Vec<&Value> = stacks_of(&report, pid)
+        .into_iter()
+        .filter(|s| names(s).contains(&"work_cb"))
+        .collect();
+    assert_eq!(
+        stacks.len(),
+        1,
+        "{:?}",
+        stacks.iter().map(|s| names(s)).collect::<Vec<_>>()
+    );
+    let stack = stacks[0];
+    assert_eq!(stack["live_allocs"], JOBS, "{stack}");
+    assert_eq!(stack["live_bytes"], JOBS * WORK_BYTES, "{stack}");
+    assert_eq!(stack["alloc_calls"], JOBS, "{stack}");
+    let frames = frames(stack);
+    let marker = frames
+        .iter()
+        .position(|f| f["kind"] == "queued")
+        .unwrap_or_else(|| panic!("no queued-work marker on {:?}", names(stack)));
+    // The main thread is named after the executable (the fixture built with -luv).
+    let function = format!("queued by \"pool_work-luv\" on thread {pid}");
+    assert_eq!(frames[marker]["function"].as_str(), Some(function.as_str()));
+    let after: Vec<&str> = frames[marker + 1..]
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .take(3)
+        .collect();
+    assert_eq!(
+        after,
+        ["uv_queue_work", "queue_jobs", "main"],
+        "{:?}",
+        names(stack)
+    );
+    let notes: Vec<&str> = report["targets"][0]["notes"]
+        .as_array()
+        .expect("notes[]")
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|n| n.contains("uv__work_submit"))
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+    assert!(notes[0].contains("libuv.so.1"), "{}", notes[0]);
+    assert_eq!(
+        leaktrace_tests::losses(&report)
+            .values()
+            .filter(|v| v.as_u64() != Some(0))
+            .count(),
+        0,
+        "{}",
+        report["totals"]["losses"]
+    );
+}

@@ -9,7 +9,7 @@
 
 use std::os::unix::fs::MetadataExt as _;
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, OpKind, Register};
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
 use tracing::{debug, warn};
 
 use super::placement::{self, Handling, PlacementError};
@@ -34,8 +34,12 @@ pub enum PoolError {
     /// The object has no libuv (no `uv_queue_work`).
     #[error("no libuv")]
     NoLibuv,
-    /// libuv is there, but not the local symbols of its pool: the object is stripped.
-    #[error("its libuv has no symbol for the thread pool's worker (stripped)")]
+    /// libuv is there, but neither the symbol of its pool's worker (the object is stripped)
+    /// nor code that looks like its call of the work.
+    #[error(
+        "its libuv has no symbol for the thread pool's worker (stripped), and its call of \
+             the work was not found in the code"
+    )]
     Stripped,
     /// `worker` is there but its call of the work is not recognised.
     #[error("the thread pool's worker does not call its work the way libuv does ({0})")]
@@ -53,10 +57,14 @@ pub fn find(elf: &[u8]) -> Result<PoolSites, PoolError> {
         Err(err) => Err(PoolError::Elf(err.to_string())),
     };
     let queue_work = lookup("uv_queue_work")?.ok_or(PoolError::NoLibuv)?;
-    let worker = lookup("worker")?.ok_or(PoolError::Stripped)?;
     let submit = lookup("uv__work_submit")?.map(|code| code.file_offset);
-    let (at, len) = work_call(&worker.bytes, worker.address)?;
-    let begin = worker.file_offset + (at - worker.address);
+    let (begin, len) = match lookup("worker")? {
+        Some(worker) => {
+            let (at, len) = work_call(&worker.bytes, worker.address)?;
+            (worker.file_offset + (at - worker.address), len)
+        }
+        None => scan_for_work_call(elf)?,
+    };
     Ok(PoolSites {
         submit,
         queue_work: queue_work.file_offset,
@@ -111,6 +119,65 @@ fn work_call(code: &[u8], ip: u64) -> Result<(u64, u64), PoolError> {
     Ok((call.ip(), call.len() as u64))
 }
 
+/// Offset of `wq`, the queue link, in libuv's `struct uv__work { work, done, loop, wq }`: the
+/// pool takes `&w->wq` off its queue and calls `w->work(w)` with `w = &wq - 0x18`.
+const WQ_OFFSET: i64 = 0x18;
+
+/// The file offset and length of `w->work(w)` in a libuv whose `worker` has no symbol (a
+/// stripped `libuv.so`): the one place in its code that loads `rdi` with `q - 0x18` and calls
+/// through the word at that same address. Its other indirect calls of the same base (`w->done`,
+/// `req->work_cb`) call through another field.
+fn scan_for_work_call(elf: &[u8]) -> Result<(u64, u64), PoolError> {
+    use object::{Object as _, ObjectSection as _, SectionFlags, elf::SHF_EXECINSTR};
+    let file = object::File::parse(elf).map_err(|err| PoolError::Elf(err.to_string()))?;
+    let mut found = Vec::new();
+    for section in file.sections() {
+        let executable = matches!(section.flags(), SectionFlags::Elf { sh_flags }
+            if sh_flags & u64::from(SHF_EXECINSTR) != 0);
+        let (Some((file_offset, _)), Ok(code)) = (section.file_range(), section.data()) else {
+            continue;
+        };
+        if !executable {
+            continue;
+        }
+        for (ip, len) in work_calls_in(code, section.address()) {
+            found.push((file_offset + (ip - section.address()), len));
+        }
+    }
+    match found[..] {
+        [call] => Ok(call),
+        [] => Err(PoolError::Stripped),
+        _ => Err(PoolError::UnknownWorker(format!(
+            "{} places look like its call of the work",
+            found.len()
+        ))),
+    }
+}
+
+/// The address and length of each `call [R - 0x18]` in `code` (at `ip`) right after
+/// `lea rdi, [R - 0x18]`: `w->work(w)`.
+fn work_calls_in(code: &[u8], ip: u64) -> Vec<(u64, u64)> {
+    let mut found = Vec::new();
+    let mut lea_rdi: Option<(Register, i64)> = None;
+    for insn in Decoder::with_ip(64, code, ip, DecoderOptions::NONE) {
+        let memory = (insn.memory_base(), insn.memory_displacement64() as i64);
+        if insn.flow_control() == FlowControl::IndirectCall
+            && insn.op0_kind() == OpKind::Memory
+            && insn.memory_index() == Register::None
+            && memory.1 == -WQ_OFFSET
+            && lea_rdi == Some(memory)
+        {
+            found.push((insn.ip(), insn.len() as u64));
+        }
+        lea_rdi = (insn.mnemonic() == Mnemonic::Lea
+            && insn.op0_register() == Register::RDI
+            && insn.memory_index() == Register::None
+            && insn.memory_base() != Register::RIP)
+            .then_some(memory);
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -133,6 +200,20 @@ mod tests {
             work_call(&code, 0x1000),
             Err(PoolError::UnknownWorker(_))
         ));
+    }
+
+    #[test]
+    fn a_stripped_libuv_is_found_by_its_call_of_the_work() {
+        // lea rdi,[rbx-0x18]; call [rbx-0x18]; lea rdi,[rbx-0x18]; call [rbx-0x10] (w->done)
+        let code = [
+            0x48, 0x8d, 0x7b, 0xe8, 0xff, 0x53, 0xe8, 0x48, 0x8d, 0x7b, 0xe8, 0xff, 0x53, 0xf0,
+        ];
+        assert_eq!(work_calls_in(&code, 0x1000), [(0x1004, 3)]);
+        let elf = std::fs::read("/usr/lib/x86_64-linux-gnu/libuv.so.1")
+            .expect("libuv1 is installed here (cargo xtask setup)");
+        let sites = find(&elf).expect("the stripped libuv's pool");
+        assert_eq!(sites.submit, None);
+        assert!(sites.end > sites.begin);
     }
 
     #[test]
@@ -186,12 +267,26 @@ impl Pools {
             let attached = match found {
                 Ok(sites) => probes
                     .attach_pool(pid, &object, meta.ino(), &sites)
+                    .map(|()| {
+                        sites.submit.is_none().then(|| {
+                            format!(
+                                "libuv's internal uv__work_submit has no symbol in {} \
+                                 (stripped): work queued through uv_queue_work is shown with \
+                                 the code that queued it, fs and dns work without",
+                                shown.display()
+                            )
+                        })
+                    })
                     .map_err(|err| err.to_string()),
                 Err(PoolError::NoLibuv) => continue,
                 Err(err) => Err(err.to_string()),
             };
             match attached {
-                Ok(()) => debug!(pid, object = %shown.display(), "thread pool probed"),
+                Ok(None) => debug!(pid, object = %shown.display(), "thread pool probed"),
+                Ok(Some(note)) => {
+                    debug!(pid, object = %shown.display(), "thread pool probed in part");
+                    self.notes.insert(pid, note);
+                }
                 Err(why) => {
                     warn!(pid, object = %shown.display(), %why, "thread pool not probed");
                     self.notes.insert(
