@@ -251,10 +251,17 @@ impl Pools {
                 objects.push(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into());
             }
         }
+        // `run`'s command is a copy of the tracer until it execs: no libuv to find in it.
+        let tracer = std::fs::metadata("/proc/self/exe")
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
         for object in objects {
             let Ok(meta) = std::fs::metadata(&object) else {
                 continue;
             };
+            if tracer == Some((meta.dev(), meta.ino())) {
+                continue;
+            }
             let found = self
                 .found
                 .entry((meta.dev(), meta.ino()))
