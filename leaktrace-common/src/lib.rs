@@ -106,6 +106,27 @@ pub const fn queued_tid(ip: u64) -> Option<u32> {
     }
 }
 
+/// Frames of the form `THREAD_MARKER | tid` end the stacks of JavaScript that ran on a thread
+/// other than the process's main one (a `worker_threads` Worker: an isolate of its own): the
+/// same code on two workers is two sites, each saying which thread it ran on.
+pub const THREAD_MARKER: u64 = 0xffe0_0000_0000_0000;
+
+/// The marker frame that says "ran on thread `tid`".
+#[inline(always)]
+pub const fn thread_marker(tid: u32) -> u64 {
+    THREAD_MARKER | tid as u64
+}
+
+/// The thread of a thread marker frame, `None` for any other frame.
+#[inline(always)]
+pub const fn thread_tid(ip: u64) -> Option<u32> {
+    if ip & 0xffff_ffff_0000_0000 == THREAD_MARKER {
+        Some(ip as u32)
+    } else {
+        None
+    }
+}
+
 /// Key of work queued to libuv's thread pool: the process and its `struct uv__work`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

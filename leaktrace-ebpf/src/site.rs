@@ -2,8 +2,14 @@
 //! stack under a 64-bit hash of its frames, with the JavaScript frames of a V8 target identified
 //! on the way and stored once per distinct sequence under a hash of their identities.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
-use leaktrace_common::{AllocKind, Counter, MAX_FRAMES, STORED_SLOTS, StackFrames, StackKey};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    programs::ProbeContext,
+};
+use leaktrace_common::{
+    AllocKind, Counter, MAX_FRAMES, STORED_SLOTS, StackFrames, StackKey, thread_marker,
+};
 
 use crate::{
     account::bump,
@@ -113,6 +119,15 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
         if i == MAX_FRAMES - 1 {
             bump(counters, Counter::StackTruncated);
         }
+    }
+    // JavaScript's other threads (Workers, each an isolate of its own) say which thread they
+    // are: the same code on two workers is two sites. Stitched stacks say the queuing thread.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if queued.is_none() && v8.is_some() && tid != tgid && len < MAX_FRAMES {
+        let marker = thread_marker(tid);
+        frames.ips[len & (MAX_FRAMES - 1)] = marker;
+        hash = mix(hash, marker);
+        len += 1;
     }
     frames.len = len as u32;
     if let Some(work) = &queued {

@@ -294,3 +294,67 @@ fn a_shared_libuvs_work_is_named_by_the_function_that_queued_it() {
         report["totals"]["losses"]
     );
 }
+
+/// A `worker_threads` Worker that keeps the Buffers it allocates: its top suspect is a `leak`
+/// named by the worker's function, from V8's data, and ends with the thread it ran on (not the
+/// main thread).
+fn worker_leak_is_named_under(node: &Path, test: &str) {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let script = root().join("tests/fixtures/node/threads/leak-worker-buffers.js");
+    let mut cmd = Command::new(node);
+    cmd.current_dir(scratch(&format!("{test}_cwd")))
+        .arg(&script)
+        .arg(SECONDS);
+    let mut target = Target::spawn(cmd);
+    let pid = target.pid();
+    let out = scratch(test).join("report.json");
+    let report = leaktrace_tests::trace_workload(&mut target, pid, &["--interval", "500ms"], &out);
+    assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    let suspect = top_suspect(&report, pid);
+    assert_eq!(
+        suspect["growth"]["verdict"], "leak",
+        "{}",
+        suspect["growth"]
+    );
+    let frames = frames(suspect);
+    let frame = frames
+        .iter()
+        .find(|f| f["function"] == "retainInWorker")
+        .unwrap_or_else(|| panic!("retainInWorker not on {:?}", names(suspect)));
+    assert_eq!(frame["kind"], "js", "{frame}");
+    assert_eq!(frame["source"], "v8", "{frame}");
+    assert_eq!(frame["file"].as_str(), script.to_str(), "{frame}");
+    let last = frames.last().expect("frames");
+    assert_eq!(last["kind"], "thread", "{:?}", names(suspect));
+    let function = last["function"]
+        .as_str()
+        .expect("the thread's frame is named");
+    let tid: u32 = function
+        .strip_prefix("on thread ")
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|tid| tid.parse().ok())
+        .unwrap_or_else(|| panic!("{function}"));
+    assert_ne!(tid, pid, "the worker is not the main thread");
+    assert_eq!(
+        frames.iter().filter(|f| f["kind"] == "thread").count(),
+        1,
+        "{:?}",
+        names(suspect)
+    );
+}
+
+#[test]
+fn flagless_node_20_names_a_workers_leak_and_its_thread() {
+    if !have_root("flagless_node_20_names_a_workers_leak_and_its_thread") {
+        return;
+    }
+    worker_leak_is_named_under(Path::new("/usr/bin/node"), "worker_node20");
+}
+
+#[test]
+fn flagless_node_22_names_a_workers_leak_and_its_thread() {
+    if !have_root("flagless_node_22_names_a_workers_leak_and_its_thread") {
+        return;
+    }
+    worker_leak_is_named_under(&node22(), "worker_node22");
+}

@@ -4,13 +4,15 @@
 
 use std::collections::HashMap;
 
-use leaktrace_common::{JsFrame, queued_tid};
+use leaktrace_common::{JsFrame, queued_tid, thread_tid};
 
 use super::hex;
 use crate::report::model::Frame;
 
-/// What [`Frame::kind`] says of a marker.
+/// What [`Frame::kind`] says of a marker of queued work.
 pub const KIND: &str = "queued";
+/// What [`Frame::kind`] says of the marker of the thread a stack ran on (not the main one).
+pub const THREAD_KIND: &str = "thread";
 
 /// The names of the threads that queued work, by (process, thread), read while they live: the
 /// report is often written after the process exited.
@@ -20,9 +22,12 @@ pub struct QueuingThreads {
 }
 
 impl QueuingThreads {
-    /// Reads the name of every queuing thread marked in `ips` that is not known yet.
+    /// Reads the name of every thread marked in `ips` that is not known yet.
     pub fn remember(&mut self, pid: u32, ips: &[u64]) {
-        for tid in ips.iter().filter_map(|&ip| queued_tid(ip)) {
+        for tid in ips
+            .iter()
+            .filter_map(|&ip| queued_tid(ip).or_else(|| thread_tid(ip)))
+        {
             if self.names.contains_key(&(pid, tid)) {
                 continue;
             }
@@ -34,6 +39,18 @@ impl QueuingThreads {
 
     /// The marker frame for `ip`, if it is one.
     pub fn frame(&self, pid: u32, ip: u64) -> Option<Frame> {
+        if let Some(tid) = thread_tid(ip) {
+            let name = self
+                .names
+                .get(&(pid, tid))
+                .map_or_else(String::new, |name| format!(" \"{name}\""));
+            return Some(Frame {
+                address: hex(ip),
+                kind: THREAD_KIND.into(),
+                function: Some(format!("on thread {tid}{name}")),
+                ..Frame::default()
+            });
+        }
         let tid = queued_tid(ip)?;
         let by = match self.names.get(&(pid, tid)) {
             Some(name) => format!("\"{name}\""),
@@ -98,5 +115,15 @@ mod tests {
         assert!(function.starts_with("queued by \""), "{function}");
         assert!(function.ends_with(&format!("on thread {me}")), "{function}");
         assert_eq!(threads.frame(me, 0x1234), None);
+        threads.remember(me, &[leaktrace_common::thread_marker(me)]);
+        let frame = threads
+            .frame(me, leaktrace_common::thread_marker(me))
+            .unwrap();
+        assert_eq!(frame.kind, THREAD_KIND);
+        let function = frame.function.unwrap();
+        assert!(
+            function.starts_with(&format!("on thread {me} \"")),
+            "{function}"
+        );
     }
 }
