@@ -46,6 +46,17 @@ pub struct PageKey {
     pub page: u64,
 }
 
+/// Value of watch mode's page map: the stack whose fault populated the page, and when. The time
+/// tells a record the tracer read from one a later fault wrote at the same address (the page
+/// was given back and the address reused), which the tracer must not drop with the first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PageFault {
+    pub site: StackKey,
+    /// `bpf_ktime_get_ns` at the fault.
+    pub at_ns: u64,
+}
+
 /// Bytes one page fault populates (a base page; see `leaktrace`'s watch mode on huge pages).
 pub const PAGE_BYTES: u64 = 4096;
 
@@ -107,6 +118,80 @@ pub struct StackFrames {
     /// `ips[0]` is the probed function, `ips[1]` its caller's return address, and so on.
     pub ips: [u64; MAX_FRAMES],
 }
+
+/// Frames of the form `QUEUED_MARKER | tid` stand between a thread-pool worker's own frames and
+/// the frames of the thread that queued the work it ran (see [`QueuedWork`]). No user-space
+/// return address on x86-64 has these high bits set (they are kernel addresses), so the marker
+/// never collides with a real frame.
+pub const QUEUED_MARKER: u64 = 0xfff0_0000_0000_0000;
+
+/// The marker frame that says "queued on thread `tid`".
+#[inline(always)]
+pub const fn queued_marker(tid: u32) -> u64 {
+    QUEUED_MARKER | tid as u64
+}
+
+/// The queuing thread of a marker frame, `None` for any other frame.
+#[inline(always)]
+pub const fn queued_tid(ip: u64) -> Option<u32> {
+    if ip & 0xffff_ffff_0000_0000 == QUEUED_MARKER {
+        Some(ip as u32)
+    } else {
+        None
+    }
+}
+
+/// Frames of the form `THREAD_MARKER | tid` end the stacks of JavaScript that ran on a thread
+/// other than the process's main one (a `worker_threads` Worker: an isolate of its own): the
+/// same code on two workers is two sites, each saying which thread it ran on.
+pub const THREAD_MARKER: u64 = 0xffe0_0000_0000_0000;
+
+/// The marker frame that says "ran on thread `tid`".
+#[inline(always)]
+pub const fn thread_marker(tid: u32) -> u64 {
+    THREAD_MARKER | tid as u64
+}
+
+/// The thread of a thread marker frame, `None` for any other frame.
+#[inline(always)]
+pub const fn thread_tid(ip: u64) -> Option<u32> {
+    if ip & 0xffff_ffff_0000_0000 == THREAD_MARKER {
+        Some(ip as u32)
+    } else {
+        None
+    }
+}
+
+/// Key of work queued to libuv's thread pool: the process and its `struct uv__work`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct QueuedKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub work: u64,
+}
+
+/// Where work was queued: the queuing thread's site (its native and JavaScript frames, stored
+/// like any allocation site's) and the thread. A pool thread that runs the work gives its
+/// allocations this site as their caller.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueuedWork {
+    pub stack: u64,
+    pub js_id: u64,
+    pub tid: u32,
+    pub _pad: u32,
+    /// The pool thread's frame pointer in libuv's `worker` while it runs the work (0 while the
+    /// work waits): its walk stops there and goes on with the queuing thread's frames.
+    pub worker_fp: u64,
+    /// The return address into `worker` while it runs the work: the last of the pool thread's
+    /// frames, put there when functions without a frame pointer hid it from the walk.
+    pub resume: u64,
+}
+
+/// Capacity of the queued-work and running-work maps (least recently used go first: work that
+/// was cancelled, or queued before the probes saw its thread run).
+pub const MAX_QUEUED_WORK: u32 = 1 << 14;
 
 /// Deepest JavaScript frames recorded per stack (Node's allocation stacks hold fewer than 20).
 pub const MAX_JS_FRAMES: usize = 24;
@@ -453,4 +538,7 @@ mod pod {
     unsafe impl aya::Pod for super::JsFrames {}
     unsafe impl aya::Pod for super::JsCached {}
     unsafe impl aya::Pod for super::PageKey {}
+    unsafe impl aya::Pod for super::PageFault {}
+    unsafe impl aya::Pod for super::QueuedKey {}
+    unsafe impl aya::Pod for super::QueuedWork {}
 }

@@ -9,13 +9,13 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, bpf_perf_event_data, pt_regs},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel,
-        bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
+        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
     },
     macros::perf_event,
     programs::PerfEventContext,
 };
-use leaktrace_common::{AllocKind, Counter, PAGE_BYTES, PageKey};
+use leaktrace_common::{AllocKind, Counter, PAGE_BYTES, PageFault, PageKey};
 
 use crate::{
     account::{add_u64, bump, bump_by, site_stats, table_counters},
@@ -70,7 +70,12 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
         _pad: 0,
         page: data.addr & !(PAGE_BYTES - 1),
     };
-    if page.page != 0 && PAGES.insert(&page, &key, u64::from(BPF_ANY)).is_err() {
+    let fault = PageFault {
+        site: key,
+        // SAFETY: a helper without arguments.
+        at_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    if page.page != 0 && PAGES.insert(&page, &fault, u64::from(BPF_ANY)).is_err() {
         bump(counters, Counter::PageMapFull);
     }
     0

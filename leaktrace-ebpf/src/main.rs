@@ -15,6 +15,7 @@ mod follow;
 mod js;
 mod mapping;
 mod maps;
+mod queue;
 mod site;
 
 #[cfg(not(test))]

@@ -10,8 +10,9 @@ use aya_ebpf::{
 use leaktrace_common::{
     DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_PAGES, DEFAULT_MAX_STACK_TRACES,
     DEFAULT_MAX_STACKS, JsCached, JsFrames, LiveAlloc, LiveKey, MAX_FRAMES, MAX_PENDING_CALLS,
-    MAX_TARGETS, PageKey, PendingCall, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames,
-    StackKey, StackStats, StoredStack, TargetCounters, V8Frames,
+    MAX_QUEUED_WORK, MAX_TARGETS, PageFault, PageKey, PendingCall, QueuedKey, QueuedWork,
+    SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack,
+    TargetCounters, V8Frames,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -131,5 +132,20 @@ pub static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_MAP_EVENTS_BYTE
 /// Watch mode: the stack that last populated each sampled page of a target. The tracer reads
 /// which of them are still resident (`/proc/PID/pagemap`), and drops the others.
 #[map]
-pub static PAGES: HashMap<PageKey, StackKey> =
+pub static PAGES: HashMap<PageKey, PageFault> =
     HashMap::with_max_entries(DEFAULT_MAX_PAGES, BPF_F_NO_PREALLOC);
+
+/// Work queued to libuv's thread pool by a target and not yet run, with the site that queued it
+/// (see `queue`).
+#[map]
+pub static QUEUED: LruHashMap<QueuedKey, QueuedWork> =
+    LruHashMap::with_max_entries(MAX_QUEUED_WORK, 0);
+
+/// The queued work each pool thread (by full pid_tgid) is running, with its `worker` frame.
+#[map]
+pub static RUNNING: LruHashMap<u64, QueuedWork> = LruHashMap::with_max_entries(MAX_QUEUED_WORK, 0);
+
+/// Slot 0 is non-zero while any target's thread pool is probed: the stack walks of the others
+/// skip the [`RUNNING`] lookup. Written by the tracer.
+#[map]
+pub static POOL_PRESENT: Array<u32> = Array::with_max_entries(1, 0);

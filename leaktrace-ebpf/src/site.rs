@@ -2,13 +2,20 @@
 //! stack under a 64-bit hash of its frames, with the JavaScript frames of a V8 target identified
 //! on the way and stored once per distinct sequence under a hash of their identities.
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
-use leaktrace_common::{AllocKind, Counter, MAX_FRAMES, STORED_SLOTS, StackFrames, StackKey};
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    programs::ProbeContext,
+};
+use leaktrace_common::{
+    AllocKind, Counter, MAX_FRAMES, STORED_SLOTS, StackFrames, StackKey, thread_marker,
+};
 
 use crate::{
     account::bump,
     js,
     maps::{JS_SCRATCH, JS_STACKS, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
+    queue,
 };
 
 const EEXIST: i64 = 17;
@@ -60,8 +67,11 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     let frames = unsafe { &mut *frames };
     frames.ips[0] = at.ip;
     frames.ips[1] = at.caller;
+    // A pool thread running queued work: its walk ends at the pool's `worker` and goes on with
+    // the frames of the thread that queued the work, whose JavaScript frames name the site.
+    let queued = queue::running();
     // One array lookup spares the targets that run no V8 the hash table's.
-    let v8 = if V8_PRESENT.get(0).is_some_and(|&n| n != 0) {
+    let v8 = if queued.is_none() && V8_PRESENT.get(0).is_some_and(|&n| n != 0) {
         // SAFETY: the map value stays valid for this program run; the probes only update its
         // meta-map cache, a word any CPU may write.
         V8_TARGETS.get_ptr_mut(&tgid).map(|p| unsafe { &mut *p })
@@ -79,7 +89,12 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     let mut len = 2;
     let mut fp = at.fp;
     let mut hash = mix(mix(FNV_OFFSET, at.ip), at.caller);
+    let cut = queued.map_or(0, |q| q.worker_fp);
     for i in 2..MAX_FRAMES {
+        // The frame at `fp` is `worker`'s: what lies above it is the pool thread's start.
+        if cut != 0 && fp == cut {
+            break;
+        }
         // [fp] is the next frame pointer, [fp + 8] the return address into that frame's function.
         let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
             break;
@@ -105,7 +120,20 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
             bump(counters, Counter::StackTruncated);
         }
     }
+    // JavaScript's other threads (Workers, each an isolate of its own) say which thread they
+    // are: the same code on two workers is two sites. Stitched stacks say the queuing thread.
+    let tid = bpf_get_current_pid_tgid() as u32;
+    if queued.is_none() && v8.is_some() && tid != tgid && len < MAX_FRAMES {
+        let marker = thread_marker(tid);
+        frames.ips[len & (MAX_FRAMES - 1)] = marker;
+        hash = mix(hash, marker);
+        len += 1;
+    }
     frames.len = len as u32;
+    if let Some(work) = &queued {
+        hash = queue::stitch(frames, work, hash, counters);
+        key.js_id = work.js_id;
+    }
     // 0 means "no stack".
     let stack = hash | 1;
     key.stack = stack;

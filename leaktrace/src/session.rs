@@ -34,6 +34,7 @@ use crate::{
     symbolize::{
         AddrKind, Symbolizer,
         js::{JsNamer, Naming},
+        queued,
     },
     trace::Options,
 };
@@ -85,6 +86,8 @@ pub(crate) struct Session {
     js: JsNamer,
     /// Whether [`Session::js`] is used at all (`--no-v8-frames`).
     v8_frames: bool,
+    /// Targets' libuv thread pools, whose work is stitched to the code that queued it.
+    pools: crate::probe::pool::Pools,
     /// Which objects serve each target's allocations, each file's symbols read once.
     allocators: allocator::Finder,
     /// The anonymous mappings of every target, from the mapping events.
@@ -176,6 +179,7 @@ impl Session {
             symbolizer: Symbolizer::new(),
             js: JsNamer::default(),
             v8_frames: options.v8_frames,
+            pools: crate::probe::pool::Pools::default(),
             allocators: allocator::Finder::default(),
             mappings: Mappings::default(),
             sideband: Sideband::open()?,
@@ -473,9 +477,12 @@ impl Session {
         }
     }
 
-    /// Starts naming `pid`'s JavaScript frames from V8's data when its executable has it, and
-    /// tells the probes so (or that it no longer has, after an exec).
+    /// Probes `pid`'s libuv thread pool, and starts naming its JavaScript frames from V8's data
+    /// when its executable has it, and tells the probes so (or that it no longer has, after an
+    /// exec).
     fn name_js_of(&mut self, pid: u32) {
+        self.pools
+            .probe(&mut self.probes, pid, self.symbolizer.mappings(pid));
         if !self.v8_frames {
             return;
         }
@@ -896,6 +903,7 @@ impl Session {
     pub(crate) fn forget(&mut self, pid: u32) {
         self.detach(pid);
         self.traced.retain(|t| t.target.pid != pid);
+        self.pools.forget(pid);
         // The probes' keys of mapping sites: those sites never pass through `merge_sites`.
         let mapping_sites: Vec<StackKey> = self
             .last
@@ -970,6 +978,7 @@ impl Session {
             .is_some_and(|n| n.to_string_lossy().starts_with("node"));
         let pid = traced.target.pid;
         let mut notes = self.js.notes(pid);
+        notes.extend(self.pools.note(pid).cloned());
         if let Some(missed) = &traced.gone_after_exec {
             let missed: Vec<String> = missed.iter().map(|p| p.display().to_string()).collect();
             notes.push(format!(
@@ -1003,6 +1012,7 @@ impl Session {
                 // A merged site is shown by one of the probes' stacks.
                 let raw = self.shown_by.get(key).copied().unwrap_or(*key);
                 let ips = self.stacks.frames(&self.probes, raw.stack)?.to_vec();
+                self.symbolizer.remember_queuing(raw.tgid, &ips);
                 // Mapping sites come from the mapping events, not through `merge_sites`: their
                 // JavaScript frames are named here, at once too.
                 if raw.is_mapping()
@@ -1010,8 +1020,9 @@ impl Session {
                     && self.js.names(raw.tgid)
                     && self.js.frames(raw.tgid, raw.stack, raw.js_id).is_none()
                 {
-                    let js = self.stacks.js_frames(&self.probes, raw.js_id)?;
-                    self.js.name(raw.tgid, raw.stack, raw.js_id, js, &ips);
+                    let js =
+                        queued::place_js(self.stacks.js_frames(&self.probes, raw.js_id)?, &ips);
+                    self.js.name(raw.tgid, raw.stack, raw.js_id, &js, &ips);
                 }
                 slot.insert(call_chain(&ips));
             }
@@ -1041,8 +1052,8 @@ impl Session {
             }
             let naming = if self.js.names(key.tgid) {
                 let ips = self.stacks.frames(&self.probes, key.stack)?.to_vec();
-                let js = self.stacks.js_frames(&self.probes, key.js_id)?;
-                self.js.name(key.tgid, key.stack, key.js_id, js, &ips)
+                let js = queued::place_js(self.stacks.js_frames(&self.probes, key.js_id)?, &ips);
+                self.js.name(key.tgid, key.stack, key.js_id, &js, &ips)
             } else {
                 Naming::Failed
             };
@@ -1212,14 +1223,16 @@ fn total_alloc_calls(snapshot: &Snapshot) -> u64 {
 }
 
 /// The addresses of one allocation, innermost first: the allocation function itself (an exact
-/// address), then return addresses.
+/// address), then return addresses. Past the marker of queued work, the queuing function is an
+/// exact address too: the probe that queued the work was at its entry.
 fn call_chain(ips: &[u64]) -> Vec<(u64, AddrKind)> {
     ips.iter()
         .enumerate()
         .map(|(i, &ip)| {
+            let after_marker = i > 0 && leaktrace_common::queued_tid(ips[i - 1]).is_some();
             (
                 ip,
-                if i == 0 {
+                if i == 0 || after_marker {
                     AddrKind::Exact
                 } else {
                     AddrKind::Return
@@ -1244,5 +1257,10 @@ mod tests {
             ]
         );
         assert_eq!(call_chain(&[]), vec![]);
+        let marker = leaktrace_common::queued_marker(7);
+        assert_eq!(
+            call_chain(&[0x10, marker, 0x30, 0x40])[2..],
+            [(0x30, AddrKind::Exact), (0x40, AddrKind::Return)]
+        );
     }
 }

@@ -616,3 +616,6 @@ use ureq as _;
 // A dev-dependency of tests/v8_frames.rs (it corrupts a copy of node's V8 data).
 #[cfg(test)]
 use object as _;
+// A dev-dependency of tests/thread_pool.rs (it reads a pprof profile back).
+#[cfg(test)]
+use flate2 as _;

@@ -13,7 +13,7 @@ use crate::shell::{self, output, succeeds};
 /// musl; chromium renders the HTML report and `go tool pprof` reads the pprof one in a test;
 /// wrk loads and bpftrace runs the memleak-style reference of `cargo xtask bench`; jemalloc
 /// (with its static library), tcmalloc and mimalloc are the replacement allocators the coverage
-/// tests trace.
+/// tests trace; libuv1-dev builds the fixture whose work runs on a shared libuv's thread pool.
 const PACKAGES: &[&str] = &[
     "gcc",
     "llvm-22-dev",
@@ -29,6 +29,7 @@ const PACKAGES: &[&str] = &[
     "libjemalloc-dev",
     "libgoogle-perftools4",
     "libmimalloc2.0",
+    "libuv1-dev",
 ];
 
 /// bpf-linker built against Debian's LLVM 22 (its default features want LLVM 23).

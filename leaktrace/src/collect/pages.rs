@@ -7,8 +7,11 @@
 //! keeps stays resident. So the pages still present, by populating stack, are to page faults
 //! what live blocks are to allocator calls: each stack's share of the resident set, whose
 //! growth is a leak and whose saw-tooth is churn. Presence is read from `/proc/PID/pagemap`
-//! (read-only, the process is never stopped); pages found gone are dropped from the map, which
-//! so holds only what is resident.
+//! (read-only, the process is never stopped); pages found gone at two readings in a row are
+//! dropped from the map, which so holds only what is resident. Addresses are reused (a region unmapped, another mapped in
+//! its place and populated): each record carries its fault's time, a record rewritten while
+//! pagemap was read is judged at the next reading, and one rewritten before it is dropped is
+//! put back (`Probes::drop_pages`).
 //!
 //! A transparent huge page is populated by one fault for 512 base pages. Each resident page's
 //! frame is looked up once in `/proc/kpageflags`: a page inside a huge page counts its share of
@@ -22,7 +25,7 @@ use std::{
     os::unix::fs::FileExt as _,
 };
 
-use leaktrace_common::{PAGE_BYTES, PageKey, StackKey};
+use leaktrace_common::{PAGE_BYTES, PageFault, PageKey, StackKey};
 
 use super::{CollectError, Snapshot};
 use crate::probe::Probes;
@@ -44,9 +47,15 @@ const RUN_PAGES: u64 = 512;
 /// What the tracer knows of the pages the probes recorded, across samples.
 #[derive(Default)]
 pub struct Residency {
-    /// Each page seen resident, with the first frame of the huge page it lies in (0: a base
-    /// page); looked up once per page.
-    backing: HashMap<PageKey, u64>,
+    /// Each page seen resident: its frame, and the first frame of the huge page it lies in (0:
+    /// a base page); looked up again only when the frame changes (`khugepaged` collapsed base
+    /// pages into a huge page, or the page moved).
+    /// Keyed by the fault's time too: a page given back and populated again is a new page.
+    backing: HashMap<PageKey, (u64, u64, u64)>,
+    /// Pages found not present at the last reading, by their record: dropped if still so at
+    /// the next. A fault's sample comes before the kernel maps the page, so a page read in
+    /// between (zeroing a huge page takes a while) is not present yet, not gone.
+    absent: HashSet<(PageKey, u64)>,
     /// Huge pages whose populating fault was credited its 511 other pages.
     credited: HashSet<(u32, u64)>,
     /// Those credits, by the stack of the fault, in pages.
@@ -74,42 +83,71 @@ impl Residency {
         period: u64,
     ) -> Result<(), CollectError> {
         let pages = probes.pages().map_err(CollectError::Batch)?;
-        let mut by_process: HashMap<u32, Vec<(u64, StackKey)>> = HashMap::new();
-        for (page, site) in pages {
+        let mut by_process: HashMap<u32, Vec<(u64, PageFault)>> = HashMap::new();
+        for (page, fault) in pages {
             by_process
                 .entry(page.tgid)
                 .or_default()
-                .push((page.page, site));
+                .push((page.page, fault));
         }
-        // Resident base pages by stack, in 512ths of a page so huge pages split exactly.
-        let mut resident: HashMap<StackKey, u64> = HashMap::new();
-        let mut gone = Vec::new();
+        let mut read = Vec::new();
         for (tgid, mut pages) in by_process {
             let Ok(pagemap) = File::open(format!("/proc/{tgid}/pagemap")) else {
                 continue;
             };
             pages.sort_unstable_by_key(|&(page, _)| page);
-            let Ok(entries) = entries(&pagemap, &pages) else {
-                continue;
-            };
+            if let Ok(entries) = entries(&pagemap, &pages) {
+                read.push((tgid, pages, entries));
+            }
+        }
+        // A record a fault rewrote while the pages were read (the page given back and its
+        // address populated again) may not match what pagemap said: it waits for the next
+        // reading. The others were the pages' records throughout.
+        let settled: HashMap<PageKey, u64> = probes
+            .pages()
+            .map_err(CollectError::Batch)?
+            .into_iter()
+            .map(|(page, fault)| (page, fault.at_ns))
+            .collect();
+        // Resident base pages by stack, in 512ths of a page so huge pages split exactly.
+        let mut resident: HashMap<StackKey, u64> = HashMap::new();
+        let mut gone = Vec::new();
+        let mut absent = HashSet::new();
+        for (tgid, pages, entries) in read {
             let mut held = Vec::new();
-            for ((page, site), entry) in pages.into_iter().zip(entries) {
+            for ((page, fault), entry) in pages.into_iter().zip(entries) {
+                let site = fault.site;
                 let key = PageKey {
                     tgid,
                     _pad: 0,
                     page,
                 };
-                if entry & (PRESENT | SWAPPED) == 0 {
-                    self.backing.remove(&key);
-                    gone.push(key);
+                if settled.get(&key) != Some(&fault.at_ns) {
                     continue;
                 }
+                if entry & (PRESENT | SWAPPED) == 0 {
+                    self.backing.remove(&key);
+                    if self.absent.contains(&(key, fault.at_ns)) {
+                        gone.push((key, fault));
+                    } else {
+                        absent.insert((key, fault.at_ns));
+                    }
+                    continue;
+                }
+                let frame = if entry & PRESENT != 0 { entry & PFN } else { 0 };
                 let huge = match self.backing.get(&key) {
-                    Some(&huge) => huge,
-                    None => {
-                        let huge = self.huge_page_of(entry & PFN);
-                        self.backing.insert(key, huge);
-                        if huge != 0 && self.credited.insert((tgid, huge)) {
+                    Some(&(at, seen, huge)) if at == fault.at_ns && seen == frame => huge,
+                    known => {
+                        let first_sight = known.is_none_or(|&(at, ..)| at != fault.at_ns);
+                        let huge = if frame == 0 {
+                            0
+                        } else {
+                            self.huge_page_of(frame)
+                        };
+                        self.backing.insert(key, (fault.at_ns, frame, huge));
+                        // Only a huge page the fault itself mapped was populated by it; one
+                        // collapsed later is resident, not populated, by that stack.
+                        if first_sight && huge != 0 && self.credited.insert((tgid, huge)) {
                             *self.huge_extra.entry(site).or_default() += HUGE_PAGES - 1;
                         }
                         huge
@@ -129,6 +167,7 @@ impl Residency {
                 *resident.entry(site).or_default() += share;
             }
         }
+        self.absent = absent;
         probes.drop_pages(&gone);
         let period = i64::try_from(period).unwrap_or(i64::MAX);
         let page = PAGE_BYTES as i64;
@@ -158,13 +197,14 @@ impl Residency {
     pub fn forget(&mut self, pid: u32) {
         self.backing.retain(|k, _| k.tgid != pid);
         self.credited.retain(|(tgid, _)| *tgid != pid);
+        self.absent.retain(|(k, _)| k.tgid != pid);
         self.huge_extra.retain(|k, _| k.tgid != pid);
     }
 }
 
 /// The pagemap entry of each page (sorted by address), reading runs of nearby pages' entries
 /// at once.
-fn entries(pagemap: &File, pages: &[(u64, StackKey)]) -> io::Result<Vec<u64>> {
+fn entries<T>(pagemap: &File, pages: &[(u64, T)]) -> io::Result<Vec<u64>> {
     let mut out = Vec::with_capacity(pages.len());
     let mut start = 0;
     while start < pages.len() {

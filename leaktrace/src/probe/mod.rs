@@ -3,6 +3,7 @@
 pub mod btf;
 mod fault;
 pub mod placement;
+pub mod pool;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -17,14 +18,14 @@ use aya::{
     programs::{
         RawTracePoint, UProbe,
         raw_trace_point::RawTracePointLinkId,
-        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
     util::nr_cpus,
 };
 use leaktrace_common::{
-    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PageKey, PendingCall,
-    STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack, TargetCounters,
-    V8Frames,
+    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PageFault, PageKey, PendingCall,
+    QueuedKey, QueuedWork, STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack,
+    TargetCounters, V8Frames,
 };
 use tracing::{debug, warn};
 
@@ -273,7 +274,17 @@ const PROGRAMS: &[&str] = &[
     "posix_memalign_enter",
     RETURN_PROGRAM,
     FREE_PROGRAM,
+    POOL_SUBMIT,
+    POOL_QUEUE_WORK,
+    POOL_BEGIN,
+    POOL_END,
 ];
+
+/// The programs on libuv's thread pool (see [`pool`]).
+const POOL_SUBMIT: &str = "pool_submit";
+const POOL_QUEUE_WORK: &str = "pool_queue_work";
+const POOL_BEGIN: &str = "pool_work_begin";
+const POOL_END: &str = "pool_work_end";
 
 /// Where an allocation function's entry and return probes go: past leading instructions the
 /// kernel would single-step (libstdc++'s `operator new` starts with `endbr64`: ~30 µs a call
@@ -798,6 +809,66 @@ impl Probes {
         Ok(())
     }
 
+    /// Stitches the work `pid` queues to libuv's thread pool in the object at `path` (inode
+    /// `inode`) to the code that queued it (see [`pool`]). Not in the empty-probes mode: those
+    /// probes fire once per work item, not per allocation.
+    pub fn attach_pool(
+        &mut self,
+        pid: u32,
+        path: &std::path::Path,
+        inode: u64,
+        sites: &pool::PoolSites,
+    ) -> Result<(), ProbeError> {
+        if self.mode == ProbeMode::Empty {
+            return Ok(());
+        }
+        let scope = self.scope(pid)?;
+        // The call's probe gets the call's length: where `worker` resumes.
+        let mut points = vec![
+            (POOL_QUEUE_WORK, "uv_queue_work", sites.queue_work, None),
+            (
+                POOL_BEGIN,
+                "worker",
+                sites.begin,
+                Some(sites.end - sites.begin),
+            ),
+            (POOL_END, "worker", sites.end, None),
+        ];
+        if let Some(submit) = sites.submit {
+            points.push((POOL_SUBMIT, "uv__work_submit", submit, None));
+        }
+        for (program, function, offset, cookie) in points {
+            // Following, a file's probes serve every process: attached once.
+            if self.follow.is_some() && !self.attached_files.insert((program, inode)) {
+                continue;
+            }
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(program)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(ProbeError::Missing(program))?;
+            let link = prog
+                .attach(
+                    [UProbeAttachPoint {
+                        location: UProbeAttachLocation::AbsoluteOffset(offset),
+                        cookie,
+                    }],
+                    path,
+                    scope,
+                )
+                .map_err(|source| ProbeError::Attach {
+                    function: function.to_owned(),
+                    library: path.display().to_string(),
+                    pid,
+                    source: Box::new(source),
+                })?;
+            self.links.entry(pid).or_default().push((program, link));
+        }
+        array_mut::<u32>(&mut self.ebpf, "POOL_PRESENT")?
+            .set(0, &1, 0)
+            .map_err(|e| ProbeError::Map(Box::new(e)))
+    }
+
     /// Adds `pid` to the probes' target table, with zeroed counters, and gives it the slot of
     /// the allocator probes' fast path while that is free (`TARGET_SLOTS`). Its counters are
     /// then the sum of both places.
@@ -877,28 +948,36 @@ impl Probes {
     }
 
     /// Watch mode's sampled pages, each with the stack that populated it.
-    pub fn pages(&self) -> std::io::Result<Vec<(PageKey, StackKey)>> {
+    pub fn pages(&self) -> std::io::Result<Vec<(PageKey, PageFault)>> {
         match self.ebpf.map("PAGES") {
-            Some(aya::maps::Map::HashMap(data)) => Ok(crate::collect::batch::read_all::<
-                PageKey,
-                StackKey,
-            >(std::os::fd::AsFd::as_fd(
-                data.fd(),
-            ))?
-            .unwrap_or_default()),
+            Some(aya::maps::Map::HashMap(data)) => {
+                Ok(crate::collect::batch::read_all::<PageKey, PageFault>(
+                    std::os::fd::AsFd::as_fd(data.fd()),
+                )?
+                .unwrap_or_default())
+            }
             _ => Ok(Vec::new()),
         }
     }
 
-    /// Forgets pages no longer resident. A page populated again meanwhile loses its entry
-    /// until its next fault: it is missing from its stack's resident bytes, never counted twice.
-    pub fn drop_pages(&mut self, pages: &[PageKey]) {
-        if pages.is_empty() {
+    /// Forgets pages found not resident, each by the record that was read. A page given back
+    /// and populated again since (its address reused) has a newer record: that one is put back,
+    /// unless a fault wrote a newer one still. A record that cannot be dropped stays, found
+    /// gone again next time.
+    pub fn drop_pages(&self, pages: &[(PageKey, PageFault)]) {
+        let Some(aya::maps::Map::HashMap(data)) = self.ebpf.map("PAGES") else {
             return;
-        }
-        if let Ok(mut map) = hash_map_mut::<PageKey, StackKey>(&mut self.ebpf, "PAGES") {
-            for page in pages {
-                let _ = map.remove(page);
+        };
+        let fd = std::os::fd::AsFd::as_fd(data.fd());
+        for (page, seen) in pages {
+            let kept = match crate::collect::batch::take::<PageKey, PageFault>(fd, page) {
+                Ok(Some(newer)) if newer != *seen => {
+                    crate::collect::batch::put_new(fd, page, &newer).map(drop)
+                }
+                taken => taken.map(drop),
+            };
+            if let Err(e) = kept {
+                debug!("page record of {:#x} in {}: {e}", page.page, page.tgid);
             }
         }
     }
@@ -1025,6 +1104,8 @@ impl Probes {
         let js_ids: HashSet<u64> = orphans.js_ids.iter().copied().collect();
         remove_where::<u64, JsFrames>(&mut self.ebpf, "JS_STACKS", |k| js_ids.contains(k))?;
         remove_where::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS", |k| *k == pid)?;
+        remove_where::<QueuedKey, QueuedWork>(&mut self.ebpf, "QUEUED", |k| k.tgid == pid)?;
+        remove_where::<u64, QueuedWork>(&mut self.ebpf, "RUNNING", |k| (k >> 32) as u32 == pid)?;
         self.note_v8_present()?;
         // Keyed by a hash of stack and process: the process is in the value.
         let mut cache = hash_map_mut::<u64, JsCached>(&mut self.ebpf, "JS_CACHE")?;
@@ -1038,7 +1119,7 @@ impl Probes {
             let _ = cache.remove(&key);
         }
         remove_where::<u32, u64>(&mut self.ebpf, "EXECS", |k| *k == pid)?;
-        remove_where::<PageKey, StackKey>(&mut self.ebpf, "PAGES", |k| k.tgid == pid)?;
+        remove_where::<PageKey, PageFault>(&mut self.ebpf, "PAGES", |k| k.tgid == pid)?;
         if let Some(slot) = self.slots.remove(&pid) {
             array_mut::<u32>(&mut self.ebpf, "TARGET_SLOTS")?
                 .set(slot, &0, 0)

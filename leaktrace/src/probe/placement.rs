@@ -379,7 +379,7 @@ fn first_internal_target(code: &[u8], ip: u64) -> Option<u64> {
 }
 
 /// Short Intel-syntax text such as `test rdi,rdi`, for logs (the formatter feature is off).
-fn render(insn: &Instruction) -> String {
+pub fn render(insn: &Instruction) -> String {
     let mut text = String::new();
     if insn.has_lock_prefix() {
         text.push_str("lock ");

@@ -7,6 +7,7 @@
 
 pub mod js;
 pub mod perfmap;
+pub mod queued;
 pub mod v8;
 
 use std::{
@@ -42,6 +43,8 @@ pub struct Symbolizer {
     parents: HashMap<u32, u32>,
     /// Perf maps of JIT runtimes, kept open like mapped files.
     perf_maps: HashMap<u32, (File, PerfMap)>,
+    /// Threads that queued work to a thread pool, named for the markers of stitched stacks.
+    queuing: queued::QueuingThreads,
 }
 
 impl Default for Symbolizer {
@@ -70,6 +73,7 @@ impl Symbolizer {
             files: HashMap::new(),
             parents: HashMap::new(),
             perf_maps: HashMap::new(),
+            queuing: queued::QueuingThreads::default(),
         }
     }
 
@@ -165,6 +169,13 @@ impl Symbolizer {
         self.files.retain(|(p, _), _| *p != pid);
         self.parents.remove(&pid);
         self.perf_maps.remove(&pid);
+        self.queuing.forget(pid);
+    }
+
+    /// Names, while they live, the threads that queued the work of a stack of `pid` whose
+    /// addresses are `ips` (see [`queued`]).
+    pub fn remember_queuing(&mut self, pid: u32, ips: &[u64]) {
+        self.queuing.remember(pid, ips);
     }
 
     pub fn mappings(&self, pid: u32) -> &[Mapping] {
@@ -197,6 +208,10 @@ impl Symbolizer {
         let mut by_file: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
         for &(addr, kind) in addrs {
             if self.frames.contains_key(&(pid, addr)) {
+                continue;
+            }
+            if let Some(marker) = self.queuing.frame(pid, addr) {
+                self.frames.insert((pid, addr), vec![marker]);
                 continue;
             }
             // A return address points after the call; the call is the instruction before it.

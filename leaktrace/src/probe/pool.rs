@@ -1,0 +1,320 @@
+//! Finding libuv's thread pool in an object (a node binary that links libuv statically, or
+//! `libuv.so`), so that work queued to the pool can be stitched to the code that queued it.
+//!
+//! Three places are probed (see `leaktrace-ebpf`'s `queue`): where work is queued
+//! (`uv__work_submit`, a local symbol, and the exported `uv_queue_work`, into which the compiler
+//! inlines its submit), and, inside the pool's `worker`, the indirect call `w->work(w)` and the
+//! instruction after it. libuv exports none of `worker`'s internals: the call is found by
+//! decoding the function.
+
+use std::os::unix::fs::MetadataExt as _;
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
+use tracing::{debug, warn};
+
+use super::placement::{self, Handling, PlacementError};
+use crate::process::maps::Mapping;
+
+/// File offsets of the probe points of one object's thread pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSites {
+    /// `uv__work_submit`'s entry, when its symbol is there.
+    pub submit: Option<u64>,
+    /// `uv_queue_work`'s entry.
+    pub queue_work: u64,
+    /// `worker`'s call `w->work(w)`.
+    pub begin: u64,
+    /// The instruction after that call.
+    pub end: u64,
+}
+
+/// Why an object's pool cannot be probed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The object has no libuv (no `uv_queue_work`).
+    #[error("no libuv")]
+    NoLibuv,
+    /// libuv is there, but neither the symbol of its pool's worker (the object is stripped)
+    /// nor code that looks like its call of the work.
+    #[error(
+        "its libuv has no symbol for the thread pool's worker (stripped), and its call of \
+             the work was not found in the code"
+    )]
+    Stripped,
+    /// `worker` is there but its call of the work is not recognised.
+    #[error("the thread pool's worker does not call its work the way libuv does ({0})")]
+    UnknownWorker(String),
+    #[error("reading its symbols: {0}")]
+    Elf(String),
+}
+
+/// Finds the pool's probe points in the ELF file `elf`.
+pub fn find(elf: &[u8]) -> Result<PoolSites, PoolError> {
+    let lookup = |name: &str| match placement::function_bytes(elf, name, placement::MAX_SCAN_BYTES)
+    {
+        Ok(code) => Ok(Some(code)),
+        Err(PlacementError::SymbolNotFound(_)) => Ok(None),
+        Err(err) => Err(PoolError::Elf(err.to_string())),
+    };
+    let queue_work = lookup("uv_queue_work")?.ok_or(PoolError::NoLibuv)?;
+    let submit = lookup("uv__work_submit")?.map(|code| code.file_offset);
+    let (begin, len) = match lookup("worker")? {
+        Some(worker) => {
+            let (at, len) = work_call(&worker.bytes, worker.address)?;
+            (worker.file_offset + (at - worker.address), len)
+        }
+        None => scan_for_work_call(elf)?,
+    };
+    Ok(PoolSites {
+        submit,
+        queue_work: queue_work.file_offset,
+        begin,
+        end: begin + len,
+    })
+}
+
+/// The address and length of the one indirect call in `worker` (code at `ip`) that can be
+/// `w->work(w)`: through a register, or through memory addressed by a register. Calls through
+/// memory addressed by RIP are calls of imported functions (`-fno-plt`), not of the work.
+fn work_call(code: &[u8], ip: u64) -> Result<(u64, u64), PoolError> {
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut found = Vec::new();
+    for insn in &mut decoder {
+        if insn.is_invalid() || insn.flow_control() != FlowControl::IndirectCall {
+            continue;
+        }
+        let through_work = match insn.op0_kind() {
+            OpKind::Register => true,
+            OpKind::Memory => !matches!(insn.memory_base(), Register::RIP | Register::None),
+            _ => false,
+        };
+        if through_work {
+            found.push(insn);
+        }
+    }
+    let [call] = found[..] else {
+        return Err(PoolError::UnknownWorker(format!(
+            "{} candidate indirect calls",
+            found.len()
+        )));
+    };
+    let offset = (call.ip() - ip) as usize;
+    let bytes = &code[offset..offset + call.len()];
+    if placement::handling(&call, bytes) == Handling::Rejected {
+        return Err(PoolError::UnknownWorker(format!(
+            "the kernel cannot probe `{}`",
+            placement::render(&call)
+        )));
+    }
+    let after = offset + call.len();
+    let mut next = Decoder::with_ip(64, &code[after..], call.next_ip(), DecoderOptions::NONE);
+    let following = next.decode();
+    let next_bytes = &code[after..(after + following.len()).min(code.len())];
+    if following.is_invalid() || placement::handling(&following, next_bytes) == Handling::Rejected {
+        return Err(PoolError::UnknownWorker(format!(
+            "the kernel cannot probe `{}` after the call",
+            placement::render(&following)
+        )));
+    }
+    Ok((call.ip(), call.len() as u64))
+}
+
+/// Offset of `wq`, the queue link, in libuv's `struct uv__work { work, done, loop, wq }`: the
+/// pool takes `&w->wq` off its queue and calls `w->work(w)` with `w = &wq - 0x18`.
+const WQ_OFFSET: i64 = 0x18;
+
+/// The file offset and length of `w->work(w)` in a libuv whose `worker` has no symbol (a
+/// stripped `libuv.so`): the one place in its code that loads `rdi` with `q - 0x18` and calls
+/// through the word at that same address. Its other indirect calls of the same base (`w->done`,
+/// `req->work_cb`) call through another field.
+fn scan_for_work_call(elf: &[u8]) -> Result<(u64, u64), PoolError> {
+    use object::{Object as _, ObjectSection as _, SectionFlags, elf::SHF_EXECINSTR};
+    let file = object::File::parse(elf).map_err(|err| PoolError::Elf(err.to_string()))?;
+    let mut found = Vec::new();
+    for section in file.sections() {
+        let executable = matches!(section.flags(), SectionFlags::Elf { sh_flags }
+            if sh_flags & u64::from(SHF_EXECINSTR) != 0);
+        let (Some((file_offset, _)), Ok(code)) = (section.file_range(), section.data()) else {
+            continue;
+        };
+        if !executable {
+            continue;
+        }
+        for (ip, len) in work_calls_in(code, section.address()) {
+            found.push((file_offset + (ip - section.address()), len));
+        }
+    }
+    match found[..] {
+        [call] => Ok(call),
+        [] => Err(PoolError::Stripped),
+        _ => Err(PoolError::UnknownWorker(format!(
+            "{} places look like its call of the work",
+            found.len()
+        ))),
+    }
+}
+
+/// The address and length of each `call [R - 0x18]` in `code` (at `ip`) right after
+/// `lea rdi, [R - 0x18]`: `w->work(w)`.
+fn work_calls_in(code: &[u8], ip: u64) -> Vec<(u64, u64)> {
+    let mut found = Vec::new();
+    let mut lea_rdi: Option<(Register, i64)> = None;
+    for insn in Decoder::with_ip(64, code, ip, DecoderOptions::NONE) {
+        let memory = (insn.memory_base(), insn.memory_displacement64() as i64);
+        if insn.flow_control() == FlowControl::IndirectCall
+            && insn.op0_kind() == OpKind::Memory
+            && insn.memory_index() == Register::None
+            && memory.1 == -WQ_OFFSET
+            && lea_rdi == Some(memory)
+        {
+            found.push((insn.ip(), insn.len() as u64));
+        }
+        lea_rdi = (insn.mnemonic() == Mnemonic::Lea
+            && insn.op0_register() == Register::RDI
+            && insn.memory_index() == Register::None
+            && insn.memory_base() != Register::RIP)
+            .then_some(memory);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_work_call_is_the_register_addressed_one() {
+        // lea rdi,[rbx-0x18]; call [rbx-0x18]; mov rax,[rbx-8]; call [rip+0x10] (an import)
+        let code = [
+            0x48, 0x8d, 0x7b, 0xe8, 0xff, 0x53, 0xe8, 0x48, 0x8b, 0x43, 0xf8, 0xff, 0x15, 0x10, 0,
+            0, 0,
+        ];
+        assert_eq!(work_call(&code, 0x1000), Ok((0x1004, 3)));
+    }
+
+    #[test]
+    fn two_candidate_calls_are_refused() {
+        // call rax; call [rbx]; nop
+        let code = [0xff, 0xd0, 0xff, 0x13, 0x90];
+        assert!(matches!(
+            work_call(&code, 0x1000),
+            Err(PoolError::UnknownWorker(_))
+        ));
+    }
+
+    #[test]
+    fn a_stripped_libuv_is_found_by_its_call_of_the_work() {
+        // lea rdi,[rbx-0x18]; call [rbx-0x18]; lea rdi,[rbx-0x18]; call [rbx-0x10] (w->done)
+        let code = [
+            0x48, 0x8d, 0x7b, 0xe8, 0xff, 0x53, 0xe8, 0x48, 0x8d, 0x7b, 0xe8, 0xff, 0x53, 0xf0,
+        ];
+        assert_eq!(work_calls_in(&code, 0x1000), [(0x1004, 3)]);
+        let elf = std::fs::read("/usr/lib/x86_64-linux-gnu/libuv.so.1")
+            .expect("libuv1 is installed here (cargo xtask setup)");
+        let sites = find(&elf).expect("the stripped libuv's pool");
+        assert_eq!(sites.submit, None);
+        assert!(sites.end > sites.begin);
+    }
+
+    #[test]
+    fn node_links_libuv_with_its_pool_symbols() {
+        let elf = std::fs::read("/usr/bin/node").expect("Node 20 is /usr/bin/node here");
+        let sites = find(&elf).expect("node's pool");
+        assert!(sites.submit.is_some());
+        assert!(sites.end > sites.begin);
+    }
+}
+
+/// The thread pools of targets, each object's read once.
+#[derive(Default)]
+pub struct Pools {
+    /// By (device, inode): what [`find`] said.
+    found: std::collections::HashMap<(u64, u64), Result<PoolSites, PoolError>>,
+    /// Per target: why work queued to its pool is not stitched, for its report.
+    notes: std::collections::HashMap<u32, String>,
+}
+
+impl Pools {
+    /// Probes the thread pool of `pid`'s executable and of any libuv it maps; a pool that
+    /// cannot be probed is said once in the target's notes, and tracing goes on without it.
+    pub fn probe(&mut self, probes: &mut super::Probes, pid: u32, mappings: &[Mapping]) {
+        self.notes.remove(&pid);
+        let mut objects = vec![std::path::PathBuf::from(format!("/proc/{pid}/exe"))];
+        let mut seen = std::collections::HashSet::new();
+        for m in mappings.iter().filter(|m| m.is_executable()) {
+            let is_libuv = m
+                .path
+                .as_ref()
+                .and_then(|p| p.file_name())
+                .is_some_and(|n| n.to_string_lossy().starts_with("libuv."));
+            if is_libuv && seen.insert(m.path.clone()) {
+                objects.push(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into());
+            }
+        }
+        // `run`'s command is a copy of the tracer until it execs: no libuv to find in it.
+        let tracer = std::fs::metadata("/proc/self/exe")
+            .ok()
+            .map(|m| (m.dev(), m.ino()));
+        for object in objects {
+            let Ok(meta) = std::fs::metadata(&object) else {
+                continue;
+            };
+            if tracer == Some((meta.dev(), meta.ino())) {
+                continue;
+            }
+            let found = self
+                .found
+                .entry((meta.dev(), meta.ino()))
+                .or_insert_with(|| match std::fs::read(&object) {
+                    Ok(elf) => find(&elf),
+                    Err(err) => Err(PoolError::Elf(err.to_string())),
+                })
+                .clone();
+            let shown = std::fs::read_link(&object).unwrap_or_else(|_| object.clone());
+            let attached = match found {
+                Ok(sites) => probes
+                    .attach_pool(pid, &object, meta.ino(), &sites)
+                    .map(|()| {
+                        sites.submit.is_none().then(|| {
+                            format!(
+                                "libuv's internal uv__work_submit has no symbol in {} \
+                                 (stripped): work queued through uv_queue_work is shown with \
+                                 the code that queued it, fs and dns work without",
+                                shown.display()
+                            )
+                        })
+                    })
+                    .map_err(|err| err.to_string()),
+                Err(PoolError::NoLibuv) => continue,
+                Err(err) => Err(err.to_string()),
+            };
+            match attached {
+                Ok(None) => debug!(pid, object = %shown.display(), "thread pool probed"),
+                Ok(Some(note)) => {
+                    debug!(pid, object = %shown.display(), "thread pool probed in part");
+                    self.notes.insert(pid, note);
+                }
+                Err(why) => {
+                    warn!(pid, object = %shown.display(), %why, "thread pool not probed");
+                    self.notes.insert(
+                        pid,
+                        format!(
+                            "libuv's thread pool in {} is not probed ({why}): what its threads \
+                             allocate for queued work is shown without the code that queued it",
+                            shown.display()
+                        ),
+                    );
+                }
+            }
+        }
+    }
+
+    /// What the report of `pid` should say about its thread pool, if anything.
+    pub fn note(&self, pid: u32) -> Option<&String> {
+        self.notes.get(&pid)
+    }
+
+    pub fn forget(&mut self, pid: u32) {
+        self.notes.remove(&pid);
+    }
+}
