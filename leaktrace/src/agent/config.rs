@@ -57,6 +57,10 @@ pub struct AgentArgs {
     /// How long an exited target's series stay served [default: 5m].
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
+    /// Longest life of one HTTP connection, kept alive or not: a client cannot hold one of the
+    /// port's connections for ever [default: 120s].
+    #[arg(long, value_parser = parse_duration)]
+    pub connection_lifetime: Option<Duration>,
     /// Poisson sampling by bytes, one sample per this many bytes on average; 0 records every
     /// allocation [default: 512KiB].
     #[arg(long, value_parser = parse_sample_bytes)]
@@ -100,6 +104,7 @@ struct FileConfig {
     interval: Option<String>,
     scan_interval: Option<String>,
     grace: Option<String>,
+    connection_lifetime: Option<String>,
     sample_bytes: Option<u64>,
     max_targets: Option<u32>,
     max_live_allocs_per_target: Option<u32>,
@@ -132,6 +137,8 @@ pub struct AgentConfig {
     pub scan_interval: Duration,
     #[serde(with = "humantime_serde_secs")]
     pub grace: Duration,
+    #[serde(with = "humantime_serde_secs")]
+    pub connection_lifetime: Duration,
     /// `None` records every allocation.
     pub sample_bytes: Option<u64>,
     pub max_targets: usize,
@@ -172,6 +179,9 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
 const DEFAULT_MAX_TARGETS: u32 = 32;
 const DEFAULT_MAX_LIVE_PER_TARGET: u32 = 1 << 18;
+/// Long enough for any scrape or report; short enough that idle keep-alive clients give their
+/// slot back.
+const DEFAULT_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
 impl AgentConfig {
     /// Merges flags over the config file over defaults.
@@ -230,6 +240,13 @@ impl AgentConfig {
             "grace",
             parse_duration,
             Duration::from_secs(300),
+        )?;
+        let connection_lifetime = duration(
+            args.connection_lifetime,
+            &file.connection_lifetime,
+            "connection_lifetime",
+            parse_duration,
+            DEFAULT_CONNECTION_LIFETIME,
         )?;
         let sample_bytes = match (args.sample_bytes, file.sample_bytes) {
             (Some(n), _) => n,
@@ -295,6 +312,7 @@ impl AgentConfig {
             interval,
             scan_interval,
             grace,
+            connection_lifetime,
             sample_bytes: (sample_bytes > 0).then_some(sample_bytes),
             max_targets: positive(
                 args.max_targets,
@@ -376,13 +394,14 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(10));
         assert_eq!(c.sample_bytes, Some(DEFAULT_SAMPLE_BYTES));
         assert_eq!(c.max_targets, 32);
+        assert_eq!(c.connection_lifetime, Duration::from_secs(120));
         assert_eq!(c.selector.exe_patterns(), ["node"]);
     }
 
     #[test]
     fn flags_override_the_file() {
         let c = load_toml(
-            "listen = \"0.0.0.0:1\"\ninterval = \"5s\"\nsample_bytes = 0\n[match]\nexe = [\"python*\"]\n",
+            "listen = \"0.0.0.0:1\"\ninterval = \"5s\"\nconnection_lifetime = \"30s\"\nsample_bytes = 0\n[match]\nexe = [\"python*\"]\n",
             AgentArgs {
                 interval: Some(Duration::from_secs(1)),
                 ..AgentArgs::default()
@@ -392,6 +411,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:1");
         assert_eq!(c.interval, Duration::from_secs(1));
         assert_eq!(c.sample_bytes, None);
+        assert_eq!(c.connection_lifetime, Duration::from_secs(30));
         assert_eq!(c.selector.exe_patterns(), ["python*"]);
     }
 
