@@ -408,6 +408,31 @@ fn the_agent_follows_processes_in_and_out_of_containers() {
         })
         .map(|s| s["growth"]["verdict"].clone());
     assert_eq!(verdict, Some(Value::from("leak")));
+    // `?top=0` keeps every suspect and no other stack; the others are counted as omitted.
+    let (status, body) = agent
+        .get(&format!("/api/v1/targets/{pod_pid}/report?top=0"))
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let short: Value = serde_json::from_str(&body).unwrap();
+    let verdicts: Vec<&Value> = short["stacks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| &s["growth"]["verdict"])
+        .collect();
+    assert!(
+        !verdicts.is_empty() && verdicts.iter().all(|v| *v == "leak" || *v == "growing"),
+        "{verdicts:?}"
+    );
+    let all = report["stacks"].as_array().unwrap().len();
+    assert!(
+        all > verdicts.len(),
+        "the fixture has stacks that are not suspects"
+    );
+    assert_eq!(
+        short["trace"]["stacks_omitted"].as_u64(),
+        Some((all - verdicts.len()) as u64)
+    );
     assert_eq!(agent.get("/api/v1/targets/1/report").unwrap().0, 404);
     assert_eq!(agent.get("/api/v1/targets/x/report").unwrap().0, 400);
     // Read-only: nothing but GET.
