@@ -47,9 +47,10 @@ fn fragmented_arenas_are_retention_and_match_mallinfo2() {
     if !have_root("fragmented_arenas_are_retention_and_match_mallinfo2") {
         return;
     }
-    // 6 threads at once: 6 arenas besides the main one; 6 rounds of growing sizes, 150 ms apart.
+    // 6 threads at once: 6 arenas besides the main one; 6 rounds of growing sizes, 900 ms apart:
+    // the memory is read once a second, so the verdict has readings enough for a trend.
     let exe = fixture("fragment", &[]);
-    let mut target = Target::start(&exe, &["6", "6", "150"]);
+    let mut target = Target::start(&exe, &["6", "6", "900"]);
     let pid = target.pid();
     let out = scratch("memory-retention").join("report.json");
     let pid_arg = pid.to_string();
@@ -125,6 +126,15 @@ fn fragmented_arenas_are_retention_and_match_mallinfo2() {
         "in use grew by {in_use}, free by {free}"
     );
     assert!(rss > free / 2, "RSS grew by {rss}, free by {free}");
+    // Judged on the trend of every reading, not on the first and last alone.
+    assert_eq!(growth["method"], "mann-kendall+theil-sen", "{growth}");
+    assert!(growth["points"].as_u64().expect("points") >= 5, "{growth}");
+    let free_rate = growth["free_bytes_per_s"].as_f64().expect("free slope");
+    let in_use_rate = growth["in_use_bytes_per_s"].as_f64().expect("in-use slope");
+    assert!(
+        free_rate > 0.0 && in_use_rate < free_rate / 10.0,
+        "{growth}"
+    );
     // The arenas' heaps hold the resident memory, and the resident classes sum to the RSS.
     let b = &m["breakdown"];
     assert!(u(&b["malloc_heaps"]) > 60 << 20, "{b}");

@@ -186,6 +186,7 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
 /// Each target's resident bytes by what holds them (one series per category), and its
 /// allocator's in-use and free-but-kept bytes where that account was read.
 fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
+    use crate::analyze::memory::MemoryGrowth;
     let resident = Family::<Labels, Gauge<i64>>::default();
     for t in targets {
         let Some(m) = &t.memory else { continue };
@@ -233,6 +234,24 @@ fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
         "Bytes freed but kept by glibc's arenas (mallinfo2 fordblks), read from outside",
         &readable,
         |t| i64::try_from(malloc(t).free_bytes).unwrap_or(i64::MAX),
+    );
+    let slope = |t: &TargetView, of: fn(&MemoryGrowth) -> f64| {
+        t.memory.as_ref().map_or(0.0, |m| of(&m.growth))
+    };
+    gauge_f64(
+        registry,
+        "target_malloc_in_use_growth_bytes_per_second",
+        "Theil-Sen slope of glibc's in-use bytes over the target's readings",
+        &readable,
+        |t| slope(t, |g| g.in_use_bytes_per_s),
+    );
+    gauge_f64(
+        registry,
+        "target_malloc_free_growth_bytes_per_second",
+        "Theil-Sen slope of glibc's free-but-kept bytes over the target's readings: retention \
+         when it grows while in use does not",
+        &readable,
+        |t| slope(t, |g| g.free_bytes_per_s),
     );
 }
 
@@ -413,7 +432,10 @@ mod tests {
                 free_bytes: 55,
                 ..MallocAccount::default()
             },
-            growth: MemoryGrowth::default(),
+            growth: MemoryGrowth {
+                free_bytes_per_s: 4096.0,
+                ..MemoryGrowth::default()
+            },
             series: Vec::new(),
             advice: Vec::new(),
             notes: Vec::new(),
@@ -442,6 +464,11 @@ mod tests {
         );
         assert!(
             !text.contains("leaktrace_target_malloc_free_bytes{pid=\"9\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaktrace_target_malloc_free_growth_bytes_per_second{pid=\"7\"")
+                && text.contains("container=\"\"} 4096.0\n"),
             "{text}"
         );
     }
