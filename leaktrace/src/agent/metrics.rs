@@ -235,6 +235,16 @@ fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
         &readable,
         |t| i64::try_from(malloc(t).free_bytes).unwrap_or(i64::MAX),
     );
+    gauge_i64(
+        registry,
+        "target_malloc_other_threads_free_bytes",
+        "Of those, in arenas other than the main thread's (a thread pool's, V8's workers')",
+        &readable,
+        |t| {
+            let m = malloc(t);
+            i64::try_from(m.free_bytes.saturating_sub(m.main_arena_free_bytes)).unwrap_or(i64::MAX)
+        },
+    );
     let slope = |t: &TargetView, of: fn(&MemoryGrowth) -> f64| {
         t.memory.as_ref().map_or(0.0, |m| of(&m.growth))
     };
@@ -430,6 +440,7 @@ mod tests {
                 readable: true,
                 in_use_bytes: 5,
                 free_bytes: 55,
+                main_arena_free_bytes: 15,
                 ..MallocAccount::default()
             },
             growth: MemoryGrowth {
@@ -464,6 +475,11 @@ mod tests {
         );
         assert!(
             !text.contains("leaktrace_target_malloc_free_bytes{pid=\"9\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaktrace_target_malloc_other_threads_free_bytes{pid=\"7\"")
+                && text.contains("container=\"\"} 40\n"),
             "{text}"
         );
         assert!(

@@ -20,8 +20,17 @@ pub fn summary(m: &MemoryReport) -> String {
             .mmapped_bytes
             .map(|n| format!(", mmapped blocks {}", b(n)))
             .unwrap_or_default();
+        // The main arena is the main thread's; the others are other threads' (a thread pool's).
+        let others = if a.arenas > 1 {
+            format!(
+                ", {} of it in other threads' arenas",
+                b(a.free_bytes.saturating_sub(a.main_arena_free_bytes))
+            )
+        } else {
+            String::new()
+        };
         format!(
-            " ({}: in use {} + free but kept {} in {} arena{}{mmapped})",
+            " ({}: in use {} + free but kept {} in {} arena{}{others}{mmapped})",
             a.allocator,
             b(a.in_use_bytes),
             b(a.free_bytes),
@@ -180,6 +189,7 @@ mod tests {
                 arenas: 7,
                 in_use_bytes: 2 * MIB,
                 free_bytes: 88 * MIB,
+                main_arena_free_bytes: 8 * MIB,
                 mmapped_bytes: Some(0),
                 ..MallocAccount::default()
             },
@@ -202,8 +212,8 @@ mod tests {
         assert_eq!(
             summary(&m),
             "retention: RSS 100.0 MiB = malloc heaps 90.0 MiB (glibc: in use 2.0 MiB + free but \
-             kept 88.0 MiB in 7 arenas, mmapped blocks 0 B) + thread stacks 1.0 MiB + code and \
-             files 4.0 MiB + other anonymous 5.0 MiB; over 2.0s RSS +80.0 MiB, in use +1.0 KiB, \
+             kept 88.0 MiB in 7 arenas, 80.0 MiB of it in other threads' arenas, mmapped blocks \
+             0 B) + thread stacks 1.0 MiB + code and files 4.0 MiB + other anonymous 5.0 MiB; over 2.0s RSS +80.0 MiB, in use +1.0 KiB, \
              free but kept +79.0 MiB (trend of 5 readings: in use +512 B/s, free but kept \
              +39.5 MiB/s)"
         );
