@@ -549,6 +549,51 @@ fn an_exec_is_said_and_the_new_image_is_traced() {
     assert_eq!((after.live_bytes, after.live_allocs), (1000, 2));
 }
 
+/// README: "Objects probed only later (a `dlopen`, …) are named in the report, with when."
+#[test]
+fn an_allocator_loaded_by_dlopen_is_probed_and_said_late() {
+    if !have_root("an_allocator_loaded_by_dlopen_is_probed_and_said_late") {
+        return;
+    }
+    let mut target = Target::start(&fixture("dlopen_after", &[]), &[]);
+    let pid = target.pid();
+    let out = std::env::temp_dir().join(format!("leaktrace-dlopen-{pid}.json"));
+    let tracer = Tracer::attach(&[
+        &pid.to_string(),
+        "--interval",
+        "100ms",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    target.send("go");
+    target.expect_line("loaded");
+    // The kernel's record of the new mapping is read within 10 ms, and the runtime probed then.
+    thread::sleep(Duration::from_millis(500));
+    target.send("go");
+    target.expect_line("done");
+    thread::sleep(Duration::from_millis(300));
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = leaktrace_tests::read_report(&out);
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(target.finish(), 0);
+    let notes = report["targets"][0]["notes"].to_string();
+    assert!(
+        notes.contains("libstdc++") && notes.contains("was probed only at"),
+        "{notes}"
+    );
+    // Its `operator new` is probed itself: the caller is the fixture's function, each block
+    // counted once.
+    let kept = leaktrace_tests::site(&report, pid, "keep_through_new");
+    assert_eq!((kept.live_bytes, kept.live_allocs), (4000, 4));
+}
+
 #[test]
 fn threads_by_the_thousand_are_traced_exactly_and_unharmed() {
     if !have_root("threads_by_the_thousand_are_traced_exactly_and_unharmed") {

@@ -62,6 +62,11 @@ pub struct AgentArgs {
     /// populates, from page faults (see `leaktrace attach --mode`).
     #[arg(long, value_enum)]
     pub mode: Option<crate::cli::Capture>,
+
+    /// Longest life of one HTTP connection, kept alive or not: a client cannot hold one of the
+    /// port's connections for ever [default: 120s].
+    #[arg(long, value_parser = parse_duration)]
+    pub connection_lifetime: Option<Duration>,
     /// Poisson sampling by bytes, one sample per this many bytes on average; 0 records every
     /// allocation [default: 512KiB].
     #[arg(long, value_parser = parse_sample_bytes)]
@@ -106,6 +111,7 @@ struct FileConfig {
     scan_interval: Option<String>,
     grace: Option<String>,
     mode: Option<crate::cli::Capture>,
+    connection_lifetime: Option<String>,
     sample_bytes: Option<u64>,
     max_targets: Option<u32>,
     max_live_allocs_per_target: Option<u32>,
@@ -139,6 +145,8 @@ pub struct AgentConfig {
     #[serde(with = "humantime_serde_secs")]
     pub grace: Duration,
     pub mode: crate::cli::Capture,
+    #[serde(with = "humantime_serde_secs")]
+    pub connection_lifetime: Duration,
     /// `None` records every allocation (or watch mode, which probes no allocation).
     pub sample_bytes: Option<u64>,
     pub max_targets: usize,
@@ -179,6 +187,9 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
 const DEFAULT_MAX_TARGETS: u32 = 32;
 const DEFAULT_MAX_LIVE_PER_TARGET: u32 = 1 << 18;
+/// Long enough for any scrape or report; short enough that idle keep-alive clients give their
+/// slot back.
+const DEFAULT_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
 impl AgentConfig {
     /// Merges flags over the config file over defaults.
@@ -237,6 +248,13 @@ impl AgentConfig {
             "grace",
             parse_duration,
             Duration::from_secs(300),
+        )?;
+        let connection_lifetime = duration(
+            args.connection_lifetime,
+            &file.connection_lifetime,
+            "connection_lifetime",
+            parse_duration,
+            DEFAULT_CONNECTION_LIFETIME,
         )?;
         let sample_bytes = match (args.sample_bytes, file.sample_bytes) {
             (Some(n), _) => n,
@@ -305,6 +323,7 @@ impl AgentConfig {
             scan_interval,
             grace,
             mode,
+            connection_lifetime,
             sample_bytes: (sample_bytes > 0 && mode == crate::cli::Capture::Exact)
                 .then_some(sample_bytes),
             max_targets: positive(
@@ -387,13 +406,14 @@ mod tests {
         assert_eq!(c.interval, Duration::from_secs(10));
         assert_eq!(c.sample_bytes, Some(DEFAULT_SAMPLE_BYTES));
         assert_eq!(c.max_targets, 32);
+        assert_eq!(c.connection_lifetime, Duration::from_secs(120));
         assert_eq!(c.selector.exe_patterns(), ["node"]);
     }
 
     #[test]
     fn flags_override_the_file() {
         let c = load_toml(
-            "listen = \"0.0.0.0:1\"\ninterval = \"5s\"\nsample_bytes = 0\n[match]\nexe = [\"python*\"]\n",
+            "listen = \"0.0.0.0:1\"\ninterval = \"5s\"\nconnection_lifetime = \"30s\"\nsample_bytes = 0\n[match]\nexe = [\"python*\"]\n",
             AgentArgs {
                 interval: Some(Duration::from_secs(1)),
                 ..AgentArgs::default()
@@ -403,6 +423,7 @@ mod tests {
         assert_eq!(c.listen.to_string(), "0.0.0.0:1");
         assert_eq!(c.interval, Duration::from_secs(1));
         assert_eq!(c.sample_bytes, None);
+        assert_eq!(c.connection_lifetime, Duration::from_secs(30));
         assert_eq!(c.selector.exe_patterns(), ["python*"]);
     }
 

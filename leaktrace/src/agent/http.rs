@@ -36,9 +36,6 @@ const MAX_CONNECTIONS: usize = 256;
 /// in (slowloris) is cut off.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Longest life of one connection, kept alive or not.
-const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
-
 /// Largest request head read (hyper's minimum buffer); the endpoints need a few hundred bytes.
 const MAX_HEAD_BYTES: usize = 8192;
 
@@ -52,9 +49,11 @@ struct Shared {
     started: Instant,
 }
 
-/// Serves until the listener fails.
+/// Serves until the listener fails. A connection is closed once it has lived `lifetime`, kept
+/// alive or not.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    lifetime: Duration,
     published: watch::Receiver<Arc<Published>>,
     requests: mpsc::Sender<Request>,
 ) -> std::io::Result<()> {
@@ -99,7 +98,7 @@ pub async fn serve(
                 .max_buf_size(MAX_HEAD_BYTES)
                 .max_headers(MAX_HEADERS);
             let connection = http.serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+            match tokio::time::timeout(lifetime, connection).await {
                 Ok(Ok(())) => {}
                 Ok(Err(err)) => debug!(%peer, %err, "connection ended with an error"),
                 Err(_) => debug!(%peer, "connection closed: it lived too long"),

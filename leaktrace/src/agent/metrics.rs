@@ -215,6 +215,7 @@ fn watch_metrics(registry: &mut Registry, targets: &[TargetView]) {
 /// Each target's resident bytes by what holds them (one series per category), and its
 /// allocator's in-use and free-but-kept bytes where that account was read.
 fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
+    use crate::analyze::memory::MemoryGrowth;
     let resident = Family::<Labels, Gauge<i64>>::default();
     for t in targets {
         let Some(m) = &t.memory else { continue };
@@ -262,6 +263,34 @@ fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
         "Bytes freed but kept by glibc's arenas (mallinfo2 fordblks), read from outside",
         &readable,
         |t| i64::try_from(malloc(t).free_bytes).unwrap_or(i64::MAX),
+    );
+    gauge_i64(
+        registry,
+        "target_malloc_other_threads_free_bytes",
+        "Of those, in arenas other than the main thread's (a thread pool's, V8's workers')",
+        &readable,
+        |t| {
+            let m = malloc(t);
+            i64::try_from(m.free_bytes.saturating_sub(m.main_arena_free_bytes)).unwrap_or(i64::MAX)
+        },
+    );
+    let slope = |t: &TargetView, of: fn(&MemoryGrowth) -> f64| {
+        t.memory.as_ref().map_or(0.0, |m| of(&m.growth))
+    };
+    gauge_f64(
+        registry,
+        "target_malloc_in_use_growth_bytes_per_second",
+        "Theil-Sen slope of glibc's in-use bytes over the target's readings",
+        &readable,
+        |t| slope(t, |g| g.in_use_bytes_per_s),
+    );
+    gauge_f64(
+        registry,
+        "target_malloc_free_growth_bytes_per_second",
+        "Theil-Sen slope of glibc's free-but-kept bytes over the target's readings: retention \
+         when it grows while in use does not",
+        &readable,
+        |t| slope(t, |g| g.free_bytes_per_s),
     );
 }
 
@@ -440,9 +469,13 @@ mod tests {
                 readable: true,
                 in_use_bytes: 5,
                 free_bytes: 55,
+                main_arena_free_bytes: 15,
                 ..MallocAccount::default()
             },
-            growth: MemoryGrowth::default(),
+            growth: MemoryGrowth {
+                free_bytes_per_s: 4096.0,
+                ..MemoryGrowth::default()
+            },
             series: Vec::new(),
             advice: Vec::new(),
             notes: Vec::new(),
@@ -471,6 +504,16 @@ mod tests {
         );
         assert!(
             !text.contains("leaktrace_target_malloc_free_bytes{pid=\"9\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaktrace_target_malloc_other_threads_free_bytes{pid=\"7\"")
+                && text.contains("container=\"\"} 40\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("leaktrace_target_malloc_free_growth_bytes_per_second{pid=\"7\"")
+                && text.contains("container=\"\"} 4096.0\n"),
             "{text}"
         );
     }

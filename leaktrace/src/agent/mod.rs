@@ -139,7 +139,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let session = Session::new(&options)?;
     let (published_tx, published_rx) = watch::channel(Arc::new(Published::default()));
     let (request_tx, mut requests) = mpsc::channel(16);
-    let server = http::serve(listener, published_rx, request_tx);
+    let server = http::serve(
+        listener,
+        config.connection_lifetime,
+        published_rx,
+        request_tx,
+    );
     info!(
         listen = %config.listen,
         exe = ?config.selector.exe_patterns(),

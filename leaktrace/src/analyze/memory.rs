@@ -5,7 +5,10 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::process::memory::{Breakdown, MallocAccount, Reader, Reading};
+use crate::{
+    analyze::growth::{mann_kendall, theil_sen},
+    process::memory::{Breakdown, MallocAccount, Reader, Reading},
+};
 
 /// Most points kept per series (past it, every other one is dropped, as for sites).
 const MAX_POINTS: usize = 2048;
@@ -48,15 +51,44 @@ pub struct MemoryPoint {
     pub free_bytes: Option<u64>,
 }
 
-/// How each quantity moved between the first and last readable points.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+/// How each quantity moved between the first and last readable points, and its trend over all
+/// of them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryGrowth {
     pub from_s: f64,
     pub to_s: f64,
     pub rss_bytes: i64,
     pub in_use_bytes: i64,
     pub free_bytes: i64,
+    /// Theil-Sen slopes over the readable points, in bytes a second.
+    #[serde(default)]
+    pub rss_bytes_per_s: f64,
+    #[serde(default)]
+    pub in_use_bytes_per_s: f64,
+    #[serde(default)]
+    pub free_bytes_per_s: f64,
+    /// Readings with the allocator's account.
+    #[serde(default)]
+    pub points: usize,
+    /// What the verdict was made on: [`TREND`] or, with fewer than [`TREND_POINTS`] readings,
+    /// [`FIRST_LAST`].
+    #[serde(default)]
+    pub method: String,
 }
+
+/// The verdict follows the trend of every reading: a rise must be monotonic (Mann-Kendall) and
+/// large (Theil-Sen slope over the span), so a spike at the last reading or memory given back
+/// is no growth.
+pub const TREND: &str = "mann-kendall+theil-sen";
+
+/// Too few readings for a trend: the first and last are compared.
+pub const FIRST_LAST: &str = "first-last";
+
+/// Fewest readings for a trend: with 5 rising ones Mann-Kendall's chance of no rise is 1.4 %.
+pub const TREND_POINTS: usize = 5;
+
+/// Mann-Kendall's chance of "no upward trend" under which a rise is a trend.
+const TREND_P: f64 = 0.05;
 
 /// A process's memory, as the report shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -178,27 +210,61 @@ impl Watch {
     }
 }
 
-/// The verdict over a series: growth between its first and last points where the allocator's
-/// account was read.
+/// The verdict over a series, from the points where the allocator's account was read: on the
+/// trend of every reading from [`TREND_POINTS`] of them on, else between the first and last.
 pub fn judge(series: &[MemoryPoint]) -> (Verdict, MemoryGrowth) {
     let readable: Vec<&MemoryPoint> = series.iter().filter(|p| p.free_bytes.is_some()).collect();
     let (Some(first), Some(last)) = (readable.first(), readable.last()) else {
         return (Verdict::Unknown, MemoryGrowth::default());
     };
     let delta = |a: Option<u64>, b: Option<u64>| b.unwrap_or(0) as i64 - a.unwrap_or(0) as i64;
-    let growth = MemoryGrowth {
+    let of = |value: fn(&MemoryPoint) -> u64| -> Vec<(f64, i64)> {
+        readable
+            .iter()
+            .map(|p| (p.t, i64::try_from(value(p)).unwrap_or(i64::MAX)))
+            .collect()
+    };
+    let rss = of(|p| p.rss_bytes);
+    let in_use = of(|p| p.in_use_bytes.unwrap_or(0));
+    let free = of(|p| p.free_bytes.unwrap_or(0));
+    let slope = |points: &[(f64, i64)]| theil_sen(points).unwrap_or(0.0);
+    let trend = readable.len() >= TREND_POINTS;
+    let mut growth = MemoryGrowth {
         from_s: first.t,
         to_s: last.t,
         rss_bytes: last.rss_bytes as i64 - first.rss_bytes as i64,
         in_use_bytes: delta(first.in_use_bytes, last.in_use_bytes),
         free_bytes: delta(first.free_bytes, last.free_bytes),
+        rss_bytes_per_s: slope(&rss),
+        in_use_bytes_per_s: slope(&in_use),
+        free_bytes_per_s: slope(&free),
+        points: readable.len(),
+        method: if trend { TREND } else { FIRST_LAST }.to_owned(),
     };
     if readable.len() < 2 {
+        growth.method.clear();
         return (Verdict::Unknown, growth);
     }
-    let total = (growth.in_use_bytes.abs() + growth.free_bytes.abs()) as f64;
-    let grew = |d: i64| d >= GROWTH_FLOOR && d as f64 >= GROWTH_SHARE * total;
-    let verdict = match (grew(growth.in_use_bytes), grew(growth.free_bytes)) {
+    // The rise each quantity is judged on, and whether it counts as one at all.
+    let span = last.t - first.t;
+    let rise = |points: &[(f64, i64)], first_last: i64| -> (i64, bool) {
+        if trend {
+            let values: Vec<i64> = points.iter().map(|&(_, v)| v).collect();
+            let rising = mann_kendall(&values).p_increasing() < TREND_P;
+            ((slope(points) * span) as i64, rising)
+        } else {
+            (first_last, true)
+        }
+    };
+    let (in_use_rise, in_use_rising) = rise(&in_use, growth.in_use_bytes);
+    let (free_rise, free_rising) = rise(&free, growth.free_bytes);
+    let total = (in_use_rise.abs() + free_rise.abs()) as f64;
+    let grew =
+        |d: i64, rising: bool| rising && d >= GROWTH_FLOOR && d as f64 >= GROWTH_SHARE * total;
+    let verdict = match (
+        grew(in_use_rise, in_use_rising),
+        grew(free_rise, free_rising),
+    ) {
         (true, true) => Verdict::Both,
         (true, false) => Verdict::Leak,
         (false, true) => Verdict::Retention,
@@ -273,6 +339,73 @@ mod tests {
         assert_eq!(judge(&both).0, Verdict::Both);
         let flat = [point(0.0, 0, MIB, MIB), point(1.0, 0, MIB + 100, MIB + 300)];
         assert_eq!(judge(&flat).0, Verdict::Neither);
+    }
+
+    /// Readings a second apart, in MiB: (in use, free).
+    fn series(values: &[(u64, u64)]) -> Vec<MemoryPoint> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &(u, f))| point(i as f64, (u + f) * MIB, u * MIB, f * MIB))
+            .collect()
+    }
+
+    #[test]
+    fn a_steady_rise_is_judged_on_its_trend() {
+        let (verdict, growth) = judge(&series(&[
+            (2, 1),
+            (2, 9),
+            (2, 20),
+            (2, 31),
+            (2, 40),
+            (2, 52),
+        ]));
+        assert_eq!(verdict, Verdict::Retention);
+        assert_eq!(growth.method, TREND);
+        assert_eq!(growth.points, 6);
+        // Theil-Sen: the median of the pairs' slopes.
+        assert!((growth.free_bytes_per_s - 31.0 / 3.0 * MIB as f64).abs() < 1.0);
+        assert_eq!(growth.in_use_bytes_per_s, 0.0);
+    }
+
+    #[test]
+    fn a_spike_at_the_last_reading_is_no_growth() {
+        // First against last says retention (+50 MiB); seven flat readings say otherwise.
+        let spike = series(&[
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 1),
+            (2, 51),
+        ]);
+        let (verdict, growth) = judge(&spike);
+        assert_eq!(growth.free_bytes, 50 * MIB as i64);
+        assert_eq!(verdict, Verdict::Neither);
+        assert_eq!(judge(&spike[6..]).0, Verdict::Retention, "first-last alone");
+    }
+
+    #[test]
+    fn memory_given_back_or_a_saw_tooth_is_no_growth() {
+        let returned = series(&[(2, 1), (2, 30), (2, 60), (2, 40), (2, 20), (2, 2)]);
+        assert_eq!(judge(&returned).0, Verdict::Neither);
+        let saw = series(&[(2, 1), (2, 40), (2, 2), (2, 41), (2, 3), (2, 42), (2, 4)]);
+        assert_eq!(judge(&saw).0, Verdict::Neither);
+        // A saw-tooth whose floor keeps rising is a trend, whichever reading comes last.
+        let rising = series(&[
+            (2, 1),
+            (2, 20),
+            (2, 10),
+            (2, 30),
+            (2, 20),
+            (2, 40),
+            (2, 30),
+            (2, 50),
+            (2, 40),
+        ]);
+        assert_eq!(judge(&rising).0, Verdict::Retention);
     }
 
     #[test]

@@ -192,6 +192,38 @@ mod tests {
         assert!(!found.contains("no_such_function"));
     }
 
+    /// README: "symbol tables over 256 MiB … are refused": a real object whose `.dynsym` header
+    /// claims 256 MiB and one byte is refused before anything is read from it.
+    #[test]
+    fn a_symbol_table_over_the_cap_is_refused() {
+        use object::{Object as _, ObjectSection as _};
+        let original = std::fs::read("/bin/true").expect("/bin/true");
+        let elf = object::File::parse(&*original).expect("/bin/true parses");
+        let dynsym = elf.section_by_name(".dynsym").expect(".dynsym").index().0;
+        let word = |at: usize, n: usize| {
+            let mut b = [0u8; 8];
+            b[..n].copy_from_slice(&original[at..at + n]);
+            u64::from_le_bytes(b) as usize
+        };
+        // Elf64_Ehdr: e_shoff at 0x28, e_shentsize at 0x3a; Elf64_Shdr: sh_size at 0x20.
+        let header = word(0x28, 8) + dynsym * word(0x3a, 2);
+        let mut patched = original.clone();
+        let claimed = MAX_TABLE_BYTES + 1;
+        patched[header + 0x20..header + 0x28].copy_from_slice(&claimed.to_le_bytes());
+        let dir = std::env::temp_dir().join(format!("leaktrace-symcap-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (whole, over) = (dir.join("true"), dir.join("true-over-cap"));
+        std::fs::write(&whole, &original).unwrap();
+        std::fs::write(&over, &patched).unwrap();
+        assert!(read(&whole, false, &[]).is_ok());
+        let err = read(&over, false, &[]).unwrap_err();
+        assert!(
+            matches!(err, SymbolsError::TooLarge(n) if n == claimed),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn junk_is_an_error_not_a_panic() {
         let dir = std::env::temp_dir().join(format!("leaktrace-symbols-{}", std::process::id()));

@@ -20,8 +20,17 @@ pub fn summary(m: &MemoryReport) -> String {
             .mmapped_bytes
             .map(|n| format!(", mmapped blocks {}", b(n)))
             .unwrap_or_default();
+        // The main arena is the main thread's; the others are other threads' (a thread pool's).
+        let others = if a.arenas > 1 {
+            format!(
+                ", {} of it in other threads' arenas",
+                b(a.free_bytes.saturating_sub(a.main_arena_free_bytes))
+            )
+        } else {
+            String::new()
+        };
         format!(
-            " ({}: in use {} + free but kept {} in {} arena{}{mmapped})",
+            " ({}: in use {} + free but kept {} in {} arena{}{others}{mmapped})",
             a.allocator,
             b(a.in_use_bytes),
             b(a.free_bytes),
@@ -35,8 +44,18 @@ pub fn summary(m: &MemoryReport) -> String {
     let growth = if m.verdict == Verdict::Unknown {
         String::new()
     } else {
+        let how = if g.method == crate::analyze::memory::TREND {
+            format!(
+                " (trend of {} readings: in use {}/s, free but kept {}/s)",
+                g.points,
+                signed(g.in_use_bytes_per_s as i64),
+                signed(g.free_bytes_per_s as i64)
+            )
+        } else {
+            format!(" (first and last of {} readings)", g.points)
+        };
         format!(
-            "; over {:.1}s RSS {}, in use {}, free but kept {}",
+            "; over {:.1}s RSS {}, in use {}, free but kept {}{how}",
             g.to_s - g.from_s,
             signed(g.rss_bytes),
             signed(g.in_use_bytes),
@@ -170,6 +189,7 @@ mod tests {
                 arenas: 7,
                 in_use_bytes: 2 * MIB,
                 free_bytes: 88 * MIB,
+                main_arena_free_bytes: 8 * MIB,
                 mmapped_bytes: Some(0),
                 ..MallocAccount::default()
             },
@@ -179,6 +199,11 @@ mod tests {
                 rss_bytes: 80 * MIB as i64,
                 in_use_bytes: 1 << 10,
                 free_bytes: 79 * MIB as i64,
+                rss_bytes_per_s: 40.0 * MIB as f64,
+                in_use_bytes_per_s: 512.0,
+                free_bytes_per_s: 39.5 * MIB as f64,
+                points: 5,
+                method: crate::analyze::memory::TREND.into(),
             },
             series: vec![],
             advice: vec![],
@@ -187,9 +212,10 @@ mod tests {
         assert_eq!(
             summary(&m),
             "retention: RSS 100.0 MiB = malloc heaps 90.0 MiB (glibc: in use 2.0 MiB + free but \
-             kept 88.0 MiB in 7 arenas, mmapped blocks 0 B) + thread stacks 1.0 MiB + code and \
-             files 4.0 MiB + other anonymous 5.0 MiB; over 2.0s RSS +80.0 MiB, in use +1.0 KiB, \
-             free but kept +79.0 MiB"
+             kept 88.0 MiB in 7 arenas, 80.0 MiB of it in other threads' arenas, mmapped blocks \
+             0 B) + thread stacks 1.0 MiB + code and files 4.0 MiB + other anonymous 5.0 MiB; over 2.0s RSS +80.0 MiB, in use +1.0 KiB, \
+             free but kept +79.0 MiB (trend of 5 readings: in use +512 B/s, free but kept \
+             +39.5 MiB/s)"
         );
     }
 

@@ -211,6 +211,8 @@ pub struct ArenaAccount {
     pub free_chunks: u64,
     /// Its heaps (non-main arenas; the main arena's is `[heap]`).
     pub heaps: usize,
+    /// The main arena: the main thread's.
+    pub main: bool,
 }
 
 impl ArenaAccount {
@@ -245,6 +247,10 @@ impl Account {
     /// `mallinfo2().uordblks`.
     pub fn in_use_bytes(&self) -> u64 {
         self.system_bytes().saturating_sub(self.free_bytes())
+    }
+    /// The main arena, when it read back.
+    pub fn main_arena(&self) -> Option<&ArenaAccount> {
+        self.arenas.iter().find(|a| a.main)
     }
 }
 
@@ -293,6 +299,7 @@ pub fn read_account(
                 match read_arena(mem, arena, &regions) {
                     Ok(mut a) => {
                         a.heaps = heaps.len();
+                        a.main = is_main;
                         return Ok((a, heaps));
                     }
                     Err(why) => last = why,

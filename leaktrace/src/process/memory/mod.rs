@@ -72,6 +72,14 @@ pub struct MallocAccount {
     pub mmapped_blocks: Option<u64>,
     /// Free chunks counted.
     pub free_chunks: u64,
+    /// The main arena's part of `system_bytes` and `free_bytes`: the main thread's. glibc gives
+    /// each other thread an arena of its own (up to 8 per core, past which threads share), so
+    /// the rest is the other threads': a Node process's libuv pool and V8's workers. Which
+    /// thread holds which of those is in each thread's TLS, which is not read.
+    #[serde(default)]
+    pub main_arena_system_bytes: u64,
+    #[serde(default)]
+    pub main_arena_free_bytes: u64,
 }
 
 /// One look at a process's memory.
@@ -138,10 +146,7 @@ impl Reader {
 
     fn glibc_account(&mut self, entries: &[smaps::Entry]) -> Result<glibc::Account, String> {
         if !glibc::is_glibc(&self.allocator) {
-            return Err(format!(
-                "leaktrace reads glibc's arenas only; this process's malloc is {}'s",
-                self.allocator
-            ));
+            return Err(not_glibc(&self.allocator));
         }
         let mappings: Vec<_> = entries.iter().map(|e| e.mapping.clone()).collect();
         let libc = mappings
@@ -173,6 +178,22 @@ impl Reader {
     }
 }
 
+/// Why another allocator's account is not read, in words a user can act on.
+fn not_glibc(allocator: &str) -> String {
+    if allocator == "jemalloc" {
+        // Debian's libjemalloc.so.2 exports mallctl and malloc_stats_print but no symbol for its
+        // arenas, and has no symbol table: unlike glibc's mallinfo2, nothing leads to them.
+        return JEMALLOC_UNREAD.to_owned();
+    }
+    format!("leaktrace reads glibc's arenas only; this process's malloc is {allocator}'s")
+}
+
+/// What is said of a jemalloc target's account.
+pub const JEMALLOC_UNREAD: &str = "jemalloc's statistics are behind mallctl(), which only the \
+     process itself can call, and its library names nothing that leads to its arenas: its \
+     account cannot be read from outside (in the process: malloc_stats_print, or MALLOC_CONF=\
+     stats_print:true at exit)";
+
 fn fill(out: &mut MallocAccount, account: &glibc::Account) {
     out.readable = account.unreadable.is_empty();
     if let Some((arena, why)) = account.unreadable.first() {
@@ -190,6 +211,40 @@ fn fill(out: &mut MallocAccount, account: &glibc::Account) {
     out.top_bytes = account.arenas.iter().map(|a| a.top_bytes).sum();
     out.fastbin_bytes = account.arenas.iter().map(|a| a.fastbin_bytes).sum();
     out.free_chunks = account.arenas.iter().map(|a| a.free_chunks).sum();
+    if let Some(main) = account.main_arena() {
+        out.main_arena_system_bytes = main.system_bytes;
+        out.main_arena_free_bytes = main.free_bytes();
+    }
     out.mmapped_blocks = account.mmapped.map(|(n, _)| n);
     out.mmapped_bytes = account.mmapped.map(|(_, bytes)| bytes);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_main_arena_is_told_apart_from_the_other_threads() {
+        let arena = |main: bool, system_bytes: u64, top_bytes: u64| glibc::ArenaAccount {
+            system_bytes,
+            top_bytes,
+            main,
+            ..glibc::ArenaAccount::default()
+        };
+        let account = glibc::Account {
+            arenas: vec![
+                arena(true, 10, 2),
+                arena(false, 100, 50),
+                arena(false, 40, 30),
+            ],
+            ..glibc::Account::default()
+        };
+        let mut out = MallocAccount::default();
+        fill(&mut out, &account);
+        assert_eq!((out.system_bytes, out.free_bytes), (150, 82));
+        assert_eq!(
+            (out.main_arena_system_bytes, out.main_arena_free_bytes),
+            (10, 2)
+        );
+    }
 }
