@@ -203,6 +203,7 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
         site::Registers {
             ip: regs.rip,
             caller,
+            sp: regs.rsp,
             fp: regs.rbp,
         },
         (pid_tgid >> 32) as u32,

@@ -15,6 +15,7 @@ mod js;
 mod mapping;
 mod maps;
 mod site;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -173,6 +173,7 @@ fn mmap_exit(pid_tgid: u64, counters: *mut u64, who: Caller, regs: &pt_regs, ret
             site::Registers {
                 ip: regs.rip,
                 caller: site::return_address(regs.rsp),
+                sp: regs.rsp,
                 fp: regs.rbp,
             },
             (pid_tgid >> 32) as u32,

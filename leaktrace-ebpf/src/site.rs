@@ -3,12 +3,15 @@
 //! on the way and stored once per distinct sequence under a hash of their identities.
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_probe_read_user, programs::ProbeContext};
-use leaktrace_common::{AllocKind, Counter, MAX_FRAMES, STORED_SLOTS, StackFrames, StackKey};
+use leaktrace_common::{
+    AllocKind, Counter, MAX_FRAMES, MAX_TABLE_FRAMES, STORED_SLOTS, StackFrames, StackKey,
+};
 
 use crate::{
     account::bump,
     js,
     maps::{JS_SCRATCH, JS_STACKS, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
+    unwind,
 };
 
 const EEXIST: i64 = 17;
@@ -16,8 +19,8 @@ const EEXIST: i64 = 17;
 /// The site of the allocation call whose entry probe is running.
 ///
 /// At a function's entry the return address is on top of the stack (`caller`) and `rbp` still
-/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then the
-/// return address above each saved frame pointer.
+/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then each
+/// caller's caller, by its object's unwind table or by frame pointer.
 #[inline(always)]
 pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -> StackKey {
     // SAFETY: `regs` is the context the kernel handed to this probe.
@@ -26,6 +29,7 @@ pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -
         Registers {
             ip: regs.rip,
             caller,
+            sp: regs.rsp,
             fp: regs.rbp,
         },
         tgid,
@@ -34,12 +38,15 @@ pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -
     )
 }
 
-/// Where a stack walk starts: the instruction, the return address into the caller, and the
-/// caller's frame pointer.
+/// Where a stack walk starts.
 #[derive(Clone, Copy)]
 pub struct Registers {
     pub ip: u64,
+    /// At a function's entry, the return address into its caller (the word at `sp`): the walk
+    /// goes on from there with `sp + 8`. 0 when `ip` is inside a function's body (a page fault,
+    /// an interrupted instruction): the caller is then found by unwinding from `ip`.
     pub caller: u64,
+    pub sp: u64,
     pub fp: u64,
 }
 
@@ -52,14 +59,12 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
         stack: 0,
         js_id: 0,
     };
-    let Some(frames) = SCRATCH.get_ptr_mut(0) else {
+    let (Some(frames), Some(cur)) = (SCRATCH.get_ptr_mut(0), unwind::cursor()) else {
         bump(counters, Counter::StackCaptureFailed);
         return key;
     };
     // SAFETY: this CPU's scratch slot, used by one probe at a time.
     let frames = unsafe { &mut *frames };
-    frames.ips[0] = at.ip;
-    frames.ips[1] = at.caller;
     // One array lookup spares the targets that run no V8 the hash table's.
     let v8 = if V8_PRESENT.get(0).is_some_and(|&n| n != 0) {
         // SAFETY: the map value stays valid for this program run; the probes only update its
@@ -76,31 +81,79 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     if let Some(js) = js.as_deref_mut() {
         js.fps_len = 0;
     }
-    let mut len = 2;
-    let mut fp = at.fp;
-    let mut hash = mix(mix(FNV_OFFSET, at.ip), at.caller);
-    for i in 2..MAX_FRAMES {
-        // [fp] is the next frame pointer, [fp + 8] the return address into that frame's function.
-        let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            break;
+    let tables = unwind::process(tgid);
+    frames.ips[0] = at.ip;
+    cur.pc = at.ip;
+    cur.sp = at.sp;
+    cur.fp = at.fp;
+    let mut len = 1;
+    let mut hash = mix(FNV_OFFSET, at.ip);
+    if at.caller != 0 {
+        frames.ips[1] = at.caller;
+        hash = mix(hash, at.caller);
+        len = 2;
+        cur.pc = at.caller;
+        cur.sp = at.sp + 8;
+    }
+    for i in 1..MAX_FRAMES {
+        if i < len {
+            continue;
+        }
+        // `cur` is the frame of `ips[i - 1]`; its rbp is kept for the JavaScript frames,
+        // identified once the stack is known.
+        let fp = cur.fp;
+        let step = match tables {
+            // Bounded (see MAX_TABLE_FRAMES); `i` is a constant to the verifier, which drops
+            // the table code from the later iterations.
+            Some(tables) if i <= MAX_TABLE_FRAMES => unwind::step(tables, cur, i > 1, counters),
+            _ => unwind::Step::NoTable,
         };
-        // The frame at `fp` belongs to the function `ips[i - 1]` returns into: kept for the
-        // JavaScript frames, identified once the stack is known.
+        let next = match step {
+            unwind::Step::Caller(ra) => {
+                if i == MAX_TABLE_FRAMES {
+                    bump(counters, Counter::UnwindStepLimit);
+                }
+                ra
+            }
+            unwind::Step::Stop => break,
+            unwind::Step::NoTable => {
+                // [fp] is the next frame pointer, [fp + 8] the return address into that
+                // frame's function.
+                let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+                    break;
+                };
+                if pair[1] != 0 {
+                    cur.pc = pair[1];
+                    cur.sp = fp + 16;
+                    cur.fp = pair[0];
+                }
+                if let Some(js) = js.as_deref_mut() {
+                    js.fps[i - 1] = fp;
+                    js.fps_len = i as u64;
+                }
+                if pair[1] == 0 {
+                    break;
+                }
+                frames.ips[i] = pair[1];
+                hash = mix(hash, pair[1]);
+                len = i + 1;
+                // Frames lie ever higher on the stack; anything else is not a frame pointer.
+                if pair[0] <= fp {
+                    break;
+                }
+                if i == MAX_FRAMES - 1 {
+                    bump(counters, Counter::StackTruncated);
+                }
+                continue;
+            }
+        };
         if let Some(js) = js.as_deref_mut() {
             js.fps[i - 1] = fp;
             js.fps_len = i as u64;
         }
-        if pair[1] == 0 {
-            break;
-        }
-        frames.ips[i] = pair[1];
-        hash = mix(hash, pair[1]);
+        frames.ips[i] = next;
+        hash = mix(hash, next);
         len = i + 1;
-        // Frames lie ever higher on the stack; anything else is not a frame pointer.
-        if pair[0] <= fp {
-            break;
-        }
-        fp = pair[0];
         if i == MAX_FRAMES - 1 {
             bump(counters, Counter::StackTruncated);
         }

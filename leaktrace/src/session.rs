@@ -36,6 +36,7 @@ use crate::{
         js::{JsNamer, Naming},
     },
     trace::Options,
+    unwind::Unwinder,
 };
 
 /// How often the kernel's mapping records are read: often enough that a file is opened while
@@ -83,6 +84,8 @@ pub(crate) struct Session {
     symbolizer: Symbolizer,
     /// Names the JavaScript frames of targets running V8, from V8's own data.
     js: JsNamer,
+    /// Which code of each target the probes walk by unwind table.
+    unwinder: Unwinder,
     /// Whether [`Session::js`] is used at all (`--no-v8-frames`).
     v8_frames: bool,
     /// Which objects serve each target's allocations, each file's symbols read once.
@@ -171,6 +174,7 @@ impl Session {
             stacks: StackCache::default(),
             symbolizer: Symbolizer::new(),
             js: JsNamer::default(),
+            unwinder: Unwinder::new(options.limits.unwind_rows),
             v8_frames: options.v8_frames,
             allocators: allocator::Finder::default(),
             mappings: Mappings::default(),
@@ -266,6 +270,7 @@ impl Session {
         self.symbolizer.remember(target.pid);
         self.commands.insert(target.pid, target.command.clone());
         self.name_js_of(target.pid);
+        self.walk_tables_of(target.pid);
         let index = self.traced.len();
         self.traced.push(Traced {
             exe: std::fs::read_link(format!("/proc/{}/exe", target.pid)).ok(),
@@ -436,6 +441,7 @@ impl Session {
                 self.symbolizer.remember(pid);
             }
             self.name_js_of(pid);
+            self.walk_tables_of(pid);
             self.traced.push(Traced {
                 exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
                 target,
@@ -462,6 +468,13 @@ impl Session {
         let layout = self.js.attach(pid);
         if let Err(err) = self.probes.set_v8(pid, layout) {
             warn!(pid, %err, "cannot give the probes V8's layout: JavaScript frames stay addresses");
+        }
+    }
+
+    /// Tells the probes which of `pid`'s code to walk by its unwind table (see `unwind`).
+    fn walk_tables_of(&mut self, pid: u32) {
+        if let Err(err) = self.unwinder.install(&mut self.probes, pid) {
+            warn!(pid, %err, "cannot give the probes unwind tables: frames without a frame pointer are lost");
         }
     }
 
@@ -835,6 +848,7 @@ impl Session {
             self.symbolizer.refresh_perf_map(pid);
             if alive && !ended {
                 self.attach_runtimes(index, true);
+                self.walk_tables_of(pid);
             }
             if alive {
                 let allocator = self.traced[index].attachment.allocator.name;
@@ -892,6 +906,7 @@ impl Session {
         self.history.forget(pid);
         self.symbolizer.forget(pid);
         self.js.forget(pid);
+        self.unwinder.forget(pid);
         self.mappings.forget(pid);
         self.memory.forget(pid);
         self.commands.remove(&pid);

@@ -170,6 +170,10 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
             ("pending_map_full", l.pending_map_full),
             ("missed_free", l.missed_frees),
             ("missed_return", l.missed_returns),
+            ("unwind_no_row", l.unwind_no_row),
+            ("unwind_unsupported", l.unwind_unsupported),
+            ("unwind_step_limit", l.unwind_step_limit),
+            ("unwind_bad_frame", l.unwind_bad_frame),
         ] {
             let mut with_reason = labels(t);
             with_reason.push(("reason", reason.to_string()));

@@ -236,6 +236,10 @@ fn counter_totals(c: &[u64; NUM_COUNTERS]) -> Totals {
             missed_frees: n(Counter::MissedFrees),
             missed_returns: n(Counter::MissedReturns),
             map_events_lost: n(Counter::MapEventsLost),
+            unwind_no_row: n(Counter::UnwindNoRow),
+            unwind_unsupported: n(Counter::UnwindUnsupported),
+            unwind_step_limit: n(Counter::UnwindStepLimit),
+            unwind_bad_frame: n(Counter::UnwindBadFrame),
         },
         ..Totals::default()
     }
