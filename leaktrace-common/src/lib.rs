@@ -430,7 +430,7 @@ pub const UNWIND_SEARCH_STEPS: usize = 20;
 /// Frames a walk may step by unwind tables; the frames further out are stepped by frame
 /// pointers. Each table step is a search the verifier must walk through in full, so they are
 /// bounded; the frameless code (allocator internals, runtime wrappers) is innermost.
-pub const MAX_TABLE_FRAMES: usize = 12;
+pub const MAX_TABLE_FRAMES: usize = 8;
 
 /// How a row finds the canonical frame address (the caller's stack pointer).
 #[repr(u8)]

@@ -23,6 +23,9 @@ pub struct Cursor {
     pub pc: u64,
     pub sp: u64,
     pub fp: u64,
+    /// The mapping the pc lies in, by index (`MAX_UNWIND_MAPPINGS`: none). Kept here, not in a
+    /// register: the verifier would follow each index's path through the search separately.
+    found: u64,
     /// Bisection bounds over `UNWIND_ROWS`.
     lo: u64,
     hi: u64,
@@ -62,17 +65,20 @@ pub fn step(
     counters: *mut u64,
 ) -> Step {
     let at = cur.pc - u64::from(return_address);
-    let mut found = MAX_UNWIND_MAPPINGS;
+    cur.found = MAX_UNWIND_MAPPINGS as u64;
     for n in 0..MAX_UNWIND_MAPPINGS {
         if n >= proc_.len as usize {
             break;
         }
         let m = &proc_.mappings[n];
         if at >= m.start && at < m.end {
-            found = n;
+            cur.found = n as u64;
             break;
         }
     }
+    // SAFETY: a field of this CPU's scratch slot, read back as a value the verifier does not
+    // know, so that every path above joins.
+    let found = unsafe { core::ptr::read_volatile(&cur.found) } as usize;
     let Some(m) = proc_.mappings.get(found) else {
         return Step::NoTable;
     };
