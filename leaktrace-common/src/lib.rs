@@ -427,10 +427,10 @@ pub const MAX_UNWIND_MAPPINGS: usize = 16;
 pub const DEFAULT_MAX_UNWIND_ROWS: u32 = 1 << 18;
 /// Steps of the binary search over one object's rows: objects hold fewer than 2^20 rows.
 pub const UNWIND_SEARCH_STEPS: usize = 20;
-/// Frames a walk may step by unwind tables; the frames further out are stepped by frame
-/// pointers. Each table step is a search the verifier must walk through in full, so they are
-/// bounded; the frameless code (allocator internals, runtime wrappers) is innermost.
-pub const MAX_TABLE_FRAMES: usize = 8;
+/// Frames a walk may step by unwind tables (each step a search of the object's rows); the frames
+/// further out are stepped by frame pointers. Code without frame pointers (allocator internals,
+/// runtime wrappers, libraries between the program and the allocator) is innermost.
+pub const MAX_TABLE_FRAMES: usize = 16;
 
 /// How a row finds the canonical frame address (the caller's stack pointer).
 #[repr(u8)]

@@ -55,6 +55,14 @@ pub fn cursor() -> Option<&'static mut Cursor> {
     UNWIND_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p })
 }
 
+/// What [`leaktrace_unwind_step`] found.
+const NO_TABLE: u64 = 0;
+const CALLER: u64 = 1;
+const END: u64 = 2;
+const NO_ROW: u64 = 3;
+const UNSUPPORTED: u64 = 4;
+const BAD_FRAME: u64 = 5;
+
 /// Steps `cur` to its caller with the row that covers its pc, if the pc lies in a table object.
 /// `return_address`: the pc is a return address, so the call it follows is looked up (pc - 1).
 #[inline(always)]
@@ -64,7 +72,35 @@ pub fn step(
     return_address: bool,
     counters: *mut u64,
 ) -> Step {
-    let at = cur.pc - u64::from(return_address);
+    let code = leaktrace_unwind_step(proc_, cur, u64::from(return_address));
+    let counter = match code {
+        NO_TABLE => return Step::NoTable,
+        CALLER => return Step::Caller(cur.pc),
+        END => return Step::Stop,
+        NO_ROW => Counter::UnwindNoRow,
+        UNSUPPORTED => Counter::UnwindUnsupported,
+        _ => Counter::UnwindBadFrame,
+    };
+    bump(counters, counter);
+    Step::Stop
+}
+
+/// One table step, as a global BPF function: the kernel verifies a global function once, apart
+/// from its callers, instead of once for every frame of the walk in every program (the search's
+/// loops made attaching take seconds longer inlined). Returns one of the codes above.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn leaktrace_unwind_step(
+    proc_: *const UnwindProcess,
+    cur: *mut Cursor,
+    return_address: u64,
+) -> u64 {
+    // SAFETY: the verifier checks a global function's pointer arguments against their types;
+    // both point into map values (the tracer's table and this CPU's scratch slot).
+    let (Some(proc_), Some(cur)) = (unsafe { proc_.as_ref() }, unsafe { cur.as_mut() }) else {
+        return NO_TABLE;
+    };
+    let at = cur.pc - return_address;
     cur.found = MAX_UNWIND_MAPPINGS as u64;
     for n in 0..MAX_UNWIND_MAPPINGS {
         if n >= proc_.len as usize {
@@ -80,7 +116,7 @@ pub fn step(
     // know, so that every path above joins.
     let found = unsafe { core::ptr::read_volatile(&cur.found) } as usize;
     let Some(m) = proc_.mappings.get(found) else {
-        return Step::NoTable;
+        return NO_TABLE;
     };
     let vaddr = at.wrapping_sub(m.bias);
     let first = u64::from(m.first_row);
@@ -102,12 +138,10 @@ pub fn step(
         }
     }
     if cur.lo <= first {
-        bump(counters, Counter::UnwindNoRow);
-        return Step::Stop;
+        return NO_ROW;
     }
     let Some(row) = UNWIND_ROWS.get((cur.lo - 1) as u32) else {
-        bump(counters, Counter::UnwindNoRow);
-        return Step::Stop;
+        return NO_ROW;
     };
     let off = u64::from(row.cfa_off);
     let cfa = match row.cfa_rule() {
@@ -117,24 +151,16 @@ pub fn step(
         r if r == CfaRule::Plt11 as u8 => cur.sp + 8 + (u64::from((at & 15) >= 11) << 3),
         r if r == CfaRule::Plt10 as u8 => cur.sp + 8 + (u64::from((at & 15) >= 10) << 3),
         // The outermost frame (`_start`, a thread's start): the walk is complete.
-        r if r == CfaRule::End as u8 => return Step::Stop,
-        r if r == CfaRule::NoRow as u8 => {
-            bump(counters, Counter::UnwindNoRow);
-            return Step::Stop;
-        }
-        _ => {
-            bump(counters, Counter::UnwindUnsupported);
-            return Step::Stop;
-        }
+        r if r == CfaRule::End as u8 => return END,
+        r if r == CfaRule::NoRow as u8 => return NO_ROW,
+        _ => return UNSUPPORTED,
     };
     // SAFETY: user-memory reads through the helper: a bad address yields an error.
     let Ok(ra) = (unsafe { bpf_probe_read_user((cfa - 8) as *const u64) }) else {
-        bump(counters, Counter::UnwindBadFrame);
-        return Step::Stop;
+        return BAD_FRAME;
     };
     if cfa <= cur.sp {
-        bump(counters, Counter::UnwindBadFrame);
-        return Step::Stop;
+        return BAD_FRAME;
     }
     match row.rbp_rule() {
         r if r == RbpRule::AtCfa as u8 => {
@@ -142,10 +168,7 @@ pub fn step(
             // SAFETY: as above.
             match unsafe { bpf_probe_read_user(at as *const u64) } {
                 Ok(fp) => cur.fp = fp,
-                Err(_) => {
-                    bump(counters, Counter::UnwindBadFrame);
-                    return Step::Stop;
-                }
+                Err(_) => return BAD_FRAME,
             }
         }
         // rbp holds data of the callee: no frame-pointer step may follow from it.
@@ -153,9 +176,9 @@ pub fn step(
         _ => {}
     }
     if ra == 0 {
-        return Step::Stop;
+        return END;
     }
     cur.sp = cfa;
     cur.pc = ra;
-    Step::Caller(ra)
+    CALLER
 }
