@@ -216,8 +216,12 @@ impl Session {
         target: Target,
         allocator: &crate::process::Allocator,
     ) -> anyhow::Result<()> {
+        let pid = target.pid;
         let index = self.attach_to(target, allocator)?;
         self.attach_runtimes(index, false);
+        // A process held before its exec (`run`) gets its tables at the first sample, from the
+        // image it exec'd.
+        self.walk_tables_of(pid);
         Ok(())
     }
 
@@ -270,7 +274,6 @@ impl Session {
         self.symbolizer.remember(target.pid);
         self.commands.insert(target.pid, target.command.clone());
         self.name_js_of(target.pid);
-        self.walk_tables_of(target.pid);
         let index = self.traced.len();
         self.traced.push(Traced {
             exe: std::fs::read_link(format!("/proc/{}/exe", target.pid)).ok(),

@@ -8,7 +8,7 @@
 
 pub mod table;
 
-use std::{collections::HashMap, path::PathBuf, time::Instant};
+use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf, time::Instant};
 
 use leaktrace_common::{MAX_UNWIND_MAPPINGS, UnwindMapping, UnwindProcess};
 use object::{Object, ObjectSegment};
@@ -57,6 +57,9 @@ pub struct Unwinder {
     objects: HashMap<(u64, PathBuf), Prepared>,
     /// What the probes were last told of each process.
     installed: HashMap<u32, Vec<UnwindMapping>>,
+    /// The tracer's own executable: `run`'s child is a copy of the tracer until its exec, and
+    /// its code is never a target's.
+    own_inode: Option<u64>,
     stats: UnwindStats,
 }
 
@@ -66,6 +69,7 @@ impl Unwinder {
         Self {
             objects: HashMap::new(),
             installed: HashMap::new(),
+            own_inode: std::fs::metadata("/proc/self/exe").ok().map(|m| m.ino()),
             stats: UnwindStats {
                 capacity,
                 ..UnwindStats::default()
@@ -95,6 +99,9 @@ impl Unwinder {
             let Some(path) = m.path.clone().filter(|_| m.is_executable()) else {
                 continue;
             };
+            if Some(m.inode) == self.own_inode {
+                continue;
+            }
             let key = (m.inode, path);
             if !self.objects.contains_key(&key) {
                 let host = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
