@@ -1,12 +1,20 @@
-//! Stacks through code without frame pointers: a library built `-O2 -fomit-frame-pointer` and
+//! Stacks through code without frame pointers, under `attach` and `run`: a library built
+//! `-O2 -fomit-frame-pointer` and
 //! glibc's own `strdup` are walked by their `.eh_frame`, so every function from the allocator's
 //! caller down to `main` is named, with exact counts per site. With no room for unwind tables
 //! the same trace skips those frames: the test tells the two walks apart.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    process::Stdio,
+};
 
-use leaktrace_tests::{Target, fixture, fixture_with, have_root, losses, scratch, trace_workload};
+use leaktrace_tests::{
+    Target, fixture, fixture_with, have_root, leaktrace, losses, read_report, scratch,
+    trace_workload,
+};
 use serde_json::Value;
 
 const ROUNDS: i64 = 10;
@@ -62,13 +70,9 @@ fn trace(test: &str, args: &[&str]) -> (Value, u32) {
     (report, pid)
 }
 
-#[test]
-fn frameless_code_is_walked_by_its_unwind_table() {
-    if !have_root("frameless_code_is_walked_by_its_unwind_table") {
-        return;
-    }
-    let (report, pid) = trace("unwind_tables", &[]);
-    let found = chains(&report, pid);
+/// Asserts that `pid`'s live blocks are exact per site, each named from the allocator's caller
+/// down to `main`.
+fn assert_whole_chains(report: &Value, pid: u32) {
     let leaf = ["frameless_leaf", "frameless_middle"];
     let want: BTreeMap<Vec<String>, (i64, i64)> = [
         (
@@ -87,7 +91,7 @@ fn frameless_code_is_walked_by_its_unwind_table() {
     ]
     .into_iter()
     .collect();
-    let found: BTreeMap<Vec<String>, (i64, i64)> = found
+    let found: BTreeMap<Vec<String>, (i64, i64)> = chains(report, pid)
         .into_iter()
         .map(|(mut names, n)| {
             // glibc's internal names: `__GI___strdup` is `strdup`.
@@ -100,10 +104,75 @@ fn frameless_code_is_walked_by_its_unwind_table() {
         })
         .collect();
     assert_eq!(found, want, "live blocks and bytes by chain down to main");
-    let losses = losses(&report);
+    let losses = losses(report);
     for counter in ["unwind_no_row", "unwind_unsupported", "unwind_bad_frame"] {
         assert_eq!(losses[counter], 0, "{counter}: {losses:?}");
     }
+}
+
+#[test]
+fn frameless_code_is_walked_by_its_unwind_table() {
+    if !have_root("frameless_code_is_walked_by_its_unwind_table") {
+        return;
+    }
+    let (report, pid) = trace("unwind_tables", &[]);
+    assert_whole_chains(&report, pid);
+}
+
+/// Under `run` the tables come at the first sample after the exec (the addresses are the new
+/// image's): the fixture is let go once the tracer says the library's table is loaded.
+#[test]
+fn under_run_the_frameless_library_is_walked_by_its_table() {
+    if !have_root("under_run_the_frameless_library_is_walked_by_its_table") {
+        return;
+    }
+    let out = scratch("unwind_run").join("report.json");
+    let mut child = leaktrace()
+        .env("LEAKTRACE_LOG", "leaktrace::unwind=info")
+        .args(["run", "--interval", "100ms", "--format", "json", "-o"])
+        .arg(&out)
+        .arg("--")
+        .arg(frameless())
+        .arg(ROUNDS.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting leaktrace run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let mut stderr = BufReader::new(child.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    let mut read_until = |from: &mut dyn BufRead, what: &[&str]| -> String {
+        let mut seen = String::new();
+        loop {
+            line.clear();
+            let n = from.read_line(&mut line).expect("reading leaktrace run");
+            seen.push_str(&line);
+            assert!(n > 0, "no line with {what:?} in: {seen}");
+            if what.iter().all(|w| line.contains(w)) {
+                return line.clone();
+            }
+        }
+    };
+    let ready = read_until(&mut stdout, &["ready"]);
+    let pid: u32 = ready
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.parse().ok())
+        .expect("ready PID");
+    // The library's rows are loaded, then the process's table mappings given to the probes.
+    read_until(&mut stderr, &["unwind table loaded", "frameless-lib"]);
+    read_until(&mut stderr, &["unwind tables given to the probes"]);
+    stdin.write_all(b"go\n").expect("writing go");
+    stdin.flush().expect("flushing go");
+    read_until(&mut stdout, &["done"]);
+    drop(stdin);
+    let mut rest = String::new();
+    let _ = stderr.read_to_string(&mut rest);
+    let status = child.wait().expect("waiting for leaktrace run");
+    assert!(status.success(), "leaktrace run failed: {rest}");
+    assert_whole_chains(&read_report(&out), pid);
 }
 
 #[test]

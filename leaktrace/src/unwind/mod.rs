@@ -152,6 +152,11 @@ impl Unwinder {
         };
         entry.mappings[..mappings.len()].copy_from_slice(&mappings);
         probes.set_unwind(pid, (!mappings.is_empty()).then_some(&entry))?;
+        info!(
+            pid,
+            mappings = mappings.len(),
+            "unwind tables given to the probes"
+        );
         self.installed.insert(pid, mappings);
         Ok(())
     }
