@@ -1,8 +1,8 @@
 //! Stacks through code without frame pointers, under `attach` and `run`: a library built
-//! `-O2 -fomit-frame-pointer` and
-//! glibc's own `strdup` are walked by their `.eh_frame`, so every function from the allocator's
-//! caller down to `main` is named, with exact counts per site. With no room for unwind tables
-//! the same trace skips those frames: the test tells the two walks apart.
+//! `-O2 -fomit-frame-pointer` and glibc's own `strdup` are walked by their `.eh_frame`, so every
+//! function from the allocator's caller down to `main` is named, with exact counts per site.
+//! With no room for unwind tables the same trace skips those frames: the test tells the two
+//! walks apart.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
 use std::{
