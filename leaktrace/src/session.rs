@@ -939,6 +939,7 @@ impl Session {
                 leaktrace_common::MAX_TARGETS
             ));
         }
+        notes.extend(self.unwinder.stats().notes());
         notes
     }
 

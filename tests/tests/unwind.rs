@@ -202,4 +202,10 @@ fn without_tables_the_frame_pointer_walk_skips_frameless_callers() {
         !has("frameless_middle") && !has("keep_names"),
         "a frame-pointer walk cannot see these frames: {stacks:?}"
     );
+    // And the report says why.
+    let notes = report["trace"]["notes"].to_string();
+    assert!(
+        notes.contains("did not fit the unwind-row array") && notes.contains("--max-unwind-rows"),
+        "{notes}"
+    );
 }

@@ -51,6 +51,39 @@ pub struct UnwindStats {
     pub mappings_over_limit: u32,
 }
 
+impl UnwindStats {
+    /// What the report says of the tables: what did not fit (their memory is in the log).
+    pub fn notes(&self) -> Vec<String> {
+        let mut notes = Vec::new();
+        if self.objects_over_capacity > 0 {
+            notes.push(format!(
+                "{} object{} without frame pointers did not fit the unwind-row array: stacks \
+                 through them lose frames (raise --max-unwind-rows)",
+                self.objects_over_capacity,
+                if self.objects_over_capacity == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+            ));
+        }
+        if self.mappings_over_limit > 0 {
+            notes.push(format!(
+                "{} mapping{} of code without frame pointers went past the {} the probes search \
+                 per process: stacks through them lose frames",
+                self.mappings_over_limit,
+                if self.mappings_over_limit == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                MAX_UNWIND_MAPPINGS
+            ));
+        }
+        notes
+    }
+}
+
 /// The objects prepared so far, by inode and path, and the room left in the row array.
 #[derive(Debug)]
 pub struct Unwinder {
