@@ -501,10 +501,22 @@ pub enum Counter {
     /// Populated pages whose stack was not kept: the page map was full. Their bytes count as
     /// populated, never as resident.
     PageMapFull = 14,
+    /// Stack walks that stopped in an unwind-table object at a pc no row covers (a gap
+    /// between its FDEs, or code the tracer did not prepare): outer frames are missing.
+    UnwindNoRow = 15,
+    /// Stack walks that stopped at a row leaktrace cannot follow (a CFA computed by a DWARF
+    /// expression, a signal frame, an offset too large for a row): outer frames are missing.
+    UnwindUnsupported = 16,
+    /// Stack walks that used up their table steps ([`MAX_TABLE_FRAMES`]) and went on by frame
+    /// pointers only: frames without one further out may be missing.
+    UnwindStepLimit = 17,
+    /// Stack walks whose next frame, by the table, lay below the current one or could not be
+    /// read: outer frames are missing.
+    UnwindBadFrame = 18,
 }
 
 /// Number of counters kept per target (room to add counters without changing the map layout).
-pub const NUM_COUNTERS: usize = 16;
+pub const NUM_COUNTERS: usize = 24;
 
 /// Value of the per-CPU target table: a process is traced iff it has an entry.
 #[repr(C)]
@@ -517,6 +529,107 @@ impl Default for TargetCounters {
     fn default() -> Self {
         Self {
             values: [0; NUM_COUNTERS],
+        }
+    }
+}
+
+/// Unwind-table mappings the probes search per process: the objects without frame pointers
+/// that a process maps (the C library, the C++ runtime, libgcc, the loader, a few more).
+pub const MAX_UNWIND_MAPPINGS: usize = 16;
+/// Default capacity of the unwind-row array shared by every object (8 bytes a row: 2 MiB).
+/// glibc 2.36's `libc.so.6` takes about 28 k rows, `libstdc++.so.6` about 34 k.
+pub const DEFAULT_MAX_UNWIND_ROWS: u32 = 1 << 18;
+/// Steps of the binary search over one object's rows: objects hold fewer than 2^20 rows.
+pub const UNWIND_SEARCH_STEPS: usize = 20;
+/// Frames a walk may step by unwind tables (each step a search of the object's rows); the frames
+/// further out are stepped by frame pointers. Code without frame pointers (allocator internals,
+/// runtime wrappers, libraries between the program and the allocator) is innermost.
+pub const MAX_TABLE_FRAMES: usize = 16;
+
+/// How a row finds the canonical frame address (the caller's stack pointer).
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CfaRule {
+    /// No caller: the outermost frame (its return address is undefined).
+    End = 0,
+    /// CFA = rsp + offset.
+    Rsp = 1,
+    /// CFA = rbp + offset.
+    Rbp = 2,
+    /// A `.plt` entry: CFA = rsp + 8, plus 8 once the entry has pushed its argument (from the
+    /// 11th byte of each 16-byte entry on).
+    Plt11 = 3,
+    /// The same with the push ending one byte earlier (from the 10th byte on).
+    Plt10 = 4,
+    /// A rule the probes cannot follow.
+    Unsupported = 5,
+    /// Past the end of a function, in code no FDE covers.
+    NoRow = 6,
+}
+
+/// Where a row finds the caller's rbp.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RbpRule {
+    /// rbp still holds the caller's value.
+    Unchanged = 0,
+    /// Saved at CFA + offset.
+    AtCfa = 1,
+    /// Not recoverable: frame-pointer steps further out cannot be trusted.
+    Unknown = 2,
+}
+
+/// One row of an object's unwind table: from `pc` (the object's virtual address) up to the next
+/// row's, how to find the caller's frame. 8 bytes, so that libc's table is about 230 KB.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindRow {
+    pub pc: u32,
+    /// Offset added to rsp or rbp ([`CfaRule`]).
+    pub cfa_off: u16,
+    /// Where rbp was saved, in 8-byte words from the CFA (negative: below it).
+    pub rbp_off8: i8,
+    /// A [`CfaRule`] in the low nibble, an [`RbpRule`] in the high one.
+    pub rules: u8,
+}
+
+impl UnwindRow {
+    pub fn cfa_rule(&self) -> u8 {
+        self.rules & 0xf
+    }
+    pub fn rbp_rule(&self) -> u8 {
+        self.rules >> 4
+    }
+}
+
+/// One mapping of a process whose code is unwound by table: `start..end` holds code of the
+/// object whose rows are `first_row..first_row + rows` in `UNWIND_ROWS`, and an address `a` in
+/// it is the object's virtual address `a - bias`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UnwindMapping {
+    pub start: u64,
+    pub end: u64,
+    pub bias: u64,
+    pub first_row: u32,
+    pub rows: u32,
+}
+
+/// The table-unwound mappings of one process, sorted by address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct UnwindProcess {
+    pub len: u32,
+    pub _pad: u32,
+    pub mappings: [UnwindMapping; MAX_UNWIND_MAPPINGS],
+}
+
+impl Default for UnwindProcess {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            _pad: 0,
+            mappings: [UnwindMapping::default(); MAX_UNWIND_MAPPINGS],
         }
     }
 }
@@ -541,4 +654,6 @@ mod pod {
     unsafe impl aya::Pod for super::PageFault {}
     unsafe impl aya::Pod for super::QueuedKey {}
     unsafe impl aya::Pod for super::QueuedWork {}
+    unsafe impl aya::Pod for super::UnwindRow {}
+    unsafe impl aya::Pod for super::UnwindProcess {}
 }

@@ -199,10 +199,11 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: `regs` is the context the kernel handed to this probe.
     let regs = unsafe { &*ctx.regs };
-    let site = site::capture_at(
+    let site = site::capture_at::<false>(
         site::Registers {
             ip: regs.rip,
             caller,
+            sp: regs.rsp,
             fp: regs.rbp,
         },
         (pid_tgid >> 32) as u32,

@@ -10,7 +10,7 @@ use aya_ebpf::{
     bindings::{BPF_ANY, bpf_perf_event_data, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_probe_read_user, bpf_task_pt_regs,
+        bpf_probe_read_kernel, bpf_task_pt_regs,
     },
     macros::perf_event,
     programs::PerfEventContext,
@@ -41,14 +41,15 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
         bump(counters, Counter::StackCaptureFailed);
         return 0;
     };
-    // Mid-function, the return address into the caller sits above the saved frame pointer.
-    // SAFETY: user-memory reads through the helper: a bad address yields an error.
-    let frame = unsafe { bpf_probe_read_user(user.rbp as *const [u64; 2]) }.unwrap_or([0, 0]);
-    let key = site::capture_at(
+    // Mid-function: the caller is found by unwinding from the faulting instruction, by its
+    // object's unwind table where the tracer prepared one (glibc's malloc internals keep no
+    // frame pointer), else by the frame pointer.
+    let key = site::capture_at::<true>(
         site::Registers {
             ip: user.rip,
-            caller: frame[1],
-            fp: frame[0],
+            caller: 0,
+            sp: user.rsp,
+            fp: user.rbp,
         },
         tgid,
         AllocKind::Populated,

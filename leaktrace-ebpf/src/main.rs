@@ -17,6 +17,7 @@ mod mapping;
 mod maps;
 mod queue;
 mod site;
+mod unwind;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -169,10 +169,11 @@ fn mmap_exit(pid_tgid: u64, counters: *mut u64, who: Caller, regs: &pt_regs, ret
         _ if ret < 0 || flags & MAP_ANONYMOUS == 0 => StackKey::default(),
         // A raw syscall: the walk starts where it was made, with the return address on top of
         // the stack as in a wrapper without a frame.
-        _ => site::capture_at(
+        _ => site::capture_at::<false>(
             site::Registers {
                 ip: regs.rip,
                 caller: site::return_address(regs.rsp),
+                sp: regs.rsp,
                 fp: regs.rbp,
             },
             (pid_tgid >> 32) as u32,

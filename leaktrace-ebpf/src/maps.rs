@@ -9,11 +9,13 @@ use aya_ebpf::{
 };
 use leaktrace_common::{
     DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_PAGES, DEFAULT_MAX_STACK_TRACES,
-    DEFAULT_MAX_STACKS, JsCached, JsFrames, LiveAlloc, LiveKey, MAX_FRAMES, MAX_PENDING_CALLS,
-    MAX_QUEUED_WORK, MAX_TARGETS, PageFault, PageKey, PendingCall, QueuedKey, QueuedWork,
-    SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack,
-    TargetCounters, V8Frames,
+    DEFAULT_MAX_STACKS, DEFAULT_MAX_UNWIND_ROWS, JsCached, JsFrames, LiveAlloc, LiveKey,
+    MAX_FRAMES, MAX_PENDING_CALLS, MAX_QUEUED_WORK, MAX_TARGETS, PageFault, PageKey, PendingCall,
+    QueuedKey, QueuedWork, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames, StackKey,
+    StackStats, StoredStack, TargetCounters, UnwindProcess, UnwindRow, V8Frames,
 };
+
+use crate::unwind::Cursor;
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
 /// process returns at once: a uprobe attached for one PID can still run for others that share the
@@ -115,6 +117,22 @@ pub struct JsScratch {
 /// Room to walk a stack in: too large for the 512-byte BPF stack.
 #[map]
 pub static SCRATCH: PerCpuArray<StackFrames> = PerCpuArray::with_max_entries(1, 0);
+
+/// The mappings of each target (by tgid) whose code is unwound by table, with where their
+/// object's rows are. Written by the tracer; a target without an entry is walked by frame
+/// pointers alone.
+#[map]
+pub static UNWIND_PROCS: HashMap<u32, UnwindProcess> =
+    HashMap::with_max_entries(MAX_TARGETS, BPF_F_NO_PREALLOC);
+
+/// The unwind rows of every prepared object, each object at its own offset, sorted by pc.
+/// Written by the tracer, which sizes it.
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_MAX_UNWIND_ROWS, 0);
+
+/// Where a walk stands (see `unwind`).
+#[map]
+pub static UNWIND_SCRATCH: PerCpuArray<Cursor> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sampling settings, written by the tracer (index 0); all zero means exact.
 #[map]

@@ -58,10 +58,11 @@ fn queued(ctx: &ProbeContext, work: u64) -> u32 {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: `regs` is the context the kernel handed to this probe.
     let regs = unsafe { &*ctx.regs };
-    let site = site::capture_at(
+    let site = site::capture_at::<false>(
         site::Registers {
             ip: regs.rip,
             caller: site::return_address(regs.rsp),
+            sp: regs.rsp,
             fp: regs.rbp,
         },
         tgid,

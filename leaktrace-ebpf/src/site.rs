@@ -8,14 +8,15 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use leaktrace_common::{
-    AllocKind, Counter, MAX_FRAMES, STORED_SLOTS, StackFrames, StackKey, thread_marker,
+    AllocKind, Counter, MAX_FRAMES, MAX_TABLE_FRAMES, STORED_SLOTS, StackFrames, StackKey,
+    thread_marker,
 };
 
 use crate::{
     account::bump,
     js,
     maps::{JS_SCRATCH, JS_STACKS, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
-    queue,
+    queue, unwind,
 };
 
 const EEXIST: i64 = 17;
@@ -23,16 +24,17 @@ const EEXIST: i64 = 17;
 /// The site of the allocation call whose entry probe is running.
 ///
 /// At a function's entry the return address is on top of the stack (`caller`) and `rbp` still
-/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then the
-/// return address above each saved frame pointer.
+/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then each
+/// caller's caller, by its object's unwind table or by frame pointer.
 #[inline(always)]
 pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -> StackKey {
     // SAFETY: `regs` is the context the kernel handed to this probe.
     let regs = unsafe { &*ctx.regs };
-    capture_at(
+    capture_at::<false>(
         Registers {
             ip: regs.rip,
             caller,
+            sp: regs.rsp,
             fp: regs.rbp,
         },
         tgid,
@@ -41,35 +43,45 @@ pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -
     )
 }
 
-/// Where a stack walk starts: the instruction, the return address into the caller, and the
-/// caller's frame pointer.
+/// Where a stack walk starts.
 #[derive(Clone, Copy)]
 pub struct Registers {
     pub ip: u64,
+    /// At a function's entry, the return address into its caller (the word at `sp`): the walk
+    /// goes on from there with `sp + 8`. 0 when `ip` is inside a function's body (a page fault,
+    /// an interrupted instruction): the caller is then found by unwinding from `ip`.
     pub caller: u64,
+    pub sp: u64,
     pub fp: u64,
 }
 
 /// The site whose walk starts at `at`, stored once per distinct stack.
 #[inline(always)]
-pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64) -> StackKey {
+pub fn capture_at<const TABLES: bool>(
+    at: Registers,
+    tgid: u32,
+    kind: AllocKind,
+    counters: *mut u64,
+) -> StackKey {
     let mut key = StackKey {
         tgid,
         kind: kind as u32,
         stack: 0,
         js_id: 0,
     };
-    let Some(frames) = SCRATCH.get_ptr_mut(0) else {
+    let (Some(frames), Some(cur)) = (SCRATCH.get_ptr_mut(0), unwind::cursor()) else {
         bump(counters, Counter::StackCaptureFailed);
         return key;
     };
     // SAFETY: this CPU's scratch slot, used by one probe at a time.
     let frames = unsafe { &mut *frames };
-    frames.ips[0] = at.ip;
-    frames.ips[1] = at.caller;
     // A pool thread running queued work: its walk ends at the pool's `worker` and goes on with
     // the frames of the thread that queued the work, whose JavaScript frames name the site.
+    // Nothing of it is kept in registers or on the stack across the walk, which would double
+    // the states the verifier explores there: the stop in the cursor, the work looked up again
+    // after (only this thread's own probes change its entry).
     let queued = queue::running();
+    cur.stop_fp = queued.map_or(0, |q| q.worker_fp);
     // One array lookup spares the targets that run no V8 the hash table's.
     let v8 = if queued.is_none() && V8_PRESENT.get(0).is_some_and(|&n| n != 0) {
         // SAFETY: the map value stays valid for this program run; the probes only update its
@@ -86,36 +98,83 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     if let Some(js) = js.as_deref_mut() {
         js.fps_len = 0;
     }
-    let mut len = 2;
-    let mut fp = at.fp;
-    let mut hash = mix(mix(FNV_OFFSET, at.ip), at.caller);
-    let cut = queued.map_or(0, |q| q.worker_fp);
-    for i in 2..MAX_FRAMES {
+    let tables = if TABLES { unwind::process(tgid) } else { None };
+    frames.ips[0] = at.ip;
+    cur.pc = at.ip;
+    cur.sp = at.sp;
+    cur.fp = at.fp;
+    let mut len = 1;
+    let mut hash = mix(FNV_OFFSET, at.ip);
+    if at.caller != 0 {
+        frames.ips[1] = at.caller;
+        hash = mix(hash, at.caller);
+        len = 2;
+        cur.pc = at.caller;
+        cur.sp = at.sp + 8;
+    }
+    for i in 1..MAX_FRAMES {
+        if i < len {
+            continue;
+        }
+        // `cur` is the frame of `ips[i - 1]`; its rbp is kept for the JavaScript frames,
+        // identified once the stack is known.
+        let fp = cur.fp;
         // The frame at `fp` is `worker`'s: what lies above it is the pool thread's start.
-        if cut != 0 && fp == cut {
+        if cur.stop_fp != 0 && fp == cur.stop_fp {
             break;
         }
-        // [fp] is the next frame pointer, [fp + 8] the return address into that frame's function.
-        let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-            break;
+        let step = match tables {
+            // Bounded (see MAX_TABLE_FRAMES); `i` is a constant to the verifier, which drops
+            // the table code from the later iterations.
+            Some(tables) if i <= MAX_TABLE_FRAMES => unwind::step(tables, cur, i > 1, counters),
+            _ => unwind::Step::NoTable,
         };
-        // The frame at `fp` belongs to the function `ips[i - 1]` returns into: kept for the
-        // JavaScript frames, identified once the stack is known.
+        let next = match step {
+            unwind::Step::Caller(ra) => {
+                if i == MAX_TABLE_FRAMES {
+                    bump(counters, Counter::UnwindStepLimit);
+                }
+                ra
+            }
+            unwind::Step::Stop => break,
+            unwind::Step::NoTable => {
+                // [fp] is the next frame pointer, [fp + 8] the return address into that
+                // frame's function.
+                let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
+                    break;
+                };
+                if pair[1] != 0 {
+                    cur.pc = pair[1];
+                    cur.sp = fp + 16;
+                    cur.fp = pair[0];
+                }
+                if let Some(js) = js.as_deref_mut() {
+                    js.fps[i - 1] = fp;
+                    js.fps_len = i as u64;
+                }
+                if pair[1] == 0 {
+                    break;
+                }
+                frames.ips[i] = pair[1];
+                hash = mix(hash, pair[1]);
+                len = i + 1;
+                // Frames lie ever higher on the stack; anything else is not a frame pointer.
+                if pair[0] <= fp {
+                    break;
+                }
+                if i == MAX_FRAMES - 1 {
+                    bump(counters, Counter::StackTruncated);
+                }
+                continue;
+            }
+        };
         if let Some(js) = js.as_deref_mut() {
             js.fps[i - 1] = fp;
             js.fps_len = i as u64;
         }
-        if pair[1] == 0 {
-            break;
-        }
-        frames.ips[i] = pair[1];
-        hash = mix(hash, pair[1]);
+        frames.ips[i] = next;
+        hash = mix(hash, next);
         len = i + 1;
-        // Frames lie ever higher on the stack; anything else is not a frame pointer.
-        if pair[0] <= fp {
-            break;
-        }
-        fp = pair[0];
         if i == MAX_FRAMES - 1 {
             bump(counters, Counter::StackTruncated);
         }
@@ -123,6 +182,8 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     // JavaScript's other threads (Workers, each an isolate of its own) say which thread they
     // are: the same code on two workers is two sites. Stitched stacks say the queuing thread.
     let tid = bpf_get_current_pid_tgid() as u32;
+    // Queued work names no JavaScript of its own (see `v8` above).
+    let queued = if v8.is_none() { queue::running() } else { None };
     if queued.is_none() && v8.is_some() && tid != tgid && len < MAX_FRAMES {
         let marker = thread_marker(tid);
         frames.ips[len & (MAX_FRAMES - 1)] = marker;

@@ -19,6 +19,7 @@ pub mod report;
 mod session;
 pub mod symbolize;
 pub mod trace;
+pub mod unwind;
 
 // A dev-dependency of the integration tests (tests/hostile_input.rs, tests/fuzz.rs), not of the
 // unit tests.

@@ -37,6 +37,7 @@ use crate::{
         queued,
     },
     trace::Options,
+    unwind::Unwinder,
 };
 
 /// How often the kernel's mapping records are read: often enough that a file is opened while
@@ -84,6 +85,8 @@ pub(crate) struct Session {
     symbolizer: Symbolizer,
     /// Names the JavaScript frames of targets running V8, from V8's own data.
     js: JsNamer,
+    /// Which code of each target the probes walk by unwind table.
+    unwinder: Unwinder,
     /// Whether [`Session::js`] is used at all (`--no-v8-frames`).
     v8_frames: bool,
     /// Targets' libuv thread pools, whose work is stitched to the code that queued it.
@@ -178,6 +181,7 @@ impl Session {
             stacks: StackCache::default(),
             symbolizer: Symbolizer::new(),
             js: JsNamer::default(),
+            unwinder: Unwinder::new(options.limits.unwind_rows),
             v8_frames: options.v8_frames,
             pools: crate::probe::pool::Pools::default(),
             allocators: allocator::Finder::default(),
@@ -225,8 +229,12 @@ impl Session {
         target: Target,
         allocator: &crate::process::Allocator,
     ) -> anyhow::Result<()> {
+        let pid = target.pid;
         let index = self.attach_to(target, allocator)?;
         self.attach_runtimes(index, false);
+        // A process held before its exec (`run`) gets its tables at the first sample, from the
+        // image it exec'd.
+        self.walk_tables_of(pid);
         Ok(())
     }
 
@@ -460,6 +468,7 @@ impl Session {
                 self.symbolizer.remember(pid);
             }
             self.name_js_of(pid);
+            self.walk_tables_of(pid);
             self.traced.push(Traced {
                 exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
                 target,
@@ -489,6 +498,17 @@ impl Session {
         let layout = self.js.attach(pid);
         if let Err(err) = self.probes.set_v8(pid, layout) {
             warn!(pid, %err, "cannot give the probes V8's layout: JavaScript frames stay addresses");
+        }
+    }
+
+    /// Tells the probes which of `pid`'s code to walk by its unwind table (see `unwind`).
+    /// Only page-fault walks (watch mode) use them: the allocator probes walk by frame pointer.
+    fn walk_tables_of(&mut self, pid: u32) {
+        if self.probes.traps() {
+            return;
+        }
+        if let Err(err) = self.unwinder.install(&mut self.probes, pid) {
+            warn!(pid, %err, "cannot give the probes unwind tables: frames without a frame pointer are lost");
         }
     }
 
@@ -866,6 +886,7 @@ impl Session {
             self.symbolizer.refresh_perf_map(pid);
             if alive && !ended {
                 self.attach_runtimes(index, true);
+                self.walk_tables_of(pid);
             }
             if alive {
                 let allocator = self.traced[index].attachment.allocator.name;
@@ -924,6 +945,7 @@ impl Session {
         self.history.forget(pid);
         self.symbolizer.forget(pid);
         self.js.forget(pid);
+        self.unwinder.forget(pid);
         self.mappings.forget(pid);
         self.memory.forget(pid);
         self.residency.forget(pid);
@@ -954,6 +976,7 @@ impl Session {
                 leaktrace_common::MAX_TARGETS
             ));
         }
+        notes.extend(self.unwinder.stats().notes());
         notes
     }
 

@@ -289,6 +289,7 @@ impl AgentConfig {
             )?,
             stack_traces: leaktrace_common::DEFAULT_MAX_STACK_TRACES,
             map_events_bytes: leaktrace_common::DEFAULT_MAP_EVENTS_BYTES,
+            unwind_rows: leaktrace_common::DEFAULT_MAX_UNWIND_ROWS,
         };
         let select = file.select;
         let or_file = |flag: Vec<String>, file: Option<Vec<String>>| {

@@ -173,6 +173,10 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
             ("missed_return", l.missed_returns),
             ("map_event_lost", l.map_events_lost),
             ("page_map_full", l.page_map_full),
+            ("unwind_no_row", l.unwind_no_row),
+            ("unwind_unsupported", l.unwind_unsupported),
+            ("unwind_step_limit", l.unwind_step_limit),
+            ("unwind_bad_frame", l.unwind_bad_frame),
         ] {
             let mut with_reason = labels(t);
             with_reason.push(("reason", reason.to_string()));

@@ -25,7 +25,7 @@ use aya::{
 use leaktrace_common::{
     JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PageFault, PageKey, PendingCall,
     QueuedKey, QueuedWork, STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack,
-    TargetCounters, V8Frames,
+    TargetCounters, UnwindProcess, UnwindRow, V8Frames,
 };
 use tracing::{debug, warn};
 
@@ -41,6 +41,8 @@ pub struct MapLimits {
     pub pages: u32,
     /// Bytes of the mapping event ring (a power of two, at least a page).
     pub map_events_bytes: u32,
+    /// Rows of the unwind-table array shared by every object walked by table.
+    pub unwind_rows: u32,
 }
 
 /// What the attached programs do.
@@ -72,6 +74,7 @@ impl Default for MapLimits {
             stack_traces: leaktrace_common::DEFAULT_MAX_STACK_TRACES,
             pages: leaktrace_common::DEFAULT_MAX_PAGES,
             map_events_bytes: leaktrace_common::DEFAULT_MAP_EVENTS_BYTES,
+            unwind_rows: leaktrace_common::DEFAULT_MAX_UNWIND_ROWS,
         }
     }
 }
@@ -609,6 +612,7 @@ impl Probes {
             .map_max_entries("JS_STACKS", limits.stack_traces)
             .map_max_entries("JS_CACHE", limits.stack_traces)
             .map_max_entries("PAGES", limits.pages)
+            .map_max_entries("UNWIND_ROWS", limits.unwind_rows)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/leaktrace-probes"
@@ -916,6 +920,32 @@ impl Probes {
         self.note_v8_present()
     }
 
+    /// Writes rows of unwind tables into the probes' row array from index `first`.
+    pub fn load_unwind_rows(&mut self, first: u32, rows: &[UnwindRow]) -> Result<(), ProbeError> {
+        let mut array = array_mut::<UnwindRow>(&mut self.ebpf, "UNWIND_ROWS")?;
+        for (n, row) in rows.iter().enumerate() {
+            array
+                .set(first + n as u32, row, 0)
+                .map_err(|e| ProbeError::Map(Box::new(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Tells the probes which mappings of `pid` are walked by table (`None`: none are).
+    pub fn set_unwind(
+        &mut self,
+        pid: u32,
+        mappings: Option<&UnwindProcess>,
+    ) -> Result<(), ProbeError> {
+        let mut procs = hash_map_mut::<u32, UnwindProcess>(&mut self.ebpf, "UNWIND_PROCS")?;
+        match mappings {
+            Some(mappings) => procs.insert(&pid, mappings, 0),
+            // Absent already is what was wanted.
+            None => procs.remove(&pid).or(Ok(())),
+        }
+        .map_err(|e| ProbeError::Map(Box::new(e)))
+    }
+
     /// Tells the probes whether any target runs V8 (see the `V8_PRESENT` map).
     fn note_v8_present(&mut self) -> Result<(), ProbeError> {
         let present = hash_map_mut::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS")?
@@ -1106,6 +1136,7 @@ impl Probes {
         remove_where::<u32, V8Frames>(&mut self.ebpf, "V8_TARGETS", |k| *k == pid)?;
         remove_where::<QueuedKey, QueuedWork>(&mut self.ebpf, "QUEUED", |k| k.tgid == pid)?;
         remove_where::<u64, QueuedWork>(&mut self.ebpf, "RUNNING", |k| (k >> 32) as u32 == pid)?;
+        remove_where::<u32, UnwindProcess>(&mut self.ebpf, "UNWIND_PROCS", |k| *k == pid)?;
         self.note_v8_present()?;
         // Keyed by a hash of stack and process: the process is in the value.
         let mut cache = hash_map_mut::<u64, JsCached>(&mut self.ebpf, "JS_CACHE")?;

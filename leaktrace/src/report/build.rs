@@ -250,6 +250,10 @@ fn counter_totals(c: &[u64; NUM_COUNTERS]) -> Totals {
             missed_returns: n(Counter::MissedReturns),
             map_events_lost: n(Counter::MapEventsLost),
             page_map_full: n(Counter::PageMapFull),
+            unwind_no_row: n(Counter::UnwindNoRow),
+            unwind_unsupported: n(Counter::UnwindUnsupported),
+            unwind_step_limit: n(Counter::UnwindStepLimit),
+            unwind_bad_frame: n(Counter::UnwindBadFrame),
         },
         page_faults: n(Counter::PageFaults),
         ..Totals::default()

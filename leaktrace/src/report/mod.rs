@@ -301,7 +301,7 @@ leaktrace: traced 1 process for 3.0s (interval 1s), ended by duration
   PID 42  ./app --flag  [running]
     allocator glibc /usr/lib/libc.so.6 (free probe at +3)
     live 2.9 KiB in 3 blocks; allocated 6.9 KiB in 4 calls; 1 frees, 0 failed allocations
-    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stacks not stored, 0 stacks truncated, 0 in-flight map full, 0 missed frees, 0 missed returns, 0 mapping events lost, 0 pages not kept (page map full)
+    losses: 2 unknown frees (allocated before attach), 0 live-map full, 0 stack-map full, 0 stacks not stored, 0 stacks truncated, 0 in-flight map full, 0 missed frees, 0 missed returns, 0 mapping events lost, 0 pages not kept (page map full), 0 walks stopped without an unwind row, 0 at an unsupported unwind rule, 0 at the unwind step limit, 0 at a bad frame
 
 Leak suspects, fastest growing first (1 of 1):
 ";

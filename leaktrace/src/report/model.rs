@@ -247,6 +247,19 @@ pub struct Losses {
     /// `--max-pages` or `--fault-period`): counted as populated, never as resident.
     #[serde(default)]
     pub page_map_full: u64,
+    /// Stack walks stopped in code without frame pointers that no unwind row covers.
+    #[serde(default)]
+    pub unwind_no_row: u64,
+    /// Stack walks stopped at an unwind rule the probes cannot follow (signal frames, DWARF
+    /// expressions).
+    #[serde(default)]
+    pub unwind_unsupported: u64,
+    /// Stack walks that used up their unwind-table steps and went on by frame pointers.
+    #[serde(default)]
+    pub unwind_step_limit: u64,
+    /// Stack walks stopped where an unwind row led to an unreadable or lower frame.
+    #[serde(default)]
+    pub unwind_bad_frame: u64,
 }
 
 impl std::fmt::Display for Losses {
@@ -256,7 +269,9 @@ impl std::fmt::Display for Losses {
             f,
             "{} unknown frees (allocated before attach), {} live-map full, {} stack-map full, \
              {} stacks not stored, {} stacks truncated, {} in-flight map full, {} missed frees, \
-             {} missed returns, {} mapping events lost, {} pages not kept (page map full)",
+             {} missed returns, {} mapping events lost, {} pages not kept (page map full), \
+             {} walks stopped without an unwind row, {} at an unsupported unwind rule, \
+             {} at the unwind step limit, {} at a bad frame",
             self.unknown_frees,
             self.live_map_full,
             self.stack_map_full,
@@ -267,6 +282,10 @@ impl std::fmt::Display for Losses {
             self.missed_returns,
             self.map_events_lost,
             self.page_map_full,
+            self.unwind_no_row,
+            self.unwind_unsupported,
+            self.unwind_step_limit,
+            self.unwind_bad_frame,
         )
     }
 }
@@ -297,6 +316,10 @@ impl Totals {
         l.missed_returns += o.missed_returns;
         l.map_events_lost += o.map_events_lost;
         l.page_map_full += o.page_map_full;
+        l.unwind_no_row += o.unwind_no_row;
+        l.unwind_unsupported += o.unwind_unsupported;
+        l.unwind_step_limit += o.unwind_step_limit;
+        l.unwind_bad_frame += o.unwind_bad_frame;
     }
 }
 
