@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use leaktrace_tests::{
-    Target, Tracer, assert_no_growth, fixture, have_root, leaktrace, losses, read_report, root,
-    scratch, trace_workload,
+    Target, Tracer, assert_no_growth, bpf_ids, fixture, have_root, leaktrace, losses, read_report,
+    root, scratch, trace_workload,
 };
 use serde_json::Value;
 
@@ -232,6 +232,7 @@ fn watch_names_a_node_leak_by_the_pages_it_fills() {
     leak.send("go");
     leak.expect_line("done");
     control.expect_line("done");
+    assert_no_uprobe(tracer.pid());
     let output = tracer.interrupt();
     assert!(
         output.status.success(),
@@ -290,4 +291,34 @@ fn watch_mode_refuses_probe_options_in_one_line() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(extra[0]), "{stderr}");
     }
+}
+
+/// Asserts that the tracer `pid` holds BPF programs and links, none of them a uprobe's: the
+/// page-fault program (`perf_event`), no `kprobe`-type program (what uprobe programs are), no
+/// `uprobe_multi` link.
+fn assert_no_uprobe(pid: u32) {
+    let kind_of = |object: &str, id: u64| -> String {
+        let out = std::process::Command::new("bpftool")
+            .args(["-j", object, "show", "id", &id.to_string()])
+            .output()
+            .expect("running bpftool (cargo xtask setup installs it)");
+        let shown: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+        shown["type"].as_str().unwrap_or("?").to_owned()
+    };
+    let progs = bpf_ids(pid, "prog");
+    let links = bpf_ids(pid, "link");
+    assert!(
+        !progs.is_empty() && !links.is_empty(),
+        "the tracer holds its programs and links"
+    );
+    let kinds: Vec<String> = progs.iter().map(|&id| kind_of("prog", id)).collect();
+    assert!(
+        kinds.iter().all(|k| k != "kprobe") && kinds.iter().any(|k| k == "perf_event"),
+        "programs: {kinds:?}"
+    );
+    let kinds: Vec<String> = links.iter().map(|&id| kind_of("link", id)).collect();
+    assert!(
+        kinds.iter().all(|k| k != "uprobe_multi"),
+        "links: {kinds:?}"
+    );
 }
