@@ -202,35 +202,42 @@ fn start_node(fixture: &str, seconds: &str) -> Target {
     Target::spawn(cmd)
 }
 
-/// A flag-less Node leaking Buffers into a global array: without a single uprobe, the fastest
-/// growing stack names the leaking JavaScript function from the pages it fills; a control that
-/// churns the same Buffers, attached to once warm as a service would be, is watched and has no
-/// growing stack.
+/// Flag-less Nodes leaking Buffers (into a global array, an unbounded cache, listeners never
+/// removed): without a single uprobe, each one's fastest growing stack names its leaking
+/// JavaScript function from the pages it fills; a control that churns the same Buffers,
+/// attached to once warm as a service would be, is watched and has no growing stack.
 #[test]
-fn watch_names_a_node_leak_by_the_pages_it_fills() {
-    if !have_root("watch_names_a_node_leak_by_the_pages_it_fills") {
+fn watch_names_node_leaks_by_the_pages_they_fill() {
+    if !have_root("watch_names_node_leaks_by_the_pages_they_fill") {
         return;
     }
-    let mut leak = start_node("leak-global-array", "10");
+    let leaks = [
+        ("leak-global-array", "leakIntoGlobalArray"),
+        ("leak-unbounded-cache", "cacheResponse"),
+        ("leak-event-listener", "handleRequestAddingListener"),
+    ];
+    let mut targets: Vec<Target> = leaks.iter().map(|(f, _)| start_node(f, "10")).collect();
     let mut control = start_node("control-gc-buffers", "15");
     control.send("go");
     // Its allocator's heap reaches its working size in the first seconds (a warm-up, not
     // growth); the control is watched after that.
     std::thread::sleep(std::time::Duration::from_secs(4));
-    let pids = [leak.pid(), control.pid()];
+    let pids: Vec<String> = targets
+        .iter()
+        .chain([&control])
+        .map(|t| t.pid().to_string())
+        .collect();
     let out = scratch("watch_node").join("report.json");
-    let tracer = Tracer::attach(&[
-        &pids[0].to_string(),
-        &pids[1].to_string(),
-        "--mode",
-        "watch",
-        "--format",
-        "json",
-        "-o",
-        out.to_str().expect("utf-8 path"),
-    ]);
-    leak.send("go");
-    leak.expect_line("done");
+    let mut args: Vec<&str> = pids.iter().map(String::as_str).collect();
+    args.extend(["--mode", "watch", "--format", "json", "-o"]);
+    args.push(out.to_str().expect("utf-8 path"));
+    let tracer = Tracer::attach(&args);
+    for target in &mut targets {
+        target.send("go");
+    }
+    for target in &mut targets {
+        target.expect_line("done");
+    }
     control.expect_line("done");
     assert_no_uprobe(tracer.pid());
     let output = tracer.interrupt();
@@ -240,33 +247,35 @@ fn watch_names_a_node_leak_by_the_pages_it_fills() {
         String::from_utf8_lossy(&output.stderr)
     );
     let report = read_report(&out);
-    for target in [leak, control] {
+    let control_pid = control.pid();
+    for target in targets.into_iter().chain([control]) {
         assert_eq!(target.finish(), 0, "the fixture is unharmed");
     }
-    let mut suspects: Vec<&Value> = report["stacks"]
-        .as_array()
-        .expect("stacks[]")
-        .iter()
-        .filter(|s| s["pid"].as_u64() == Some(u64::from(pids[0])))
-        .filter(|s| s["growth"]["verdict"] == "leak")
-        .collect();
-    suspects.sort_by(|a, b| {
-        let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
-        rate(b).total_cmp(&rate(a))
-    });
-    let top = suspects.first().expect("a leak in the leaking process");
-    assert_eq!(top["kind"], "populated");
-    assert!(
-        functions(top).contains(&"leakIntoGlobalArray"),
-        "top suspect: {:?}",
-        functions(top)
-    );
-    let control: Vec<&Value> = report["stacks"]
-        .as_array()
-        .expect("stacks[]")
-        .iter()
-        .filter(|s| s["pid"].as_u64() == Some(u64::from(pids[1])))
-        .collect();
+    let stacks_of = |pid: &str| -> Vec<&Value> {
+        report["stacks"]
+            .as_array()
+            .expect("stacks[]")
+            .iter()
+            .filter(|s| s["pid"].to_string() == pid)
+            .collect()
+    };
+    for ((fixture, function), pid) in leaks.iter().zip(&pids) {
+        let top = stacks_of(pid)
+            .into_iter()
+            .filter(|s| s["growth"]["verdict"] == "leak")
+            .max_by(|a, b| {
+                let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
+                rate(a).total_cmp(&rate(b))
+            })
+            .unwrap_or_else(|| panic!("{fixture}: no leak in the leaking process"));
+        assert_eq!(top["kind"], "populated", "{fixture}");
+        assert!(
+            functions(top).contains(function),
+            "{fixture}: top suspect: {:?}",
+            functions(top)
+        );
+    }
+    let control = stacks_of(&control_pid.to_string());
     assert!(
         control
             .iter()
