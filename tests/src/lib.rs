@@ -619,3 +619,25 @@ use object as _;
 // A dev-dependency of tests/thread_pool.rs (it reads a pprof profile back).
 #[cfg(test)]
 use flate2 as _;
+
+static NODE_ADDON: Mutex<Option<PathBuf>> = Mutex::new(None);
+
+/// Builds (once per test binary) the N-API addon the Node addon fixtures load, given to them as
+/// `LEAKY_ADDON` (gcc against /usr/include/node).
+pub fn node_addon() -> PathBuf {
+    let mut built = NODE_ADDON.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(path) = built.as_ref() {
+        return path.clone();
+    }
+    let out = root().join("target/fixtures/addon");
+    let status = Command::new("sh")
+        .arg(root().join("tests/fixtures/node/addon/build.sh"))
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("running addon/build.sh");
+    assert!(status.success(), "building the N-API addon failed");
+    let path = out.join("leaky_addon.node");
+    *built = Some(path.clone());
+    path
+}

@@ -5,34 +5,13 @@
 //! of its stacks may be a `leak` or `growing`.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
-use std::{path::PathBuf, process::Command, sync::Mutex};
+use std::process::Command;
 
-use leaktrace_tests::{Target, have_root, root, scratch, trace_workloads};
+use leaktrace_tests::{Target, have_root, node_addon, root, scratch, trace_workloads};
 use serde_json::Value;
 
 /// Seconds each fixture runs its workload while traced.
 const SECONDS: &str = "15";
-
-static ADDON: Mutex<Option<PathBuf>> = Mutex::new(None);
-
-/// Builds the N-API addon the addon fixtures load (gcc against /usr/include/node).
-fn addon() -> PathBuf {
-    let mut built = ADDON.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(path) = built.as_ref() {
-        return path.clone();
-    }
-    let out = root().join("target/fixtures/addon");
-    let status = Command::new("sh")
-        .arg(root().join("tests/fixtures/node/addon/build.sh"))
-        .arg(&out)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("running addon/build.sh");
-    assert!(status.success(), "building the N-API addon failed");
-    let path = out.join("leaky_addon.node");
-    *built = Some(path.clone());
-    path
-}
 
 fn start(fixture: &str) -> Target {
     let mut cmd = Command::new("node");
@@ -41,7 +20,7 @@ fn start(fixture: &str) -> Target {
         .arg("--perf-basic-prof")
         .arg(root().join(format!("tests/fixtures/node/{fixture}.js")))
         .arg(SECONDS)
-        .env("LEAKY_ADDON", addon());
+        .env("LEAKY_ADDON", node_addon());
     Target::spawn(cmd)
 }
 

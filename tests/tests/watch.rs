@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use leaktrace_tests::{
-    Target, Tracer, assert_no_growth, bpf_ids, fixture, have_root, leaktrace, losses, read_report,
-    root, scratch, trace_workload,
+    Target, Tracer, assert_no_growth, bpf_ids, fixture, have_root, leaktrace, losses, node_addon,
+    read_report, root, scratch, trace_workload,
 };
 use serde_json::Value;
 
@@ -198,13 +198,15 @@ fn start_node(fixture: &str, seconds: &str) -> Target {
     let mut cmd = Command::new("node");
     cmd.current_dir(scratch(&format!("watch_cwd_{fixture}")))
         .arg(root().join(format!("tests/fixtures/node/{fixture}.js")))
-        .arg(seconds);
+        .arg(seconds)
+        .env("LEAKY_ADDON", node_addon());
     Target::spawn(cmd)
 }
 
 /// Flag-less Nodes leaking Buffers (into a global array, an unbounded cache, listeners never
-/// removed): without a single uprobe, each one's fastest growing stack names its leaking
-/// JavaScript function from the pages it fills; a control that churns the same Buffers,
+/// removed) and a native addon leaking `malloc`ed blocks: without a single uprobe, each one's
+/// fastest growing stack names its leaking function from the pages it fills (the addon's
+/// through glibc's frameless malloc internals, walked by their unwind table); a control that churns the same Buffers,
 /// attached to once warm as a service would be, is watched and has no growing stack.
 #[test]
 fn watch_names_node_leaks_by_the_pages_they_fill() {
@@ -215,6 +217,7 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
         ("leak-global-array", "leakIntoGlobalArray"),
         ("leak-unbounded-cache", "cacheResponse"),
         ("leak-event-listener", "handleRequestAddingListener"),
+        ("leak-addon", "leaky_addon_retain"),
     ];
     let mut targets: Vec<Target> = leaks.iter().map(|(f, _)| start_node(f, "10")).collect();
     let mut control = start_node("control-gc-buffers", "15");
