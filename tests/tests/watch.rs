@@ -259,7 +259,7 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
             .as_array()
             .expect("stacks[]")
             .iter()
-            .filter(|s| s["pid"].to_string() == pid)
+            .filter(|s| s["pid"].as_u64() == pid.parse().ok())
             .collect()
     };
     for ((fixture, function), pid) in leaks.iter().zip(&pids) {
