@@ -122,6 +122,7 @@ pub fn system() -> Vec<Check> {
         );
     }
     if privileged {
+        checks.push(watch_mode());
         checks.push(match crate::collect::sideband::Sideband::open() {
             Ok(_) => Check::ok(
                 "mapping records",
@@ -278,6 +279,26 @@ fn multi_uprobes() -> Check {
             check,
             format!("probing the kernel failed: {err}"),
             "run leaktrace as root",
+        ),
+    }
+}
+
+/// Whether `--mode watch` can run: its page-fault program verifies and the `page-faults` event
+/// opens on every CPU (system-wide events: CAP_PERFMON, or `perf_event_paranoid` at most 0).
+fn watch_mode() -> Check {
+    let watch = ProbeMode::Watch {
+        period: std::num::NonZeroU64::MIN,
+    };
+    match Probes::load(MapLimits::default(), watch, false) {
+        Ok(_) => Check::ok(
+            "watch mode",
+            "the page-fault program loads and its event opens on every CPU",
+        ),
+        Err(err) => Check::fail(
+            "watch mode",
+            err.to_string(),
+            "grant CAP_PERFMON (or set kernel.perf_event_paranoid to 0 or less) and use a kernel \
+             with CONFIG_PERF_EVENTS; --mode exact needs neither",
         ),
     }
 }

@@ -120,6 +120,14 @@ fn doctor_reports_every_check_in_text_and_json() {
     );
     if have_root("doctor_reports_every_check_in_text_and_json (root: a clean host)") {
         assert!(!failed, "this host is fit to trace: {checks:#?}");
+        for name in ["bpf programs", "watch mode", "mapping records"] {
+            assert!(
+                checks
+                    .iter()
+                    .any(|c| c["check"] == name && c["status"] == "ok"),
+                "{name}: {checks:#?}"
+            );
+        }
     }
 }
 
