@@ -884,7 +884,9 @@ impl Session {
             self.notice_exec(index, &snapshot);
             // Mappings come from the kernel's records; a JIT's perf map grows on its own.
             self.symbolizer.refresh_perf_map(pid);
-            if alive && !ended {
+            // `run`'s command, until its exec is read from the kernel's records, is a copy of
+            // the tracer: its mappings are the tracer's, not the command's.
+            if alive && !ended && !self.held_for_exec.contains(&pid) {
                 self.attach_runtimes(index, true);
                 self.walk_tables_of(pid);
             }
