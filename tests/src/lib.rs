@@ -485,6 +485,38 @@ pub fn assert_no_growth(label: &str, stacks: Vec<&Value>) {
 }
 
 /// The loss counters of a report's totals.
+/// The stacks of `pid` in a JSON report.
+pub fn stacks_of(report: &Value, pid: u32) -> Vec<&Value> {
+    report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .collect()
+}
+
+/// The named functions of a report's stack, innermost first.
+pub fn function_names(stack: &Value) -> Vec<&str> {
+    stack["frames"]
+        .as_array()
+        .expect("frames[]")
+        .iter()
+        .filter_map(|f| f["function"].as_str())
+        .collect()
+}
+
+/// The fastest-growing leak suspect (`leak` or `growing`) of `pid`.
+pub fn top_suspect(report: &Value, pid: u32) -> &Value {
+    stacks_of(report, pid)
+        .into_iter()
+        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
+        .max_by(|a, b| {
+            let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
+            rate(a).total_cmp(&rate(b))
+        })
+        .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
+}
+
 pub fn losses(report: &Value) -> &serde_json::Map<String, Value> {
     report["totals"]["losses"]
         .as_object()

@@ -7,7 +7,10 @@
 
 use std::process::Command;
 
-use leaktrace_tests::{Target, have_root, node_addon, root, scratch, trace_workloads};
+use leaktrace_tests::{
+    Target, function_names, have_root, node_addon, root, scratch, stacks_of, top_suspect,
+    trace_workloads,
+};
 use serde_json::Value;
 
 /// Seconds each fixture runs its workload while traced.
@@ -34,36 +37,6 @@ fn trace(test: &str, fixtures: &[&str]) -> (Value, Vec<u32>) {
         assert_eq!(target.finish(), 0, "the fixture is unharmed");
     }
     (report, pids)
-}
-
-fn stacks_of(report: &Value, pid: u32) -> Vec<&Value> {
-    report["stacks"]
-        .as_array()
-        .expect("stacks[]")
-        .iter()
-        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
-        .collect()
-}
-
-fn names(stack: &Value) -> Vec<&str> {
-    stack["frames"]
-        .as_array()
-        .expect("frames[]")
-        .iter()
-        .filter_map(|f| f["function"].as_str())
-        .collect()
-}
-
-/// The stack with the fastest growth among `pid`'s leak suspects.
-fn top_suspect(report: &Value, pid: u32) -> &Value {
-    stacks_of(report, pid)
-        .into_iter()
-        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
-        .max_by(|a, b| {
-            let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
-            rate(a).total_cmp(&rate(b))
-        })
-        .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
 }
 
 /// Bytes per second from a stack's first sampled point with live bytes to its last.
@@ -99,7 +72,7 @@ fn assert_traced_control(report: &Value, fixture: &str, pid: u32, function: &str
     let stacks = stacks_of(report, pid);
     let churned: u64 = stacks
         .iter()
-        .filter(|s| names(s).contains(&function))
+        .filter(|s| function_names(s).contains(&function))
         .map(|s| s["alloc_calls"].as_u64().expect("alloc_calls"))
         .sum();
     assert!(
@@ -131,7 +104,7 @@ fn each_leak_pattern_is_found_and_named() {
             suspect["growth"]["verdict"],
             "leak",
             "{fixture}: top suspect {:?} is not a leak: {}",
-            names(suspect),
+            function_names(suspect),
             suspect["growth"]
         );
         let frame = suspect["frames"]
@@ -139,7 +112,9 @@ fn each_leak_pattern_is_found_and_named() {
             .expect("frames[]")
             .iter()
             .find(|f| f["function"].as_str() == Some(function))
-            .unwrap_or_else(|| panic!("{fixture}: {function} not on {:?}", names(suspect)));
+            .unwrap_or_else(|| {
+                panic!("{fixture}: {function} not on {:?}", function_names(suspect))
+            });
         assert_eq!(frame["kind"], *kind, "{fixture}: {frame}");
         if *kind == "js" {
             assert!(

@@ -11,7 +11,10 @@ use std::{
     process::Command,
 };
 
-use leaktrace_tests::{Target, have_root, leaktrace, node22, root, scratch, trace_workloads};
+use leaktrace_tests::{
+    Target, function_names, have_root, leaktrace, node22, root, scratch, stacks_of, top_suspect,
+    trace_workloads,
+};
 use serde_json::Value;
 
 /// Seconds each fixture runs its workload while traced.
@@ -46,34 +49,6 @@ fn frames(stack: &Value) -> &[Value] {
     stack["frames"].as_array().expect("frames[]")
 }
 
-fn names(stack: &Value) -> Vec<&str> {
-    frames(stack)
-        .iter()
-        .filter_map(|f| f["function"].as_str())
-        .collect()
-}
-
-fn stacks_of(report: &Value, pid: u32) -> Vec<&Value> {
-    report["stacks"]
-        .as_array()
-        .expect("stacks[]")
-        .iter()
-        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
-        .collect()
-}
-
-/// The fastest-growing leak suspect of `pid`.
-fn top_suspect(report: &Value, pid: u32) -> &Value {
-    stacks_of(report, pid)
-        .into_iter()
-        .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
-        .max_by(|a, b| {
-            let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
-            rate(a).total_cmp(&rate(b))
-        })
-        .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
-}
-
 /// Where the marker of queued work sits in `stack`, checked: the pool's `worker` just inside it,
 /// the function that queued the work just outside, and the queuing thread the main one.
 fn marker_of(stack: &Value, pid: u32, label: &str) -> usize {
@@ -81,7 +56,12 @@ fn marker_of(stack: &Value, pid: u32, label: &str) -> usize {
     let at = frames
         .iter()
         .position(|f| f["kind"] == "queued")
-        .unwrap_or_else(|| panic!("{label}: no queued-work marker on {:?}", names(stack)));
+        .unwrap_or_else(|| {
+            panic!(
+                "{label}: no queued-work marker on {:?}",
+                function_names(stack)
+            )
+        });
     assert_eq!(
         frames[at]["function"].as_str(),
         Some(format!("queued by \"node\" on thread {pid}").as_str()),
@@ -92,13 +72,13 @@ fn marker_of(stack: &Value, pid: u32, label: &str) -> usize {
         frames[at - 1]["function"],
         "worker",
         "{label}: {:?}",
-        names(stack)
+        function_names(stack)
     );
     assert_eq!(
         frames[at + 1]["function"],
         "uv_queue_work",
         "{label}: {:?}",
-        names(stack)
+        function_names(stack)
     );
     at
 }
@@ -120,7 +100,7 @@ fn pool_work_is_named_under(node: &Path, test: &str) {
             suspect["growth"]["verdict"],
             "leak",
             "{name}: top suspect {:?} is not a leak: {}",
-            names(suspect),
+            function_names(suspect),
             suspect["growth"]
         );
         let marker = marker_of(suspect, pid, name);
@@ -128,7 +108,7 @@ fn pool_work_is_named_under(node: &Path, test: &str) {
         let queuer = frames
             .iter()
             .position(|f| f["function"].as_str() == Some(function))
-            .unwrap_or_else(|| panic!("{name}: {function} not on {:?}", names(suspect)));
+            .unwrap_or_else(|| panic!("{name}: {function} not on {:?}", function_names(suspect)));
         assert!(queuer > marker, "{name}: {function} is not past the marker");
         let frame = &frames[queuer];
         assert_eq!(frame["kind"], "js", "{name}: {frame}");
@@ -142,7 +122,7 @@ fn pool_work_is_named_under(node: &Path, test: &str) {
         assert!(
             frames[..marker].iter().all(|f| f["kind"] == "native"),
             "{name}: {:?}",
-            names(suspect)
+            function_names(suspect)
         );
     }
     let control = pids[LEAKS.len()];
@@ -150,7 +130,8 @@ fn pool_work_is_named_under(node: &Path, test: &str) {
     let stitched: Vec<&&Value> = stacks
         .iter()
         .filter(|s| {
-            names(s).contains(&CONTROL_FUNCTION) && frames(s).iter().any(|f| f["kind"] == "queued")
+            function_names(s).contains(&CONTROL_FUNCTION)
+                && frames(s).iter().any(|f| f["kind"] == "queued")
         })
         .collect();
     assert!(
@@ -244,13 +225,13 @@ fn a_shared_libuvs_work_is_named_by_the_function_that_queued_it() {
     assert_eq!(target.finish(), 0, "the fixture is unharmed");
     let stacks: Vec<&Value> = stacks_of(&report, pid)
         .into_iter()
-        .filter(|s| names(s).contains(&"work_cb"))
+        .filter(|s| function_names(s).contains(&"work_cb"))
         .collect();
     assert_eq!(
         stacks.len(),
         1,
         "{:?}",
-        stacks.iter().map(|s| names(s)).collect::<Vec<_>>()
+        stacks.iter().map(|s| function_names(s)).collect::<Vec<_>>()
     );
     let stack = stacks[0];
     assert_eq!(stack["live_allocs"], JOBS, "{stack}");
@@ -260,7 +241,7 @@ fn a_shared_libuvs_work_is_named_by_the_function_that_queued_it() {
     let marker = frames
         .iter()
         .position(|f| f["kind"] == "queued")
-        .unwrap_or_else(|| panic!("no queued-work marker on {:?}", names(stack)));
+        .unwrap_or_else(|| panic!("no queued-work marker on {:?}", function_names(stack)));
     // The main thread is named after the executable (the fixture built with -luv).
     let function = format!("queued by \"pool_work-luv\" on thread {pid}");
     assert_eq!(frames[marker]["function"].as_str(), Some(function.as_str()));
@@ -273,7 +254,7 @@ fn a_shared_libuvs_work_is_named_by_the_function_that_queued_it() {
         after,
         ["uv_queue_work", "queue_jobs", "main"],
         "{:?}",
-        names(stack)
+        function_names(stack)
     );
     let notes: Vec<&str> = report["targets"][0]["notes"]
         .as_array()
@@ -320,12 +301,12 @@ fn worker_leak_is_named_under(node: &Path, test: &str) {
     let frame = frames
         .iter()
         .find(|f| f["function"] == "retainInWorker")
-        .unwrap_or_else(|| panic!("retainInWorker not on {:?}", names(suspect)));
+        .unwrap_or_else(|| panic!("retainInWorker not on {:?}", function_names(suspect)));
     assert_eq!(frame["kind"], "js", "{frame}");
     assert_eq!(frame["source"], "v8", "{frame}");
     assert_eq!(frame["file"].as_str(), script.to_str(), "{frame}");
     let last = frames.last().expect("frames");
-    assert_eq!(last["kind"], "thread", "{:?}", names(suspect));
+    assert_eq!(last["kind"], "thread", "{:?}", function_names(suspect));
     let function = last["function"]
         .as_str()
         .expect("the thread's frame is named");
@@ -339,7 +320,7 @@ fn worker_leak_is_named_under(node: &Path, test: &str) {
         frames.iter().filter(|f| f["kind"] == "thread").count(),
         1,
         "{:?}",
-        names(suspect)
+        function_names(suspect)
     );
 }
 

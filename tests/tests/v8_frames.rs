@@ -12,7 +12,9 @@ use std::{
     process::Command,
 };
 
-use leaktrace_tests::{Target, have_root, node22, root, scratch, trace_workloads};
+use leaktrace_tests::{
+    Target, function_names, have_root, node22, root, scratch, top_suspect, trace_workloads,
+};
 use serde_json::Value;
 
 /// Seconds each fixture runs its workload while traced.
@@ -52,22 +54,6 @@ fn start(node: &Path, name: &str, test: &str) -> Target {
 
 fn frames(stack: &Value) -> &[Value] {
     stack["frames"].as_array().expect("frames[]")
-}
-
-fn names(stack: &Value) -> Vec<&str> {
-    frames(stack)
-        .iter()
-        .filter_map(|f| f["function"].as_str())
-        .collect()
-}
-
-/// The fastest-growing leak suspect of `pid`.
-fn top_suspect(report: &Value, pid: u32) -> &Value {
-    fastest(report, |s| {
-        s["pid"].as_u64() == Some(u64::from(pid))
-            && matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing"))
-    })
-    .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
 }
 
 /// The fastest-growing stack of those `wanted` picks.
@@ -117,13 +103,18 @@ fn leaks_are_named_under(node: &Path, test: &str) {
             suspect["growth"]["verdict"],
             "leak",
             "{fixture_name}: top suspect {:?} is not a leak: {}",
-            names(suspect),
+            function_names(suspect),
             suspect["growth"]
         );
         let frame = frames(suspect)
             .iter()
             .find(|f| f["function"].as_str() == Some(function))
-            .unwrap_or_else(|| panic!("{fixture_name}: {function} not on {:?}", names(suspect)));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{fixture_name}: {function} not on {:?}",
+                    function_names(suspect)
+                )
+            });
         assert_eq!(frame["kind"], "js", "{fixture_name}: {frame}");
         assert_eq!(frame["source"], "v8", "{fixture_name}: {frame}");
         assert_eq!(frame["inlined"], inlined, "{fixture_name}: {frame}");
@@ -165,7 +156,8 @@ fn leaks_are_named_under(node: &Path, test: &str) {
     assert!(
         stacks
             .iter()
-            .any(|s| names(s).contains(&CONTROL_FUNCTION) && s["alloc_calls"].as_u64() > Some(0)),
+            .any(|s| function_names(s).contains(&CONTROL_FUNCTION)
+                && s["alloc_calls"].as_u64() > Some(0)),
         "{CONTROL}: no stack names {CONTROL_FUNCTION} ({} stacks)",
         stacks.len()
     );
@@ -336,7 +328,7 @@ fn a_containerized_node_is_named_from_its_own_binary() {
     let frame = frames(suspect)
         .iter()
         .find(|f| f["function"] == "leakIntoGlobalArray")
-        .unwrap_or_else(|| panic!("leakIntoGlobalArray not on {:?}", names(suspect)));
+        .unwrap_or_else(|| panic!("leakIntoGlobalArray not on {:?}", function_names(suspect)));
     assert_eq!(frame["source"], "v8", "{frame}");
     // The script path as the container sees it.
     assert_eq!(frame["file"], "/app/leak-global-array.js", "{frame}");
@@ -399,6 +391,6 @@ fn unexpected_v8_data_is_said_and_frames_stay_addresses() {
     assert!(
         frames(suspect).iter().all(|f| f["source"] != "v8"),
         "{:?}",
-        names(suspect)
+        function_names(suspect)
     );
 }
