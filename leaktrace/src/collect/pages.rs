@@ -168,6 +168,15 @@ impl Residency {
             }
         }
         self.absent = absent;
+        // A huge page none of whose sampled pages is resident any more is gone: its frames may
+        // back another one later, which is credited anew.
+        let backed: HashSet<(u32, u64)> = self
+            .backing
+            .iter()
+            .filter(|(_, (_, _, huge))| *huge != 0)
+            .map(|(key, &(_, _, huge))| (key.tgid, huge))
+            .collect();
+        self.credited.retain(|credit| backed.contains(credit));
         probes.drop_pages(&gone);
         let period = i64::try_from(period).unwrap_or(i64::MAX);
         let page = PAGE_BYTES as i64;
