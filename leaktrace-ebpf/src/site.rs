@@ -24,8 +24,8 @@ const EEXIST: i64 = 17;
 /// The site of the allocation call whose entry probe is running.
 ///
 /// At a function's entry the return address is on top of the stack (`caller`) and `rbp` still
-/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then each
-/// caller's caller, by its object's unwind table or by frame pointer.
+/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then the
+/// return address above each saved frame pointer (no unwind tables: see [`capture_at`]).
 #[inline(always)]
 pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -> StackKey {
     // SAFETY: `regs` is the context the kernel handed to this probe.
@@ -55,7 +55,10 @@ pub struct Registers {
     pub fp: u64,
 }
 
-/// The site whose walk starts at `at`, stored once per distinct stack.
+/// The site whose walk starts at `at`, stored once per distinct stack. With `TABLES`, code
+/// without frame pointers is stepped by its object's unwind table where the tracer prepared one
+/// (only the page-fault program: with them, the verifier gives up on the allocator probes,
+/// whose walks also stitch queued work).
 #[inline(always)]
 pub fn capture_at<const TABLES: bool>(
     at: Registers,
