@@ -42,6 +42,28 @@ pub fn bpf_ids(pid: u32, kind: &str) -> Vec<u64> {
     ids
 }
 
+/// The types of the BPF objects (`prog` or `link`) process `pid` holds, as bpftool names them:
+/// a uprobe's program is a `kprobe`, its link an `uprobe_multi`.
+pub fn bpf_kinds(pid: u32, object: &str) -> Vec<String> {
+    bpf_ids(pid, object)
+        .into_iter()
+        .map(|id| {
+            let out = Command::new("bpftool")
+                .args(["-j", object, "show", "id", &id.to_string()])
+                .output()
+                .expect("running bpftool (cargo xtask setup installs it)");
+            let shown: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+            match &shown["type"] {
+                Value::String(kind) => kind.clone(),
+                // Debian's bpftool 7.1 predates the type's name and prints its number
+                // (`enum bpf_link_type` in the kernel's uapi/linux/bpf.h).
+                Value::Number(n) if n.as_u64() == Some(12) => "uprobe_multi".to_owned(),
+                other => other.to_string(),
+            }
+        })
+        .collect()
+}
+
 /// Whether this test may load eBPF. Without root: fails in CI, says it did not run elsewhere.
 pub fn have_root(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
@@ -469,9 +491,7 @@ pub fn assert_no_growth(label: &str, stacks: Vec<&Value>) {
         .into_iter()
         .filter(|s| matches!(s["growth"]["verdict"].as_str(), Some("leak" | "growing")))
         .map(|s| {
-            let names = s["frames"]
-                .as_array()
-                .expect("frames[]")
+            let names = frames(s)
                 .iter()
                 .filter_map(|f| f["function"].as_str())
                 .collect();
@@ -484,7 +504,20 @@ pub fn assert_no_growth(label: &str, stacks: Vec<&Value>) {
     );
 }
 
-/// The loss counters of a report's totals.
+/// `node SCRIPT SECONDS`, the protocol of the Node fixtures (tests/fixtures/node/README.md),
+/// with no flag at all, run in a scratch directory named `cwd` (Node may write files into its
+/// working directory).
+pub fn node_command(node: &Path, script: &Path, seconds: &str, cwd: &str) -> Command {
+    let mut cmd = Command::new(node);
+    cmd.current_dir(scratch(cwd)).arg(script).arg(seconds);
+    cmd
+}
+
+/// The frames of a report's stack.
+pub fn frames(stack: &Value) -> &[Value] {
+    stack["frames"].as_array().expect("frames[]")
+}
+
 /// The stacks of `pid` in a JSON report.
 pub fn stacks_of(report: &Value, pid: u32) -> Vec<&Value> {
     report["stacks"]
@@ -497,9 +530,7 @@ pub fn stacks_of(report: &Value, pid: u32) -> Vec<&Value> {
 
 /// The named functions of a report's stack, innermost first.
 pub fn function_names(stack: &Value) -> Vec<&str> {
-    stack["frames"]
-        .as_array()
-        .expect("frames[]")
+    frames(stack)
         .iter()
         .filter_map(|f| f["function"].as_str())
         .collect()
@@ -517,6 +548,7 @@ pub fn top_suspect(report: &Value, pid: u32) -> &Value {
         .unwrap_or_else(|| panic!("no leak suspect in PID {pid}"))
 }
 
+/// The loss counters of a report's totals.
 pub fn losses(report: &Value) -> &serde_json::Map<String, Value> {
     report["totals"]["losses"]
         .as_object()

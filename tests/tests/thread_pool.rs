@@ -12,8 +12,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, function_names, have_root, leaktrace, node22, root, scratch, stacks_of, top_suspect,
-    trace_workloads,
+    Target, frames, function_names, have_root, leaktrace, node_command, node22, root, scratch,
+    stacks_of, top_suspect, trace_workloads,
 };
 use serde_json::Value;
 
@@ -38,15 +38,12 @@ fn fixture(name: &str) -> PathBuf {
 
 /// Starts a fixture as a plain `node app.js`: no flag at all.
 fn start(node: &Path, name: &str, test: &str) -> Target {
-    let mut cmd = Command::new(node);
-    cmd.current_dir(scratch(&format!("{test}_cwd_{name}")))
-        .arg(fixture(name))
-        .arg(SECONDS);
-    Target::spawn(cmd)
-}
-
-fn frames(stack: &Value) -> &[Value] {
-    stack["frames"].as_array().expect("frames[]")
+    Target::spawn(node_command(
+        node,
+        &fixture(name),
+        SECONDS,
+        &format!("{test}_cwd_{name}"),
+    ))
 }
 
 /// Where the marker of queued work sits in `stack`, checked: the pool's `worker` just inside it,

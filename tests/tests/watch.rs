@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use leaktrace_tests::{
-    Target, Tracer, assert_no_growth, bpf_ids, fixture, have_root, leaktrace, losses, node_addon,
-    read_report, root, scratch, trace_workload,
+    Target, Tracer, assert_no_growth, bpf_kinds, fixture, have_root, leaktrace, losses, node_addon,
+    node_command, read_report, root, scratch, trace_workload,
 };
 use serde_json::Value;
 
@@ -195,11 +195,14 @@ fn assert_every_format_says_resident(report: &Value, json: &std::path::Path) {
 }
 
 fn start_node(fixture: &str, seconds: &str) -> Target {
-    let mut cmd = Command::new("node");
-    cmd.current_dir(scratch(&format!("watch_cwd_{fixture}")))
-        .arg(root().join(format!("tests/fixtures/node/{fixture}.js")))
-        .arg(seconds)
-        .env("LEAKY_ADDON", node_addon());
+    let script = root().join(format!("tests/fixtures/node/{fixture}.js"));
+    let mut cmd = node_command(
+        std::path::Path::new("node"),
+        &script,
+        seconds,
+        &format!("watch_cwd_{fixture}"),
+    );
+    cmd.env("LEAKY_ADDON", node_addon());
     Target::spawn(cmd)
 }
 
@@ -309,28 +312,18 @@ fn watch_mode_refuses_probe_options_in_one_line() {
 /// page-fault program (`perf_event`), no `kprobe`-type program (what uprobe programs are), no
 /// `uprobe_multi` link.
 fn assert_no_uprobe(pid: u32) {
-    let kind_of = |object: &str, id: u64| -> String {
-        let out = std::process::Command::new("bpftool")
-            .args(["-j", object, "show", "id", &id.to_string()])
-            .output()
-            .expect("running bpftool (cargo xtask setup installs it)");
-        let shown: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
-        shown["type"].as_str().unwrap_or("?").to_owned()
-    };
-    let progs = bpf_ids(pid, "prog");
-    let links = bpf_ids(pid, "link");
+    let progs = bpf_kinds(pid, "prog");
+    let links = bpf_kinds(pid, "link");
     assert!(
         !progs.is_empty() && !links.is_empty(),
         "the tracer holds its programs and links"
     );
-    let kinds: Vec<String> = progs.iter().map(|&id| kind_of("prog", id)).collect();
     assert!(
-        kinds.iter().all(|k| k != "kprobe") && kinds.iter().any(|k| k == "perf_event"),
-        "programs: {kinds:?}"
+        progs.iter().all(|k| k != "kprobe") && progs.iter().any(|k| k == "perf_event"),
+        "programs: {progs:?}"
     );
-    let kinds: Vec<String> = links.iter().map(|&id| kind_of("link", id)).collect();
     assert!(
-        kinds.iter().all(|k| k != "uprobe_multi"),
-        "links: {kinds:?}"
+        links.iter().all(|k| k != "uprobe_multi"),
+        "links: {links:?}"
     );
 }
