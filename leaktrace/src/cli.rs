@@ -362,7 +362,7 @@ pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
     Ok(n)
 }
 
-fn parse_percent(s: &str) -> Result<f64, String> {
+pub fn parse_percent(s: &str) -> Result<f64, String> {
     match s.trim_end_matches('%').parse::<f64>() {
         Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
         _ => Err(format!("`{s}` is not a percentage between 0 and 100")),

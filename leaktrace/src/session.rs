@@ -905,6 +905,17 @@ impl Session {
         &self.last
     }
 
+    /// The resident set and allocator account of one live target, as read so far.
+    pub(crate) fn memory(&self, pid: u32) -> Option<crate::analyze::memory::MemoryReport> {
+        self.memory.report(pid)
+    }
+
+    /// Time the kernel has spent running the probes' programs, while BPF run-time statistics
+    /// are enabled.
+    pub(crate) fn run_time(&self) -> Duration {
+        self.probes.run_time()
+    }
+
     /// Seconds from time zero of the series to `at`.
     pub(crate) fn seconds_at(&self, at: Instant) -> f64 {
         at.saturating_duration_since(self.started).as_secs_f64()

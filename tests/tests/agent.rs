@@ -14,8 +14,8 @@ use std::{
 };
 
 use leaktrace_tests::{
-    Target, assert_matches_schema, assert_one_line_error, bpf_ids, fixture, have_root, leaktrace,
-    make_root, scratch, site,
+    Target, assert_matches_schema, assert_one_line_error, bpf_ids, bpf_kinds, fixture,
+    function_names, have_root, leaktrace, make_root, node_command, scratch, site, top_suspect,
 };
 use serde_json::Value;
 
@@ -254,6 +254,8 @@ fn the_agent_follows_processes_in_and_out_of_containers() {
     let agent = Agent::start(
         &dir,
         &[
+            "--mode",
+            "exact",
             "--match-exe",
             "leaky-agent-*",
             "--sample-bytes",
@@ -589,6 +591,8 @@ fn past_its_target_cap_the_agent_says_so_and_keeps_serving() {
     let agent = Agent::start(
         &dir,
         &[
+            "--mode",
+            "exact",
             "--match-exe",
             "leaky-capped-*",
             "--max-targets",
@@ -629,6 +633,8 @@ fn a_target_over_its_live_block_cap_is_no_longer_traced_and_says_so() {
     let agent = Agent::start(
         &dir,
         &[
+            "--mode",
+            "exact",
             "--match-exe",
             "leaky-livecap-*",
             "--sample-bytes",
@@ -687,7 +693,24 @@ fn bad_agent_settings_get_one_line() {
     let typo = dir.join("typo.toml");
     fs::write(&typo, "[match]\nexes = [\"node\"]\n").unwrap();
     assert_one_line_error(&run(&["--config", typo.to_str().unwrap()]), "exes");
-    let check = run(&["--match-exe", "node*", "--sample-bytes", "0", "--check"]);
+    assert_one_line_error(
+        &run(&["--sample-bytes", "64KiB"]),
+        "--sample-bytes applies to `--mode exact` only, not to `--mode tiered`",
+    );
+    assert_one_line_error(
+        &run(&["--mode", "watch", "--max-overhead", "5"]),
+        "--max-overhead applies to the tiered mode's exact windows only",
+    );
+    assert_one_line_error(&run(&["--max-overhead", "0"]), "--max-overhead");
+    let check = run(&[
+        "--match-exe",
+        "node*",
+        "--mode",
+        "exact",
+        "--sample-bytes",
+        "0",
+        "--check",
+    ]);
     assert!(check.status.success());
     let settings: Value = serde_json::from_slice(&check.stdout).unwrap();
     assert_eq!(settings["match"]["exe"][0], "node*");
@@ -998,6 +1021,8 @@ fn the_agent_names_javascript_frames_of_a_flagless_node() {
     let agent = Agent::start(
         &dir,
         &[
+            "--mode",
+            "exact",
             "--match-exe",
             "node-agent-v8",
             "--interval",
@@ -1157,5 +1182,111 @@ fn the_agent_in_watch_mode_serves_populated_pages_without_a_probe() {
     let resident = value(&m, "leaktrace_target_populated_resident_bytes", pid).expect("resident");
     assert!(resident >= (kept * 4096) as f64, "{resident}");
     assert_eq!(target.finish(), 0);
+    assert_eq!(agent.stop(), 0);
+}
+
+/// The agent's default, tiered: a Node process that runs clean stays watched, with no uprobe in
+/// it; once it leaks, an exact window opens (its allocator probed), names the leaking
+/// JavaScript function, closes when its time is up and detaches, within the budget.
+#[test]
+fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_function() {
+    if !have_root("a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_function")
+    {
+        return;
+    }
+    let dir = scratch("agent-tiered");
+    // A name of its own, so that no other Node on the machine is selected.
+    let node = dir.join("node-agent-tiered");
+    fs::copy(leaktrace_tests::node22(), &node).expect("copying node");
+    let agent = Agent::start(
+        &dir,
+        &[
+            "--match-exe",
+            "node-agent-tiered",
+            "--interval",
+            "1s",
+            "--scan-interval",
+            "100ms",
+            "--window",
+            "15s",
+        ],
+    );
+    let uprobe_links = || {
+        bpf_kinds(agent.child.id(), "link")
+            .iter()
+            .filter(|k| *k == "uprobe_multi")
+            .count()
+    };
+    let script = leaktrace_tests::root().join("tests/fixtures/node/leak-global-array.js");
+    let mut target = Target::spawn(node_command(&node, &script, "60", "agent_tiered_cwd"));
+    let pid = target.pid();
+    let tier = |a: &Agent| -> Option<Value> {
+        let targets = a.json("/api/v1/targets");
+        let target = targets["targets"]
+            .as_array()?
+            .iter()
+            .find(|t| t["pid"] == pid)?;
+        Some(target["tier"].clone()).filter(|t| !t.is_null())
+    };
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+    agent.wait_for("the target to be watched", Duration::from_secs(30), |a| {
+        Some(tier(a).is_some())
+    });
+
+    // Clean (the fixture waits for `go`): more readings than the trigger judges, no window.
+    std::thread::sleep(Duration::from_secs(15));
+    let watched = tier(&agent).expect("a tier");
+    assert_eq!(watched["tier"], "watch", "{watched}");
+    assert_eq!(watched["windows"], 0, "{watched}");
+    assert!(text(&watched["why"]).contains("not growing"), "{watched}");
+    assert_eq!(uprobe_links(), 0, "a watched target has no uprobe");
+
+    target.send("go");
+    agent.wait_for("an exact window", Duration::from_secs(60), |a| {
+        Some(tier(a)?["tier"] == "window")
+    });
+    let open = tier(&agent).expect("a tier");
+    assert!(text(&open["why"]).contains("resident set grew"), "{open}");
+    assert!(
+        uprobe_links() > 0,
+        "the window probes the allocator: {:?}",
+        bpf_kinds(agent.child.id(), "link")
+    );
+    agent.wait_for("the window to close", Duration::from_secs(60), |a| {
+        Some(tier(a)?["tier"] == "watch")
+    });
+    assert_eq!(uprobe_links(), 0, "a closed window leaves no uprobe");
+    let closed = tier(&agent).expect("a tier");
+    assert_eq!(closed["windows"], 1, "{closed}");
+    let window = &closed["window"];
+    assert_eq!(window["open"], false, "{closed}");
+    assert!(text(&window["ended"]).contains("15s are over"), "{closed}");
+    assert!(window["seconds"].as_f64() >= Some(15.0), "{closed}");
+
+    // What it found: the leak, named, in the window's own report.
+    let report = agent.json(&format!("/api/v1/targets/{pid}/window"));
+    assert_eq!(report["trace"]["mode"], "exact", "{}", report["trace"]);
+    let suspect = top_suspect(&report, pid);
+    assert!(
+        function_names(suspect).contains(&"leakIntoGlobalArray"),
+        "{:?}",
+        function_names(suspect)
+    );
+    assert!(window["leak_suspects"].as_u64() >= Some(1), "{closed}");
+
+    // Charged, and within the default budget of 3 % of a CPU averaged over the time watched.
+    let spent = closed["overhead_cpu_seconds"].as_f64().expect("spent");
+    let average = closed["average_overhead_percent"]
+        .as_f64()
+        .expect("average");
+    assert!(spent > 0.0, "{closed}");
+    assert!(average <= 3.0, "{closed}");
+    let m = agent.metrics();
+    assert_eq!(
+        value(&m, "leaktrace_target_exact_windows_total", pid),
+        Some(1.0)
+    );
+    assert_eq!(value(&m, "leaktrace_target_exact_window", pid), Some(0.0));
+    drop(target);
     assert_eq!(agent.stop(), 0);
 }

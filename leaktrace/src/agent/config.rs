@@ -57,18 +57,29 @@ pub struct AgentArgs {
     /// How long an exited target's series stay served [default: 5m].
     #[arg(long, value_parser = parse_duration)]
     pub grace: Option<Duration>,
-    /// What to capture [default: exact]: `exact` probes each target's allocator (sampled by
-    /// --sample-bytes); `watch` places no probe at all and watches the pages each stack
-    /// populates, from page faults (see `leaktrace attach --mode`).
+    /// What to capture [default: tiered]: `tiered` watches every target's page faults and
+    /// probes its allocator only in exact windows while its resident set grows, within
+    /// --max-overhead; `exact` probes each target's allocator all the time (sampled by
+    /// --sample-bytes); `watch` places no probe at all (see `leaktrace attach --mode`).
     #[arg(long, value_enum)]
-    pub mode: Option<crate::cli::Capture>,
+    pub mode: Option<AgentMode>,
+    /// Tiered mode: most CPU the exact windows may cost each target, averaged over time, in
+    /// percent of one CPU [default: 3].
+    #[arg(long, value_parser = crate::cli::parse_percent)]
+    pub max_overhead: Option<f64>,
+    /// Tiered mode: the same over every target of the node together [default: 10].
+    #[arg(long, value_parser = crate::cli::parse_percent)]
+    pub node_max_overhead: Option<f64>,
+    /// Tiered mode: longest exact window [default: 30s].
+    #[arg(long, value_parser = parse_duration)]
+    pub window: Option<Duration>,
 
     /// Longest life of one HTTP connection, kept alive or not: a client cannot hold one of the
     /// port's connections for ever [default: 120s].
     #[arg(long, value_parser = parse_duration)]
     pub connection_lifetime: Option<Duration>,
-    /// Poisson sampling by bytes, one sample per this many bytes on average; 0 records every
-    /// allocation [default: 512KiB].
+    /// `--mode exact`: Poisson sampling by bytes, one sample per this many bytes on average; 0
+    /// records every allocation [default: 512KiB].
     #[arg(long, value_parser = parse_sample_bytes)]
     pub sample_bytes: Option<u64>,
     /// Most processes traced at once [default: 32].
@@ -87,6 +98,19 @@ pub struct AgentArgs {
     /// Log lines as text or JSON [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+}
+
+/// How the agent captures memory, see [`AgentArgs::mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentMode {
+    /// Watched from page faults, with exact windows while growing.
+    #[default]
+    Tiered,
+    /// The allocator probed all the time.
+    Exact,
+    /// Page faults only, never a probe.
+    Watch,
 }
 
 /// Whether to ask the Kubernetes API about pods.
@@ -110,7 +134,10 @@ struct FileConfig {
     interval: Option<String>,
     scan_interval: Option<String>,
     grace: Option<String>,
-    mode: Option<crate::cli::Capture>,
+    mode: Option<AgentMode>,
+    max_overhead: Option<f64>,
+    node_max_overhead: Option<f64>,
+    window: Option<String>,
     connection_lifetime: Option<String>,
     sample_bytes: Option<u64>,
     max_targets: Option<u32>,
@@ -144,10 +171,16 @@ pub struct AgentConfig {
     pub scan_interval: Duration,
     #[serde(with = "humantime_serde_secs")]
     pub grace: Duration,
-    pub mode: crate::cli::Capture,
+    pub mode: AgentMode,
+    /// Tiered mode's budgets, in percent of one CPU, and its longest window.
+    pub max_overhead: f64,
+    pub node_max_overhead: f64,
+    #[serde(with = "humantime_serde_secs")]
+    pub window: Duration,
     #[serde(with = "humantime_serde_secs")]
     pub connection_lifetime: Duration,
-    /// `None` records every allocation (or watch mode, which probes no allocation).
+    /// `None` records every allocation (or a mode other than exact: watch probes no
+    /// allocation, and tiered windows record every one).
     pub sample_bytes: Option<u64>,
     pub max_targets: usize,
     pub max_live_allocs_per_target: u64,
@@ -179,6 +212,8 @@ pub enum ConfigError {
         key: &'static str,
         message: String,
     },
+    #[error("{0}")]
+    Conflict(String),
     #[error(transparent)]
     Selector(#[from] SelectorError),
 }
@@ -189,6 +224,11 @@ const DEFAULT_MAX_TARGETS: u32 = 32;
 const DEFAULT_MAX_LIVE_PER_TARGET: u32 = 1 << 18;
 /// Long enough for any scrape or report; short enough that idle keep-alive clients give their
 /// slot back.
+/// Tiered mode's defaults: the production issue's goal of 3 % for a busy service, a node's
+/// worth of a few such at once, and a window long enough for a leak verdict at 1 s samples.
+const DEFAULT_MAX_OVERHEAD: f64 = 3.0;
+const DEFAULT_NODE_MAX_OVERHEAD: f64 = 10.0;
+const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
 impl AgentConfig {
@@ -265,6 +305,65 @@ impl AgentConfig {
             (None, None) => DEFAULT_SAMPLE_BYTES,
         };
         let mode = args.mode.or(file.mode).unwrap_or_default();
+        let percent = |flag: Option<f64>, file: Option<f64>, key: &'static str, default: f64| match (
+            flag, file,
+        ) {
+            (Some(p), _) => Ok(p),
+            (None, Some(p)) if p > 0.0 && p <= 100.0 => Ok(p),
+            (None, Some(p)) => Err(value_err(key)(format!(
+                "{p} is not a percentage between 0 and 100"
+            ))),
+            (None, None) => Ok(default),
+        };
+        let max_overhead = percent(
+            args.max_overhead,
+            file.max_overhead,
+            "max_overhead",
+            DEFAULT_MAX_OVERHEAD,
+        )?;
+        let node_max_overhead = percent(
+            args.node_max_overhead,
+            file.node_max_overhead,
+            "node_max_overhead",
+            DEFAULT_NODE_MAX_OVERHEAD,
+        )?;
+        let window = duration(
+            args.window,
+            &file.window,
+            "window",
+            parse_duration,
+            DEFAULT_WINDOW,
+        )?;
+        let tiers_only = [
+            (
+                args.max_overhead.is_some() || file.max_overhead.is_some(),
+                "--max-overhead",
+            ),
+            (
+                args.node_max_overhead.is_some() || file.node_max_overhead.is_some(),
+                "--node-max-overhead",
+            ),
+            (args.window.is_some() || file.window.is_some(), "--window"),
+        ];
+        let name = match mode {
+            AgentMode::Tiered => "tiered",
+            AgentMode::Exact => "exact",
+            AgentMode::Watch => "watch",
+        };
+        if mode != AgentMode::Tiered
+            && let Some((_, flag)) = tiers_only.iter().find(|(given, _)| *given)
+        {
+            return Err(ConfigError::Conflict(format!(
+                "{flag} applies to the tiered mode's exact windows only, not to `--mode {name}`"
+            )));
+        }
+        // Windows record every allocation (they are short), and watch mode records none.
+        if mode != AgentMode::Exact && (args.sample_bytes.is_some() || file.sample_bytes.is_some())
+        {
+            return Err(ConfigError::Conflict(format!(
+                "--sample-bytes applies to `--mode exact` only, not to `--mode {name}`"
+            )));
+        }
         let positive =
             |flag: Option<u32>, file: Option<u32>, key: &'static str, default: u32| match flag
                 .or(file)
@@ -324,9 +423,11 @@ impl AgentConfig {
             scan_interval,
             grace,
             mode,
+            max_overhead,
+            node_max_overhead,
+            window,
             connection_lifetime,
-            sample_bytes: (sample_bytes > 0 && mode == crate::cli::Capture::Exact)
-                .then_some(sample_bytes),
+            sample_bytes: (sample_bytes > 0 && mode == AgentMode::Exact).then_some(sample_bytes),
             max_targets: positive(
                 args.max_targets,
                 file.max_targets,
@@ -401,11 +502,21 @@ mod tests {
     }
 
     #[test]
-    fn defaults_trace_node_sampled() {
+    fn defaults_trace_node_tiered() {
         let c = AgentConfig::load(AgentArgs::default()).unwrap();
         assert_eq!(c.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.interval, Duration::from_secs(10));
-        assert_eq!(c.sample_bytes, Some(DEFAULT_SAMPLE_BYTES));
+        assert_eq!(c.mode, AgentMode::Tiered);
+        assert_eq!((c.max_overhead, c.node_max_overhead), (3.0, 10.0));
+        assert_eq!(c.window, Duration::from_secs(30));
+        // Exact windows record every allocation; sampling is exact mode's.
+        assert_eq!(c.sample_bytes, None);
+        let exact = AgentConfig::load(AgentArgs {
+            mode: Some(AgentMode::Exact),
+            ..AgentArgs::default()
+        })
+        .unwrap();
+        assert_eq!(exact.sample_bytes, Some(DEFAULT_SAMPLE_BYTES));
         assert_eq!(c.max_targets, 32);
         assert_eq!(c.connection_lifetime, Duration::from_secs(120));
         assert_eq!(c.selector.exe_patterns(), ["node"]);
@@ -436,6 +547,27 @@ mod tests {
         assert!(bad.to_string().contains("`grace`"), "{bad}");
         let glob = load_toml("[match]\nexe = [\"[\"]\n", AgentArgs::default()).unwrap_err();
         assert!(glob.to_string().contains('['), "{glob}");
+    }
+
+    #[test]
+    fn budgets_belong_to_the_tiered_mode() {
+        let watch = AgentConfig::load(AgentArgs {
+            mode: Some(AgentMode::Watch),
+            max_overhead: Some(5.0),
+            ..AgentArgs::default()
+        })
+        .unwrap_err();
+        assert_eq!(
+            watch.to_string(),
+            "--max-overhead applies to the tiered mode's exact windows only, not to `--mode watch`"
+        );
+        let file =
+            load_toml("mode = \"exact\"\nwindow = \"1m\"\n", AgentArgs::default()).unwrap_err();
+        assert!(file.to_string().starts_with("--window applies"), "{file}");
+        let bad = load_toml("max_overhead = 0\n", AgentArgs::default()).unwrap_err();
+        assert!(bad.to_string().contains("`max_overhead`"), "{bad}");
+        let c = load_toml("max_overhead = 2\nwindow = \"1m\"\n", AgentArgs::default()).unwrap();
+        assert_eq!((c.max_overhead, c.window), (2.0, Duration::from_secs(60)));
     }
 
     #[test]

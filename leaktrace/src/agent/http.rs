@@ -67,6 +67,7 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/api/v1/targets", get(targets))
         .route("/api/v1/targets/{pid}/report", get(report))
+        .route("/api/v1/targets/{pid}/window", get(window))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             MAX_CONCURRENT_REQUESTS,
         ))
@@ -155,6 +156,45 @@ async fn report(
     Path(pid): Path<String>,
     Query(query): Query<ReportQuery>,
 ) -> Response {
+    ask(
+        &shared,
+        &pid,
+        "is not traced (see /api/v1/targets)",
+        |pid, reply| Request::Report {
+            pid,
+            top: query.top,
+            reply,
+        },
+    )
+    .await
+}
+
+async fn window(
+    State(shared): State<Shared>,
+    Path(pid): Path<String>,
+    Query(query): Query<ReportQuery>,
+) -> Response {
+    ask(
+        &shared,
+        &pid,
+        "has had no exact window (tiered mode; see /api/v1/targets)",
+        |pid, reply| Request::Window {
+            pid,
+            top: query.top,
+            reply,
+        },
+    )
+    .await
+}
+
+/// Asks the task that owns the session for a JSON report about `pid`; `missing` completes "process
+/// PID …" when there is none.
+async fn ask(
+    shared: &Shared,
+    pid: &str,
+    missing: &str,
+    request: impl FnOnce(u32, oneshot::Sender<Option<String>>) -> Request,
+) -> Response {
     let Ok(pid) = pid.parse::<u32>() else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -162,20 +202,12 @@ async fn report(
         );
     };
     let (reply, answer) = oneshot::channel();
-    let request = Request::Report {
-        pid,
-        top: query.top,
-        reply,
-    };
-    if shared.requests.send(request).await.is_err() {
+    if shared.requests.send(request(pid, reply)).await.is_err() {
         return error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping");
     }
     match tokio::time::timeout(REPORT_TIMEOUT, answer).await {
         Ok(Ok(Some(json))) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
-        Ok(Ok(None)) => error(
-            StatusCode::NOT_FOUND,
-            &format!("process {pid} is not traced (see /api/v1/targets)"),
-        ),
+        Ok(Ok(None)) => error(StatusCode::NOT_FOUND, &format!("process {pid} {missing}")),
         Ok(Err(_)) => error(StatusCode::SERVICE_UNAVAILABLE, "the agent is stopping"),
         Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "the report took too long"),
     }

@@ -159,6 +159,7 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
     );
     watch_metrics(registry, targets);
     memory_metrics(registry, targets);
+    tier_metrics(registry, targets);
     let lost = Family::<Labels, Counter>::default();
     for t in targets {
         let l = &t.totals.losses;
@@ -213,6 +214,56 @@ fn watch_metrics(registry: &mut Registry, targets: &[TargetView]) {
         "Bytes of those pages still resident (watch mode)",
         targets,
         |t| t.totals.resident_bytes,
+    );
+}
+
+/// Tiered mode: each target's tier, what its exact windows cost it, and what the last one found.
+/// Only targets that have a tier get these series.
+fn tier_metrics(registry: &mut Registry, targets: &[TargetView]) {
+    let tiered: Vec<TargetView> = targets
+        .iter()
+        .filter(|t| t.tier.is_some())
+        .cloned()
+        .collect();
+    let tier = |t: &TargetView| t.tier.clone().expect("only targets with a tier");
+    gauge_i64(
+        registry,
+        "target_exact_window",
+        "1 while an exact window probes the target's allocator; 0 while it is only watched",
+        &tiered,
+        |t| i64::from(tier(t).tier == "window"),
+    );
+    counter(
+        registry,
+        "target_exact_windows",
+        "Exact windows opened for the target",
+        &tiered,
+        |t| u64::from(tier(t).windows),
+    );
+    let spent = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    for t in &tiered {
+        spent
+            .get_or_create(&labels(t))
+            .inc_by(tier(t).overhead_cpu_seconds.max(0.0));
+    }
+    registry.register(
+        "target_overhead_cpu_seconds",
+        "CPU time the target's exact windows cost it (traps and programs)",
+        spent,
+    );
+    gauge_i64(
+        registry,
+        "target_window_leak_suspects",
+        "Stacks judged leak or growing in the open or last exact window",
+        &tiered,
+        |t| tier(t).window.map_or(0, |w| w.leak_suspects as i64),
+    );
+    gauge_f64(
+        registry,
+        "target_window_top_suspect_growth_bytes_per_second",
+        "Growth of the fastest-growing suspect of the open or last exact window",
+        &tiered,
+        |t| tier(t).window.map_or(0.0, |w| w.top_suspect_bytes_per_s),
     );
 }
 
@@ -314,9 +365,25 @@ fn agent_metrics(registry: &mut Registry, view: &Published) {
     info.get_or_create(&vec![
         ("version", a.version.to_string()),
         ("sample_bytes", a.sample_bytes.to_string()),
+        ("mode", a.mode.to_string()),
     ])
     .set(1);
-    registry.register("agent_info", "The agent's version and sampling", info);
+    registry.register("agent_info", "The agent's version, sampling and mode", info);
+    if a.mode == "tiered" {
+        plain(
+            registry,
+            "agent_exact_windows_open",
+            "Exact windows open now",
+            a.windows_open as i64,
+        );
+        let spent = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        spent.inc_by(a.overhead_cpu_seconds.max(0.0));
+        registry.register(
+            "agent_overhead_cpu_seconds",
+            "CPU time every exact window cost its target",
+            spent,
+        );
+    }
     plain(
         registry,
         "agent_targets",
@@ -424,6 +491,7 @@ mod tests {
             top_suspect_bytes_per_s: 100.0,
             top_suspect: None,
             memory: None,
+            tier: None,
         }
     }
 

@@ -12,7 +12,9 @@ mod http;
 mod metrics;
 pub mod pods;
 pub mod select;
+mod tier;
 mod view;
+mod windows;
 
 use std::{
     collections::{HashMap, HashSet, VecDeque},
@@ -26,11 +28,12 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 use self::{
-    config::{AgentConfig, KubeMode},
+    config::{AgentConfig, AgentMode, KubeMode},
     discover::Seen,
     pods::Pods,
     select::Decision,
     view::{AgentView, KubeView, PlacementView, Published, TargetView},
+    windows::Windows,
 };
 use crate::{
     analyze::growth,
@@ -51,6 +54,13 @@ const ATTACH_RETRY: Duration = Duration::from_secs(3);
 pub(crate) enum Request {
     /// The JSON report of one target, `None` when it is not (or no longer) traced.
     Report {
+        pid: u32,
+        top: Option<usize>,
+        reply: oneshot::Sender<Option<String>>,
+    },
+    /// The JSON report of a target's open exact window, else its last; `None` when it has had
+    /// none.
+    Window {
         pid: u32,
         top: Option<usize>,
         reply: oneshot::Sender<Option<String>>,
@@ -94,6 +104,8 @@ struct Agent {
     /// Matching processes that could not be attached to yet, since when: see [`ATTACH_RETRY`].
     retrying: HashMap<(u32, u64), Instant>,
     pods: Option<Pods>,
+    /// Tiered mode's exact windows.
+    windows: Option<Windows>,
     tally: Tally,
 }
 
@@ -124,9 +136,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         top: None,
         limits: config.limits,
         mode: match config.mode {
-            crate::cli::Capture::Exact => crate::probe::ProbeMode::Trace,
-            crate::cli::Capture::Watch => crate::probe::ProbeMode::Watch {
-                period: std::num::NonZeroU64::MIN,
+            AgentMode::Exact => crate::probe::ProbeMode::Trace,
+            AgentMode::Watch | AgentMode::Tiered => crate::probe::ProbeMode::Watch {
+                period: std::num::NonZeroU64::new(crate::cli::DEFAULT_FAULT_PERIOD)
+                    .expect("a period of at least 1"),
             },
         },
         quiet: true,
@@ -137,6 +150,24 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         v8_frames: true,
     };
     let session = Session::new(&options)?;
+    let windows = match config.mode {
+        AgentMode::Tiered => Some(Windows::new(
+            Options {
+                mode: crate::probe::ProbeMode::Trace,
+                interval: windows::TICK,
+                // Windows are short: every allocation in them counts.
+                sample_bytes: None,
+                ..options.clone()
+            },
+            tier::Settings {
+                window: config.window,
+                max_overhead: config.max_overhead,
+                node_max_overhead: config.node_max_overhead,
+            },
+            config.max_live_allocs_per_target,
+        )?),
+        _ => None,
+    };
     let (published_tx, published_rx) = watch::channel(Arc::new(Published::default()));
     let (request_tx, mut requests) = mpsc::channel(16);
     let server = http::serve(
@@ -161,19 +192,38 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         refused: HashSet::new(),
         retrying: HashMap::new(),
         pods,
+        windows,
         tally: Tally::default(),
     };
     let mut scan = tokio::time::interval(agent.config.scan_interval);
     let mut sample = tokio::time::interval(agent.config.interval);
     let mut sideband = tokio::time::interval(crate::session::SIDEBAND_PERIOD);
-    for timer in [&mut scan, &mut sample, &mut sideband] {
+    let mut window_tick = tokio::time::interval(windows::TICK);
+    for timer in [&mut scan, &mut sample, &mut sideband, &mut window_tick] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     tokio::pin!(server);
     loop {
         tokio::select! {
             _ = scan.tick() => agent.scan(),
-            _ = sideband.tick() => agent.session.apply_sideband(false),
+            _ = sideband.tick() => {
+                agent.session.apply_sideband(false);
+                if let Some(windows) = agent.windows.as_mut() {
+                    windows.apply_sideband();
+                }
+            }
+            _ = window_tick.tick(), if agent.windows.is_some() => {
+                match agent.windows.as_mut().map(Windows::tick) {
+                    Some(Ok(true)) => {
+                        published_tx.send_replace(Arc::new(agent.publish()));
+                    }
+                    Some(Err(err)) => {
+                        agent.tally.failed_samples += 1;
+                        warn!(%err, "sampling the exact windows failed");
+                    }
+                    _ => {}
+                }
+            }
             _ = sample.tick() => match agent.sample() {
                 Ok(()) => {
                     published_tx.send_replace(Arc::new(agent.publish()));
@@ -198,6 +248,9 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let pids: Vec<u32> = agent.tracked.keys().copied().collect();
     for pid in pids {
         agent.session.detach(pid);
+    }
+    if let Some(windows) = agent.windows.as_mut() {
+        windows.detach_all();
     }
     Ok(())
 }
@@ -298,6 +351,9 @@ impl Agent {
                         totals: VecDeque::new(),
                     },
                 );
+                if let Some(windows) = self.windows.as_mut() {
+                    windows.watch(seen.pid);
+                }
                 true
             }
             Err(err) => {
@@ -361,8 +417,15 @@ impl Agent {
             if gone {
                 tracked.exited_at = Some(now);
                 self.session.detach(pid);
+                if let Some(windows) = self.windows.as_mut() {
+                    windows.gone(pid);
+                }
                 info!(pid, exe = %tracked.exe.display(), grace_s = self.config.grace.as_secs(), "target exited");
                 continue;
+            }
+            if let Some(windows) = self.windows.as_mut() {
+                let series = self.session.memory(pid).map(|m| m.series);
+                windows.set_growth(pid, series.as_deref().and_then(tier::growth));
             }
             if !tracked.capped {
                 tracked.totals.push_back((at, bytes));
@@ -370,7 +433,7 @@ impl Agent {
                     tracked.totals.pop_front();
                 }
                 // Watched pages are bounded by the page map, not per target.
-                let exact = self.config.mode == crate::cli::Capture::Exact;
+                let exact = self.config.mode == AgentMode::Exact;
                 if exact && allocs as u64 > self.config.max_live_allocs_per_target {
                     tracked.capped = true;
                     self.tally.capped += 1;
@@ -388,6 +451,9 @@ impl Agent {
         for pid in forget {
             self.tracked.remove(&pid);
             self.session.forget(pid);
+            if let Some(windows) = self.windows.as_mut() {
+                windows.forget(pid);
+            }
             info!(pid, "target forgotten: its series are dropped");
         }
         Ok(())
@@ -405,11 +471,25 @@ impl Agent {
         for pid in pids {
             let report = self.session.report(&options, Some(pid), "running");
             let pod = self.pod_of(&self.tracked[&pid].placement);
-            targets.push(target_view(&self.tracked[&pid], &report, pod, now));
+            let mut view = target_view(&self.tracked[&pid], &report, pod, now);
+            view.tier = self.windows.as_mut().and_then(|w| w.view(pid));
+            targets.push(view);
         }
+        let (overhead_cpu_seconds, node_max_overhead_percent, windows_open) = self
+            .windows
+            .as_ref()
+            .map_or((0.0, 0.0, 0), Windows::node_view);
         Published {
             agent: AgentView {
                 version: env!("CARGO_PKG_VERSION"),
+                mode: match self.config.mode {
+                    AgentMode::Tiered => "tiered",
+                    AgentMode::Exact => "exact",
+                    AgentMode::Watch => "watch",
+                },
+                windows_open,
+                overhead_cpu_seconds,
+                node_max_overhead_percent,
                 sample_bytes: self.config.sample_bytes.unwrap_or(0),
                 interval_s: self.config.interval.as_secs_f64(),
                 max_targets: self.config.max_targets,
@@ -448,6 +528,10 @@ impl Agent {
                 // A client that went away no longer wants it.
                 let _ = reply.send(report);
             }
+            Request::Window { pid, top, reply } => {
+                let report = self.windows.as_mut().and_then(|w| w.report(pid, top));
+                let _ = reply.send(report);
+            }
         }
     }
 }
@@ -461,14 +545,7 @@ fn target_view(
 ) -> TargetView {
     let target = report.targets.first();
     let totals = target.map(|t| t.totals.clone()).unwrap_or_default();
-    let suspects: Vec<_> = report
-        .stacks
-        .iter()
-        .filter(|s| s.growth.verdict.is_suspect())
-        .collect();
-    let top = suspects
-        .iter()
-        .max_by(|a, b| a.growth.bytes_per_s.total_cmp(&b.growth.bytes_per_s));
+    let (leak_suspects, top_suspect, top_suspect_bytes_per_s) = top_suspect(report);
     let points: Vec<(f64, i64)> = tracked.totals.iter().copied().collect();
     let placement = &tracked.placement;
     let container = pod.as_ref().and_then(|p| {
@@ -503,21 +580,40 @@ fn target_view(
         },
         totals,
         growth_bytes_per_s: growth::theil_sen(&points).unwrap_or(0.0),
-        leak_suspects: suspects.len(),
+        leak_suspects,
         memory: target.and_then(|t| t.memory.clone()).map(|mut m| {
             // The series is the report's; the view serves the last reading.
             m.series.clear();
             m
         }),
-        top_suspect_bytes_per_s: top.map_or(0.0, |s| s.growth.bytes_per_s),
-        top_suspect: top.and_then(|s| {
+        top_suspect_bytes_per_s,
+        top_suspect,
+        tier: None,
+    }
+}
+
+/// A report's leak suspects (stacks judged `leak` or `growing`), the innermost named frame of
+/// the fastest-growing one (for a human glancing at a list), and its slope.
+fn top_suspect(report: &Report) -> (usize, Option<String>, f64) {
+    let suspects: Vec<_> = report
+        .stacks
+        .iter()
+        .filter(|s| s.growth.verdict.is_suspect())
+        .collect();
+    let top = suspects
+        .iter()
+        .max_by(|a, b| a.growth.bytes_per_s.total_cmp(&b.growth.bytes_per_s));
+    (
+        suspects.len(),
+        top.and_then(|s| {
             s.frames
                 .iter()
                 .skip(1)
                 .find(|f| f.function.is_some())
                 .map(report::folded::label)
         }),
-    }
+        top.map_or(0.0, |s| s.growth.bytes_per_s),
+    )
 }
 
 /// This process's resident memory, in bytes.

@@ -41,6 +41,44 @@ pub struct TargetView {
     /// Where its resident memory is and what its allocator keeps, at the last sample.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<crate::analyze::memory::MemoryReport>,
+    /// Tiered mode: its tier, and what its exact windows found.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<TierView>,
+}
+
+/// A target's tier (`--mode tiered`).
+#[derive(Clone, Debug, Serialize)]
+pub struct TierView {
+    /// `watch` (page faults only) or `window` (its allocator probed now).
+    pub tier: &'static str,
+    /// Why, in words.
+    pub why: String,
+    /// Exact windows opened so far.
+    pub windows: u32,
+    /// What they cost it, in CPU seconds (traps priced as measured, and the programs' time).
+    pub overhead_cpu_seconds: f64,
+    /// That, averaged over the time it has been watched, in percent of one CPU.
+    pub average_overhead_percent: f64,
+    pub max_overhead_percent: f64,
+    /// The open window, else the last one.
+    pub window: Option<WindowView>,
+}
+
+/// What an exact window found (its report: `/api/v1/targets/{pid}/window`).
+#[derive(Clone, Debug, Serialize)]
+pub struct WindowView {
+    pub open: bool,
+    /// Its length so far, or in all.
+    pub seconds: f64,
+    /// Why it closed.
+    pub ended: Option<String>,
+    /// Bytes and blocks allocated in it and not freed.
+    pub live_bytes: i64,
+    pub live_allocs: i64,
+    /// Its stacks judged `leak` or `growing`, and the fastest-growing one.
+    pub leak_suspects: usize,
+    pub top_suspect: Option<String>,
+    pub top_suspect_bytes_per_s: f64,
 }
 
 /// Where a process runs: container and pod, as far as they are known.
@@ -60,6 +98,13 @@ pub struct PlacementView {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct AgentView {
     pub version: &'static str,
+    /// `tiered`, `exact` or `watch`.
+    pub mode: &'static str,
+    /// Tiered mode: exact windows open now, what every window cost in CPU seconds, and the
+    /// node's budget in percent of one CPU.
+    pub windows_open: usize,
+    pub overhead_cpu_seconds: f64,
+    pub node_max_overhead_percent: f64,
     /// 0 when every allocation is recorded.
     pub sample_bytes: u64,
     pub interval_s: f64,
