@@ -27,6 +27,8 @@ use serde_json::{Value, json};
 
 use crate::shell::{self, cargo};
 
+mod service;
+
 /// The bytes between samples of the `sampled` configuration.
 const SAMPLE_BYTES: &str = "524288";
 /// Most live blocks bpftrace tracks (its default is 4096): leaktrace's default, for a fair race.
@@ -47,6 +49,9 @@ pub enum Workload {
     NodeBuffers,
     /// Node: a trivial HTTP server under `wrk -t1 -c20`; the metric is requests per second.
     NodeHttp,
+    /// Node: an HTTP service leaking on every 100th request, and a clean one, loaded for minutes
+    /// untraced, under watch mode and under the agent's defaults (see `bench/service.rs`).
+    NodeService,
 }
 
 impl Workload {
@@ -56,6 +61,7 @@ impl Workload {
             Workload::Keep => "keep",
             Workload::NodeBuffers => "node-buffers",
             Workload::NodeHttp => "node-http",
+            Workload::NodeService => "node-service",
         }
     }
 }
@@ -186,11 +192,14 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     let started_utc = utc_timestamp(SystemTime::now());
     let bench = prepare(options.quick, &started_utc)?;
     let rounds = options.rounds.unwrap_or(if options.quick { 1 } else { 3 });
-    let workloads = if options.workloads.is_empty() {
+    let mut workloads = if options.workloads.is_empty() {
         <Workload as clap::ValueEnum>::value_variants().to_vec()
     } else {
         options.workloads.clone()
     };
+    // The service runs for minutes under its own tracers: it has a loop of its own.
+    let service = workloads.contains(&Workload::NodeService);
+    workloads.retain(|&w| w != Workload::NodeService);
     let unavailable = unavailable_configs(&bench)?;
     let configs: Vec<Config> = Config::ALL
         .into_iter()
@@ -275,6 +284,15 @@ pub fn run(options: Options) -> anyhow::Result<()> {
     } else {
         Value::Null
     };
+    let node_service = if service {
+        let result = service::run(&bench, rounds)?;
+        if let Some(failed) = result["failures"].as_array() {
+            failures.extend(failed.iter().filter_map(|f| Some(f.as_str()?.to_owned())));
+        }
+        result
+    } else {
+        Value::Null
+    };
     let elapsed = started.elapsed();
     println!("bench: {total} runs in {:.0?}", elapsed);
     // leaktrace changes quickly: record which one was measured.
@@ -296,6 +314,7 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         "workloads": report,
         "goals": goals,
         "js_naming_goal": js_goal,
+        "node_service": node_service,
         "program_costs": programs,
         "failures": failures,
         "losses": lossy,
@@ -519,6 +538,12 @@ fn workload_command(bench: &Bench, workload: Workload) -> Command {
         Workload::NodeHttp => {
             let mut cmd = Command::new("node");
             cmd.arg(script("server.js"));
+            cmd
+        }
+        // Its `leak` or `clean` argument is the service bench's to add.
+        Workload::NodeService => {
+            let mut cmd = Command::new(bench.bin.join(service::NODE_NAME));
+            cmd.arg(script("service.js"));
             cmd
         }
     };
@@ -928,7 +953,7 @@ fn op_name(workload: Workload) -> &'static str {
         Workload::Churn => "malloc+free pair",
         Workload::Keep => "kept block",
         Workload::NodeBuffers => "Buffer",
-        Workload::NodeHttp => "request",
+        Workload::NodeHttp | Workload::NodeService => "request",
     }
 }
 

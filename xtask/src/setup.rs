@@ -25,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "chromium",
     "golang-go",
     "wrk",
+    "curl",
     "bpftrace",
     "libjemalloc-dev",
     "libgoogle-perftools4",
