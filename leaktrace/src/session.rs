@@ -67,6 +67,9 @@ pub(crate) struct Traced {
     /// Allocator objects of an image it exec'd and was gone from before they could be probed:
     /// what it allocated through them is missed.
     gone_after_exec: Option<Vec<PathBuf>>,
+    /// Allocator objects whose probes could not be attached, with why: what it allocated
+    /// through them is missed.
+    unprobed: Vec<(PathBuf, String)>,
     /// When its probes were attached.
     pub(crate) attached_at: Instant,
     /// Traced from its first instruction: `run`'s command, or a child followed from its fork.
@@ -296,6 +299,7 @@ impl Session {
             runtimes: Vec::new(),
             late: Vec::new(),
             gone_after_exec: None,
+            unprobed: Vec::new(),
             attached_at: Instant::now(),
             from_start: false,
             detached_at: None,
@@ -430,12 +434,24 @@ impl Session {
                     traced.late.push((lib.path.clone(), at));
                 }
             }
-            Err(err) => warn!(
-                pid = traced.target.pid,
-                library = %lib.path.display(),
-                %err,
-                "cannot probe this allocator library: its allocations are missed"
-            ),
+            Err(err) => {
+                warn!(
+                    pid = traced.target.pid,
+                    library = %lib.path.display(),
+                    %err,
+                    "cannot probe this allocator library: its allocations are missed"
+                );
+                // Said in its report too: an exec'd image gone before its probes were in, or
+                // an object the kernel would not probe.
+                if late && !traced.target.is_alive() {
+                    traced
+                        .gone_after_exec
+                        .get_or_insert_with(Vec::new)
+                        .push(lib.path.clone());
+                } else {
+                    traced.unprobed.push((lib.path.clone(), err.to_string()));
+                }
+            }
         }
     }
 
@@ -477,6 +493,7 @@ impl Session {
                 runtimes: Vec::new(),
                 late: Vec::new(),
                 gone_after_exec: None,
+                unprobed: Vec::new(),
                 attached_at: Instant::now(),
                 // Made a target by the fork probe before it ran.
                 from_start: true,
@@ -1021,6 +1038,12 @@ impl Session {
                 "it exec'd a new image and exited before that image's allocators could be \
                  probed: what it allocated through {} is missed",
                 missed.join(", ")
+            ));
+        }
+        for (path, why) in &traced.unprobed {
+            notes.push(format!(
+                "{} could not be probed ({why}): what it allocated through it is missed",
+                path.display()
             ));
         }
         for (path, at) in &traced.late {

@@ -131,6 +131,81 @@ fn doctor_reports_every_check_in_text_and_json() {
     }
 }
 
+/// `doctor PID` measures what each mode would cost the process: nothing for an idle one; for a
+/// Node process allocating without pause, a warning that exact tracing is costly, with watch
+/// mode far cheaper. The process runs on unharmed.
+#[test]
+fn doctor_measures_what_each_mode_would_cost_a_process() {
+    if !have_root("doctor_measures_what_each_mode_would_cost_a_process") {
+        return;
+    }
+    let cost = |pid: u32| -> Value {
+        let output = leaktrace()
+            .args(["doctor", "--format", "json", &pid.to_string()])
+            .output()
+            .expect("doctor");
+        let checks: Value = serde_json::from_slice(&output.stdout).expect("doctor's JSON");
+        checks
+            .as_array()
+            .expect("checks[]")
+            .iter()
+            .find(|c| c["check"] == format!("cost (pid {pid})"))
+            .unwrap_or_else(|| panic!("no cost check: {checks:#}"))
+            .clone()
+    };
+    let number_before = |text: &str, words: &str| -> f64 {
+        let head = &text[..text
+            .find(words)
+            .unwrap_or_else(|| panic!("{words} in {text}"))];
+        let word = head.split_whitespace().last().expect("a number");
+        word.parse()
+            .unwrap_or_else(|_| panic!("{word} before {words} in {text}"))
+    };
+    // The fixture waits for `go`: it calls no allocator at all.
+    let idle = Target::start(&fixture("leaky", &[]), &["1"]);
+    let check = cost(idle.pid());
+    let found = check["found"].as_str().expect("found");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert_eq!(number_before(found, "allocator calls/s"), 0.0, "{found}");
+    assert!(found.contains("exact ≈ 0.0 % of a CPU"), "{found}");
+    drop(idle);
+
+    let mut busy = Command::new("node")
+        .args([
+            "-e",
+            "setInterval(() => { for (let i = 0; i < 200; i++) Buffer.alloc(4096); }, 1)",
+        ])
+        .spawn()
+        .expect("starting node");
+    thread::sleep(Duration::from_secs(1));
+    let check = cost(busy.id());
+    let found = check["found"].as_str().expect("found");
+    assert_eq!(check["status"], "warn", "{check}");
+    assert!(
+        number_before(found, "allocator calls/s") > 1000.0,
+        "{found}"
+    );
+    let exact = number_before(found, "% of a CPU (traps");
+    let watch = number_before(&found[found.find("watch ≈").expect("watch")..], "% (");
+    assert!(
+        watch < exact / 10.0,
+        "watch {watch} %, exact {exact} %: {found}"
+    );
+    assert!(
+        check["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("--mode watch")),
+        "{check}"
+    );
+    assert_eq!(
+        busy.try_wait().expect("waiting on node"),
+        None,
+        "node runs on"
+    );
+    let _ = busy.kill();
+    let _ = busy.wait();
+}
+
 #[test]
 fn doctor_names_missing_privileges() {
     if !have_root("doctor_names_missing_privileges") {

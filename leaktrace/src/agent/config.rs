@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn flags_override_the_file() {
         let c = load_toml(
-            "listen = \"0.0.0.0:1\"\ninterval = \"5s\"\nconnection_lifetime = \"30s\"\nsample_bytes = 0\n[match]\nexe = [\"python*\"]\n",
+            "listen = \"0.0.0.0:1\"\ninterval = \"5s\"\nconnection_lifetime = \"30s\"\nmode = \"exact\"\nsample_bytes = 0\n[match]\nexe = [\"python*\"]\n",
             AgentArgs {
                 interval: Some(Duration::from_secs(1)),
                 ..AgentArgs::default()

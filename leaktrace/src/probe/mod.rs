@@ -684,12 +684,19 @@ impl Probes {
     /// Time the kernel has spent running the probes' programs (counted only while BPF run-time
     /// statistics are enabled).
     pub fn run_time(&self) -> std::time::Duration {
+        self.program_stats().0
+    }
+
+    /// The programs' run time and runs, summed (counted only while BPF run-time statistics are
+    /// enabled).
+    pub fn program_stats(&self) -> (std::time::Duration, u64) {
         PROGRAMS
             .iter()
             .chain([fault::FAULT_PROGRAM].iter())
             .filter_map(|&name| self.ebpf.program(name)?.info().ok())
-            .map(|info| info.run_time())
-            .sum()
+            .fold((std::time::Duration::ZERO, 0), |(time, runs), info| {
+                (time + info.run_time(), runs + info.run_count())
+            })
     }
 
     /// The loaded object, for reading its maps.

@@ -3,6 +3,8 @@
 //! `attach` and `run` make the same checks before attaching; a `fail` stops them with the same
 //! line, so nothing is attached that could not work or could hurt the target.
 
+mod cost;
+
 use std::{fmt::Write as _, fs, path::Path};
 
 use aya::sys::{UProbeMultiFeature, is_uprobe_multi_supported};
@@ -227,6 +229,10 @@ pub fn target(pid: u32) -> Vec<Check> {
     checks.push(frame_pointers(&target, &mappings, &name));
     if let Some(check) = node(&target, &name) {
         checks.push(check);
+    }
+    // Measured only on a target the checks say can be traced safely.
+    if checks.iter().all(|c| c.status != Status::Fail) && gate(Some(pid), false).is_ok() {
+        checks.push(cost::check(&target, &name));
     }
     checks
 }
