@@ -103,8 +103,12 @@ impl Windows {
         let now = Instant::now();
         self.node.refill(now);
         let mut over_cap = Vec::new();
+        // A failed read is reported once the tiers have stepped: windows still close on time.
+        let mut sampled = Ok(());
         if self.any_open() {
-            self.session.sample()?;
+            sampled = self.session.sample();
+        }
+        if self.any_open() && sampled.is_ok() {
             let run_time = self.session.run_time();
             let programs = run_time.saturating_sub(self.run_time).as_secs_f64();
             self.run_time = run_time;
@@ -158,7 +162,7 @@ impl Windows {
                 Step::Keep => {}
             }
         }
-        Ok(changed)
+        sampled.map(|()| changed)
     }
 
     fn open(&mut self, pid: u32, now: Instant) {
@@ -166,7 +170,9 @@ impl Windows {
             .and_then(|target| Ok((target.allocator()?, target)))
             .map_err(anyhow::Error::from)
             .and_then(|(allocator, target)| self.session.attach(target, &allocator));
-        let tier = self.tiers.get_mut(&pid).expect("a window opens for a tier");
+        let Some(tier) = self.tiers.get_mut(&pid) else {
+            return;
+        };
         match attached {
             Ok(()) => info!(pid, why = %tier.why, "exact window opened"),
             Err(err) => {

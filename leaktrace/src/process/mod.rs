@@ -57,7 +57,26 @@ pub struct Target {
 /// The command line of a process, arguments joined with spaces; `None` once it is gone (or for
 /// a kernel thread, which has none).
 pub fn command_line(pid: u32) -> Option<String> {
-    Some(join_args(&fs::read(format!("/proc/{pid}/cmdline")).ok()?)).filter(|c| !c.is_empty())
+    Some(join_args(
+        &read_whole(&format!("/proc/{pid}/cmdline")).ok()?,
+    ))
+    .filter(|c| !c.is_empty())
+}
+
+/// Reads a /proc file whose process may be exiting, in reads of a page: `fs::read` starts with
+/// a 32-byte probe read, and a process whose memory goes between that read and the next leaves
+/// its command line cut at 32 bytes (a short-lived child seen by CI).
+fn read_whole(path: &str) -> io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    let mut file = fs::File::open(path)?;
+    let mut out = Vec::new();
+    let mut page = [0u8; 4096];
+    loop {
+        match file.read(&mut page)? {
+            0 => return Ok(out),
+            n => out.extend_from_slice(&page[..n]),
+        }
+    }
 }
 
 fn join_args(cmdline: &[u8]) -> String {
@@ -162,7 +181,7 @@ pub fn ns_pid(pid: u32) -> Option<u32> {
 }
 
 fn read(pid: u32, what: &'static str) -> Result<Vec<u8>, ProcessError> {
-    fs::read(format!("/proc/{pid}/{what}")).map_err(|source| {
+    read_whole(&format!("/proc/{pid}/{what}")).map_err(|source| {
         if source.kind() == io::ErrorKind::NotFound {
             ProcessError::NoSuchProcess(pid)
         } else {
