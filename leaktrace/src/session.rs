@@ -550,16 +550,7 @@ impl Session {
         stop: &mut StopSignals,
         mut child: Option<&mut oneshot::Receiver<i32>>,
     ) -> anyhow::Result<(&'static str, Option<i32>)> {
-        // The first sample is taken at once, and its status line shown, even when the command
-        // is done already: an interval's first tick waits for a turn of the timer driver, which
-        // a command of a few milliseconds can beat.
-        if let Some(ended) = self.tick(options, child.is_none())? {
-            return Ok((ended, None));
-        }
-        let mut interval = tokio::time::interval_at(
-            tokio::time::Instant::now() + options.interval,
-            options.interval,
-        );
+        let mut interval = tokio::time::interval(options.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let watch_targets = child.is_none();
         let mut sideband = tokio::time::interval(SIDEBAND_PERIOD);
@@ -574,9 +565,18 @@ impl Session {
         tokio::pin!(child_exited);
         loop {
             tokio::select! {
+                // In this order: the first sample (the interval's first tick is at once) is
+                // taken, and its status line shown, even when the command is done already.
+                biased;
                 _ = interval.tick() => {
-                    if let Some(ended) = self.tick(options, watch_targets)? {
-                        return Ok((ended, None));
+                    let calls_before = total_alloc_calls(&self.last);
+                    self.sample()?;
+                    self.show_status(options, calls_before);
+                    if self.enforce_budget()? {
+                        return Ok(("overhead-budget", None));
+                    }
+                    if watch_targets && self.traced.iter().all(|t| !t.target.is_alive()) {
+                        return Ok(("targets-exited", None));
                     }
                 }
                 _ = async {
@@ -587,28 +587,19 @@ impl Session {
                 } => return Ok(("duration", None)),
                 _ = sideband.tick() => self.apply_sideband(false),
                 () = stop.recv() => return Ok(("signal", None)),
-                code = &mut child_exited => return Ok(("targets-exited", Some(code))),
+                code = &mut child_exited => {
+                    // The interval's first tick waits for a turn of tokio's timer driver, which
+                    // a command of a few milliseconds can beat: it still gets its first sample
+                    // and status line.
+                    if self.samples == 0 {
+                        let calls_before = total_alloc_calls(&self.last);
+                        self.sample()?;
+                        self.show_status(options, calls_before);
+                    }
+                    return Ok(("targets-exited", Some(code)));
+                }
             }
         }
-    }
-
-    /// One sample of the trace and its status line; says why the trace ends, if it does (the
-    /// budget detached, or every watched target exited).
-    fn tick(
-        &mut self,
-        options: &Options,
-        watch_targets: bool,
-    ) -> anyhow::Result<Option<&'static str>> {
-        let calls_before = total_alloc_calls(&self.last);
-        self.sample()?;
-        self.show_status(options, calls_before);
-        if self.enforce_budget()? {
-            return Ok(Some("overhead-budget"));
-        }
-        if watch_targets && self.traced.iter().all(|t| !t.target.is_alive()) {
-            return Ok(Some("targets-exited"));
-        }
-        Ok(None)
     }
 
     /// Takes in what the kernel recorded of mappings, forks and execs since last look (see
