@@ -170,15 +170,16 @@ fn doctor_measures_what_each_mode_would_cost_a_process() {
     assert!(found.contains("exact ≈ 0.0 % of a CPU"), "{found}");
     drop(idle);
 
-    let mut busy = Command::new("node")
-        .args([
-            "-e",
-            "setInterval(() => { for (let i = 0; i < 200; i++) Buffer.alloc(4096); }, 1)",
-        ])
-        .spawn()
-        .expect("starting node");
+    // Killed on drop, when an assertion fails too: a busy process must not outlive the test.
+    let mut node = Command::new("node");
+    node.args([
+        "-e",
+        "console.log('ready'); \
+         setInterval(() => { for (let i = 0; i < 200; i++) Buffer.alloc(4096); }, 1)",
+    ]);
+    let busy = Target::spawn(node);
     thread::sleep(Duration::from_secs(1));
-    let check = cost(busy.id());
+    let check = cost(busy.pid());
     let found = check["found"].as_str().expect("found");
     assert_eq!(check["status"], "warn", "{check}");
     assert!(
@@ -197,13 +198,13 @@ fn doctor_measures_what_each_mode_would_cost_a_process() {
             .is_some_and(|f| f.contains("--mode watch")),
         "{check}"
     );
-    assert_eq!(
-        busy.try_wait().expect("waiting on node"),
-        None,
-        "node runs on"
+    let state = fs::read_to_string(format!("/proc/{}/stat", busy.pid())).expect("node's stat");
+    assert!(
+        state
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z')),
+        "node runs on: {state}"
     );
-    let _ = busy.kill();
-    let _ = busy.wait();
 }
 
 #[test]
