@@ -469,7 +469,7 @@ fn run_observed(
     };
     let (metric, ops, workload_cpu_s) = if workload == Workload::NodeHttp {
         let port: u16 = parse_word(words.next(), "port", &ready)?;
-        let (rate, requests) = wrk(port, if bench.quick { 2 } else { 5 })?;
+        let (rate, requests, _) = wrk(port, if bench.quick { 2 } else { 5 })?;
         (rate, requests, None)
     } else {
         target.send_line("go")?;
@@ -586,10 +586,11 @@ fn tracer_command(
     }
 }
 
-/// Loads the server with `wrk -t1 -c20` for `seconds`; returns requests per second and requests.
-fn wrk(port: u16, seconds: u32) -> anyhow::Result<(f64, u64)> {
+/// Loads the server with `wrk -t1 -c20 --latency` for `seconds`; returns requests per second,
+/// requests, and the 99th percentile latency in milliseconds.
+fn wrk(port: u16, seconds: u32) -> anyhow::Result<(f64, u64, f64)> {
     let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", "-c20", &format!("-d{seconds}s")])
+    cmd.args(["-t1", "-c20", "--latency", &format!("-d{seconds}s")])
         .arg(format!("http://127.0.0.1:{port}/"));
     let out = cmd
         .output()
@@ -611,7 +612,12 @@ fn wrk(port: u16, seconds: u32) -> anyhow::Result<(f64, u64)> {
         .find_map(|l| l.trim().split_once(" requests in "))
         .and_then(|(n, _)| n.trim().parse().ok())
         .with_context(|| format!("no `N requests in` in wrk's output:\n{text}"))?;
-    Ok((rate, requests))
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(|v| service::milliseconds(v.trim()))
+        .with_context(|| format!("no 99% latency in wrk's output:\n{text}"))?;
+    Ok((rate, requests, p99))
 }
 
 /// A running tracer.

@@ -155,7 +155,7 @@ fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> an
             Some((proc, Some(listen)))
         }
     };
-    let (rate, p99_ms) = wrk_latency(port, seconds)?;
+    let (rate, _, p99_ms) = super::wrk(port, seconds)?;
     let mut run = Run {
         server,
         tracing,
@@ -263,34 +263,8 @@ fn which(program: &str) -> anyhow::Result<std::path::PathBuf> {
     fs::canonicalize(&path).with_context(|| format!("resolving {path}"))
 }
 
-/// `wrk -t1 -c20 --latency` for `seconds`: requests per second and the 99th percentile latency
-/// in milliseconds.
-fn wrk_latency(port: u16, seconds: u32) -> anyhow::Result<(f64, f64)> {
-    let mut cmd = Command::new("wrk");
-    cmd.args(["-t1", "-c20", "--latency", &format!("-d{seconds}s")])
-        .arg(format!("http://127.0.0.1:{port}/"));
-    let out = cmd
-        .output()
-        .with_context(|| format!("running {cmd:?} (cargo xtask setup installs wrk)"))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!("{cmd:?} failed ({}): {text}", out.status);
-    }
-    let rate = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no `Requests/sec:` in wrk's output:\n{text}"))?;
-    let p99 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("99%"))
-        .and_then(|v| milliseconds(v.trim()))
-        .with_context(|| format!("no 99% latency in wrk's output:\n{text}"))?;
-    Ok((rate, p99))
-}
-
 /// wrk's latency (`812.00us`, `1.23ms`, `2.01s`) in milliseconds.
-fn milliseconds(text: &str) -> Option<f64> {
+pub(super) fn milliseconds(text: &str) -> Option<f64> {
     let (number, unit) = text.split_at(text.find(|c: char| c.is_ascii_alphabetic())?);
     let n: f64 = number.parse().ok()?;
     Some(match unit {
