@@ -17,7 +17,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    analyze::History,
+    analyze::{History, origin},
     budget::{self, Budget},
     collect::{
         self, Mappings, Snapshot, StackCache,
@@ -138,6 +138,9 @@ pub(crate) struct Session {
     notes: Vec<String>,
     /// Each live target's resident set and allocator account, read at most once a second.
     memory: crate::analyze::memory::Watch,
+    /// Whether a mapping site's stack says V8 mapped it for its heap: its regions' pages are
+    /// V8's heap in the resident set's breakdown. Judged once, when the site is first read.
+    v8_sites: HashMap<StackKey, bool>,
     /// The last sample is being taken: every reading is made.
     ending: bool,
     /// Watch mode's page-fault period; `None` when the allocator is probed.
@@ -218,6 +221,7 @@ impl Session {
             },
             notes: Vec::new(),
             memory: Default::default(),
+            v8_sites: HashMap::new(),
             ending: false,
             fault_period: match options.mode {
                 crate::probe::ProbeMode::Watch { period } => Some(period.get()),
@@ -507,8 +511,11 @@ impl Session {
     /// when its executable has it, and tells the probes so (or that it no longer has, after an
     /// exec).
     fn name_js_of(&mut self, pid: u32) {
-        self.pools
-            .probe(&mut self.probes, pid, self.symbolizer.mappings(pid));
+        // Watch mode places no uprobe: its page faults have no queued work to stitch.
+        if self.probes.traps() {
+            self.pools
+                .probe(&mut self.probes, pid, self.symbolizer.mappings(pid));
+        }
         if !self.v8_frames {
             return;
         }
@@ -876,7 +883,7 @@ impl Session {
         let mut snapshot = collect::snapshot(&self.probes)?;
         if let Some(period) = self.fault_period {
             self.residency
-                .apply(&mut self.probes, &mut snapshot, period)?;
+                .apply(&mut self.probes, &mut snapshot, period, self.ending)?;
         }
         self.merge_sites(&mut snapshot)?;
         self.probes
@@ -893,6 +900,7 @@ impl Session {
             .record_where(at, &snapshot, |key| !over.contains(&key.tgid));
         self.samples += 1;
         let ended = self.detached.is_some();
+        let mut reads = Vec::new();
         for index in 0..self.traced.len() {
             let traced = &mut self.traced[index];
             if traced.detached_at.is_some() {
@@ -918,11 +926,28 @@ impl Session {
                 self.walk_tables_of(pid);
             }
             if alive {
-                let allocator = self.traced[index].attachment.allocator.name;
-                self.memory.sample(pid, allocator, at, self.ending);
+                reads.push((pid, self.traced[index].attachment.allocator.name));
             }
         }
         self.read_new_stacks(&snapshot)?;
+        // After the new stacks are read: a region's site is named by its stack.
+        for (pid, allocator) in reads {
+            let (mappings, v8_sites, chains) = (&self.mappings, &mut self.v8_sites, &self.chains);
+            let (symbolizer, js) = (&mut self.symbolizer, &self.js);
+            self.memory.sample(pid, allocator, at, self.ending, || {
+                mappings
+                    .accessible(pid)
+                    .filter(|(_, _, key)| {
+                        *v8_sites.entry(*key).or_insert_with(|| {
+                            let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
+                            origin::classify(&name_stack(symbolizer, js, key, chain))
+                                == origin::Origin::V8Heap
+                        })
+                    })
+                    .map(|(start, end, _)| (start, end))
+                    .collect()
+            });
+        }
         self.last = snapshot;
         Ok(())
     }
@@ -988,6 +1013,7 @@ impl Session {
         self.unwinder.forget(pid);
         self.mappings.forget(pid);
         self.memory.forget(pid);
+        self.v8_sites.retain(|k, _| k.tgid != pid);
         self.residency.forget(pid);
         self.commands.remove(&pid);
         self.exec_commands.remove(&pid);
@@ -1042,6 +1068,14 @@ impl Session {
         let pid = traced.target.pid;
         let mut notes = self.js.notes(pid);
         notes.extend(self.pools.note(pid).cloned());
+        notes.extend(self.residency.problem(pid).map(|why| {
+            format!(
+                "which of its populated pages stay resident cannot be read ({why}): its stacks' \
+                 resident bytes are 0, their populated pages and faults are exact; run leaktrace \
+                 as root, or add CAP_DAC_READ_SEARCH (its /proc/PID/pagemap is its owner's \
+                 alone)"
+            )
+        }));
         if let Some(missed) = &traced.gone_after_exec {
             let missed: Vec<String> = missed.iter().map(|p| p.display().to_string()).collect();
             notes.push(format!(

@@ -363,6 +363,21 @@ fn the_agent_follows_processes_in_and_out_of_containers() {
             .map(|s| s.value)
             .sum();
         assert_eq!(lost, 0.0, "nothing lost for {pid}");
+        // The top suspect by name; a C program's stacks have no JavaScript, so no thread.
+        let info: Vec<&Sample> = m
+            .iter()
+            .filter(|s| {
+                s.name == "leaktrace_target_top_suspect_info" && s.labels["pid"] == pid.to_string()
+            })
+            .collect();
+        assert_eq!(info.len(), 1, "{info:?}");
+        assert_eq!(info[0].value, 1.0);
+        assert!(
+            info[0].labels["function"].starts_with("leak_"),
+            "{:?}",
+            info[0].labels
+        );
+        assert_eq!(info[0].labels["thread"], "", "{:?}", info[0].labels);
     }
     // Labels: the container's view and the pod, read from the cgroup path.
     let host_labels = labels_of(&m, host_pid);
@@ -1273,6 +1288,8 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
         function_names(suspect)
     );
     assert!(window["leak_suspects"].as_u64() >= Some(1), "{closed}");
+    // Its JavaScript ran on the main thread, which the window says.
+    assert_eq!(window["top_suspect_thread"], "main", "{closed}");
 
     // Charged, and within the default budget of 3 % of a CPU averaged over the time watched.
     let spent = closed["overhead_cpu_seconds"].as_f64().expect("spent");

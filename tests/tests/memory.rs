@@ -2,7 +2,11 @@
 //! `mallinfo2()`, arenas full of freed memory are `retention`, and a plain leak stays a `leak`.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
-use leaktrace_tests::{Target, Tracer, fixture, have_root, read_report, scratch, trace_workload};
+use std::process::Command;
+
+use leaktrace_tests::{
+    Target, Tracer, fixture, have_root, read_report, root, scratch, trace_workload,
+};
 use serde_json::Value;
 
 /// The `memory` object of the report's only target.
@@ -34,7 +38,8 @@ fn u(v: &Value) -> u64 {
 fn assert_classes_sum_to_rss(b: &Value) {
     assert_eq!(
         u(&b["rss"]),
-        u(&b["malloc_heaps"])
+        u(&b["v8_heap"])
+            + u(&b["malloc_heaps"])
             + u(&b["thread_stacks"])
             + u(&b["code_and_files"])
             + u(&b["other_anonymous"]),
@@ -235,4 +240,92 @@ fn another_allocators_account_is_said_unread() {
     assert!(u(&b["rss"]) > 0);
     assert_classes_sum_to_rss(b);
     assert_eq!(target.finish(), 0);
+}
+
+/// A Node process whose JavaScript heap grows: the pages V8 maps for it are told apart from the
+/// rest of the anonymous memory by the stack of the `mmap` that made them, and they account for
+/// most of what V8 itself says its heap grew by, never more than V8 says it holds. Each reading
+/// of the series is broken down the same way (the HTML report stacks them).
+#[test]
+fn v8s_heap_is_known_by_the_calls_that_mapped_it() {
+    if !have_root("v8s_heap_is_known_by_the_calls_that_mapped_it") {
+        return;
+    }
+    let script = root().join("tests/fixtures/node/memory/v8-heap-objects.js");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(scratch("memory-v8-heap-cwd"))
+        .arg(&script)
+        .arg("96");
+    let mut target = Target::spawn(cmd);
+    let pid = target.pid();
+    let out = scratch("memory-v8-heap").join("report.json");
+    let pid_arg = pid.to_string();
+    let tracer = Tracer::attach(&[
+        &pid_arg,
+        "--interval",
+        "250ms",
+        "--format",
+        "json",
+        "-o",
+        out.to_str().expect("utf-8 path"),
+    ]);
+    target.send("go");
+    let heap = target.expect_line("heap ");
+    let [before, used, total]: [u64; 3] = heap
+        .split_whitespace()
+        .skip(1)
+        .map(|n| n.parse().expect("heap BEFORE USED TOTAL"))
+        .collect::<Vec<_>>()
+        .try_into()
+        .expect("heap BEFORE USED TOTAL");
+    target.expect_line("done");
+    let output = tracer.interrupt();
+    assert!(
+        output.status.success(),
+        "leaktrace failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = read_report(&out);
+    assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    let m = memory(&report, pid);
+    eprintln!("{}", m["summary"]);
+    let b = &m["breakdown"];
+    assert_classes_sum_to_rss(b);
+    let v8 = u(&b["v8_heap"]);
+    let grown = used.saturating_sub(before);
+    assert!(grown > 64 << 20, "the fixture grew its heap: {heap}");
+    assert!(
+        v8 >= grown / 2 && v8 <= total,
+        "V8 heap {v8} B: V8 says its heap grew by {grown} B to {used} B used of {total} B"
+    );
+    assert!(
+        m["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains(" = V8 heap ")),
+        "{}",
+        m["summary"]
+    );
+    let series = m["series"].as_array().expect("series[]");
+    for point in series {
+        assert_eq!(
+            u(&point["rss_bytes"]),
+            [
+                "v8_heap",
+                "malloc_heaps",
+                "thread_stacks",
+                "code_and_files",
+                "other_anonymous"
+            ]
+            .iter()
+            .map(|c| u(&point[*c]))
+            .sum::<u64>(),
+            "{point}"
+        );
+    }
+    let last = series.last().expect("read at least once");
+    assert_eq!(
+        u(&last["v8_heap"]),
+        v8,
+        "the last reading is the breakdown's"
+    );
 }

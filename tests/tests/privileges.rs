@@ -24,8 +24,12 @@ use serde_json::Value;
 /// The capabilities leaktrace needs, as setpriv names them.
 const NEEDED: [&str; 3] = ["bpf", "perfmon", "sys_ptrace"];
 
+/// Those and what reading another user's pagemap takes (watch mode's resident pages).
+const WATCH_EVERYTHING: [&str; 4] = ["bpf", "perfmon", "sys_ptrace", "dac_read_search"];
+
 /// Their bits in a capability set (capability.h).
 const NEEDED_BITS: u64 = (1 << 39) | (1 << 38) | (1 << 19);
+const DAC_READ_SEARCH_BIT: u64 = 1 << 2;
 
 const NOBODY: u32 = 65534;
 const ROUNDS: i64 = 10;
@@ -90,12 +94,14 @@ fn credentials(pid: u32) -> (u32, u64) {
     (uid, caps)
 }
 
-/// Traces leaky.c's workload in `target` as uid 65534 with exactly the needed capabilities,
-/// checking the tracer's credentials while it runs; returns the JSON report.
-fn trace_as_nobody(target: &mut Target) -> Value {
-    let mut child = leaktrace_as_nobody(&NEEDED)
+/// Traces the workload in `target` (it waits for `go`, says `done`) as uid 65534 with exactly
+/// `caps` and `extra` options, checking the tracer's credentials while it runs; returns the JSON
+/// report.
+fn trace_as_nobody(target: &mut Target, caps: &[&str], extra: &[&str]) -> Value {
+    let mut child = leaktrace_as_nobody(caps)
         .args(["attach", &target.pid().to_string()])
         .args(["--interval", "100ms", "--quiet", "--format", "json"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -117,11 +123,17 @@ fn trace_as_nobody(target: &mut Target) -> Value {
         }
     }
     // setpriv execs leaktrace: the child is the tracer itself.
-    let (uid, caps) = credentials(child.id());
+    let (uid, held) = credentials(child.id());
     assert_eq!(uid, NOBODY, "the tracer runs as uid {NOBODY}");
+    let dac = if caps.contains(&"dac_read_search") {
+        DAC_READ_SEARCH_BIT
+    } else {
+        0
+    };
     assert_eq!(
-        caps, NEEDED_BITS,
-        "the tracer holds exactly CAP_BPF, CAP_PERFMON and CAP_SYS_PTRACE: {caps:#x}"
+        held,
+        NEEDED_BITS | dac,
+        "the tracer holds exactly {caps:?}: {held:#x}"
     );
 
     target.send("go");
@@ -151,34 +163,79 @@ fn nobody_with_bpf_perfmon_and_sys_ptrace_traces_a_root_process_exactly() {
     // The fixture runs as root: another user than the tracer's.
     let mut target = Target::start(&fixture("leaky", &[]), &[&ROUNDS.to_string()]);
     let pid = target.pid();
-    let report = trace_as_nobody(&mut target);
+    let report = trace_as_nobody(&mut target, &NEEDED, &[]);
     assert_eq!(report["trace"]["ended_by"], "signal");
     assert_leaky_is_exact(&report, pid, ROUNDS);
     assert_eq!(target.finish(), 0, "the target is unharmed");
 }
 
+/// Watch mode as another user: the same set counts every page the root fixture populates, but
+/// the fixture's pagemap is its owner's alone (mode 0400), so which pages stay resident cannot be
+/// read, and the report says so; with CAP_DAC_READ_SEARCH added, they are counted exactly.
+#[test]
+fn nobody_watches_a_root_process_and_says_what_it_cannot_read() {
+    if !have_root("nobody_watches_a_root_process_and_says_what_it_cannot_read") {
+        return;
+    }
+    let (rounds, pages) = (4u64, 64u64);
+    for (caps, resident) in [(&NEEDED[..], false), (&WATCH_EVERYTHING[..], true)] {
+        let mut target = Target::start(
+            &fixture("populate", &[]),
+            &[&rounds.to_string(), &pages.to_string(), "0"],
+        );
+        let pid = target.pid();
+        let report = trace_as_nobody(&mut target, caps, &["--mode", "watch"]);
+        assert_eq!(target.finish(), 0, "the target is unharmed");
+        assert_eq!(report["trace"]["mode"], "watch");
+        let kept: Vec<&Value> = report["stacks"]
+            .as_array()
+            .expect("stacks[]")
+            .iter()
+            .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+            .filter(|s| s["frames"][0]["function"] == "touch_kept")
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:#?}");
+        assert_eq!(kept[0]["alloc_calls"].as_u64(), Some(rounds * pages));
+        let notes = report["targets"][0]["notes"].to_string();
+        let said = notes.contains("cannot be read") && notes.contains("CAP_DAC_READ_SEARCH");
+        if resident {
+            assert_eq!(kept[0]["live_bytes"].as_u64(), Some(rounds * pages * 4096));
+            assert!(!said, "{notes}");
+        } else {
+            assert_eq!(kept[0]["live_bytes"].as_u64(), Some(0));
+            assert!(said, "nothing unread goes unsaid: {notes}");
+        }
+    }
+}
+
+/// In every mode (watch mode needs the same three: a perf event per CPU is CAP_PERFMON's, its
+/// program CAP_BPF's, another user's smaps CAP_SYS_PTRACE's), one line names what is missing and
+/// nothing is attached.
 #[test]
 fn without_any_one_needed_capability_it_names_that_one() {
     if !have_root("without_any_one_needed_capability_it_names_that_one") {
         return;
     }
     let target = Target::start(&fixture("leaky", &[]), &["1"]);
-    for dropped in NEEDED {
-        let kept: Vec<&str> = NEEDED.into_iter().filter(|c| *c != dropped).collect();
-        let output: Output = leaktrace_as_nobody(&kept)
-            .args(["attach", &target.pid().to_string(), "--duration", "2s"])
-            .output()
-            .expect("running setpriv");
-        assert_one_line_error(
-            &output,
-            &format!("missing CAP_{} (needed to", dropped.to_uppercase()),
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        for other in &kept {
-            assert!(
-                !stderr.contains(&format!("CAP_{} (needed", other.to_uppercase())),
-                "only the dropped capability is named as missing: {stderr}"
+    for mode in ["exact", "watch"] {
+        for dropped in NEEDED {
+            let kept: Vec<&str> = NEEDED.into_iter().filter(|c| *c != dropped).collect();
+            let output: Output = leaktrace_as_nobody(&kept)
+                .args(["attach", &target.pid().to_string(), "--duration", "2s"])
+                .args(["--mode", mode])
+                .output()
+                .expect("running setpriv");
+            assert_one_line_error(
+                &output,
+                &format!("missing CAP_{} (needed to", dropped.to_uppercase()),
             );
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            for other in &kept {
+                assert!(
+                    !stderr.contains(&format!("CAP_{} (needed", other.to_uppercase())),
+                    "{mode}: only the dropped capability is named as missing: {stderr}"
+                );
+            }
         }
     }
 }

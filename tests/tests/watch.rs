@@ -291,6 +291,44 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
     assert_no_growth("control-gc-buffers in watch mode", control);
 }
 
+/// A process with hundreds of threads, half of them born after the attach, all faulting at once:
+/// watch mode opens its events per CPU, not per thread, so every thread's pages are counted,
+/// exactly, on one stack, with nothing lost.
+#[test]
+fn watch_counts_the_pages_of_hundreds_of_threads() {
+    if !have_root("watch_counts_the_pages_of_hundreds_of_threads") {
+        return;
+    }
+    let (threads, pages) = (400u64, 16u64);
+    let exe = fixture("populate_threads", &[]);
+    let mut target = Target::start(&exe, &[&threads.to_string(), &pages.to_string()]);
+    let pid = target.pid();
+    let out = scratch("watch_threads").join("report.json");
+    let report = trace_workload(
+        &mut target,
+        pid,
+        &["--mode", "watch", "--interval", "250ms"],
+        &out,
+    );
+    assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    let stacks = stacks_with(&report, pid, "touch_on_thread");
+    assert_eq!(stacks.len(), 1, "one stack for every thread: {stacks:#?}");
+    let touched = threads * pages;
+    assert_eq!(
+        stacks[0]["alloc_calls"].as_u64(),
+        Some(touched),
+        "one fault a page, on every thread"
+    );
+    assert_eq!(stacks[0]["live_bytes"].as_u64(), Some(touched * PAGE));
+    assert_eq!(
+        &functions(stacks[0])[..2],
+        ["touch_on_thread", "thread_main"]
+    );
+    for (name, value) in losses(&report) {
+        assert_eq!(value.as_u64(), Some(0), "loss {name}");
+    }
+}
+
 /// Options that only mean something for allocator probes are refused in watch mode, in one
 /// line, before anything is attached.
 #[test]

@@ -294,7 +294,9 @@ pub fn run(options: Options) -> anyhow::Result<()> {
         Value::Null
     };
     let elapsed = started.elapsed();
-    println!("bench: {total} runs in {:.0?}", elapsed);
+    // The service's runs: 2 servers under 3 tracings a round.
+    let service_runs = if service { rounds * 6 } else { 0 };
+    println!("bench: {} runs in {:.0?}", total + service_runs, elapsed);
     // leaktrace changes quickly: record which one was measured.
     let commit = shell::output(
         Command::new("git")

@@ -122,6 +122,24 @@ fn target_metrics(registry: &mut Registry, targets: &[TargetView]) {
         targets,
         |t| t.top_suspect_bytes_per_s,
     );
+    // An info series: its labels name the top suspect and the thread its JavaScript ran on.
+    let top = Family::<Labels, Gauge<i64>>::default();
+    for t in targets {
+        let Some(function) = &t.top_suspect else {
+            continue;
+        };
+        let mut labels = labels(t);
+        labels.push(("function", function.clone()));
+        labels.push(("thread", t.top_suspect_thread.clone().unwrap_or_default()));
+        top.get_or_create(&labels).set(1);
+    }
+    registry.register(
+        "target_top_suspect_info",
+        "1 for the fastest-growing leak suspect: its innermost named frame, and the thread its \
+         JavaScript ran on (main, a worker's `on thread TID \"NAME\"`, or `queued by ... on \
+         thread TID` for thread-pool work; empty for a stack without JavaScript)",
+        top,
+    );
     gauge_i64(
         registry,
         "target_traced",
@@ -276,6 +294,7 @@ fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
         let Some(m) = &t.memory else { continue };
         let b = &m.breakdown;
         for (category, bytes) in [
+            ("v8_heap", b.v8_heap),
             ("malloc_heaps", b.malloc_heaps),
             ("thread_stacks", b.thread_stacks),
             ("code_and_files", b.code_and_files),
@@ -290,8 +309,8 @@ fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
     }
     registry.register(
         "target_resident_bytes",
-        "Resident bytes by what holds them (smaps): malloc heaps, thread stacks, code and files, \
-         other anonymous",
+        "Resident bytes by what holds them (smaps): V8 heap, malloc heaps, thread stacks, code \
+         and files, other anonymous",
         resident,
     );
     let readable: Vec<TargetView> = targets
@@ -490,6 +509,7 @@ mod tests {
             leak_suspects: 1,
             top_suspect_bytes_per_s: 100.0,
             top_suspect: None,
+            top_suspect_thread: None,
             memory: None,
             tier: None,
         }
@@ -518,6 +538,32 @@ mod tests {
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 
+    /// The top suspect's labels carry the thread; a target without one has no series, and the
+    /// label's quotes are escaped.
+    #[test]
+    fn the_top_suspect_is_named_with_its_thread() {
+        let mut t = target(7);
+        t.top_suspect = Some("retainInWorker (leak.js:12)".into());
+        t.top_suspect_thread = Some("on thread 4321 \"worker\"".into());
+        let text = render(&Published {
+            targets: vec![t, target(9)],
+            ..Published::default()
+        });
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("leaktrace_target_top_suspect_info{"))
+            .collect();
+        assert_eq!(series.len(), 1, "{text}");
+        assert!(series[0].starts_with("leaktrace_target_top_suspect_info{pid=\"7\""));
+        assert!(
+            series[0].ends_with(
+                ",function=\"retainInWorker (leak.js:12)\",thread=\"on thread 4321 \\\"worker\\\"\"} 1"
+            ),
+            "{}",
+            series[0]
+        );
+    }
+
     #[test]
     fn one_resident_series_per_category_and_the_malloc_account() {
         use crate::{
@@ -530,10 +576,11 @@ mod tests {
             summary: String::new(),
             breakdown: Breakdown {
                 rss: 100,
+                v8_heap: 4,
                 malloc_heaps: 60,
                 thread_stacks: 10,
                 code_and_files: 20,
-                other_anonymous: 10,
+                other_anonymous: 6,
                 swap: 0,
             },
             malloc: MallocAccount {
@@ -557,10 +604,11 @@ mod tests {
             ..Published::default()
         });
         for (category, bytes) in [
+            ("v8_heap", 4),
             ("malloc_heaps", 60),
             ("thread_stacks", 10),
             ("code_and_files", 20),
-            ("other_anonymous", 10),
+            ("other_anonymous", 6),
         ] {
             assert!(
                 text.contains(&format!(
@@ -569,7 +617,7 @@ mod tests {
                 "{text}"
             );
         }
-        assert_eq!(text.matches("leaktrace_target_resident_bytes{").count(), 4);
+        assert_eq!(text.matches("leaktrace_target_resident_bytes{").count(), 5);
         assert!(
             text.contains("leaktrace_target_malloc_free_bytes{pid=\"7\""),
             "{text}"

@@ -39,7 +39,7 @@ use crate::{
     analyze::growth,
     doctor, preflight,
     process::{Target, cgroup::Placement},
-    report::{self, Report},
+    report::{self, Report, model::Frame},
     session::{Session, StopSignals},
     trace::Options,
 };
@@ -545,7 +545,7 @@ fn target_view(
 ) -> TargetView {
     let target = report.targets.first();
     let totals = target.map(|t| t.totals.clone()).unwrap_or_default();
-    let (leak_suspects, top_suspect, top_suspect_bytes_per_s) = top_suspect(report);
+    let suspects = suspects(report);
     let points: Vec<(f64, i64)> = tracked.totals.iter().copied().collect();
     let placement = &tracked.placement;
     let container = pod.as_ref().and_then(|p| {
@@ -580,21 +580,30 @@ fn target_view(
         },
         totals,
         growth_bytes_per_s: growth::theil_sen(&points).unwrap_or(0.0),
-        leak_suspects,
+        leak_suspects: suspects.count,
         memory: target.and_then(|t| t.memory.clone()).map(|mut m| {
             // The series is the report's; the view serves the last reading.
             m.series.clear();
             m
         }),
-        top_suspect_bytes_per_s,
-        top_suspect,
+        top_suspect_bytes_per_s: suspects.bytes_per_s,
+        top_suspect: suspects.top,
+        top_suspect_thread: suspects.thread,
         tier: None,
     }
 }
 
-/// A report's leak suspects (stacks judged `leak` or `growing`), the innermost named frame of
-/// the fastest-growing one (for a human glancing at a list), and its slope.
-fn top_suspect(report: &Report) -> (usize, Option<String>, f64) {
+/// A report's leak suspects (stacks judged `leak` or `growing`) and the fastest-growing one.
+pub(crate) struct Suspects {
+    pub count: usize,
+    /// The innermost named frame of the top suspect, for a human glancing at a list.
+    pub top: Option<String>,
+    /// The thread its JavaScript ran on ([`thread_of`]).
+    pub thread: Option<String>,
+    pub bytes_per_s: f64,
+}
+
+pub(crate) fn suspects(report: &Report) -> Suspects {
     let suspects: Vec<_> = report
         .stacks
         .iter()
@@ -603,17 +612,34 @@ fn top_suspect(report: &Report) -> (usize, Option<String>, f64) {
     let top = suspects
         .iter()
         .max_by(|a, b| a.growth.bytes_per_s.total_cmp(&b.growth.bytes_per_s));
-    (
-        suspects.len(),
-        top.and_then(|s| {
+    Suspects {
+        count: suspects.len(),
+        top: top.and_then(|s| {
             s.frames
                 .iter()
                 .skip(1)
                 .find(|f| f.function.is_some())
                 .map(report::folded::label)
         }),
-        top.map_or(0.0, |s| s.growth.bytes_per_s),
-    )
+        thread: top.and_then(|s| thread_of(&s.frames)),
+        bytes_per_s: top.map_or(0.0, |s| s.growth.bytes_per_s),
+    }
+}
+
+/// Which thread a stack's JavaScript ran on, as its marker frame says (see
+/// `symbolize::queued`): `on thread TID "NAME"` for a worker's, `queued by … on thread TID` for
+/// work a pool thread ran for another thread; `main` for JavaScript without a marker. `None` for
+/// a stack with no JavaScript, whose thread the probes do not mark.
+pub(crate) fn thread_of(frames: &[Frame]) -> Option<String> {
+    use crate::symbolize::queued::{KIND, THREAD_KIND};
+    let marker = frames
+        .iter()
+        .find(|f| f.kind == THREAD_KIND || f.kind == KIND);
+    match marker {
+        Some(f) => f.function.clone(),
+        None if frames.iter().any(|f| f.kind == "js") => Some("main".to_owned()),
+        None => None,
+    }
 }
 
 /// This process's resident memory, in bytes.

@@ -309,6 +309,7 @@ mod tests {
                 rss_bytes: (100 << 20) as u64 + (i * step) as u64,
                 in_use_bytes: None,
                 free_bytes: None,
+                ..MemoryPoint::default()
             })
             .collect()
     }
@@ -328,6 +329,7 @@ mod tests {
             rss_bytes: top + (i as u64 % 2) * 4096,
             in_use_bytes: None,
             free_bytes: None,
+            ..MemoryPoint::default()
         }));
         assert_eq!(growth(&old), None);
     }

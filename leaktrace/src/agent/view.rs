@@ -38,6 +38,9 @@ pub struct TargetView {
     pub top_suspect_bytes_per_s: f64,
     /// The innermost named frame of that suspect, for a human glancing at the list.
     pub top_suspect: Option<String>,
+    /// The thread its JavaScript ran on: `main`, a worker's `on thread TID "NAME"`, or `queued
+    /// by … on thread TID` for work a pool thread ran for it.
+    pub top_suspect_thread: Option<String>,
     /// Where its resident memory is and what its allocator keeps, at the last sample.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub memory: Option<crate::analyze::memory::MemoryReport>,
@@ -78,6 +81,7 @@ pub struct WindowView {
     /// Its stacks judged `leak` or `growing`, and the fastest-growing one.
     pub leak_suspects: usize,
     pub top_suspect: Option<String>,
+    pub top_suspect_thread: Option<String>,
     pub top_suspect_bytes_per_s: f64,
 }
 

@@ -304,7 +304,7 @@ impl Windows {
 }
 
 fn window_view(report: &Report, age: Duration, open: bool, why: &str) -> WindowView {
-    let (suspects, top, rate) = super::top_suspect(report);
+    let suspects = super::suspects(report);
     let totals = report
         .targets
         .first()
@@ -316,8 +316,9 @@ fn window_view(report: &Report, age: Duration, open: bool, why: &str) -> WindowV
         ended: (!open).then(|| why.to_owned()),
         live_bytes: totals.live_bytes,
         live_allocs: totals.live_allocs,
-        leak_suspects: suspects,
-        top_suspect: top,
-        top_suspect_bytes_per_s: rate,
+        leak_suspects: suspects.count,
+        top_suspect: suspects.top,
+        top_suspect_thread: suspects.thread,
+        top_suspect_bytes_per_s: suspects.bytes_per_s,
     }
 }

@@ -38,7 +38,7 @@ pub enum Verdict {
 }
 
 /// One point of a process's memory series.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct MemoryPoint {
     /// Seconds since the report's time zero.
     pub t: f64,
@@ -49,6 +49,17 @@ pub struct MemoryPoint {
     /// Free but kept by the allocator, when its account was read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free_bytes: Option<u64>,
+    /// The resident set by what holds it (as the breakdown's classes; they sum to `rss_bytes`).
+    #[serde(default)]
+    pub malloc_heaps: u64,
+    #[serde(default)]
+    pub v8_heap: u64,
+    #[serde(default)]
+    pub thread_stacks: u64,
+    #[serde(default)]
+    pub code_and_files: u64,
+    #[serde(default)]
+    pub other_anonymous: u64,
 }
 
 /// How each quantity moved between the first and last readable points, and its trend over all
@@ -109,6 +120,10 @@ pub struct MemoryReport {
 
 /// Least time between two readings of one process's memory, in seconds.
 const READ_EVERY_S: f64 = 1.0;
+/// A reading costs reads by the hundred (`smaps`, and the arenas' free lists: thousands of
+/// chunks in a busy process): it is made at most once every this many times the CPU time its
+/// last one took, so that it takes at most 5 % of a CPU however large the process.
+const COST_RATIO: f64 = 20.0;
 
 /// Reads the memory of every traced process, once a second at most, and keeps their series.
 #[derive(Default)]
@@ -123,41 +138,62 @@ struct Watched {
     /// The last allocator account that read back, with when: a process allocating without
     /// pause can race the last reading.
     last_readable: Option<(f64, MallocAccount)>,
+    /// The CPU time the last reading took, in seconds.
+    cost_s: f64,
 }
 
 impl Watch {
     /// Reads one live process `at` seconds after the session's start.
     /// Reads `pid`'s memory unless it was read less than a second ago (`last`: the trace ends,
     /// read it anyway).
-    pub fn sample(&mut self, pid: u32, allocator: &str, at: f64, last: bool) {
+    /// `v8_heap`: the ranges V8 mapped for its heap (see [`Reader::read`]), asked for only
+    /// when the process is read.
+    pub fn sample(
+        &mut self,
+        pid: u32,
+        allocator: &str,
+        at: f64,
+        last: bool,
+        v8_heap: impl FnOnce() -> Vec<(u64, u64)>,
+    ) {
         let watched = self.targets.entry(pid).or_insert_with(|| Watched {
             reader: Reader::new(pid, allocator),
             series: Vec::new(),
             last: None,
             last_readable: None,
+            cost_s: 0.0,
         });
-        // smaps and the arenas cost reads by the hundred: once a second is enough for a
-        // resident set, and keeps a short interval's samples on pace, once an account has read
-        // back (until then, every sample tries).
-        if !last
-            && watched.last_readable.is_some()
-            && watched
-                .series
-                .last()
-                .is_some_and(|p| at - p.t < READ_EVERY_S)
-        {
+        // Once a second is enough for a resident set, and keeps a short interval's samples on
+        // pace, once an account has read back (until then, every sample tries); less often when
+        // a reading is costly (see `COST_RATIO`).
+        let costly = watched.cost_s * COST_RATIO;
+        let gap = match watched.last_readable {
+            Some(_) => READ_EVERY_S.max(costly),
+            None => costly,
+        };
+        if !last && watched.series.last().is_some_and(|p| at - p.t < gap) {
             return;
         }
-        let Some(reading) = watched.reader.read() else {
+        let started = crate::process::stat::thread_cpu_time();
+        let read = watched.reader.read(v8_heap());
+        watched.cost_s =
+            (crate::process::stat::thread_cpu_time().saturating_sub(started)).as_secs_f64();
+        let Some(reading) = read else {
             return;
         };
         let malloc = &reading.malloc;
         let readable = malloc.readable;
+        let b = &reading.breakdown;
         watched.series.push(MemoryPoint {
             t: at,
-            rss_bytes: reading.breakdown.rss,
+            rss_bytes: b.rss,
             in_use_bytes: readable.then(|| malloc.in_use_bytes + malloc.mmapped_bytes.unwrap_or(0)),
             free_bytes: readable.then_some(malloc.free_bytes),
+            malloc_heaps: b.malloc_heaps,
+            v8_heap: b.v8_heap,
+            thread_stacks: b.thread_stacks,
+            code_and_files: b.code_and_files,
+            other_anonymous: b.other_anonymous,
         });
         if watched.series.len() > MAX_POINTS {
             let mut i = 0;
@@ -314,6 +350,7 @@ mod tests {
             rss_bytes: rss,
             in_use_bytes: Some(in_use),
             free_bytes: Some(free),
+            ..MemoryPoint::default()
         }
     }
 

@@ -250,6 +250,16 @@ impl Mappings {
         self.processes.values().flat_map(Process::sites).collect()
     }
 
+    /// The accessible (not `PROT_NONE`) ranges of `pid` and the site that mapped each.
+    pub fn accessible(&self, pid: u32) -> impl Iterator<Item = (u64, u64, StackKey)> + '_ {
+        self.processes
+            .get(&pid)
+            .into_iter()
+            .flat_map(|p| p.regions.iter())
+            .filter(|(_, r)| r.accessible)
+            .map(|(&start, r)| (start, r.end, r.site))
+    }
+
     /// Drops a process's mappings: it exec'd a new image (the old address space is gone), or
     /// it is forgotten.
     pub fn forget(&mut self, pid: u32) {

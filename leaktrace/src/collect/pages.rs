@@ -23,12 +23,13 @@ use std::{
     fs::File,
     io,
     os::unix::fs::FileExt as _,
+    time::{Duration, Instant},
 };
 
 use leaktrace_common::{PAGE_BYTES, PageFault, PageKey, StackKey};
 
 use super::{CollectError, Snapshot};
-use crate::probe::Probes;
+use crate::{probe::Probes, process::stat::thread_cpu_time};
 
 /// A pagemap entry's "present in RAM" bit...
 const PRESENT: u64 = 1 << 63;
@@ -62,7 +63,21 @@ pub struct Residency {
     huge_extra: HashMap<StackKey, u64>,
     /// `/proc/kpageflags`, when this tracer may read it.
     flags: Option<File>,
+    /// Resident base pages by stack at the last pass, in 512ths of a page.
+    resident: HashMap<StackKey, u64>,
+    /// When the last pass started, and the CPU time it took.
+    last_pass: Option<(Instant, Duration)>,
+    /// Processes whose pagemap could not be opened though they live, and why.
+    unreadable: HashMap<u32, String>,
 }
+
+/// A pass reads every recorded page, twice from the probes' map and once from pagemap: its
+/// cost grows with what the targets hold (a service with 500 MiB resident has 128 k pages). It
+/// runs at most once every this many times the CPU time of its last one, so that it takes at
+/// most 1 % of a CPU however much is resident; in between, each stack keeps the resident figures of the
+/// last pass (new faults still count as populated at once). A trace's last sample always runs
+/// one.
+const COST_RATIO: u32 = 100;
 
 impl Residency {
     pub fn new() -> Self {
@@ -72,16 +87,45 @@ impl Residency {
         }
     }
 
-    /// Replaces the live figures of every populated site in `snapshot` by its resident pages,
-    /// each sampled page standing for `period` pages, adds the pages huge-page faults populated
-    /// beyond the one counted, and drops the pages found gone from the probes' map. A process
-    /// whose pagemap cannot be read (it is gone) keeps its pages for next time.
+    /// Replaces the live figures of every populated site in `snapshot` by its resident pages
+    /// at the last pass, each sampled page standing for `period` pages, and adds the pages
+    /// huge-page faults populated beyond the one counted. Runs a pass first when one is due
+    /// (see [`COST_RATIO`]) or `last`.
     pub fn apply(
         &mut self,
         probes: &mut Probes,
         snapshot: &mut Snapshot,
         period: u64,
+        last: bool,
     ) -> Result<(), CollectError> {
+        let due = self
+            .last_pass
+            .is_none_or(|(at, cost)| at.elapsed() >= cost * COST_RATIO);
+        if last || due {
+            let (started, cpu) = (Instant::now(), thread_cpu_time());
+            self.pass(probes)?;
+            self.last_pass = Some((started, thread_cpu_time().saturating_sub(cpu)));
+        }
+        let period = i64::try_from(period).unwrap_or(i64::MAX);
+        let page = PAGE_BYTES as i64;
+        for (key, stats) in snapshot.sites.iter_mut().filter(|(k, _)| k.is_populated()) {
+            let pages = self
+                .resident
+                .get(key)
+                .map_or(0, |&n| (n / HUGE_PAGES) as i64)
+                * period;
+            stats.live_allocs = pages;
+            stats.live_bytes = pages * page;
+            let extra = self.huge_extra.get(key).map_or(0, |&n| n as i64) * period;
+            stats.alloc_bytes += (extra * page) as u64;
+        }
+        Ok(())
+    }
+
+    /// Finds which recorded pages are resident, by stack, and drops the pages found gone from
+    /// the probes' map. A process whose pagemap cannot be read (it is gone) keeps its pages for
+    /// next time.
+    fn pass(&mut self, probes: &mut Probes) -> Result<(), CollectError> {
         let pages = probes.pages().map_err(CollectError::Batch)?;
         let mut by_process: HashMap<u32, Vec<(u64, PageFault)>> = HashMap::new();
         for (page, fault) in pages {
@@ -92,8 +136,14 @@ impl Residency {
         }
         let mut read = Vec::new();
         for (tgid, mut pages) in by_process {
-            let Ok(pagemap) = File::open(format!("/proc/{tgid}/pagemap")) else {
-                continue;
+            let pagemap = match File::open(format!("/proc/{tgid}/pagemap")) {
+                Ok(pagemap) => pagemap,
+                // Gone: its pages wait for `forget`.
+                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) => {
+                    self.unreadable.insert(tgid, err.to_string());
+                    continue;
+                }
             };
             pages.sort_unstable_by_key(|&(page, _)| page);
             if let Ok(entries) = entries(&pagemap, &pages) {
@@ -178,15 +228,7 @@ impl Residency {
             .collect();
         self.credited.retain(|credit| backed.contains(credit));
         probes.drop_pages(&gone);
-        let period = i64::try_from(period).unwrap_or(i64::MAX);
-        let page = PAGE_BYTES as i64;
-        for (key, stats) in snapshot.sites.iter_mut().filter(|(k, _)| k.is_populated()) {
-            let pages = resident.get(key).map_or(0, |&n| (n / HUGE_PAGES) as i64) * period;
-            stats.live_allocs = pages;
-            stats.live_bytes = pages * page;
-            let extra = self.huge_extra.get(key).map_or(0, |&n| n as i64) * period;
-            stats.alloc_bytes += (extra * page) as u64;
-        }
+        self.resident = resident;
         Ok(())
     }
 
@@ -202,12 +244,19 @@ impl Residency {
         }
     }
 
+    /// Why the resident pages of `pid` cannot be read, if they cannot.
+    pub fn problem(&self, pid: u32) -> Option<&str> {
+        self.unreadable.get(&pid).map(String::as_str)
+    }
+
     /// Forgets a process's pages.
     pub fn forget(&mut self, pid: u32) {
+        self.unreadable.remove(&pid);
         self.backing.retain(|k, _| k.tgid != pid);
         self.credited.retain(|(tgid, _)| *tgid != pid);
         self.absent.retain(|(k, _)| k.tgid != pid);
         self.huge_extra.retain(|k, _| k.tgid != pid);
+        self.resident.retain(|k, _| k.tgid != pid);
     }
 }
 

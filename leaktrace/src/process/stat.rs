@@ -35,6 +35,20 @@ pub fn parse(stat: &str) -> Option<Stat> {
     Some(Stat { state, start_time })
 }
 
+/// CPU time the calling thread has used: what a piece of the tracer's own work costs, whether
+/// or not the thread was descheduled meanwhile (a loaded machine stretches wall time, not this).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec to write; the clock id is a constant the kernel knows.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -82,6 +82,7 @@ pub fn render(report: &Report) -> String {
                 target.pid,
                 escape(&memory.summary)
             );
+            out.push_str(&super::memory::classes_chart(&memory.series, 720, 200));
             out.push_str(&super::memory::stacked_chart(&memory.series, 720, 200));
             for line in memory.advice.iter().chain(&memory.notes) {
                 let _ = writeln!(out, "<p class=\"note\">{}</p>", escape(line));

@@ -63,10 +63,11 @@ pub fn summary(m: &MemoryReport) -> String {
         )
     };
     format!(
-        "{}: RSS {} = malloc heaps {}{account} + thread stacks {} + code and files {} + other \
-         anonymous {}{growth}",
+        "{}: RSS {} = V8 heap {} + malloc heaps {}{account} + thread stacks {} + code and files \
+         {} + other anonymous {}{growth}",
         verdict_name(m.verdict),
         b(d.rss),
+        b(d.v8_heap),
         b(d.malloc_heaps),
         b(d.thread_stacks),
         b(d.code_and_files),
@@ -161,6 +162,72 @@ pub fn stacked_chart(series: &[MemoryPoint], width: u32, height: u32) -> String 
     )
 }
 
+/// A resident class: its name, colour and value at a point.
+type Class = (&'static str, &'static str, fn(&MemoryPoint) -> u64);
+
+/// The resident classes of the breakdown, bottom to top.
+const CLASSES: [Class; 5] = [
+    ("V8 heap", "#36c", |p| p.v8_heap),
+    ("malloc heaps", "#c33", |p| p.malloc_heaps),
+    ("thread stacks", "#9c3", |p| p.thread_stacks),
+    ("code and files", "#999", |p| p.code_and_files),
+    ("other anonymous", "#e93", |p| p.other_anonymous),
+];
+
+/// An inline SVG of the resident set over time, stacked by what holds it (the breakdown's
+/// classes, which sum to the RSS at each reading). Readings without classes (a report written
+/// before they were kept) are left out.
+pub fn classes_chart(series: &[MemoryPoint], width: u32, height: u32) -> String {
+    let (w, h) = (f64::from(width), f64::from(height));
+    let read: Vec<&MemoryPoint> = series
+        .iter()
+        .filter(|p| CLASSES.iter().any(|(_, _, of)| of(p) > 0))
+        .collect();
+    let t_min = read.iter().map(|p| p.t).fold(f64::INFINITY, f64::min);
+    let t_max = read.iter().map(|p| p.t).fold(f64::NEG_INFINITY, f64::max);
+    let span = (t_max - t_min).max(1e-9);
+    let total = |p: &MemoryPoint, classes: usize| -> u64 {
+        CLASSES[..classes].iter().map(|(_, _, of)| of(p)).sum()
+    };
+    let v_max = read
+        .iter()
+        .map(|p| total(p, CLASSES.len()))
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let x = |t: f64| 50.0 + (t - t_min) / span * (w - 60.0);
+    let y = |v: u64| h - 20.0 - v as f64 / v_max * (h - 30.0);
+    let mut areas = String::new();
+    for (i, (name, colour, _)) in CLASSES.iter().enumerate() {
+        let top = read
+            .iter()
+            .map(|p| format!("{:.1},{:.1}", x(p.t), y(total(p, i + 1))));
+        let bottom = read
+            .iter()
+            .rev()
+            .map(|p| format!("{:.1},{:.1}", x(p.t), y(total(p, i))));
+        let points = top.chain(bottom).collect::<Vec<_>>().join(" ");
+        areas.push_str(&format!(
+            "<polygon class=\"{}\" fill=\"{colour}\" fill-opacity=\"0.7\" points=\"{points}\">\
+             <title>{name}</title></polygon>",
+            name.replace(' ', "-")
+        ));
+    }
+    let legend = CLASSES
+        .iter()
+        .map(|(name, colour, _)| format!("<tspan fill=\"{colour}\">\u{25a0}</tspan> {name}"))
+        .collect::<Vec<_>>()
+        .join("  ");
+    format!(
+        "<svg class=\"chart classes\" xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" \
+         height=\"{height}\" role=\"img\" aria-label=\"resident set by what holds it over \
+         time\"><text x=\"4\" y=\"14\" font-size=\"11\">{}</text>{areas}\
+         <text x=\"{}\" y=\"14\" font-size=\"11\" text-anchor=\"end\">{legend}</text></svg>\n",
+        b(v_max as u64),
+        width - 10,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,10 +244,11 @@ mod tests {
             summary: String::new(),
             breakdown: Breakdown {
                 rss: 100 * MIB,
+                v8_heap: 3 * MIB,
                 malloc_heaps: 90 * MIB,
                 thread_stacks: MIB,
                 code_and_files: 4 * MIB,
-                other_anonymous: 5 * MIB,
+                other_anonymous: 2 * MIB,
                 swap: 0,
             },
             malloc: MallocAccount {
@@ -211,9 +279,10 @@ mod tests {
         };
         assert_eq!(
             summary(&m),
-            "retention: RSS 100.0 MiB = malloc heaps 90.0 MiB (glibc: in use 2.0 MiB + free but \
-             kept 88.0 MiB in 7 arenas, 80.0 MiB of it in other threads' arenas, mmapped blocks \
-             0 B) + thread stacks 1.0 MiB + code and files 4.0 MiB + other anonymous 5.0 MiB; over 2.0s RSS +80.0 MiB, in use +1.0 KiB, \
+            "retention: RSS 100.0 MiB = V8 heap 3.0 MiB + malloc heaps 90.0 MiB (glibc: in use \
+             2.0 MiB + free but kept 88.0 MiB in 7 arenas, 80.0 MiB of it in other threads' \
+             arenas, mmapped blocks 0 B) + thread stacks 1.0 MiB + code and files 4.0 MiB + other \
+             anonymous 2.0 MiB; over 2.0s RSS +80.0 MiB, in use +1.0 KiB, \
              free but kept +79.0 MiB (trend of 5 readings: in use +512 B/s, free but kept \
              +39.5 MiB/s)"
         );
@@ -226,6 +295,7 @@ mod tests {
             rss_bytes: rss,
             in_use_bytes: account.map(|a| a.0),
             free_bytes: account.map(|a| a.1),
+            ..MemoryPoint::default()
         };
         // 100 bytes high at most: y = 200 - 20 - v / 100 * 170.
         let svg = stacked_chart(
@@ -247,6 +317,41 @@ mod tests {
         );
         assert!(
             svg.contains("points=\"50.0,95.0 150.0,78.0 250.0,10.0\""),
+            "{svg}"
+        );
+    }
+
+    #[test]
+    fn the_classes_chart_stacks_the_resident_classes_to_the_rss() {
+        let p = |t: f64, v8: u64, malloc: u64, other: u64| MemoryPoint {
+            t,
+            rss_bytes: v8 + malloc + other,
+            v8_heap: v8,
+            malloc_heaps: malloc,
+            other_anonymous: other,
+            ..MemoryPoint::default()
+        };
+        // A point without classes is left out; 100 bytes high at most.
+        let svg = classes_chart(
+            &[
+                p(0.0, 10, 20, 20),
+                MemoryPoint::default(),
+                p(2.0, 40, 40, 20),
+            ],
+            260,
+            200,
+        );
+        // y = 200 - 20 - v / 100 * 170
+        assert!(
+            svg.contains("class=\"V8-heap\" fill=\"#36c\" fill-opacity=\"0.7\" points=\"50.0,163.0 250.0,112.0 250.0,180.0 50.0,180.0\""),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("class=\"malloc-heaps\" fill=\"#c33\" fill-opacity=\"0.7\" points=\"50.0,129.0 250.0,44.0 250.0,112.0 50.0,163.0\""),
+            "{svg}"
+        );
+        assert!(
+            svg.contains("class=\"other-anonymous\" fill=\"#e93\" fill-opacity=\"0.7\" points=\"50.0,95.0 250.0,10.0 250.0,44.0 50.0,129.0\""),
             "{svg}"
         );
     }

@@ -213,6 +213,8 @@ impl JsNamer {
 
 /// How often a stack whose frames do not all read back is named again before its unnamed
 /// frames are taken as final (shown by address, counted in the report's notes).
+/// `symbolize::v8`'s allowance of script-name misses is counted from it, so that the last
+/// attempt names a function (without its file) whose script name never reads back.
 const NAMING_ATTEMPTS: u32 = 3;
 
 /// What naming a stack's JavaScript frames came to.

@@ -5,6 +5,7 @@
 //! what was freed. Only the allocator's account tells the two apart.
 
 pub mod glibc;
+pub mod resident;
 pub mod smaps;
 
 use std::{fs::File, io, os::unix::fs::FileExt as _};
@@ -40,6 +41,9 @@ impl ReadMemory for ProcMem {
 
 /// Most threads whose stack pointers are read.
 const MAX_THREADS: usize = 4096;
+/// Most pages whose residency is looked up one by one in a reading (2 MiB of pagemap, 1 GiB of
+/// address space): only V8's ranges that share a mapping with other memory need it.
+const MAX_PAGEMAP_PAGES: u64 = 1 << 18;
 
 /// The allocator's account of its memory, as `mallinfo2()` would report it inside the process.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,8 +115,9 @@ impl Reader {
         }
     }
 
-    /// Reads `smaps` and the allocator's account; `None` once the process is gone.
-    pub fn read(&mut self) -> Option<Reading> {
+    /// Reads `smaps` and the allocator's account; `None` once the process is gone. `v8_heap`:
+    /// the ranges V8 mapped for its heap, as the mapping events tell.
+    pub fn read(&mut self, v8_heap: Vec<(u64, u64)>) -> Option<Reading> {
         let (entries, truncated) = smaps::read(self.pid).ok()?;
         let mut notes = Vec::new();
         if truncated {
@@ -128,6 +133,7 @@ impl Reader {
         };
         let mut known = smaps::Known {
             stack_pointers: smaps::stack_pointers(self.pid, MAX_THREADS),
+            v8_heap,
             ..smaps::Known::default()
         };
         match self.glibc_account(&entries) {
@@ -137,8 +143,33 @@ impl Reader {
             }
             Err(why) => malloc.unreadable = Some(why),
         }
+        let pid = self.pid;
+        let breakdown =
+            smaps::breakdown(
+                &entries,
+                &known,
+                &mut |ranges| match resident::resident_bytes(pid, ranges, MAX_PAGEMAP_PAGES) {
+                    Ok(counted) => {
+                        if counted.truncated {
+                            notes.push(format!(
+                                "V8's heap shares mappings with other memory over more than {} \
+                             MiB: the pages past that count as other anonymous",
+                                (MAX_PAGEMAP_PAGES * 4096) >> 20
+                            ));
+                        }
+                        counted.bytes
+                    }
+                    Err(err) => {
+                        notes.push(format!(
+                            "/proc/{pid}/pagemap could not be read ({err}): V8's heap pages that \
+                         share a mapping with other memory count as other anonymous"
+                        ));
+                        0
+                    }
+                },
+            );
         Some(Reading {
-            breakdown: smaps::breakdown(&entries, &known),
+            breakdown,
             malloc,
             notes,
         })

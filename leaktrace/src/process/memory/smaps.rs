@@ -112,14 +112,19 @@ pub struct Breakdown {
     /// The allocator's heaps: glibc's `[heap]` (the main arena's brk heap) and its arenas'
     /// 64 MiB heaps.
     pub malloc_heaps: u64,
+    /// V8's heap: pages of the regions V8 mapped for it, known by the call that mapped them
+    /// (seen by the mapping probes since the attach: regions mapped before it count as other
+    /// anonymous).
+    #[serde(default)]
+    pub v8_heap: u64,
     /// Thread stacks: `[stack]`, the mappings threads' stack pointers are in, and anonymous
     /// mappings right above a guard page.
     pub thread_stacks: u64,
     /// Executables, libraries and other file-backed pages (shared memory included), and the
     /// kernel's `[vdso]`/`[vvar]`.
     pub code_and_files: u64,
-    /// Every other anonymous page: V8's heap, the allocator's own `mmap`ed blocks, and what
-    /// the process mapped itself.
+    /// Every other anonymous page: the allocator's own `mmap`ed blocks, what the process mapped
+    /// itself, and V8's heap regions mapped before the attach.
     pub other_anonymous: u64,
     /// Bytes swapped out (not part of `rss`).
     pub swap: u64,
@@ -132,6 +137,8 @@ pub struct Known {
     pub malloc_heaps: Vec<(u64, u64)>,
     /// Stack pointers of the process's threads, where readable.
     pub stack_pointers: Vec<u64>,
+    /// Address ranges V8 mapped for its heap (from the mapping events), in any order.
+    pub v8_heap: Vec<(u64, u64)>,
 }
 
 /// What holds a mapping's pages.
@@ -189,9 +196,15 @@ pub fn classify(entries: &[Entry], known: &Known) -> Vec<Class> {
         .collect()
 }
 
-/// Sums the entries' resident bytes by class.
-pub fn breakdown(entries: &[Entry], known: &Known) -> Breakdown {
+/// Sums the entries' resident bytes by class. V8's heap is carved out of the other anonymous
+/// pages: a mapping its ranges cover whole counts by its `Rss`; the ranges that cover part of
+/// one (the kernel merged it with a neighbour) are handed to `resident`, which counts their
+/// resident bytes page by page (see [`super::resident`]).
+pub fn breakdown(entries: &[Entry], known: &Known, resident: &mut Resident<'_>) -> Breakdown {
     let mut out = Breakdown::default();
+    let v8 = merged(&known.v8_heap);
+    let mut partial = Vec::new();
+    let mut partial_rss = 0;
     for (entry, class) in entries.iter().zip(classify(entries, known)) {
         out.rss += entry.rss;
         out.swap += entry.swap;
@@ -201,6 +214,43 @@ pub fn breakdown(entries: &[Entry], known: &Known) -> Breakdown {
             Class::CodeAndFiles => &mut out.code_and_files,
             Class::OtherAnonymous => &mut out.other_anonymous,
         } += entry.rss;
+        if class != Class::OtherAnonymous || entry.rss == 0 {
+            continue;
+        }
+        let m = &entry.mapping;
+        let clipped: Vec<(u64, u64)> = v8
+            .iter()
+            .filter(|&&(start, end)| start < m.end && m.start < end)
+            .map(|&(start, end)| (start.max(m.start), end.min(m.end)))
+            .collect();
+        let covered: u64 = clipped.iter().map(|(start, end)| end - start).sum();
+        if covered == entry.len() {
+            out.v8_heap += entry.rss;
+        } else if covered > 0 {
+            partial.extend(clipped);
+            partial_rss += entry.rss;
+        }
+    }
+    if !partial.is_empty() {
+        out.v8_heap += resident(&partial).min(partial_rss);
+    }
+    out.other_anonymous -= out.v8_heap;
+    out
+}
+
+/// Counts the resident bytes of address ranges.
+pub type Resident<'a> = dyn FnMut(&[(u64, u64)]) -> u64 + 'a;
+
+/// `ranges` sorted, overlapping and touching ones joined.
+fn merged(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|(s, e)| s < e).collect();
+    sorted.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
+    for (start, end) in sorted {
+        match out.last_mut() {
+            Some(last) if start <= last.1 => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
     }
     out
 }
@@ -287,6 +337,7 @@ Rss:                   8 kB
             // One arena heap: its writable part and its reserved rest.
             malloc_heaps: vec![(0x7f0000000000, 0x7f0004000000)],
             stack_pointers: vec![0x7f2000000800],
+            ..Known::default()
         };
         let classes = classify(&entries, &known);
         use Class::*;
@@ -305,7 +356,7 @@ Rss:                   8 kB
                 CodeAndFiles,
             ]
         );
-        let b = breakdown(&entries, &known);
+        let b = breakdown(&entries, &known, &mut |_| unreachable!("no V8 range"));
         assert_eq!(b.rss, (4 + 3000 + 8192 + 40 + 100 + 200 + 12 + 8) << 10);
         assert_eq!(b.malloc_heaps, (3000 + 8192) << 10);
         assert_eq!(b.thread_stacks, (40 + 100 + 12) << 10);
@@ -316,6 +367,49 @@ Rss:                   8 kB
             b.rss,
             b.malloc_heaps + b.thread_stacks + b.code_and_files + b.other_anonymous
         );
+    }
+
+    /// V8's ranges take a whole mapping's `Rss`, or what pagemap says of the part they cover;
+    /// never more than the mapping holds, never from another class.
+    #[test]
+    fn v8_heap_is_carved_out_of_the_other_anonymous_pages() {
+        let text = "\
+7f3000000000-7f3000100000 rw-p 00000000 00:00 0
+Rss:                 200 kB
+7f3000100000-7f3000200000 rw-p 00000000 00:00 0
+Rss:                 300 kB
+7f4000000000-7f4000100000 rw-p 00000000 00:00 0
+Rss:                  40 kB
+";
+        let entries = parse(text);
+        let known = Known {
+            // The first mapping in two touching pieces, a quarter of the second, and a thread
+            // stack (its stack pointer says so) that V8 did not map.
+            v8_heap: vec![
+                (0x7f3000080000, 0x7f3000100000),
+                (0x7f3000000000, 0x7f3000080000),
+                (0x7f3000100000, 0x7f3000140000),
+                (0x7f4000000000, 0x7f4000100000),
+            ],
+            stack_pointers: vec![0x7f4000000800],
+            ..Known::default()
+        };
+        let mut asked = Vec::new();
+        let b = breakdown(&entries, &known, &mut |ranges| {
+            asked.extend_from_slice(ranges);
+            100 << 10
+        });
+        assert_eq!(asked, [(0x7f3000100000, 0x7f3000140000)]);
+        assert_eq!(b.v8_heap, (200 + 100) << 10);
+        assert_eq!(b.other_anonymous, 200 << 10);
+        assert_eq!(b.thread_stacks, 40 << 10);
+        let capped = breakdown(&entries, &known, &mut |_| 1 << 40);
+        assert_eq!(
+            capped.v8_heap,
+            (200 + 300) << 10,
+            "no more than the mapping holds"
+        );
+        assert_eq!(capped.other_anonymous, 0);
     }
 
     #[test]

@@ -216,7 +216,15 @@ pub struct Resolver<M: Memory> {
     heap: Heap<M>,
     functions: HashMap<u64, Entry>,
     scripts: HashMap<u64, Lines>,
+    /// Functions (by SFI) whose script's name did not read back, and how often in a row.
+    script_misses: HashMap<u64, u32>,
 }
+
+/// How many times a function's script name may fail to read before it is named without a file.
+/// A stack is named up to 3 times (`symbolize::js`), each time reading a function at most twice
+/// (an interpreted frame reads it for its call line, then for itself): 4 misses let the last
+/// attempt name it.
+const SCRIPT_NAME_MISSES: u32 = 4;
 
 impl<M: Memory> Resolver<M> {
     pub fn new(layout: Layout, mem: M) -> Self {
@@ -224,6 +232,7 @@ impl<M: Memory> Resolver<M> {
             heap: Heap::new(layout, mem),
             functions: HashMap::new(),
             scripts: HashMap::new(),
+            script_misses: HashMap::new(),
         }
     }
 
@@ -316,7 +325,20 @@ impl<M: Memory> Resolver<M> {
         let name_or_scope_info = self.heap.field(object, layout.sfi_name_or_scope_info)?;
         let script = self.heap.field(object, layout.sfi_script)?;
         let (name, range) = self.name_and_range(name_or_scope_info)?;
-        let script_name = self.script_name(script).unwrap_or_default();
+        let script_name = match self.script_name(script) {
+            Some(read) => {
+                self.script_misses.remove(&sfi);
+                read
+            }
+            None => {
+                let misses = self.script_misses.entry(sfi).or_default();
+                *misses += 1;
+                if *misses <= SCRIPT_NAME_MISSES {
+                    return None;
+                }
+                String::new()
+            }
+        };
         let line = range.and_then(|(start, _)| self.line(script, start));
         Some(Entry {
             function: JsFunction {
@@ -344,11 +366,27 @@ impl<M: Memory> Resolver<M> {
         Some((found.name, found.range))
     }
 
+    /// The name of the script `script`: empty for a function without one (builtins, eval).
+    /// `None` when the Script names itself with a string that did not read back (a collection
+    /// moved it under the read): the function is not remembered then, and is decoded again when
+    /// its stack is named again, up to [`SCRIPT_NAME_MISSES`] times before it is taken as
+    /// nameless, so a string this reader cannot follow costs the file, never the function.
     fn script_name(&self, script: u64) -> Option<String> {
         let layout = &self.heap.layout;
-        let object = self.heap.typed(script, layout.script_type)?;
-        self.heap
-            .string(self.heap.field(object, layout.script_name)?, MAX_NAME_UNITS)
+        let Some(object) = self.heap.typed(script, layout.script_type) else {
+            return Some(String::new());
+        };
+        let name = self.heap.field(object, layout.script_name)?;
+        if !is_heap_object(name) {
+            return Some(String::new());
+        }
+        // An object that is no string (undefined): nameless. One that does not read back at all,
+        // or a string that does not: a miss.
+        let object = self.heap.object(name)?;
+        if !self.heap.is_string(object) {
+            return Some(String::new());
+        }
+        self.heap.string(name, MAX_NAME_UNITS)
     }
 
     /// The 1-based line of `position` (UTF-16 units) in `script`'s source.
