@@ -142,7 +142,8 @@ pub struct TraceArgs {
     #[arg(short, long, value_parser = parse_duration)]
     pub duration: Option<Duration>,
     /// How often the probes' totals are sampled into each stack's series [default: 1s; 250ms
-    /// for `run`, whose test binaries and test files live seconds].
+    /// for `run`, whose test binaries and test files live seconds; 5s in watch mode, which is
+    /// for leaving on].
     #[arg(short, long, value_parser = parse_interval)]
     pub interval: Option<Duration>,
     #[command(flatten)]

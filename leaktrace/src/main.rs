@@ -138,6 +138,10 @@ fn run(command: Command) -> anyhow::Result<u8> {
         duration: args.duration,
         interval: args.interval.unwrap_or(if run.is_some() {
             std::time::Duration::from_millis(250)
+        } else if args.mode == cli::Capture::Watch {
+            // Watch mode is for leaving on: each sample reads the probes' maps whole, and its
+            // verdicts judge minutes, not seconds.
+            std::time::Duration::from_secs(5)
         } else {
             std::time::Duration::from_secs(1)
         }),

@@ -43,6 +43,46 @@ use crate::{
 /// How often the kernel's mapping records are read: often enough that a file is opened while
 /// it is still there, and that a busy host's records never fill a ring.
 pub(crate) const SIDEBAND_PERIOD: Duration = Duration::from_millis(10);
+/// While no record concerns a target, the period doubles up to this: a tracer that wakes 100
+/// times a second preempts a busy service on every wake-up (measured: reschedule IPIs and task
+/// switches were a quarter of watch mode's own CPU on the bench's service). A record of a target,
+/// or a busy read, brings it back to [`SIDEBAND_PERIOD`]; so does following process trees, whose
+/// short-lived children need every record at once.
+const SIDEBAND_IDLE_PERIOD: Duration = Duration::from_millis(160);
+/// Records in one read that make it busy whatever they concern: a quarter of what a ring holds
+/// is read before the next slow period could fill it.
+const SIDEBAND_BUSY: usize = 256;
+
+/// When the kernel's mapping records are read next: every [`SIDEBAND_PERIOD`] while they
+/// concern targets, less often (up to [`SIDEBAND_IDLE_PERIOD`]) while they do not.
+pub(crate) struct SidebandPace {
+    period: Duration,
+    at: tokio::time::Instant,
+}
+
+impl SidebandPace {
+    pub(crate) fn new() -> Self {
+        Self {
+            period: SIDEBAND_PERIOD,
+            at: tokio::time::Instant::now() + SIDEBAND_PERIOD,
+        }
+    }
+
+    pub(crate) fn at(&self) -> tokio::time::Instant {
+        self.at
+    }
+
+    /// After a read: `busy` as [`Session::apply_sideband`] says, `fast` to stay at the
+    /// shortest period whatever it says.
+    pub(crate) fn next(&mut self, busy: bool, fast: bool) {
+        self.period = if busy || fast {
+            SIDEBAND_PERIOD
+        } else {
+            (self.period * 2).min(SIDEBAND_IDLE_PERIOD)
+        };
+        self.at = tokio::time::Instant::now() + self.period;
+    }
+}
 /// How long a record of a process not (yet) known is kept: its fork record may come from
 /// another CPU's ring a little later.
 const UNKNOWN_KEPT: Duration = Duration::from_millis(200);
@@ -560,8 +600,7 @@ impl Session {
         let mut interval = tokio::time::interval(options.interval);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let watch_targets = child.is_none();
-        let mut sideband = tokio::time::interval(SIDEBAND_PERIOD);
-        sideband.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut sideband = SidebandPace::new();
         let deadline = options.duration.map(|d| tokio::time::Instant::now() + d);
         let child_exited = async {
             match child.as_mut() {
@@ -592,7 +631,11 @@ impl Session {
                         None => std::future::pending().await,
                     }
                 } => return Ok(("duration", None)),
-                _ = sideband.tick() => self.apply_sideband(false),
+                () = tokio::time::sleep_until(sideband.at()) => {
+                    let busy = self.apply_sideband(false);
+                    // `run`'s command and followed trees: short-lived processes.
+                    sideband.next(busy, self.probes.follows() || !watch_targets);
+                }
                 () = stop.recv() => return Ok(("signal", None)),
                 code = &mut child_exited => {
                     // The interval's first tick waits for a turn of tokio's timer driver, which
@@ -613,9 +656,16 @@ impl Session {
     /// `collect::sideband`): each file a process maps is opened as soon as it is reported, so
     /// that its stacks can be named however soon it exits. Children are followed from their
     /// fork record when process trees are. `flush`: the trace ends, take every record read.
-    pub(crate) fn apply_sideband(&mut self, flush: bool) {
+    /// Returns whether the read was busy: a record concerned a target, or there were many.
+    pub(crate) fn apply_sideband(&mut self, flush: bool) -> bool {
         let mut changes = Vec::new();
         self.sideband.drain(flush, |change| changes.push(change));
+        let busy = changes.len() >= SIDEBAND_BUSY
+            || changes.iter().any(|change| match change {
+                Change::Map { pid, .. } | Change::Exec { pid, .. } => self.symbolizer.tracks(*pid),
+                Change::Fork { parent, .. } => self.symbolizer.tracks(*parent),
+                Change::Exit { .. } => false,
+            });
         let follow = self.probes.follows();
         // A followed child is a target from its fork: adopted now, its exec is seen as it
         // happens.
@@ -633,6 +683,7 @@ impl Session {
             let excess = self.unknown.len() - UNKNOWN_MAX;
             self.unknown.drain(..excess);
         }
+        busy
     }
 
     fn apply_change(&mut self, change: Change, follow: bool) {
@@ -950,6 +1001,12 @@ impl Session {
         }
         self.last = snapshot;
         Ok(())
+    }
+
+    /// Whether process trees are followed (their short-lived children need every record of
+    /// the kernel's at once).
+    pub(crate) fn follows(&self) -> bool {
+        self.probes.follows()
     }
 
     /// The probes' totals at the last sample.

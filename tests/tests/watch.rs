@@ -235,7 +235,15 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
         .collect();
     let out = scratch("watch_node").join("report.json");
     let mut args: Vec<&str> = pids.iter().map(String::as_str).collect();
-    args.extend(["--mode", "watch", "--format", "json", "-o"]);
+    args.extend([
+        "--mode",
+        "watch",
+        "--interval",
+        "1s",
+        "--format",
+        "json",
+        "-o",
+    ]);
     args.push(out.to_str().expect("utf-8 path"));
     let tracer = Tracer::attach(&args);
     for target in &mut targets {

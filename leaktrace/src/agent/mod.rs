@@ -197,20 +197,21 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let mut scan = tokio::time::interval(agent.config.scan_interval);
     let mut sample = tokio::time::interval(agent.config.interval);
-    let mut sideband = tokio::time::interval(crate::session::SIDEBAND_PERIOD);
+    let mut sideband = crate::session::SidebandPace::new();
     let mut window_tick = tokio::time::interval(windows::TICK);
-    for timer in [&mut scan, &mut sample, &mut sideband, &mut window_tick] {
+    for timer in [&mut scan, &mut sample, &mut window_tick] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
     tokio::pin!(server);
     loop {
         tokio::select! {
             _ = scan.tick() => agent.scan(),
-            _ = sideband.tick() => {
-                agent.session.apply_sideband(false);
+            () = tokio::time::sleep_until(sideband.at()) => {
+                let mut busy = agent.session.apply_sideband(false);
                 if let Some(windows) = agent.windows.as_mut() {
-                    windows.apply_sideband();
+                    busy |= windows.apply_sideband();
                 }
+                sideband.next(busy, agent.session.follows());
             }
             _ = window_tick.tick(), if agent.windows.is_some() => {
                 match agent.windows.as_mut().map(Windows::tick) {

@@ -93,8 +93,9 @@ impl Windows {
 
     /// Reads the kernel's records of mappings, as the watch's session does: read between
     /// windows too, the rings do not overflow and a window's report counts no lost record.
-    pub fn apply_sideband(&mut self) {
-        self.session.apply_sideband(false);
+    /// Returns whether the read was busy (see `Session::apply_sideband`).
+    pub fn apply_sideband(&mut self) -> bool {
+        self.session.apply_sideband(false)
     }
 
     /// Samples and charges the open windows, then opens and closes windows as the tiers say.
