@@ -259,17 +259,7 @@ fn v8s_heap_is_known_by_the_calls_that_mapped_it() {
     let mut target = Target::spawn(cmd);
     let pid = target.pid();
     let out = scratch("memory-v8-heap").join("report.json");
-    let pid_arg = pid.to_string();
-    let tracer = Tracer::attach(&[
-        &pid_arg,
-        "--interval",
-        "250ms",
-        "--format",
-        "json",
-        "-o",
-        out.to_str().expect("utf-8 path"),
-    ]);
-    target.send("go");
+    let report = trace_workload(&mut target, pid, &["--interval", "250ms"], &out);
     let heap = target.expect_line("heap ");
     let [before, used, total]: [u64; 3] = heap
         .split_whitespace()
@@ -278,14 +268,6 @@ fn v8s_heap_is_known_by_the_calls_that_mapped_it() {
         .collect::<Vec<_>>()
         .try_into()
         .expect("heap BEFORE USED TOTAL");
-    target.expect_line("done");
-    let output = tracer.interrupt();
-    assert!(
-        output.status.success(),
-        "leaktrace failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = read_report(&out);
     assert_eq!(target.finish(), 0, "the fixture is unharmed");
     let m = memory(&report, pid);
     eprintln!("{}", m["summary"]);
