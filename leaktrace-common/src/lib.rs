@@ -162,6 +162,36 @@ pub const fn thread_tid(ip: u64) -> Option<u32> {
     }
 }
 
+/// Frames of the form `CALLBACK_MARKER | tid` stand between the frames of the callback of
+/// queued work (`fs.readFile`'s continuations, run by the loop thread once the pool thread is
+/// done) and the frames of the thread that queued that work.
+pub const CALLBACK_MARKER: u64 = 0xffd0_0000_0000_0000;
+
+/// The marker frame that says "the callback of work queued on thread `tid`".
+#[inline(always)]
+pub const fn callback_marker(tid: u32) -> u64 {
+    CALLBACK_MARKER | tid as u64
+}
+
+/// The queuing thread of a callback marker frame, `None` for any other frame.
+#[inline(always)]
+pub const fn callback_tid(ip: u64) -> Option<u32> {
+    if ip & 0xffff_ffff_0000_0000 == CALLBACK_MARKER {
+        Some(ip as u32)
+    } else {
+        None
+    }
+}
+
+/// The queuing thread of either marker that stitches a stack to the one that queued its work.
+#[inline(always)]
+pub const fn stitched_tid(ip: u64) -> Option<u32> {
+    match queued_tid(ip) {
+        Some(tid) => Some(tid),
+        None => callback_tid(ip),
+    }
+}
+
 /// Key of work queued to libuv's thread pool: the process and its `struct uv__work`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -173,19 +203,23 @@ pub struct QueuedKey {
 
 /// Where work was queued: the queuing thread's site (its native and JavaScript frames, stored
 /// like any allocation site's) and the thread. A pool thread that runs the work gives its
-/// allocations this site as their caller.
+/// allocations this site as their caller, and so does the loop thread while it runs the work's
+/// callback.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueuedWork {
     pub stack: u64,
     pub js_id: u64,
     pub tid: u32,
-    pub _pad: u32,
-    /// The pool thread's frame pointer in libuv's `worker` while it runs the work (0 while the
-    /// work waits): its walk stops there and goes on with the queuing thread's frames.
+    /// 1 while the loop thread runs the work's callback (`w->done`), 0 while a pool thread runs
+    /// the work itself (or it waits).
+    pub callback: u32,
+    /// The frame pointer of the libuv function that called the work (`worker`) or its callback
+    /// (`uv__work_done`) while it runs (0 while the work waits): the running thread's walk stops
+    /// there and goes on with the queuing thread's frames.
     pub worker_fp: u64,
-    /// The return address into `worker` while it runs the work: the last of the pool thread's
-    /// frames, put there when functions without a frame pointer hid it from the walk.
+    /// The return address into that function: the last of the running thread's own frames, put
+    /// there when functions without a frame pointer hid it from the walk.
     pub resume: u64,
 }
 
@@ -295,7 +329,10 @@ pub struct JsFrame {
 #[derive(Clone, Copy, Debug)]
 pub struct JsFrames {
     pub len: u32,
-    pub _pad: u32,
+    /// 1 when every frame's index is its place in the whole stack: the callback of queued work,
+    /// whose own JavaScript frames come before the marker and the queuer's after it. 0 for one
+    /// thread's frames, placed past the marker when the stack is stitched.
+    pub placed: u32,
     pub frames: [JsFrame; MAX_JS_FRAMES],
 }
 

@@ -199,7 +199,7 @@ pub fn mmap_enter(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: `regs` is the context the kernel handed to this probe.
     let regs = unsafe { &*ctx.regs };
-    let site = site::capture_at::<false>(
+    let site = site::capture_at(
         site::Registers {
             ip: regs.rip,
             caller,

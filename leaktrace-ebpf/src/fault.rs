@@ -44,7 +44,7 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
     // Mid-function: the caller is found by unwinding from the faulting instruction, by its
     // object's unwind table where the tracer prepared one (glibc's malloc internals keep no
     // frame pointer), else by the frame pointer.
-    let key = site::capture_at::<true>(
+    let key = site::capture_at(
         site::Registers {
             ip: user.rip,
             caller: 0,

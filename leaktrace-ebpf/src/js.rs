@@ -25,6 +25,28 @@ const TAG_MASK: u64 = 3;
 /// the return address are its last two.
 type Window = [u64; 8];
 
+/// [`identify`] as a global BPF function: the kernel verifies it once, apart from the probes
+/// that call it (inlined, its loops went through the verifier once for every way the caller's
+/// walk and stitching could have gone, past its million instructions). Whether the identity may
+/// be new is left in `js.fresh`.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn leaktrace_js_identify(
+    v8: *mut V8Frames,
+    js: *mut JsScratch,
+    tgid: u64,
+    stack: u64,
+) -> u64 {
+    // SAFETY: the verifier checks a global function's pointer arguments against their types;
+    // both point into map values (the target's layout, this CPU's scratch slot).
+    let (Some(v8), Some(js)) = (unsafe { v8.as_mut() }, unsafe { js.as_mut() }) else {
+        return 0;
+    };
+    let (id, new) = identify(v8, js, tgid as u32, stack);
+    js.fresh = u64::from(new);
+    id
+}
+
 /// The JavaScript identity of the stack `stack` of `tgid` whose frame pointers are in `js.fps`
 /// (0 when it has no JavaScript frame), and whether it may be new: then its frames are in
 /// `js.frames`, to be stored under it.
@@ -35,7 +57,7 @@ type Window = [u64; 8];
 /// that identity is stored already, that is all; otherwise, and for a stack not seen lately,
 /// every frame is examined.
 #[inline(always)]
-pub fn identify(v8: &mut V8Frames, js: &mut JsScratch, tgid: u32, stack: u64) -> (u64, bool) {
+fn identify(v8: &mut V8Frames, js: &mut JsScratch, tgid: u32, stack: u64) -> (u64, bool) {
     let cache_key = mix(stack, u64::from(tgid));
     // SAFETY: a monotonic clock read.
     let now = unsafe { bpf_ktime_get_ns() };
@@ -118,6 +140,7 @@ fn refresh(v8: &V8Frames, js: &JsScratch, cached: &JsFrames) -> Option<u64> {
 #[inline(always)]
 fn walk(v8: &mut V8Frames, js: &mut JsScratch) -> u64 {
     js.frames.len = 0;
+    js.frames.placed = 0;
     let mut hash = FNV_OFFSET;
     for i in 1..MAX_FRAMES {
         if i as u64 >= js.fps_len {
@@ -282,4 +305,54 @@ fn field(object: u64, offset: u32) -> u64 {
 fn read(addr: u64) -> Option<u64> {
     // SAFETY: a user-memory read through the helper: a bad address yields an error, not a fault.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
+}
+
+/// Joins the JavaScript frames of a callback of queued work with those of the code that queued
+/// it into `out`, as one sequence whose indices are places in the stitched stack (`placed`):
+/// `own`, the callback's own frames (null: they are in `out` already), then `queuer`'s (null:
+/// none), each `shift` further down the stack, as far as the stack and the sequence hold them.
+/// A global BPF function, verified once (see `walk`). Returns 0.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn leaktrace_js_join(
+    out: *mut JsFrames,
+    own: *const JsFrames,
+    queuer: *const JsFrames,
+    shift: u64,
+) -> u64 {
+    // SAFETY: the verifier checks a global function's pointer arguments against their types;
+    // all point into map values (this CPU's scratch slot, stored sequences), or are null.
+    let Some(out) = (unsafe { out.as_mut() }) else {
+        return 0;
+    };
+    // SAFETY: as above.
+    if let Some(own) = unsafe { own.as_ref() } {
+        out.len = own.len.min(MAX_JS_FRAMES as u32);
+        copy_frames(out, own);
+    }
+    out.placed = 1;
+    // SAFETY: as above.
+    let Some(queuer) = (unsafe { queuer.as_ref() }) else {
+        return 0;
+    };
+    for n in 0..MAX_JS_FRAMES {
+        if n >= queuer.len as usize {
+            break;
+        }
+        let mut frame = queuer.frames[n];
+        let index = u64::from(frame.index) + shift;
+        if index >= MAX_FRAMES as u64 {
+            break;
+        }
+        // SAFETY: a field of map memory (see `push`).
+        let len = unsafe { core::ptr::read_volatile(&out.len) } as usize;
+        if len >= MAX_JS_FRAMES {
+            break;
+        }
+        frame.index = index as u32;
+        out.frames[len] = frame;
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&mut out.len, len as u32 + 1) };
+    }
+    0
 }

@@ -18,6 +18,7 @@ mod maps;
 mod queue;
 mod site;
 mod unwind;
+mod walk;
 
 #[cfg(not(test))]
 #[panic_handler]

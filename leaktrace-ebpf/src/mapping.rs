@@ -169,7 +169,7 @@ fn mmap_exit(pid_tgid: u64, counters: *mut u64, who: Caller, regs: &pt_regs, ret
         _ if ret < 0 || flags & MAP_ANONYMOUS == 0 => StackKey::default(),
         // A raw syscall: the walk starts where it was made, with the return address on top of
         // the stack as in a wrapper without a frame.
-        _ => site::capture_at::<false>(
+        _ => site::capture_at(
             site::Registers {
                 ip: regs.rip,
                 caller: site::return_address(regs.rsp),

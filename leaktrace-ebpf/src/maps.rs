@@ -112,6 +112,8 @@ pub struct JsScratch {
     pub fps: [u64; MAX_FRAMES],
     /// Entries of `fps` written.
     pub fps_len: u64,
+    /// 1 when the identity found may be new: `frames` holds it, to be stored.
+    pub fresh: u64,
 }
 
 /// Room to walk a stack in: too large for the 512-byte BPF stack.

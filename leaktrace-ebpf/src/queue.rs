@@ -6,7 +6,13 @@
 //! (`uv__work_submit`, or the public `uv_queue_work` whose call to it is inlined) and where the
 //! pool's `worker` calls `w->work(w)`. The queuing thread's site is kept under that pointer; while
 //! a pool thread runs the work, its stack walks stop at `worker` and go on with the queuing
-//! thread's frames (see `site::capture_at`). These probes fire once per work item.
+//! thread's frames (see `site::capture_at`).
+//!
+//! The same pointer comes back once more, on the loop thread, where `uv__work_done` calls the
+//! work's callback `w->done(w, err)`: what the callback allocates (`fs.readFile`'s buffer, made
+//! once the pool has said how large the file is) is stitched the same way, after its own frames,
+//! and work the callback queues in turn (the next step of `fs.readFile`) keeps the first
+//! queuer's site. These probes fire once per work item.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -15,7 +21,8 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use leaktrace_common::{
-    AllocKind, Counter, MAX_FRAMES, QueuedKey, QueuedWork, StackFrames, queued_marker,
+    AllocKind, Counter, MAX_FRAMES, QueuedKey, QueuedWork, StackFrames, callback_marker,
+    queued_marker,
 };
 
 use crate::{
@@ -56,29 +63,42 @@ fn queued(ctx: &ProbeContext, work: u64) -> u32 {
         return 0;
     };
     let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: `regs` is the context the kernel handed to this probe.
-    let regs = unsafe { &*ctx.regs };
-    let site = site::capture_at::<false>(
-        site::Registers {
-            ip: regs.rip,
-            caller: site::return_address(regs.rsp),
-            sp: regs.rsp,
-            fp: regs.rbp,
+    let entry = match running() {
+        // Queued by the callback of earlier work: it goes on with what that work's queuer
+        // asked for, and keeps that site (stitching the callback's own would add a hop to the
+        // stack at every step: `fs.readFile` takes four).
+        Some(asked) if asked.callback != 0 => QueuedWork {
+            callback: 0,
+            worker_fp: 0,
+            resume: 0,
+            ..asked
         },
-        tgid,
-        AllocKind::Heap,
-        counters,
-    );
-    if site.stack == 0 {
-        return 0;
-    }
-    let entry = QueuedWork {
-        stack: site.stack,
-        js_id: site.js_id,
-        tid: pid_tgid as u32,
-        _pad: 0,
-        worker_fp: 0,
-        resume: 0,
+        _ => {
+            // SAFETY: `regs` is the context the kernel handed to this probe.
+            let regs = unsafe { &*ctx.regs };
+            let site = site::capture_at(
+                site::Registers {
+                    ip: regs.rip,
+                    caller: site::return_address(regs.rsp),
+                    sp: regs.rsp,
+                    fp: regs.rbp,
+                },
+                tgid,
+                AllocKind::Heap,
+                counters,
+            );
+            if site.stack == 0 {
+                return 0;
+            }
+            QueuedWork {
+                stack: site.stack,
+                js_id: site.js_id,
+                tid: pid_tgid as u32,
+                callback: 0,
+                worker_fp: 0,
+                resume: 0,
+            }
+        }
     };
     // Least-recently-used: a full map drops the oldest work (cancelled, most likely).
     let _ = QUEUED.insert(
@@ -98,6 +118,19 @@ fn queued(ctx: &ProbeContext, work: u64) -> u32 {
 /// knowledge of how the compiler addressed `w->work` is needed.
 #[uprobe(multi)]
 pub fn pool_work_begin(ctx: ProbeContext) -> u32 {
+    begin(&ctx, false)
+}
+
+/// At `uv__work_done`'s indirect call `w->done(w, err)`: the loop thread starts running the
+/// callback of `w`, which is done with then.
+#[uprobe(multi)]
+pub fn pool_callback_begin(ctx: ProbeContext) -> u32 {
+    begin(&ctx, true)
+}
+
+/// The calling thread runs `w` (in `rdi`) or its callback, from the site that queued it.
+#[inline(always)]
+fn begin(ctx: &ProbeContext, callback: bool) -> u32 {
     let Some((pid_tgid, _)) = current_target() else {
         return 0;
     };
@@ -117,12 +150,16 @@ pub fn pool_work_begin(ctx: ProbeContext) -> u32 {
             let running = QueuedWork {
                 worker_fp: regs.rbp,
                 resume: regs.rip + call_len,
+                callback: u32::from(callback),
                 ..*queued
             };
             let _ = RUNNING.insert(&pid_tgid, &running, 0);
-            let _ = QUEUED.remove(&key);
+            // Kept for the callback while the work runs.
+            if callback {
+                let _ = QUEUED.remove(&key);
+            }
         }
-        // Queued before the probes were in: its allocations keep the pool thread's own stack.
+        // Queued before the probes were in: its allocations keep the thread's own stack.
         None => {
             let _ = RUNNING.remove(&pid_tgid);
         }
@@ -130,9 +167,22 @@ pub fn pool_work_begin(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// At the instruction after `w->work(w)`: the work is done.
+/// At the instruction after `w->work(w)` or `w->done(w, err)`: the work, or its callback, is
+/// done.
 #[uprobe(multi)]
 pub fn pool_work_end(_ctx: ProbeContext) -> u32 {
+    done()
+}
+
+/// The same probe after `w->done(w, err)`: a program of its own, so that following a tree of
+/// processes attaches each program once per file.
+#[uprobe(multi)]
+pub fn pool_callback_end(_ctx: ProbeContext) -> u32 {
+    done()
+}
+
+#[inline(always)]
+fn done() -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = RUNNING.remove(&pid_tgid);
     0
@@ -150,17 +200,23 @@ pub fn running() -> Option<QueuedWork> {
     unsafe { RUNNING.get(&pid_tgid) }.copied()
 }
 
-/// Appends, after the pool thread's frames (`frames.len` of them, cut at `worker`), the return
-/// into `worker` unless the walk ended on it, the marker of the queuing thread and then that
-/// thread's frames, up to [`MAX_FRAMES`] in all; returns the hash `hash` continued over what was
-/// appended.
+/// Appends, after the running thread's frames (`frames.len` of them, cut at `worker` or
+/// `uv__work_done`), the return into that function unless the walk ended on it, the marker of
+/// the queuing thread and then that thread's frames, up to [`MAX_FRAMES`] in all; returns the
+/// hash `hash` continued over what was appended, and where the queuing thread's frames start
+/// (`MAX_FRAMES` when none fit).
 #[inline(always)]
-pub fn stitch(frames: &mut StackFrames, work: &QueuedWork, hash: u64, counters: *mut u64) -> u64 {
+pub fn stitch(
+    frames: &mut StackFrames,
+    work: &QueuedWork,
+    hash: u64,
+    counters: *mut u64,
+) -> (u64, usize) {
     let mut hash = hash;
     let mut at = frames.len as usize;
     if at == 0 || at >= MAX_FRAMES {
         bump(counters, Counter::StackTruncated);
-        return hash;
+        return (hash, MAX_FRAMES);
     }
     if frames.ips[(at - 1) & (MAX_FRAMES - 1)] != work.resume {
         frames.ips[at & (MAX_FRAMES - 1)] = work.resume;
@@ -169,31 +225,38 @@ pub fn stitch(frames: &mut StackFrames, work: &QueuedWork, hash: u64, counters: 
     }
     if at >= MAX_FRAMES {
         bump(counters, Counter::StackTruncated);
-        return hash;
+        return (hash, MAX_FRAMES);
     }
-    let marker = queued_marker(work.tid);
+    let marker = if work.callback != 0 {
+        callback_marker(work.tid)
+    } else {
+        queued_marker(work.tid)
+    };
     frames.ips[at & (MAX_FRAMES - 1)] = marker;
     hash = site::mix(hash, marker);
+    frames.len = at as u32 + 1;
     // SAFETY: a plain lookup of frames stored once and never changed.
     let Some(queued) = (unsafe { STACKS.get(&work.stack) }) else {
-        frames.len = at as u32 + 1;
-        return hash;
+        return (hash, MAX_FRAMES);
     };
     let queued_len = queued.len as usize;
-    let mut len = at + 1;
     for j in 0..MAX_FRAMES {
         if j >= queued_len {
             break;
         }
+        // SAFETY: a field of this CPU's scratch slot. The length goes through memory on every
+        // frame: kept in a register, the compiler turns the copy into a moving pointer whose
+        // bounds the verifier cannot follow.
+        let len = unsafe { core::ptr::read_volatile(&frames.len) } as usize;
         if len >= MAX_FRAMES {
             bump(counters, Counter::StackTruncated);
             break;
         }
         let ip = queued.ips[j];
-        frames.ips[len & (MAX_FRAMES - 1)] = ip;
+        frames.ips[len] = ip;
         hash = site::mix(hash, ip);
-        len += 1;
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(&mut frames.len, len as u32 + 1) };
     }
-    frames.len = len as u32;
-    hash
+    (hash, at + 1)
 }

@@ -8,15 +8,14 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use leaktrace_common::{
-    AllocKind, Counter, MAX_FRAMES, MAX_TABLE_FRAMES, STORED_SLOTS, StackFrames, StackKey,
-    thread_marker,
+    AllocKind, Counter, JsFrames, MAX_FRAMES, STORED_SLOTS, StackFrames, StackKey, thread_marker,
 };
 
 use crate::{
     account::bump,
     js,
-    maps::{JS_SCRATCH, JS_STACKS, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
-    queue, unwind,
+    maps::{JS_SCRATCH, JS_STACKS, JsScratch, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
+    queue, unwind, walk,
 };
 
 const EEXIST: i64 = 17;
@@ -24,13 +23,13 @@ const EEXIST: i64 = 17;
 /// The site of the allocation call whose entry probe is running.
 ///
 /// At a function's entry the return address is on top of the stack (`caller`) and `rbp` still
-/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then the
-/// return address above each saved frame pointer (no unwind tables: see [`capture_at`]).
+/// holds the caller's frame pointer, so the walk is: the probed function, `caller`, then each
+/// caller's caller, by its object's unwind table or by frame pointer.
 #[inline(always)]
 pub fn capture(ctx: &ProbeContext, tgid: u32, caller: u64, counters: *mut u64) -> StackKey {
     // SAFETY: `regs` is the context the kernel handed to this probe.
     let regs = unsafe { &*ctx.regs };
-    capture_at::<false>(
+    capture_at(
         Registers {
             ip: regs.rip,
             caller,
@@ -55,17 +54,10 @@ pub struct Registers {
     pub fp: u64,
 }
 
-/// The site whose walk starts at `at`, stored once per distinct stack. With `TABLES`, code
-/// without frame pointers is stepped by its object's unwind table where the tracer prepared one
-/// (only the page-fault program: with them, the verifier gives up on the allocator probes,
-/// whose walks also stitch queued work).
+/// The site whose walk starts at `at`, stored once per distinct stack. Code without frame
+/// pointers is stepped by its object's unwind table where the tracer prepared one (see `walk`).
 #[inline(always)]
-pub fn capture_at<const TABLES: bool>(
-    at: Registers,
-    tgid: u32,
-    kind: AllocKind,
-    counters: *mut u64,
-) -> StackKey {
+pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64) -> StackKey {
     let mut key = StackKey {
         tgid,
         kind: kind as u32,
@@ -78,115 +70,60 @@ pub fn capture_at<const TABLES: bool>(
     };
     // SAFETY: this CPU's scratch slot, used by one probe at a time.
     let frames = unsafe { &mut *frames };
-    // A pool thread running queued work: its walk ends at the pool's `worker` and goes on with
-    // the frames of the thread that queued the work, whose JavaScript frames name the site.
-    // Nothing of it is kept in registers or on the stack across the walk, which would double
-    // the states the verifier explores there: the stop in the cursor, the work looked up again
-    // after (only this thread's own probes change its entry).
+    // A thread running queued work, or its callback: its walk ends at libuv's function that
+    // called it (`worker`, `uv__work_done`) and goes on with the frames of the thread that
+    // queued the work, whose JavaScript frames name the site. Nothing of it is kept in
+    // registers or on the stack across the walk, which would double the states the verifier
+    // explores there: the stop in the cursor, the work looked up again after (only this
+    // thread's own probes change its entry).
     let queued = queue::running();
     cur.stop_fp = queued.map_or(0, |q| q.worker_fp);
+    // A pool thread runs no JavaScript; a callback does, before the queuer's.
+    let own_js = queued.is_none_or(|q| q.callback != 0);
     // One array lookup spares the targets that run no V8 the hash table's.
-    let v8 = if queued.is_none() && V8_PRESENT.get(0).is_some_and(|&n| n != 0) {
+    let v8 = if own_js && V8_PRESENT.get(0).is_some_and(|&n| n != 0) {
         // SAFETY: the map value stays valid for this program run; the probes only update its
         // meta-map cache, a word any CPU may write.
         V8_TARGETS.get_ptr_mut(&tgid).map(|p| unsafe { &mut *p })
     } else {
         None
     };
-    let mut js = match v8 {
-        // SAFETY: this CPU's scratch slot, used by one probe at a time.
-        Some(_) => JS_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }),
-        None => None,
+    // SAFETY: this CPU's scratch slot, used by one probe at a time. The walk notes frame
+    // pointers there only for a V8 target.
+    let Some(js) = JS_SCRATCH.get_ptr_mut(0).map(|p| unsafe { &mut *p }) else {
+        bump(counters, Counter::StackCaptureFailed);
+        return key;
     };
-    if let Some(js) = js.as_deref_mut() {
-        js.fps_len = 0;
-    }
-    let tables = if TABLES { unwind::process(tgid) } else { None };
+    js.fps_len = 0;
+    let tables = unwind::process(tgid);
     frames.ips[0] = at.ip;
     cur.pc = at.ip;
     cur.sp = at.sp;
     cur.fp = at.fp;
-    let mut len = 1;
-    let mut hash = mix(FNV_OFFSET, at.ip);
+    cur.len = 1;
+    cur.hash = mix(FNV_OFFSET, at.ip);
     if at.caller != 0 {
         frames.ips[1] = at.caller;
-        hash = mix(hash, at.caller);
-        len = 2;
+        cur.hash = mix(cur.hash, at.caller);
+        cur.len = 2;
         cur.pc = at.caller;
         cur.sp = at.sp + 8;
     }
-    for i in 1..MAX_FRAMES {
-        if i < len {
-            continue;
-        }
-        // `cur` is the frame of `ips[i - 1]`; its rbp is kept for the JavaScript frames,
-        // identified once the stack is known.
-        let fp = cur.fp;
-        // The frame at `fp` is `worker`'s: what lies above it is the pool thread's start.
-        if cur.stop_fp != 0 && fp == cur.stop_fp {
-            break;
-        }
-        let step = match tables {
-            // Bounded (see MAX_TABLE_FRAMES); `i` is a constant to the verifier, which drops
-            // the table code from the later iterations.
-            Some(tables) if i <= MAX_TABLE_FRAMES => unwind::step(tables, cur, i > 1, counters),
-            _ => unwind::Step::NoTable,
-        };
-        let next = match step {
-            unwind::Step::Caller(ra) => {
-                if i == MAX_TABLE_FRAMES {
-                    bump(counters, Counter::UnwindStepLimit);
-                }
-                ra
-            }
-            unwind::Step::Stop => break,
-            unwind::Step::NoTable => {
-                // [fp] is the next frame pointer, [fp + 8] the return address into that
-                // frame's function.
-                let Ok(pair) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) }) else {
-                    break;
-                };
-                if pair[1] != 0 {
-                    cur.pc = pair[1];
-                    cur.sp = fp + 16;
-                    cur.fp = pair[0];
-                }
-                if let Some(js) = js.as_deref_mut() {
-                    js.fps[i - 1] = fp;
-                    js.fps_len = i as u64;
-                }
-                if pair[1] == 0 {
-                    break;
-                }
-                frames.ips[i] = pair[1];
-                hash = mix(hash, pair[1]);
-                len = i + 1;
-                // Frames lie ever higher on the stack; anything else is not a frame pointer.
-                if pair[0] <= fp {
-                    break;
-                }
-                if i == MAX_FRAMES - 1 {
-                    bump(counters, Counter::StackTruncated);
-                }
-                continue;
-            }
-        };
-        if let Some(js) = js.as_deref_mut() {
-            js.fps[i - 1] = fp;
-            js.fps_len = i as u64;
-        }
-        frames.ips[i] = next;
-        hash = mix(hash, next);
-        len = i + 1;
-        if i == MAX_FRAMES - 1 {
-            bump(counters, Counter::StackTruncated);
-        }
-    }
+    walk::leaktrace_walk(
+        frames,
+        cur,
+        js,
+        u64::from(v8.is_some()),
+        tables.map_or(core::ptr::null(), |t| t as *const _),
+    );
+    cur.count_losses(counters);
+    // The walk's results, bounded again: the verifier knows only that the walk wrote them.
+    let mut len = (cur.len as usize).min(MAX_FRAMES);
+    let mut hash = cur.hash;
     // JavaScript's other threads (Workers, each an isolate of its own) say which thread they
     // are: the same code on two workers is two sites. Stitched stacks say the queuing thread.
     let tid = bpf_get_current_pid_tgid() as u32;
-    // Queued work names no JavaScript of its own (see `v8` above).
-    let queued = if v8.is_none() { queue::running() } else { None };
+    let queued = queue::running();
     if queued.is_none() && v8.is_some() && tid != tgid && len < MAX_FRAMES {
         let marker = thread_marker(tid);
         frames.ips[len & (MAX_FRAMES - 1)] = marker;
@@ -194,8 +131,9 @@ pub fn capture_at<const TABLES: bool>(
         len += 1;
     }
     frames.len = len as u32;
+    let mut queuer_at = MAX_FRAMES;
     if let Some(work) = &queued {
-        hash = queue::stitch(frames, work, hash, counters);
+        (hash, queuer_at) = queue::stitch(frames, work, hash, counters);
         key.js_id = work.js_id;
     }
     // 0 means "no stack".
@@ -205,15 +143,53 @@ pub fn capture_at<const TABLES: bool>(
         bump(counters, Counter::StackCaptureFailed);
         key.stack = 0;
     }
-    if let (Some(v8), Some(js)) = (v8, js) {
-        let (js_id, new) = js::identify(v8, js, tgid, stack);
-        key.js_id = js_id;
-        if js_id != 0 && new && !store(&JS_STACKS, js_id, &js.frames) {
+    if let Some(v8) = v8 {
+        let own = js::leaktrace_js_identify(v8, js, u64::from(tgid), stack);
+        let new = js.fresh != 0;
+        let stored = own == 0 || !new || store(&JS_STACKS, own, &js.frames);
+        if !stored {
             bump(counters, Counter::StackCaptureFailed);
-            key.js_id = 0;
+        }
+        key.js_id = match &queued {
+            // A callback's own frames, then its queuer's.
+            Some(work) if own != 0 && stored => join(js, own, new, work.js_id, queuer_at),
+            Some(work) => work.js_id,
+            None if stored => own,
+            None => 0,
+        };
+        if key.js_id == 0 && own != 0 {
+            bump(counters, Counter::StackCaptureFailed);
         }
     }
     key
+}
+
+/// The identity of a callback's JavaScript frames (`own`: in `js.frames` when `new`, else
+/// stored) followed by those of the code that queued its work (`queuer`), whose frames start at
+/// `queuer_at` in the stitched stack; stored once; 0 when they could not be.
+#[inline(always)]
+fn join(js: &mut JsScratch, own: u64, new: bool, queuer: u64, queuer_at: usize) -> u64 {
+    let own_frames = if new {
+        core::ptr::null()
+    } else {
+        // SAFETY: a plain lookup of frames stored once and never changed.
+        match unsafe { JS_STACKS.get(&own) } {
+            Some(frames) => frames as *const JsFrames,
+            None => return 0,
+        }
+    };
+    let queuer_frames = match queuer {
+        0 => core::ptr::null(),
+        // SAFETY: as above.
+        _ => unsafe { JS_STACKS.get(&queuer) }.map_or(core::ptr::null(), |f| f as *const _),
+    };
+    js::leaktrace_js_join(&mut js.frames, own_frames, queuer_frames, queuer_at as u64);
+    let id = mix(mix(mix(FNV_OFFSET, own), queuer), queuer_at as u64) | 1;
+    if store(&JS_STACKS, id, &js.frames) {
+        id
+    } else {
+        0
+    }
 }
 
 /// Stores the frames of `stack` unless this CPU stored them lately; false when the map is full.

@@ -17,6 +17,15 @@ use crate::{
     maps::{UNWIND_PROCS, UNWIND_ROWS, UNWIND_SCRATCH},
 };
 
+/// The counters a walk can add to, each once: see [`Cursor::lose`].
+const WALK_LOSSES: [Counter; 5] = [
+    Counter::StackTruncated,
+    Counter::UnwindStepLimit,
+    Counter::UnwindNoRow,
+    Counter::UnwindUnsupported,
+    Counter::UnwindBadFrame,
+];
+
 /// Where a walk stands: the frame whose pc is `pc`, with the stack pointer and rbp it had.
 #[repr(C)]
 pub struct Cursor {
@@ -32,6 +41,31 @@ pub struct Cursor {
     /// The frame pointer of a pool thread's `worker` frame, where its walk stops and the
     /// queuing thread's frames go on (0: none). Kept here for the same reason as `found`.
     pub stop_fp: u64,
+    /// Frames walked so far, and their hash: the walk's input and its result.
+    pub len: u64,
+    pub hash: u64,
+    /// One bit per counter the walk's losses add to (bit `Counter as u64`).
+    lost: u64,
+}
+
+impl Cursor {
+    /// Notes a loss of the walk, counted by [`Cursor::count_losses`] once it is over: the walk
+    /// runs where the process's counters are out of reach (see `walk`).
+    #[inline(always)]
+    pub fn lose(&mut self, counter: Counter) {
+        self.lost |= 1 << (counter as u64);
+    }
+
+    /// Adds the walk's losses to `counters` and forgets them.
+    #[inline(always)]
+    pub fn count_losses(&mut self, counters: *mut u64) {
+        for counter in WALK_LOSSES {
+            if self.lost & (1 << (counter as u64)) != 0 {
+                bump(counters, counter);
+            }
+        }
+        self.lost = 0;
+    }
 }
 
 /// The outcome of one step.
@@ -69,12 +103,7 @@ const BAD_FRAME: u64 = 5;
 /// Steps `cur` to its caller with the row that covers its pc, if the pc lies in a table object.
 /// `return_address`: the pc is a return address, so the call it follows is looked up (pc - 1).
 #[inline(always)]
-pub fn step(
-    proc_: &UnwindProcess,
-    cur: &mut Cursor,
-    return_address: bool,
-    counters: *mut u64,
-) -> Step {
+pub fn step(proc_: &UnwindProcess, cur: &mut Cursor, return_address: bool) -> Step {
     let code = leaktrace_unwind_step(proc_, cur, u64::from(return_address));
     let counter = match code {
         NO_TABLE => return Step::NoTable,
@@ -84,7 +113,7 @@ pub fn step(
         UNSUPPORTED => Counter::UnwindUnsupported,
         _ => Counter::UnwindBadFrame,
     };
-    bump(counters, counter);
+    cur.lose(counter);
     Step::Stop
 }
 

@@ -190,9 +190,9 @@ pub struct TraceArgs {
     /// tracer, in bytes: a power of two of at least 4096. Events that do not fit are counted.
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAP_EVENTS_BYTES, value_parser = parse_ring_bytes)]
     pub map_events_bytes: u32,
-    /// Rows of unwind tables the watch mode's probe holds (8 bytes each, over all objects): code
-    /// without frame pointers (glibc's internals, libstdc++) is walked by its `.eh_frame` while
-    /// they last. glibc 2.36's C library takes about 28 k.
+    /// Rows of unwind tables the probes hold (8 bytes each, over all objects): code without
+    /// frame pointers (glibc's internals, libstdc++) is walked by its `.eh_frame` while they
+    /// last. glibc 2.36's C library takes about 28 k.
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_UNWIND_ROWS, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_unwind_rows: u32,
     /// Attach programs that do nothing, at the same places (for `cargo xtask bench`: the cost of

@@ -566,11 +566,7 @@ impl Session {
     }
 
     /// Tells the probes which of `pid`'s code to walk by its unwind table (see `unwind`).
-    /// Only page-fault walks (watch mode) use them: the allocator probes walk by frame pointer.
     fn walk_tables_of(&mut self, pid: u32) {
-        if self.probes.traps() {
-            return;
-        }
         if let Err(err) = self.unwinder.install(&mut self.probes, pid) {
             warn!(pid, %err, "cannot give the probes unwind tables: frames without a frame pointer are lost");
         }
@@ -1383,13 +1379,13 @@ fn total_alloc_calls(snapshot: &Snapshot) -> u64 {
 }
 
 /// The addresses of one allocation, innermost first: the allocation function itself (an exact
-/// address), then return addresses. Past the marker of queued work, the queuing function is an
-/// exact address too: the probe that queued the work was at its entry.
+/// address), then return addresses. Past the marker of queued work (or of its callback), the
+/// queuing function is an exact address too: the probe that queued the work was at its entry.
 fn call_chain(ips: &[u64]) -> Vec<(u64, AddrKind)> {
     ips.iter()
         .enumerate()
         .map(|(i, &ip)| {
-            let after_marker = i > 0 && leaktrace_common::queued_tid(ips[i - 1]).is_some();
+            let after_marker = i > 0 && leaktrace_common::stitched_tid(ips[i - 1]).is_some();
             (
                 ip,
                 if i == 0 || after_marker {

@@ -32,6 +32,15 @@ const CONTROL: &str = "control-zlib-streams";
 /// The control's function that queues the same zlib work.
 const CONTROL_FUNCTION: &str = "compressAndClose";
 
+/// (fixture, the function whose `fs.readFile` makes the Buffers kept) for leaks made in the
+/// callbacks of queued work, by callback and by `await`, and their control, which reads the
+/// same file and drops the Buffers.
+const CALLBACK_LEAKS: &[(&str, &str)] = &[
+    ("leak-read-files", "cacheFileContents"),
+    ("leak-read-files-async", "cacheFileAsync"),
+];
+const CALLBACK_CONTROL: (&str, &str) = ("control-read-files", "readAndDrop");
+
 fn fixture(name: &str) -> PathBuf {
     root().join(format!("tests/fixtures/node/pool/{name}.js"))
 }
@@ -147,6 +156,127 @@ fn pool_work_is_named_under(node: &Path, test: &str) {
     every_format_shows_the_marker(&out, pids[0]);
 }
 
+/// Where the marker of a callback of queued work sits in `stack`, checked: libuv's
+/// `uv__work_done`, which called the callback, just inside it, `uv__work_submit`, where the
+/// first work was queued, just outside, and the queuing thread the main one.
+fn callback_marker_of(stack: &Value, pid: u32, label: &str) -> usize {
+    let frames = frames(stack);
+    let at = frames
+        .iter()
+        .position(|f| f["kind"] == "callback")
+        .unwrap_or_else(|| panic!("{label}: no callback marker on {:?}", function_names(stack)));
+    assert_eq!(
+        frames[at]["function"].as_str(),
+        Some(format!("callback of work queued by \"node\" on thread {pid}").as_str()),
+        "{label}: {}",
+        frames[at]
+    );
+    assert_eq!(
+        frames[at - 1]["function"],
+        "uv__work_done",
+        "{label}: {:?}",
+        function_names(stack)
+    );
+    assert_eq!(
+        frames[at + 1]["function"],
+        "uv__work_submit",
+        "{label}: {:?}",
+        function_names(stack)
+    );
+    at
+}
+
+/// `fs.readFile` loops, attached while they run: the leaks' Buffers are made on the main thread
+/// in the callbacks of the work `fs.readFile` queued (or in the continuations of `await`s that
+/// V8 runs from them), where no frame of the application is on the stack. Each top suspect must
+/// be a `leak` whose stack goes from the callback's own frames (node's `fs` code, named from
+/// V8's data) through the callback marker to the function that called `fs.readFile`; the
+/// control's stitched stacks must be traced and none a suspect.
+fn callbacks_are_named_under(node: &Path, test: &str) {
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (control, control_function) = CALLBACK_CONTROL;
+    let mut all: Vec<&str> = CALLBACK_LEAKS.iter().map(|(f, _)| *f).collect();
+    all.push(control);
+    let mut targets: Vec<Target> = all.iter().map(|f| start(node, f, test)).collect();
+    let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
+    let out = scratch(test).join("report.json");
+    let report = trace_workloads(&mut targets, &pids, &["--interval", "500ms"], &out);
+    for target in targets {
+        assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    }
+    for (&(leak, function), &pid) in CALLBACK_LEAKS.iter().zip(&pids) {
+        let suspect = top_suspect(&report, pid);
+        assert_eq!(
+            suspect["growth"]["verdict"],
+            "leak",
+            "{leak}: top suspect {:?} is not a leak: {}",
+            function_names(suspect),
+            suspect["growth"]
+        );
+        let marker = callback_marker_of(suspect, pid, leak);
+        let frames = frames(suspect);
+        let queuer = frames
+            .iter()
+            .position(|f| f["function"].as_str() == Some(function))
+            .unwrap_or_else(|| panic!("{leak}: {function} not on {:?}", function_names(suspect)));
+        assert!(queuer > marker, "{leak}: {function} is not past the marker");
+        let frame = &frames[queuer];
+        assert_eq!(frame["kind"], "js", "{leak}: {frame}");
+        assert_eq!(frame["source"], "v8", "{leak}: {frame}");
+        assert_eq!(
+            frame["file"].as_str(),
+            Some(fixture(leak).to_str().expect("utf-8 path")),
+            "{leak}: {frame}"
+        );
+        // The callback ran JavaScript of its own before the marker: node's, named from V8's
+        // data.
+        assert!(
+            frames[..marker]
+                .iter()
+                .any(|f| f["kind"] == "js" && f["source"] == "v8"),
+            "{leak}: {:?}",
+            function_names(suspect)
+        );
+    }
+    let control_pid = pids[CALLBACK_LEAKS.len()];
+    let stacks = stacks_of(&report, control_pid);
+    let stitched: Vec<&&Value> = stacks
+        .iter()
+        .filter(|s| {
+            function_names(s).contains(&control_function) && frames_of_kind(s, "callback") == 1
+        })
+        .collect();
+    assert!(
+        stitched.iter().any(|s| s["alloc_calls"].as_u64() > Some(0)),
+        "{control}: no stitched stack names {control_function} ({} stacks)",
+        stacks.len()
+    );
+    for stack in &stitched {
+        callback_marker_of(stack, control_pid, control);
+    }
+    leaktrace_tests::assert_no_growth(control, stacks);
+}
+
+fn frames_of_kind(stack: &Value, kind: &str) -> usize {
+    frames(stack).iter().filter(|f| f["kind"] == kind).count()
+}
+
+#[test]
+fn flagless_node_20_names_what_a_callback_of_queued_work_allocates() {
+    if !have_root("flagless_node_20_names_what_a_callback_of_queued_work_allocates") {
+        return;
+    }
+    callbacks_are_named_under(Path::new("/usr/bin/node"), "callback_node20");
+}
+
+#[test]
+fn flagless_node_22_names_what_a_callback_of_queued_work_allocates() {
+    if !have_root("flagless_node_22_names_what_a_callback_of_queued_work_allocates") {
+        return;
+    }
+    callbacks_are_named_under(&node22(), "callback_node22");
+}
+
 /// Renders the saved report in every other format: each shows the marker of queued work.
 fn every_format_shows_the_marker(json: &Path, pid: u32) {
     let dir = json.parent().expect("the report's directory");
@@ -206,7 +336,7 @@ const WORK_BYTES: u64 = 12345;
 /// A C program queues work through Debian's shared, stripped libuv: the pool's call of the work
 /// is found in its code, and every block the work made is counted, exactly, under a stack that
 /// goes from `work_cb` through the marker to `queue_jobs`, which called `uv_queue_work`. libuv's
-/// internal submit has no symbol there: the report says so, once.
+/// internal submit and callback caller have no symbol there: the report says so, once.
 #[test]
 fn a_shared_libuvs_work_is_named_by_the_function_that_queued_it() {
     if !have_root("a_shared_libuvs_work_is_named_by_the_function_that_queued_it") {
@@ -262,6 +392,7 @@ fn a_shared_libuvs_work_is_named_by_the_function_that_queued_it() {
         .collect();
     assert_eq!(notes.len(), 1, "{notes:?}");
     assert!(notes[0].contains("libuv.so.1"), "{}", notes[0]);
+    assert!(notes[0].contains("uv__work_done"), "{}", notes[0]);
     assert_eq!(
         leaktrace_tests::losses(&report)
             .values()

@@ -1,8 +1,9 @@
-//! Page-fault stacks through code without frame pointers: a fault inside glibc's `malloc`
-//! (frameless, as distro builds are) is walked by its `.eh_frame` back through a library built
-//! `-O2 -fomit-frame-pointer` to `main`, so the pages are charged to the function that called
-//! `malloc`. With no room for unwind tables the same trace loses those frames: the test tells
-//! the two walks apart.
+//! Stacks through code without frame pointers. A page fault inside glibc's `malloc` (frameless,
+//! as distro builds are) is walked by its `.eh_frame` back through a library built `-O2
+//! -fomit-frame-pointer` to `main`, so the pages are charged to the function that called
+//! `malloc`; an allocator call made from that library, or from glibc's own `strdup`, is named
+//! by every caller under exact tracing, block for block. With no room for unwind tables the
+//! same traces lose those frames: the tests tell the two walks apart.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
 use leaktrace_tests::{Target, fixture, fixture_with, have_root, losses, scratch, trace_workload};
@@ -25,10 +26,18 @@ fn frameless() -> std::path::PathBuf {
 /// Watch mode on the fixture with `args`: its report and the populated stacks of the fixture,
 /// each as function names with its resident pages.
 fn trace(test: &str, args: &[&str]) -> (Value, Vec<(Vec<String>, u64)>) {
+    let mut all = vec!["--mode", "watch"];
+    all.extend_from_slice(args);
+    trace_in(test, &all)
+}
+
+/// The fixture traced with `args`: its report and its stacks, each as function names with its
+/// live blocks (resident pages in watch mode).
+fn trace_in(test: &str, args: &[&str]) -> (Value, Vec<(Vec<String>, u64)>) {
     let out = scratch(test).join("report.json");
     let mut target = Target::start(&frameless(), &[&ROUNDS.to_string()]);
     let pid = target.pid();
-    let mut all = vec!["--mode", "watch", "--interval", "100ms"];
+    let mut all = vec!["--interval", "100ms"];
     all.extend_from_slice(args);
     let report = trace_workload(&mut target, pid, &all, &out);
     assert_eq!(target.finish(), 0, "the target is unharmed");
@@ -132,4 +141,88 @@ fn without_tables_a_fault_in_malloc_loses_its_callers() {
         notes.contains("did not fit the unwind-row array") && notes.contains("--max-unwind-rows"),
         "{notes}"
     );
+}
+
+/// Live blocks of the fixture's stacks that pass through `function`, each stack's names cut at
+/// the allocator: `(names from the allocator's caller on, blocks)`.
+fn blocks_through<'a>(
+    stacks: &'a [(Vec<String>, u64)],
+    function: &str,
+) -> Vec<(&'a [String], u64)> {
+    stacks
+        .iter()
+        .filter(|(names, _)| names.iter().any(|f| f == function))
+        .map(|(names, n)| (&names[1..], *n))
+        .collect()
+}
+
+#[test]
+fn an_allocation_in_frameless_code_is_named_by_every_caller() {
+    if !have_root("an_allocation_in_frameless_code_is_named_by_every_caller") {
+        return;
+    }
+    let (report, stacks) = trace_in("unwind_exact", &[]);
+    // Each entry point's blocks, exactly, on the whole chain from the leaf to main.
+    for (entry, per_round) in [("frameless_three", 3), ("frameless_five", 5)] {
+        let found = blocks_through(&stacks, entry);
+        for (names, _) in &found {
+            assert!(
+                names.starts_with(&[
+                    "frameless_leaf".to_owned(),
+                    "frameless_middle".to_owned(),
+                    entry.to_owned(),
+                    "main".to_owned()
+                ]),
+                "{entry}: {names:?}"
+            );
+        }
+        let blocks: u64 = found.iter().map(|(_, n)| n).sum();
+        assert_eq!(blocks, ROUNDS * per_round, "{entry}: {stacks:?}");
+    }
+    // glibc's strdup keeps no frame pointer either: its caller is named past it.
+    let names = blocks_through(&stacks, "keep_names");
+    for (frames, _) in &names {
+        assert!(
+            frames.len() >= 3
+                && frames[0].contains("strdup")
+                && frames[1] == "keep_names"
+                && frames[2] == "main",
+            "{frames:?}"
+        );
+    }
+    assert_eq!(
+        names.iter().map(|(_, n)| n).sum::<u64>(),
+        ROUNDS * 2,
+        "{stacks:?}"
+    );
+    let losses = losses(&report);
+    for counter in ["unwind_no_row", "unwind_unsupported", "unwind_bad_frame"] {
+        assert_eq!(losses[counter], 0, "{counter}: {losses:?}");
+    }
+}
+
+#[test]
+fn without_tables_an_allocation_in_frameless_code_loses_its_callers() {
+    if !have_root("without_tables_an_allocation_in_frameless_code_loses_its_callers") {
+        return;
+    }
+    let (_, stacks) = trace_in("unwind_exact_no_tables", &["--max-unwind-rows", "1"]);
+    // A frame-pointer walk from malloc's entry goes from the leaf to main's caller: the two
+    // entry points, and strdup's caller, are gone, though every block is still counted.
+    let leaf: u64 = blocks_through(&stacks, "frameless_leaf")
+        .iter()
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(leaf, ROUNDS * 8, "{stacks:?}");
+    for lost in [
+        "frameless_middle",
+        "frameless_three",
+        "frameless_five",
+        "keep_names",
+    ] {
+        assert!(
+            blocks_through(&stacks, lost).is_empty(),
+            "{lost}: {stacks:?}"
+        );
+    }
 }

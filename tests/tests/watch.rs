@@ -281,7 +281,14 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
                 let rate = |s: &Value| s["growth"]["bytes_per_s"].as_f64().unwrap_or(0.0);
                 rate(a).total_cmp(&rate(b))
             })
-            .unwrap_or_else(|| panic!("{fixture}: no leak in the leaking process"));
+            .unwrap_or_else(|| {
+                let verdicts: Vec<(Vec<&str>, &Value)> = stacks_of(pid)
+                    .into_iter()
+                    .map(|s| (functions(s), &s["growth"]))
+                    .take(5)
+                    .collect();
+                panic!("{fixture}: no leak in the leaking process: {verdicts:?}")
+            });
         assert_eq!(top["kind"], "populated", "{fixture}");
         assert!(
             functions(top).contains(function),

@@ -165,7 +165,15 @@ pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
 #[derive(Default)]
 pub struct StackCache {
     stacks: HashMap<u64, Vec<u64>>,
-    js: HashMap<u64, Vec<JsFrame>>,
+    js: HashMap<u64, JsSequence>,
+}
+
+/// The JavaScript frames stored under one identity, innermost first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JsSequence {
+    pub frames: Vec<JsFrame>,
+    /// Each frame's index is its place in the whole stack already (see [`JsFrames::placed`]).
+    pub placed: bool,
 }
 
 impl StackCache {
@@ -178,12 +186,16 @@ impl StackCache {
             stack,
             |f: &StackFrames| f.ips[..(f.len as usize).min(f.ips.len())].to_vec(),
         )
+        .map(Vec::as_slice)
     }
 
-    /// The JavaScript frames (innermost first) stored under `js_id`; empty when none were.
-    pub fn js_frames(&mut self, probes: &Probes, js_id: u64) -> Result<&[JsFrame], CollectError> {
+    /// The JavaScript frames stored under `js_id`; none when none were.
+    pub fn js_frames(&mut self, probes: &Probes, js_id: u64) -> Result<&JsSequence, CollectError> {
         read_once(&mut self.js, probes, "JS_STACKS", js_id, |f: &JsFrames| {
-            f.frames[..(f.len as usize).min(f.frames.len())].to_vec()
+            JsSequence {
+                frames: f.frames[..(f.len as usize).min(f.frames.len())].to_vec(),
+                placed: f.placed != 0,
+            }
         })
     }
 
@@ -200,13 +212,13 @@ impl StackCache {
 
 /// The entry `key` of the probes' map `name`, as `take` extracts it, read into `cache` once;
 /// empty when the map has no such entry.
-fn read_once<'c, V: aya::Pod, T>(
-    cache: &'c mut HashMap<u64, Vec<T>>,
+fn read_once<'c, V: aya::Pod, T: Default>(
+    cache: &'c mut HashMap<u64, T>,
     probes: &Probes,
     name: &'static str,
     key: u64,
-    take: impl FnOnce(&V) -> Vec<T>,
-) -> Result<&'c [T], CollectError> {
+    take: impl FnOnce(&V) -> T,
+) -> Result<&'c T, CollectError> {
     if let std::collections::hash_map::Entry::Vacant(slot) = cache.entry(key) {
         let map: BpfHashMap<&MapData, u64, V> = BpfHashMap::try_from(
             probes

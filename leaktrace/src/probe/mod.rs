@@ -281,6 +281,8 @@ const PROGRAMS: &[&str] = &[
     POOL_QUEUE_WORK,
     POOL_BEGIN,
     POOL_END,
+    POOL_CALLBACK_BEGIN,
+    POOL_CALLBACK_END,
 ];
 
 /// The programs on libuv's thread pool (see [`pool`]).
@@ -288,6 +290,8 @@ const POOL_SUBMIT: &str = "pool_submit";
 const POOL_QUEUE_WORK: &str = "pool_queue_work";
 const POOL_BEGIN: &str = "pool_work_begin";
 const POOL_END: &str = "pool_work_end";
+const POOL_CALLBACK_BEGIN: &str = "pool_callback_begin";
+const POOL_CALLBACK_END: &str = "pool_callback_end";
 
 /// Where an allocation function's entry and return probes go: past leading instructions the
 /// kernel would single-step (libstdc++'s `operator new` starts with `endbr64`: ~30 µs a call
@@ -847,6 +851,15 @@ impl Probes {
         ];
         if let Some(submit) = sites.submit {
             points.push((POOL_SUBMIT, "uv__work_submit", submit, None));
+        }
+        if let Some((call, after)) = sites.callback {
+            points.push((
+                POOL_CALLBACK_BEGIN,
+                "uv__work_done",
+                call,
+                Some(after - call),
+            ));
+            points.push((POOL_CALLBACK_END, "uv__work_done", after, None));
         }
         for (program, function, offset, cookie) in points {
             // Following, a file's probes serve every process: attached once.

@@ -3,9 +3,10 @@
 //!
 //! Three places are probed (see `leaktrace-ebpf`'s `queue`): where work is queued
 //! (`uv__work_submit`, a local symbol, and the exported `uv_queue_work`, into which the compiler
-//! inlines its submit), and, inside the pool's `worker`, the indirect call `w->work(w)` and the
-//! instruction after it. libuv exports none of `worker`'s internals: the call is found by
-//! decoding the function.
+//! inlines its submit), inside the pool's `worker`, the indirect call `w->work(w)` and the
+//! instruction after it, and inside `uv__work_done`, on the loop thread, the indirect call of
+//! the work's callback `w->done(w, err)` and the instruction after it. libuv exports none of
+//! these internals: the calls are found by decoding the functions.
 
 use std::os::unix::fs::MetadataExt as _;
 
@@ -26,6 +27,9 @@ pub struct PoolSites {
     pub begin: u64,
     /// The instruction after that call.
     pub end: u64,
+    /// `uv__work_done`'s call `w->done(w, err)` and the instruction after it, when its symbol
+    /// is there and the call was recognised.
+    pub callback: Option<(u64, u64)>,
 }
 
 /// Why an object's pool cannot be probed.
@@ -65,17 +69,31 @@ pub fn find(elf: &[u8]) -> Result<PoolSites, PoolError> {
         }
         None => scan_for_work_call(elf)?,
     };
+    // Work runs without its callback stitched rather than not at all.
+    let callback =
+        lookup("uv__work_done")?.and_then(|done| match work_call(&done.bytes, done.address) {
+            Ok((at, len)) => {
+                let at = done.file_offset + (at - done.address);
+                Some((at, at + len))
+            }
+            Err(err) => {
+                debug!(%err, "uv__work_done's call of the callback not found");
+                None
+            }
+        });
     Ok(PoolSites {
         submit,
         queue_work: queue_work.file_offset,
         begin,
         end: begin + len,
+        callback,
     })
 }
 
 /// The address and length of the one indirect call in `worker` (code at `ip`) that can be
-/// `w->work(w)`: through a register, or through memory addressed by a register. Calls through
-/// memory addressed by RIP are calls of imported functions (`-fno-plt`), not of the work.
+/// `w->work(w)`, or in `uv__work_done` that can be `w->done(w, err)`: through a register, or
+/// through memory addressed by a register. Calls through memory addressed by RIP are calls of
+/// imported functions (`-fno-plt`), not of the work.
 fn work_call(code: &[u8], ip: u64) -> Result<(u64, u64), PoolError> {
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut found = Vec::new();
@@ -213,6 +231,7 @@ mod tests {
             .expect("libuv1 is installed here (cargo xtask setup)");
         let sites = find(&elf).expect("the stripped libuv's pool");
         assert_eq!(sites.submit, None);
+        assert_eq!(sites.callback, None);
         assert!(sites.end > sites.begin);
     }
 
@@ -222,7 +241,36 @@ mod tests {
         let sites = find(&elf).expect("node's pool");
         assert!(sites.submit.is_some());
         assert!(sites.end > sites.begin);
+        // `call [rax-0x10]`: three bytes.
+        let (call, after) = sites
+            .callback
+            .expect("uv__work_done's call of the callback");
+        assert_eq!(after - call, 3);
     }
+}
+
+/// What a pool probed in part leaves unstitched, for the target's notes.
+fn partly(sites: &PoolSites, object: &std::path::Path) -> Option<String> {
+    let mut missing = Vec::new();
+    if sites.submit.is_none() {
+        missing.push(
+            "its internal uv__work_submit has no symbol, so work queued through uv_queue_work \
+             is shown with the code that queued it, fs and dns work without",
+        );
+    }
+    if sites.callback.is_none() {
+        missing.push(
+            "its internal uv__work_done has no symbol, so what the callbacks of queued work \
+             allocate (fs.readFile's buffers) is shown without the code that queued the work",
+        );
+    }
+    (!missing.is_empty()).then(|| {
+        format!(
+            "libuv in {} is stripped: {}",
+            object.display(),
+            missing.join("; ")
+        )
+    })
 }
 
 /// The thread pools of targets, each object's read once.
@@ -274,16 +322,7 @@ impl Pools {
             let attached = match found {
                 Ok(sites) => probes
                     .attach_pool(pid, &object, meta.ino(), &sites)
-                    .map(|()| {
-                        sites.submit.is_none().then(|| {
-                            format!(
-                                "libuv's internal uv__work_submit has no symbol in {} \
-                                 (stripped): work queued through uv_queue_work is shown with \
-                                 the code that queued it, fs and dns work without",
-                                shown.display()
-                            )
-                        })
-                    })
+                    .map(|()| partly(&sites, &shown))
                     .map_err(|err| err.to_string()),
                 Err(PoolError::NoLibuv) => continue,
                 Err(err) => Err(err.to_string()),

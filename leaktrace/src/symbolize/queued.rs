@@ -1,16 +1,18 @@
-//! The marker frame the probes put between a thread-pool worker's own frames and the frames of
-//! the thread that queued its work (see `leaktrace-ebpf`'s `queue`), and what it changes for
-//! naming the rest of the stack.
+//! The marker frame the probes put between a thread-pool worker's own frames, or those of the
+//! callback of queued work, and the frames of the thread that queued the work (see
+//! `leaktrace-ebpf`'s `queue`), and what it changes for naming the rest of the stack.
 
 use std::collections::HashMap;
 
-use leaktrace_common::{JsFrame, queued_tid, thread_tid};
+use leaktrace_common::{JsFrame, callback_tid, queued_tid, stitched_tid, thread_tid};
 
 use super::hex;
-use crate::report::model::Frame;
+use crate::{collect::JsSequence, report::model::Frame};
 
 /// What [`Frame::kind`] says of a marker of queued work.
 pub const KIND: &str = "queued";
+/// What [`Frame::kind`] says of the marker of a callback of queued work.
+pub const CALLBACK_KIND: &str = "callback";
 /// What [`Frame::kind`] says of the marker of the thread a stack ran on (not the main one).
 pub const THREAD_KIND: &str = "thread";
 
@@ -26,7 +28,7 @@ impl QueuingThreads {
     pub fn remember(&mut self, pid: u32, ips: &[u64]) {
         for tid in ips
             .iter()
-            .filter_map(|&ip| queued_tid(ip).or_else(|| thread_tid(ip)))
+            .filter_map(|&ip| stitched_tid(ip).or_else(|| thread_tid(ip)))
         {
             if self.names.contains_key(&(pid, tid)) {
                 continue;
@@ -51,7 +53,11 @@ impl QueuingThreads {
                 ..Frame::default()
             });
         }
-        let tid = queued_tid(ip)?;
+        let (tid, kind, what) = match (queued_tid(ip), callback_tid(ip)) {
+            (Some(tid), _) => (tid, KIND, "queued by"),
+            (_, Some(tid)) => (tid, CALLBACK_KIND, "callback of work queued by"),
+            _ => return None,
+        };
         let by = match self.names.get(&(pid, tid)) {
             Some(name) => format!("\"{name}\""),
             None if tid == pid => "the main thread".to_owned(),
@@ -59,8 +65,8 @@ impl QueuingThreads {
         };
         Some(Frame {
             address: hex(ip),
-            kind: KIND.into(),
-            function: Some(format!("queued by {by} on thread {tid}")),
+            kind: kind.into(),
+            function: Some(format!("{what} {by} on thread {tid}")),
             ..Frame::default()
         })
     }
@@ -72,13 +78,16 @@ impl QueuingThreads {
 
 /// The JavaScript frames of a stack whose addresses are `ips`, placed on it. The probes give a
 /// stitched stack the JavaScript frames of the queuing thread, indexed in that thread's own
-/// stack, which follows the marker.
-pub fn place_js(frames: &[JsFrame], ips: &[u64]) -> Vec<JsFrame> {
-    let shift = ips
-        .iter()
-        .position(|&ip| queued_tid(ip).is_some())
-        .map_or(0, |marker| marker as u32 + 1);
-    frames
+/// stack, which follows the marker; a callback's frames come placed already.
+pub fn place_js(js: &JsSequence, ips: &[u64]) -> Vec<JsFrame> {
+    let shift = match js.placed {
+        true => 0,
+        false => ips
+            .iter()
+            .position(|&ip| stitched_tid(ip).is_some())
+            .map_or(0, |marker| marker as u32 + 1),
+    };
+    js.frames
         .iter()
         .map(|f| JsFrame {
             index: f.index + shift,
@@ -89,19 +98,26 @@ pub fn place_js(frames: &[JsFrame], ips: &[u64]) -> Vec<JsFrame> {
 
 #[cfg(test)]
 mod tests {
-    use leaktrace_common::queued_marker;
+    use leaktrace_common::{callback_marker, queued_marker};
 
     use super::*;
 
     #[test]
     fn the_queuers_javascript_frames_follow_the_marker() {
-        let frame = JsFrame {
-            index: 2,
-            ..JsFrame::default()
+        let js = |placed| JsSequence {
+            frames: vec![JsFrame {
+                index: 2,
+                ..JsFrame::default()
+            }],
+            placed,
         };
         let stitched = [0x10, 0x20, queued_marker(7), 0x30, 0x40, 0x50];
-        assert_eq!(place_js(&[frame], &stitched)[0].index, 5);
-        assert_eq!(place_js(&[frame], &[0x10, 0x20, 0x30])[0].index, 2);
+        assert_eq!(place_js(&js(false), &stitched)[0].index, 5);
+        assert_eq!(place_js(&js(false), &[0x10, 0x20, 0x30])[0].index, 2);
+        let callback = [0x10, 0x20, callback_marker(7), 0x30, 0x40, 0x50];
+        assert_eq!(place_js(&js(false), &callback)[0].index, 5);
+        // A callback's own frames and its queuer's, placed by the probes.
+        assert_eq!(place_js(&js(true), &callback)[0].index, 2);
     }
 
     #[test]
@@ -115,6 +131,14 @@ mod tests {
         assert!(function.starts_with("queued by \""), "{function}");
         assert!(function.ends_with(&format!("on thread {me}")), "{function}");
         assert_eq!(threads.frame(me, 0x1234), None);
+        let frame = threads.frame(me, callback_marker(me)).unwrap();
+        assert_eq!(frame.kind, CALLBACK_KIND);
+        assert!(
+            frame
+                .function
+                .unwrap()
+                .starts_with("callback of work queued by \""),
+        );
         threads.remember(me, &[leaktrace_common::thread_marker(me)]);
         let frame = threads
             .frame(me, leaktrace_common::thread_marker(me))
