@@ -66,6 +66,10 @@ struct Run {
     /// The agent's exact windows and their average cost, in percent of one CPU.
     windows: Option<u64>,
     overhead_percent: Option<f64>,
+    /// The tracer's own CPU time while the load ran, in percent of one CPU: on a machine whose
+    /// cores the service and the load saturate, what the tracer takes from them, measured
+    /// apart from the throughput's noise.
+    tracer_cpu_percent: Option<f64>,
 }
 
 /// Runs every server under every tracing, `rounds` times in rotated order, and prints the table
@@ -155,7 +159,14 @@ fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> an
             Some((proc, Some(listen)))
         }
     };
+    let tracer_pid = tracer.as_ref().map(|(proc, _)| proc.pid());
+    let cpu_before = tracer_pid.map(super::cpu_seconds).transpose()?;
+    let started = Instant::now();
     let (rate, _, p99_ms) = super::wrk(port, seconds)?;
+    let cpu_after = tracer_pid.map(super::cpu_seconds).transpose()?;
+    let tracer_cpu_percent = cpu_before
+        .zip(cpu_after)
+        .map(|(before, after)| (after - before) / started.elapsed().as_secs_f64() * 100.0);
     let mut run = Run {
         server,
         tracing,
@@ -164,6 +175,7 @@ fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> an
         named: None,
         windows: None,
         overhead_percent: None,
+        tracer_cpu_percent,
     };
     if let Some((proc, listen)) = tracer.take() {
         match listen {
@@ -280,8 +292,8 @@ pub(super) fn milliseconds(text: &str) -> Option<f64> {
 fn report(runs: &[Run], seconds: u32, failures: Vec<String>) -> Value {
     println!("\nnode-service ({seconds} s of wrk -t1 -c20 per run; medians over rounds)");
     println!(
-        "{:<6} {:<6} {:>10} {:>8} {:>9} {:>8} {:>8} {:>9}",
-        "server", "tracer", "req/s", "loss", "p99 ms", "named", "windows", "cost %"
+        "{:<6} {:<6} {:>10} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "server", "tracer", "req/s", "loss", "p99 ms", "named", "windows", "cost %", "tracer %"
     );
     let mut rows = Vec::new();
     let mut goals = Vec::new();
@@ -303,8 +315,9 @@ fn report(runs: &[Run], seconds: u32, failures: Vec<String>) -> Value {
             let named = these.iter().all(|r| r.named == Some(true));
             let windows = these.iter().filter_map(|r| r.windows).max();
             let cost = median(these.iter().filter_map(|r| r.overhead_percent));
+            let tracer_cpu = median(these.iter().filter_map(|r| r.tracer_cpu_percent));
             println!(
-                "{:<6} {:<6} {rate:>10.0} {:>7.1}% {p99:>9.2} {:>8} {:>8} {:>9}",
+                "{:<6} {:<6} {rate:>10.0} {:>7.1}% {p99:>9.2} {:>8} {:>8} {:>9} {:>9}",
                 server.name(),
                 tracing.name(),
                 if tracing == Tracing::None { 0.0 } else { loss },
@@ -319,11 +332,17 @@ fn report(runs: &[Run], seconds: u32, failures: Vec<String>) -> Value {
                 } else {
                     "-".into()
                 },
+                if tracing == Tracing::None {
+                    "-".into()
+                } else {
+                    format!("{tracer_cpu:.2}")
+                },
             );
             rows.push(json!({
                 "server": server.name(), "tracer": tracing.name(), "req_per_s": rate,
                 "loss_percent": loss, "p99_ms": p99, "named": named, "windows": windows,
                 "agent_average_overhead_percent": (tracing == Tracing::Agent).then_some(cost),
+                "tracer_cpu_percent": (tracing != Tracing::None).then_some(tracer_cpu),
             }));
             let goal = |name: &str, met: bool, what: String| {
                 println!(
