@@ -6,17 +6,21 @@
 //! ring's order is the order the address space changed in (once a range is unmapped, another
 //! thread may be handed it at once).
 //!
-//! Attached at the syscall tracepoints, not at the C library's wrappers: they see mappings made
-//! without the C library (raw syscalls, static binaries, runtimes with their own wrappers). Raw
-//! tracepoints need no tracefs, and fentry on `__x64_sys_*`, which would fire for these syscalls
-//! only, is refused on kernels in integrity lockdown; every other syscall costs one compare (at
-//! entry) or one read (at exit). The C library's `mmap` is also probed
+//! Attached in the kernel, not at the C library's wrappers: they see mappings made without the
+//! C library (raw syscalls, static binaries, runtimes with their own wrappers). Exact tracing
+//! attaches them at the syscall tracepoints: raw tracepoints need no tracefs and work on kernels
+//! in integrity lockdown, which refuse fentry, but every other syscall of the host then costs
+//! one compare (at entry) or one read (at exit). Watch mode, which costs the request path
+//! nothing, attaches them by fentry and fexit on the syscalls' own functions (`__x64_sys_*`),
+//! which fire for these syscalls only. The C library's `mmap` is also probed
 //! ([`crate::alloc::mmap_enter`]) only to name the call site, which its wrapper's frame hides
 //! from a walk that starts in the syscall.
 
 use aya_ebpf::{
-    bindings::pt_regs, helpers::bpf_probe_read_kernel, macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    bindings::pt_regs,
+    helpers::bpf_probe_read_kernel,
+    macros::{fentry, fexit, raw_tracepoint},
+    programs::{FEntryContext, FExitContext, RawTracePointContext},
 };
 use leaktrace_common::{AllocKind, AllocOp, Counter, MapEvent, MapOp, StackKey};
 
@@ -95,14 +99,65 @@ const SYS_MREMAP: u64 = 25;
 /// `sys_enter(regs, id)`: removals, before the kernel makes them.
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
-    let id: u64 = ctx.arg(1);
+    enter(ctx.arg(1), ctx.arg(0))
+}
+
+/// `sys_exit(regs, ret)`: insertions and changes, once the kernel has made them.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: *const pt_regs = ctx.arg(0);
+    // SAFETY: a kernel-memory read through the helper, checked by it.
+    let id = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }.unwrap_or(u64::MAX);
+    exit(id, regs, ctx.arg(1))
+}
+
+/// `munmap`'s entry, for watch mode (see the module's comment).
+#[fentry(function = "__x64_sys_munmap")]
+pub fn munmap_fentry(ctx: FEntryContext) -> i32 {
+    enter(SYS_MUNMAP, ctx.arg(0))
+}
+
+/// `mmap`'s entry: a `MAP_FIXED` mapping's removal.
+#[fentry(function = "__x64_sys_mmap")]
+pub fn mmap_fentry(ctx: FEntryContext) -> i32 {
+    enter(SYS_MMAP, ctx.arg(0))
+}
+
+/// `mremap`'s entry: the old range's removal.
+#[fentry(function = "__x64_sys_mremap")]
+pub fn mremap_fentry(ctx: FEntryContext) -> i32 {
+    enter(SYS_MREMAP, ctx.arg(0))
+}
+
+/// `mmap`'s return: the new mapping.
+#[fexit(function = "__x64_sys_mmap")]
+pub fn mmap_fexit(ctx: FExitContext) -> i32 {
+    exit(SYS_MMAP, ctx.arg(0), ctx.arg(1))
+}
+
+/// `mremap`'s return: the range where it is now.
+#[fexit(function = "__x64_sys_mremap")]
+pub fn mremap_fexit(ctx: FExitContext) -> i32 {
+    exit(SYS_MREMAP, ctx.arg(0), ctx.arg(1))
+}
+
+/// `mprotect`'s return: the range's new access.
+#[fexit(function = "__x64_sys_mprotect")]
+pub fn mprotect_fexit(ctx: FExitContext) -> i32 {
+    exit(SYS_MPROTECT, ctx.arg(0), ctx.arg(1))
+}
+
+/// Syscall `id`'s entry, made with the user registers at `regs`: removals, before the kernel
+/// makes them.
+#[inline(always)]
+fn enter(id: u64, regs: *const pt_regs) -> i32 {
     let op = match id {
         SYS_MUNMAP => MapOp::Unmap,
         SYS_MMAP => MapOp::FixedBegin,
         SYS_MREMAP => MapOp::RemapBegin,
         _ => return 0,
     };
-    let Some((pid_tgid, counters, _, regs)) = target_call(ctx.arg(0)) else {
+    let Some((pid_tgid, counters, _, regs)) = target_call(regs) else {
         return 0;
     };
     if id == SYS_MMAP && regs.r10 & MAP_FIXED == 0 {
@@ -117,19 +172,15 @@ pub fn syscall_enter(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// `sys_exit(regs, ret)`: insertions and changes, once the kernel has made them.
-#[raw_tracepoint(tracepoint = "sys_exit")]
-pub fn syscall_exit(ctx: RawTracePointContext) -> i32 {
-    let regs: *const pt_regs = ctx.arg(0);
-    // SAFETY: a kernel-memory read through the helper, checked by it.
-    let id = unsafe { bpf_probe_read_kernel(&raw const (*regs).orig_rax) }.unwrap_or(u64::MAX);
+/// Syscall `id`'s return with `ret`: insertions and changes, once the kernel has made them.
+#[inline(always)]
+fn exit(id: u64, regs: *const pt_regs, ret: i64) -> i32 {
     if id != SYS_MMAP && id != SYS_MREMAP && id != SYS_MPROTECT {
         return 0;
     }
     let Some((pid_tgid, counters, who, regs)) = target_call(regs) else {
         return 0;
     };
-    let ret: i64 = ctx.arg(1);
     match id {
         SYS_MMAP => mmap_exit(pid_tgid, counters, who, &regs, ret),
         SYS_MREMAP => {

@@ -264,7 +264,7 @@ impl Session {
             v8_sites: HashMap::new(),
             ending: false,
             fault_period: match options.mode {
-                crate::probe::ProbeMode::Watch { period } => Some(period.get()),
+                crate::probe::ProbeMode::Watch { period, .. } => Some(period.get()),
                 _ => None,
             },
             residency: collect::pages::Residency::new(),
@@ -1096,6 +1096,7 @@ impl Session {
             ));
         }
         notes.extend(self.unwinder.stats().notes());
+        notes.extend(self.probes.mapping_note());
         notes
     }
 

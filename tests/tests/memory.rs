@@ -251,15 +251,66 @@ fn v8s_heap_is_known_by_the_calls_that_mapped_it() {
     if !have_root("v8s_heap_is_known_by_the_calls_that_mapped_it") {
         return;
     }
+    v8_heap_told_apart("memory-v8-heap", &[]);
+}
+
+/// The same in watch mode, no uprobe placed: with the mapping syscalls probed at the raw
+/// syscall tracepoints (this machine's kernel, in lockdown, refuses watch mode's default
+/// fentry), V8's heap is still known by its mappings' stacks.
+#[test]
+fn watch_mode_knows_v8s_heap_by_the_calls_that_mapped_it() {
+    if !have_root("watch_mode_knows_v8s_heap_by_the_calls_that_mapped_it") {
+        return;
+    }
+    let report = v8_heap_told_apart(
+        "memory-v8-heap-watch",
+        &["--mode", "watch", "--syscall-tracepoints"],
+    );
+    let notes = report["trace"]["notes"].to_string();
+    assert!(!notes.contains("no mapping events"), "{notes}");
+    assert_eq!(report["trace"]["mode"], "watch");
+}
+
+/// Watch mode by default probes the mapping syscalls by fentry: either the kernel allows it and
+/// mmap'd memory has its stacks, or the report says why there are none and what to do.
+#[test]
+fn watch_mode_sees_mappings_or_says_why_not() {
+    if !have_root("watch_mode_sees_mappings_or_says_why_not") {
+        return;
+    }
+    let mut target = Target::start(&fixture("populate", &[]), &["4", "16", "50"]);
+    let pid = target.pid();
+    let out = scratch("memory-watch-mappings").join("report.json");
+    let report = trace_workload(
+        &mut target,
+        pid,
+        &["--mode", "watch", "--interval", "250ms"],
+        &out,
+    );
+    assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    let mapped = report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .any(|s| s["kind"] == "mmap");
+    let notes = report["trace"]["notes"].to_string();
+    let said = notes.contains("no mapping events") && notes.contains("--syscall-tracepoints");
+    assert!(mapped != said, "mmap stacks: {mapped}; notes: {notes}");
+}
+
+/// Runs the fixture under `args` and checks its breakdown; returns the report.
+fn v8_heap_told_apart(test: &str, args: &[&str]) -> Value {
     let script = root().join("tests/fixtures/node/memory/v8-heap-objects.js");
     let mut cmd = Command::new("node");
-    cmd.current_dir(scratch("memory-v8-heap-cwd"))
+    cmd.current_dir(scratch(&format!("{test}-cwd")))
         .arg(&script)
         .arg("96");
     let mut target = Target::spawn(cmd);
     let pid = target.pid();
-    let out = scratch("memory-v8-heap").join("report.json");
-    let report = trace_workload(&mut target, pid, &["--interval", "250ms"], &out);
+    let out = scratch(test).join("report.json");
+    let mut all = vec!["--interval", "250ms"];
+    all.extend_from_slice(args);
+    let report = trace_workload(&mut target, pid, &all, &out);
     let heap = target.expect_line("heap ");
     let [before, used, total]: [u64; 3] = heap
         .split_whitespace()
@@ -310,4 +361,5 @@ fn v8s_heap_is_known_by_the_calls_that_mapped_it() {
         v8,
         "the last reading is the breakdown's"
     );
+    report
 }

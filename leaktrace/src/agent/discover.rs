@@ -1,6 +1,9 @@
 //! Finding the host's processes: each one's executable, cgroup and start time, from /proc.
 
-use std::{fs, path::PathBuf};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
 
 use crate::process::cgroup::{self, Placement};
 
@@ -17,9 +20,12 @@ pub struct Seen {
     pub cgroup: Placement,
 }
 
-/// Every user-space process of the host but this one. Kernel threads (no executable) and
-/// processes that exit mid-scan are left out.
-pub fn scan() -> Vec<Seen> {
+/// Every user-space process of the host but this one that `known` (given its PID, start time
+/// and executable: what names one process) does not know already. Kernel threads (no
+/// executable) and processes that exit mid-scan are left out. A known process costs the scan
+/// two small reads, not its cgroup's too: the agent scans every few seconds, and a node's
+/// processes are nearly all known.
+pub fn scan(known: impl Fn(u32, u64, &Path) -> bool) -> Vec<Seen> {
     let me = std::process::id();
     let Ok(entries) = fs::read_dir("/proc") else {
         return Vec::new();
@@ -29,8 +35,11 @@ pub fn scan() -> Vec<Seen> {
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| pid != me)
         .filter_map(|pid| {
-            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
             let start_time = start_time(pid)?;
+            let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+            if known(pid, start_time, &exe) {
+                return None;
+            }
             let cgroup = cgroup::read(pid).ok()?;
             Some(Seen {
                 pid,
@@ -53,11 +62,14 @@ mod tests {
 
     #[test]
     fn scan_finds_this_test_s_parent_not_itself() {
-        let seen = scan();
+        let seen = scan(|_, _, _| false);
         let me = std::process::id();
         assert!(seen.iter().all(|s| s.pid != me));
         let parent = std::os::unix::process::parent_id();
         assert!(seen.iter().any(|s| s.pid == parent && s.start_time > 0));
+        // What is known is not read again.
+        let again = scan(|pid, _, _| pid == parent);
+        assert!(again.iter().all(|s| s.pid != parent));
     }
 
     #[test]

@@ -140,6 +140,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             AgentMode::Watch | AgentMode::Tiered => crate::probe::ProbeMode::Watch {
                 period: std::num::NonZeroU64::new(crate::cli::DEFAULT_FAULT_PERIOD)
                     .expect("a period of at least 1"),
+                mapping: crate::probe::MappingProbes::Fentry,
             },
         },
         quiet: true,
@@ -267,14 +268,14 @@ impl Agent {
     fn scan(&mut self) {
         self.tally.scans += 1;
         let pods_known = self.pods.as_ref().is_none_or(Pods::synced);
-        for seen in discover::scan() {
-            if self.tracked.contains_key(&seen.pid) {
-                continue;
-            }
+        let fresh = discover::scan(|pid, start_time, exe| {
+            self.tracked.contains_key(&pid)
+                || self
+                    .passed_over
+                    .contains(&(pid, start_time, exe.to_path_buf()))
+        });
+        for seen in fresh {
             let key = (seen.pid, seen.start_time, seen.exe.clone());
-            if self.passed_over.contains(&key) {
-                continue;
-            }
             let pod = self.pod_of(&seen.cgroup);
             match self.config.selector.decide(
                 &seen.exe,

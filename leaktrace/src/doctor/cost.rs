@@ -73,6 +73,7 @@ fn measure(target: &Target) -> anyhow::Result<Measured> {
         LIMITS,
         ProbeMode::Watch {
             period: NonZeroU64::MIN,
+            mapping: crate::probe::MappingProbes::Fentry,
         },
         false,
     )?;

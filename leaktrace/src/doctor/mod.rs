@@ -294,6 +294,7 @@ fn multi_uprobes() -> Check {
 fn watch_mode() -> Check {
     let watch = ProbeMode::Watch {
         period: std::num::NonZeroU64::MIN,
+        mapping: crate::probe::MappingProbes::Fentry,
     };
     match Probes::load(MapLimits::default(), watch, false) {
         Ok(_) => Check::ok(

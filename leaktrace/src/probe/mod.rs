@@ -2,6 +2,7 @@
 
 pub mod btf;
 mod fault;
+mod mapping;
 pub mod placement;
 pub mod pool;
 
@@ -27,7 +28,7 @@ use leaktrace_common::{
     QueuedKey, QueuedWork, STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack,
     TargetCounters, UnwindProcess, UnwindRow, V8Frames,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::process::{Allocator, Target};
 
@@ -55,8 +56,25 @@ pub enum ProbeMode {
     /// floor that `cargo xtask bench` compares the tracer with.
     Empty,
     /// No uprobe at all: the pages each stack populates, from the `page-faults` event sampled
-    /// once every `period` faults (see `fault`).
-    Watch { period: NonZeroU64 },
+    /// once every `period` faults (see `fault`), and the mapping syscalls probed as `mapping`
+    /// says.
+    Watch {
+        period: NonZeroU64,
+        mapping: MappingProbes,
+    },
+}
+
+/// How watch mode probes the mapping syscalls (see `mapping`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MappingProbes {
+    /// fentry and fexit on the syscalls' functions: nothing on any other syscall, but refused
+    /// by kernels in integrity lockdown (then there are no mapping events, and the report says
+    /// so).
+    #[default]
+    Fentry,
+    /// The raw syscall tracepoints, as exact tracing: everywhere, at a cost on every syscall of
+    /// the host.
+    Tracepoints,
 }
 
 impl ProbeMode {
@@ -404,6 +422,8 @@ pub struct Probes {
     slots: HashMap<u32, u32>,
     /// Watch mode's page-fault events.
     faults: Option<fault::FaultEvents>,
+    /// Why watch mode has no mapping events, when it has none.
+    mapping_off: Option<String>,
 }
 
 /// The probability of recording an allocation in each bucket of
@@ -644,14 +664,37 @@ impl Probes {
         };
         attach_raw_tracepoint(&mut ebpf, EXEC_PROGRAM, "sched_process_exec")?;
         let faults = match mode {
-            ProbeMode::Watch { period } => Some(fault::FaultEvents::open(&mut ebpf, period)?),
+            ProbeMode::Watch { period, .. } => Some(fault::FaultEvents::open(&mut ebpf, period)?),
             _ => None,
         };
-        let map_events = if mode == ProbeMode::Trace {
-            // Their links live as long as the loaded object.
+        // Their links live as long as the loaded object.
+        let mut mapping_off = None;
+        let tracepoints = |ebpf: &mut Ebpf| -> Result<bool, ProbeError> {
             for &(name, tracepoint) in SYSCALL_PROGRAMS {
-                attach_raw_tracepoint(&mut ebpf, name, tracepoint)?;
+                attach_raw_tracepoint(ebpf, name, tracepoint)?;
             }
+            Ok(true)
+        };
+        let mapping = match mode {
+            ProbeMode::Trace
+            | ProbeMode::Watch {
+                mapping: MappingProbes::Tracepoints,
+                ..
+            } => tracepoints(&mut ebpf)?,
+            ProbeMode::Watch {
+                mapping: MappingProbes::Fentry,
+                ..
+            } => match mapping::attach(&mut ebpf) {
+                Ok(()) => true,
+                Err(why) => {
+                    info!(%why, "no mapping events in watch mode");
+                    mapping_off = Some(why);
+                    false
+                }
+            },
+            ProbeMode::Empty => false,
+        };
+        let map_events = if mapping {
             let map = ebpf
                 .take_map("MAP_EVENTS")
                 .ok_or(ProbeError::Missing("MAP_EVENTS"))?;
@@ -667,6 +710,7 @@ impl Probes {
             follow,
             attached_files: HashSet::new(),
             map_events,
+            mapping_off,
             faults,
         })
     }
@@ -1064,6 +1108,18 @@ impl Probes {
     }
 
     /// Hands every mapping event waiting in the ring to `each`, oldest first.
+    /// What the report should say when watch mode could not probe the mapping syscalls.
+    pub fn mapping_note(&self) -> Option<String> {
+        self.mapping_off.as_ref().map(|why| {
+            format!(
+                "no mapping events ({why}): mmap'd memory has no call stack, and V8's heap is \
+                 counted as other anonymous memory; --syscall-tracepoints probes the mapping \
+                 syscalls at the raw syscall tracepoints instead, at about 50 ns on every \
+                 syscall of the host"
+            )
+        })
+    }
+
     pub fn drain_map_events(&mut self, mut each: impl FnMut(MapEvent)) {
         let Some(ring) = self.map_events.as_mut() else {
             return;
