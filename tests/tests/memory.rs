@@ -338,6 +338,13 @@ fn v8_heap_told_apart(test: &str, args: &[&str]) -> Value {
         "{}",
         m["summary"]
     );
+    // What grew is JavaScript objects, not the allocator's memory: the verdict says so.
+    assert_eq!(m["verdict"], "v8_heap", "{}", m["summary"]);
+    assert!(
+        u(&m["growth"]["v8_heap_bytes"]) >= grown / 2,
+        "{}",
+        m["growth"]
+    );
     let series = m["series"].as_array().expect("series[]");
     for point in series {
         assert_eq!(

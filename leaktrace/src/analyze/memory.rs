@@ -31,6 +31,10 @@ pub enum Verdict {
     Retention,
     /// Both grew.
     Both,
+    /// V8's heap grew more than the allocator's memory, and no blocks in use grew with it:
+    /// JavaScript objects, not native memory (what the allocator kept, if it grew, is smaller).
+    #[serde(rename = "v8_heap")]
+    V8Heap,
     /// Neither grew.
     Neither,
     /// The allocator's account could not be read twice.
@@ -71,6 +75,9 @@ pub struct MemoryGrowth {
     pub rss_bytes: i64,
     pub in_use_bytes: i64,
     pub free_bytes: i64,
+    /// V8's heap, first to last reading.
+    #[serde(default)]
+    pub v8_heap_bytes: i64,
     /// Theil-Sen slopes over the readable points, in bytes a second.
     #[serde(default)]
     pub rss_bytes_per_s: f64,
@@ -271,6 +278,7 @@ pub fn judge(series: &[MemoryPoint]) -> (Verdict, MemoryGrowth) {
         rss_bytes: last.rss_bytes as i64 - first.rss_bytes as i64,
         in_use_bytes: delta(first.in_use_bytes, last.in_use_bytes),
         free_bytes: delta(first.free_bytes, last.free_bytes),
+        v8_heap_bytes: last.v8_heap as i64 - first.v8_heap as i64,
         rss_bytes_per_s: slope(&rss),
         in_use_bytes_per_s: slope(&in_use),
         free_bytes_per_s: slope(&free),
@@ -306,6 +314,17 @@ pub fn judge(series: &[MemoryPoint]) -> (Verdict, MemoryGrowth) {
         (false, true) => Verdict::Retention,
         (false, false) => Verdict::Neither,
     };
+    // A JavaScript heap that grows more than the allocator's memory is what the resident set
+    // says first; blocks in use that grow keep the verdict theirs.
+    let v8 = of(|p| p.v8_heap);
+    let (v8_rise, v8_rising) = rise(&v8, growth.v8_heap_bytes);
+    let v8_grew = v8_rising
+        && v8_rise >= GROWTH_FLOOR
+        && v8_rise > in_use_rise.max(0).saturating_add(free_rise.max(0));
+    let verdict = match verdict {
+        Verdict::Retention | Verdict::Neither if v8_grew => Verdict::V8Heap,
+        v => v,
+    };
     (verdict, growth)
 }
 
@@ -337,12 +356,46 @@ fn advice(verdict: Verdict, malloc: &MallocAccount) -> Vec<String> {
                 .into(),
         );
     }
+    if verdict == Verdict::V8Heap {
+        out.push(
+            "V8's heap grows: JavaScript objects, not native memory. A heap snapshot (node \
+             --heapsnapshot-signal=SIGUSR2, or the inspector) says what holds them; \
+             --max-old-space-size caps the heap"
+                .into(),
+        );
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_growing_javascript_heap_is_not_called_retention() {
+        const MIB: u64 = 1 << 20;
+        let with_v8 = |t: f64, v8: u64, in_use: u64, free: u64| MemoryPoint {
+            v8_heap: v8,
+            ..point(t, 100 * MIB + v8 + in_use + free, in_use, free)
+        };
+        // V8 +100 MiB, the allocator keeping 10 MiB more: the heap is the story.
+        let js: Vec<MemoryPoint> = (0..6u64)
+            .map(|i| with_v8(i as f64, i * 20 * MIB, 4 * MIB, i * 2 * MIB))
+            .collect();
+        let (verdict, growth) = judge(&js);
+        assert_eq!(verdict, Verdict::V8Heap);
+        assert_eq!(growth.v8_heap_bytes, (100 * MIB) as i64);
+        // Blocks in use that grow with it stay a leak.
+        let leak: Vec<MemoryPoint> = (0..6u64)
+            .map(|i| with_v8(i as f64, i * 20 * MIB, 4 * MIB + i * 12 * MIB, 0))
+            .collect();
+        assert_eq!(judge(&leak).0, Verdict::Leak);
+        // A heap that grows less than the allocator keeps leaves it retention.
+        let kept: Vec<MemoryPoint> = (0..6u64)
+            .map(|i| with_v8(i as f64, i * MIB, 4 * MIB, i * 10 * MIB))
+            .collect();
+        assert_eq!(judge(&kept).0, Verdict::Retention);
+    }
 
     fn point(t: f64, rss: u64, in_use: u64, free: u64) -> MemoryPoint {
         MemoryPoint {

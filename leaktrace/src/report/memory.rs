@@ -55,9 +55,10 @@ pub fn summary(m: &MemoryReport) -> String {
             format!(" (first and last of {} readings)", g.points)
         };
         format!(
-            "; over {:.1}s RSS {}, in use {}, free but kept {}{how}",
+            "; over {:.1}s RSS {}, V8 heap {}, in use {}, free but kept {}{how}",
             g.to_s - g.from_s,
             signed(g.rss_bytes),
+            signed(g.v8_heap_bytes),
             signed(g.in_use_bytes),
             signed(g.free_bytes)
         )
@@ -88,6 +89,7 @@ pub fn verdict_name(v: Verdict) -> &'static str {
         Verdict::Leak => "leak",
         Verdict::Retention => "retention",
         Verdict::Both => "leak and retention",
+        Verdict::V8Heap => "V8 heap grows",
         Verdict::Neither => "neither leak nor retention",
         Verdict::Unknown => "unknown",
     }
@@ -267,6 +269,7 @@ mod tests {
                 rss_bytes: 80 * MIB as i64,
                 in_use_bytes: 1 << 10,
                 free_bytes: 79 * MIB as i64,
+                v8_heap_bytes: 0,
                 rss_bytes_per_s: 40.0 * MIB as f64,
                 in_use_bytes_per_s: 512.0,
                 free_bytes_per_s: 39.5 * MIB as f64,
@@ -282,7 +285,7 @@ mod tests {
             "retention: RSS 100.0 MiB = V8 heap 3.0 MiB + malloc heaps 90.0 MiB (glibc: in use \
              2.0 MiB + free but kept 88.0 MiB in 7 arenas, 80.0 MiB of it in other threads' \
              arenas, mmapped blocks 0 B) + thread stacks 1.0 MiB + code and files 4.0 MiB + other \
-             anonymous 2.0 MiB; over 2.0s RSS +80.0 MiB, in use +1.0 KiB, \
+             anonymous 2.0 MiB; over 2.0s RSS +80.0 MiB, V8 heap +0 B, in use +1.0 KiB, \
              free but kept +79.0 MiB (trend of 5 readings: in use +512 B/s, free but kept \
              +39.5 MiB/s)"
         );
