@@ -63,6 +63,11 @@ pub struct AgentArgs {
     /// --sample-bytes); `watch` places no probe at all (see `leaktrace attach --mode`).
     #[arg(long, value_enum)]
     pub mode: Option<AgentMode>,
+    /// Watch and tiered modes: probe the mapping syscalls at the raw syscall tracepoints, as
+    /// exact mode does, rather than by fentry, which kernels in integrity lockdown refuse.
+    /// Costs every syscall of the node about 50 ns.
+    #[arg(long)]
+    pub syscall_tracepoints: bool,
     /// Tiered mode: most CPU the exact windows may cost each target, averaged over time, in
     /// percent of one CPU [default: 3].
     #[arg(long, value_parser = crate::cli::parse_percent)]
@@ -135,6 +140,7 @@ struct FileConfig {
     scan_interval: Option<String>,
     grace: Option<String>,
     mode: Option<AgentMode>,
+    syscall_tracepoints: Option<bool>,
     max_overhead: Option<f64>,
     node_max_overhead: Option<f64>,
     window: Option<String>,
@@ -172,6 +178,8 @@ pub struct AgentConfig {
     #[serde(with = "humantime_serde_secs")]
     pub grace: Duration,
     pub mode: AgentMode,
+    /// Watch and tiered modes probe the mapping syscalls at the raw tracepoints, not by fentry.
+    pub syscall_tracepoints: bool,
     /// Tiered mode's budgets, in percent of one CPU, and its longest window.
     pub max_overhead: f64,
     pub node_max_overhead: f64,
@@ -423,6 +431,8 @@ impl AgentConfig {
             scan_interval,
             grace,
             mode,
+            syscall_tracepoints: args.syscall_tracepoints
+                || file.syscall_tracepoints.unwrap_or(false),
             max_overhead,
             node_max_overhead,
             window,
@@ -520,6 +530,7 @@ mod tests {
         assert_eq!(c.max_targets, 32);
         assert_eq!(c.connection_lifetime, Duration::from_secs(120));
         assert_eq!(c.selector.exe_patterns(), ["node"]);
+        assert!(!c.syscall_tracepoints);
     }
 
     #[test]
@@ -537,6 +548,8 @@ mod tests {
         assert_eq!(c.sample_bytes, None);
         assert_eq!(c.connection_lifetime, Duration::from_secs(30));
         assert_eq!(c.selector.exe_patterns(), ["python*"]);
+        let tracepoints = load_toml("syscall_tracepoints = true\n", AgentArgs::default()).unwrap();
+        assert!(tracepoints.syscall_tracepoints);
     }
 
     #[test]

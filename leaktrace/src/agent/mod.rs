@@ -140,7 +140,11 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             AgentMode::Watch | AgentMode::Tiered => crate::probe::ProbeMode::Watch {
                 period: std::num::NonZeroU64::new(crate::cli::DEFAULT_FAULT_PERIOD)
                     .expect("a period of at least 1"),
-                mapping: crate::probe::MappingProbes::Fentry,
+                mapping: if config.syscall_tracepoints {
+                    crate::probe::MappingProbes::Tracepoints
+                } else {
+                    crate::probe::MappingProbes::Fentry
+                },
             },
         },
         quiet: true,
