@@ -669,18 +669,21 @@ impl Probes {
         };
         // Their links live as long as the loaded object.
         let mut mapping_off = None;
-        let tracepoints = |ebpf: &mut Ebpf| -> Result<bool, ProbeError> {
+        let tracepoints = |ebpf: &mut Ebpf| -> Result<(), ProbeError> {
             for &(name, tracepoint) in SYSCALL_PROGRAMS {
                 attach_raw_tracepoint(ebpf, name, tracepoint)?;
             }
-            Ok(true)
+            Ok(())
         };
         let mapping = match mode {
             ProbeMode::Trace
             | ProbeMode::Watch {
                 mapping: MappingProbes::Tracepoints,
                 ..
-            } => tracepoints(&mut ebpf)?,
+            } => {
+                tracepoints(&mut ebpf)?;
+                true
+            }
             ProbeMode::Watch {
                 mapping: MappingProbes::Fentry,
                 ..

@@ -1,7 +1,7 @@
 //! Finding libuv's thread pool in an object (a node binary that links libuv statically, or
 //! `libuv.so`), so that work queued to the pool can be stitched to the code that queued it.
 //!
-//! Three places are probed (see `leaktrace-ebpf`'s `queue`): where work is queued
+//! Four places are probed (see `leaktrace-ebpf`'s `queue`): where work is queued
 //! (`uv__work_submit`, a local symbol, and the exported `uv_queue_work`, into which the compiler
 //! inlines its submit), inside the pool's `worker`, the indirect call `w->work(w)` and the
 //! instruction after it, and inside `uv__work_done`, on the loop thread, the indirect call of
