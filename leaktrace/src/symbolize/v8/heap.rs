@@ -206,8 +206,7 @@ struct Entry {
 /// A script's line table, checked against its source pointer on each use.
 struct Lines {
     source: u64,
-    /// `None` if the source could not be read.
-    table: Option<LineTable>,
+    table: LineTable,
 }
 
 /// Per-target cache: functions by SFI address, line tables by Script address. Built once per
@@ -220,7 +219,8 @@ pub struct Resolver<M: Memory> {
     script_misses: HashMap<u64, u32>,
 }
 
-/// How many times a function's script name may fail to read before it is named without a file.
+/// How many times a function's script name or first line may fail to read before it is named
+/// without them.
 /// A stack is named up to 3 times (`symbolize::js`), each time reading a function at most twice
 /// (an interpreted frame reads it for its call line, then for itself): 4 misses let the last
 /// attempt name it.
@@ -325,21 +325,21 @@ impl<M: Memory> Resolver<M> {
         let name_or_scope_info = self.heap.field(object, layout.sfi_name_or_scope_info)?;
         let script = self.heap.field(object, layout.sfi_script)?;
         let (name, range) = self.name_and_range(name_or_scope_info)?;
-        let script_name = match self.script_name(script) {
-            Some(read) => {
-                self.script_misses.remove(&sfi);
-                read
-            }
-            None => {
-                let misses = self.script_misses.entry(sfi).or_default();
-                *misses += 1;
-                if *misses <= SCRIPT_NAME_MISSES {
-                    return None;
-                }
-                String::new()
-            }
-        };
+        let script_name = self.script_name(script);
         let line = range.and_then(|(start, _)| self.line(script, start));
+        // A script name or a first line that did not read back (the GC moving the Script or its
+        // source under the read) is a miss: the function is decoded again, and named without
+        // them only once they have failed too often to be a race.
+        if script_name.is_none() || (range.is_some() && line.is_none()) {
+            let misses = self.script_misses.entry(sfi).or_default();
+            *misses += 1;
+            if *misses <= SCRIPT_NAME_MISSES {
+                return None;
+            }
+        } else {
+            self.script_misses.remove(&sfi);
+        }
+        let script_name = script_name.unwrap_or_default();
         Some(Entry {
             function: JsFunction {
                 name,
@@ -367,15 +367,26 @@ impl<M: Memory> Resolver<M> {
     }
 
     /// The name of the script `script`: empty for a function without one (builtins, eval).
-    /// `None` when the Script names itself with a string that did not read back (a collection
-    /// moved it under the read): the function is not remembered then, and is decoded again when
-    /// its stack is named again, up to [`SCRIPT_NAME_MISSES`] times before it is taken as
-    /// nameless, so a string this reader cannot follow costs the file, never the function.
+    /// `None` when the Script, or the string it names itself with, did not read back (a
+    /// collection moved it under the read): the function is not remembered then, and is decoded
+    /// again when its stack is named again, up to [`SCRIPT_NAME_MISSES`] times before it is
+    /// taken as nameless, so a string this reader cannot follow costs the file, never the
+    /// function.
     fn script_name(&self, script: u64) -> Option<String> {
         let layout = &self.heap.layout;
-        let Some(object) = self.heap.typed(script, layout.script_type) else {
+        if !is_heap_object(script) {
             return Some(String::new());
-        };
+        }
+        // Undefined (builtins, eval): nameless. Anything else that is no Script, or does not
+        // read back at all, is a Script caught mid-move (its map word a forwarding address):
+        // a miss, never taken as nameless, or the function would keep no file for good.
+        let object = self.heap.object(script)?;
+        if object.instance_type == layout.oddball_type {
+            return Some(String::new());
+        }
+        if object.instance_type != layout.script_type {
+            return None;
+        }
         let name = self.heap.field(object, layout.script_name)?;
         if !is_heap_object(name) {
             return Some(String::new());
@@ -396,10 +407,11 @@ impl<M: Memory> Resolver<M> {
         let source = self.heap.field(object, layout.script_source)?;
         let stale = self.scripts.get(&script).is_none_or(|l| l.source != source);
         if stale {
-            let table = self.heap.line_ends(source);
+            // A table that did not read back is not remembered: the next use reads it again.
+            let table = self.heap.line_ends(source)?;
             self.scripts.insert(script, Lines { source, table });
         }
-        self.scripts.get(&script)?.table.as_ref()?.line(position)
+        self.scripts.get(&script)?.table.line(position)
     }
 
     /// The BytecodeArray's source position table, as bytes. Absent (undefined) when V8 has not

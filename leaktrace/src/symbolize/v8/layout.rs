@@ -56,6 +56,9 @@ pub struct Layout {
     pub scope_info_first_vars: u32,
 
     pub script_type: u16,
+    /// Oddball (undefined, null, ...): what a function without a script holds in its script
+    /// field, told apart from a Script that does not read back because the GC is moving it.
+    pub oddball_type: u16,
     pub script_name: u32,
     pub script_source: u32,
 
@@ -210,6 +213,7 @@ impl Layout {
             scope_info_context_local_count: v.small("scopeinfo_idx_ncontextlocals", 1..=8)?,
             scope_info_first_vars: v.small("scopeinfo_idx_first_vars", 1..=8)?,
             script_type: v.instance_type("type_Script__SCRIPT_TYPE")?,
+            oddball_type: v.instance_type("type_Oddball__ODDBALL_TYPE")?,
             script_name: v.tagged_field("Script::name")?,
             script_source: v.tagged_field("Script::source")?,
             strings: StringLayout::from_values(v)?,
