@@ -5,6 +5,7 @@
 use std::{
     collections::HashMap,
     path::PathBuf,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -17,7 +18,7 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    analyze::{History, origin},
+    analyze::History,
     budget::{self, Budget},
     collect::{
         self, Mappings, Snapshot, StackCache,
@@ -27,9 +28,10 @@ use crate::{
     process::{Target, allocator},
     report::{
         Report,
-        build::{self, TargetSummary},
+        build::{self, NamedStack, TargetSummary},
         live::LiveStatus,
         model::Frame,
+        origin,
     },
     symbolize::{
         AddrKind, Symbolizer,
@@ -157,6 +159,9 @@ pub(crate) struct Session {
     new_images: std::collections::HashSet<u32>,
     /// The call chain of every site seen.
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
+    /// The frames of every site whose naming is final (see [`named_site`]): each report and
+    /// status line reuses them, where naming every site again cost a busy agent most of its CPU.
+    named: HashMap<StackKey, Arc<NamedStack>>,
     /// Each site the probes count under, as the tracer counts it: one site per JavaScript call
     /// site, whatever tier ran it and wherever a collection moved its functions (see
     /// [`JsNamer::name`]).
@@ -240,6 +245,7 @@ impl Session {
             exec_commands: std::collections::HashSet::new(),
             held_for_exec: std::collections::HashSet::new(),
             chains: HashMap::new(),
+            named: HashMap::new(),
             sites: HashMap::new(),
             shown_by: HashMap::new(),
             naming_budget: options.interval.mul_f64(NAMING_SHARE),
@@ -869,8 +875,14 @@ impl Session {
             .map(|(_, s)| s.live_allocs)
             .sum();
         let top = self.fastest_grower().map(|(key, rate)| {
-            let chain = self.chains.get(&key).map_or(&[][..], Vec::as_slice);
-            let frames = name_stack(&mut self.symbolizer, &self.js, &key, chain);
+            let named = named_site(
+                &mut self.named,
+                &self.chains,
+                &mut self.symbolizer,
+                &self.js,
+                &key,
+            );
+            let frames = &named.frames;
             // The first JavaScript frame says most; else the allocation function's caller.
             let frame = frames
                 .iter()
@@ -980,14 +992,13 @@ impl Session {
         // After the new stacks are read: a region's site is named by its stack.
         for (pid, allocator) in reads {
             let (mappings, v8_sites, chains) = (&self.mappings, &mut self.v8_sites, &self.chains);
-            let (symbolizer, js) = (&mut self.symbolizer, &self.js);
+            let (named, symbolizer, js) = (&mut self.named, &mut self.symbolizer, &self.js);
             self.memory.sample(pid, allocator, at, self.ending, || {
                 mappings
                     .accessible(pid)
                     .filter(|(_, _, key)| {
                         *v8_sites.entry(*key).or_insert_with(|| {
-                            let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
-                            origin::classify(&name_stack(symbolizer, js, key, chain))
+                            named_site(named, chains, symbolizer, js, key).origin
                                 == origin::Origin::V8Heap
                         })
                     })
@@ -1058,6 +1069,7 @@ impl Session {
             Err(err) => warn!(pid, %err, "cannot drop this target's entries from the probes' maps"),
         }
         self.chains.retain(|k, _| k.tgid != pid);
+        self.named.retain(|k, _| k.tgid != pid);
         self.last.sites.retain(|k, _| k.tgid != pid);
         self.last.counters.remove(&pid);
         self.history.forget(pid);
@@ -1321,11 +1333,14 @@ impl Session {
             None => self.last.clone(),
         };
         let notes = self.trace_notes();
-        let (chains, symbolizer, js) = (&self.chains, &mut self.symbolizer, &self.js);
-        let mut name = |key: &StackKey| -> Vec<Frame> {
-            let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
-            name_stack(symbolizer, js, key, chain)
-        };
+        let (named, chains, symbolizer, js) = (
+            &mut self.named,
+            &self.chains,
+            &mut self.symbolizer,
+            &self.js,
+        );
+        let mut name =
+            |key: &StackKey| -> Arc<NamedStack> { named_site(named, chains, symbolizer, js, key) };
         build::build(build::Inputs {
             targets,
             last: &last,
@@ -1345,6 +1360,27 @@ impl Session {
             fault_period: self.fault_period,
         })
     }
+}
+
+/// The frames of one site, named once and remembered in `named` when that naming is final: the
+/// symbolizer names each address once, so a site's frames change only while its JavaScript
+/// frames are still to be named (a retry), and those of a site the probes saw none in never do.
+fn named_site(
+    named: &mut HashMap<StackKey, Arc<NamedStack>>,
+    chains: &HashMap<StackKey, Vec<(u64, AddrKind)>>,
+    symbolizer: &mut Symbolizer,
+    js: &JsNamer,
+    key: &StackKey,
+) -> Arc<NamedStack> {
+    if let Some(site) = named.get(key) {
+        return Arc::clone(site);
+    }
+    let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
+    let site = Arc::new(NamedStack::new(name_stack(symbolizer, js, key, chain)));
+    if key.js_id == 0 || js.frames(key.tgid, key.stack, key.js_id).is_some() {
+        named.insert(*key, Arc::clone(&site));
+    }
+    site
 }
 
 /// The frames of one site, innermost first: JavaScript frames named from V8's data where the

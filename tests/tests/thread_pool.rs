@@ -23,23 +23,67 @@ const SECONDS: &str = "8";
 /// One trace at a time: three Node processes per trace share two cores.
 static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// (fixture, the function that queues the pool work whose memory leaks)
-const LEAKS: &[(&str, &str)] = &[
-    ("leak-zlib-streams", "openCompressor"),
-    ("leak-derived-keys", "deriveSessionKey"),
-];
-const CONTROL: &str = "control-zlib-streams";
-/// The control's function that queues the same zlib work.
-const CONTROL_FUNCTION: &str = "compressAndClose";
+/// How a stitched stack marks where the frames of the thread that queued the work begin: the
+/// marker's kind and words, and the functions just inside it (the thread that ran the work or
+/// its callback) and just outside it (where the queuing thread handed the work to libuv).
+struct Marker {
+    kind: &'static str,
+    says: &'static str,
+    inside: &'static str,
+    outside: &'static str,
+}
 
-/// (fixture, the function whose `fs.readFile` makes the Buffers kept) for leaks made in the
-/// callbacks of queued work, by callback and by `await`, and their control, which reads the
-/// same file and drops the Buffers.
-const CALLBACK_LEAKS: &[(&str, &str)] = &[
-    ("leak-read-files", "cacheFileContents"),
-    ("leak-read-files-async", "cacheFileAsync"),
-];
-const CALLBACK_CONTROL: (&str, &str) = ("control-read-files", "readAndDrop");
+/// Work a pool thread ran: the pool's `worker` called it; the JavaScript queued it through
+/// `uv_queue_work`.
+const QUEUED: Marker = Marker {
+    kind: "queued",
+    says: "queued by",
+    inside: "worker",
+    outside: "uv_queue_work",
+};
+
+/// The callback of queued work, run on the loop thread by `uv__work_done`; the first work of
+/// its chain was queued through `uv__work_submit`.
+const CALLBACK: Marker = Marker {
+    kind: "callback",
+    says: "callback of work queued by",
+    inside: "uv__work_done",
+    outside: "uv__work_submit",
+};
+
+/// A set of fixtures traced together: leaks, each with the function that queued the work whose
+/// memory it keeps, and a control that queues the same work and drops what it made.
+struct Case {
+    leaks: &'static [(&'static str, &'static str)],
+    control: (&'static str, &'static str),
+    marker: Marker,
+    /// Whether the thread inside the marker ran JavaScript of its own (a callback runs node's
+    /// `fs` code; a pool thread runs none).
+    javascript_inside: bool,
+}
+
+/// zlib streams and derived keys made on pool threads.
+const POOL_WORK: Case = Case {
+    leaks: &[
+        ("leak-zlib-streams", "openCompressor"),
+        ("leak-derived-keys", "deriveSessionKey"),
+    ],
+    control: ("control-zlib-streams", "compressAndClose"),
+    marker: QUEUED,
+    javascript_inside: false,
+};
+
+/// Buffers kept in the callbacks of `fs.readFile`'s work, by callback and by `await`, where no
+/// frame of the application is on the stack; the control reads the same file and drops them.
+const CALLBACKS: Case = Case {
+    leaks: &[
+        ("leak-read-files", "cacheFileContents"),
+        ("leak-read-files-async", "cacheFileAsync"),
+    ],
+    control: ("control-read-files", "readAndDrop"),
+    marker: CALLBACK,
+    javascript_inside: true,
+};
 
 fn fixture(name: &str) -> PathBuf {
     root().join(format!("tests/fixtures/node/pool/{name}.js"))
@@ -55,147 +99,50 @@ fn start(node: &Path, name: &str, test: &str) -> Target {
     ))
 }
 
-/// Where the marker of queued work sits in `stack`, checked: the pool's `worker` just inside it,
-/// the function that queued the work just outside, and the queuing thread the main one.
-fn marker_of(stack: &Value, pid: u32, label: &str) -> usize {
+/// Where `marker` sits in `stack`, checked: its words name the main thread as the queuer, and
+/// the functions on either side of it are the ones it stands between.
+fn marker_of(stack: &Value, marker: &Marker, pid: u32, label: &str) -> usize {
     let frames = frames(stack);
     let at = frames
         .iter()
-        .position(|f| f["kind"] == "queued")
+        .position(|f| f["kind"] == marker.kind)
         .unwrap_or_else(|| {
             panic!(
-                "{label}: no queued-work marker on {:?}",
+                "{label}: no {} marker on {:?}",
+                marker.kind,
                 function_names(stack)
             )
         });
     assert_eq!(
         frames[at]["function"].as_str(),
-        Some(format!("queued by \"node\" on thread {pid}").as_str()),
+        Some(format!("{} \"node\" on thread {pid}", marker.says).as_str()),
         "{label}: {}",
         frames[at]
     );
     assert_eq!(
         frames[at - 1]["function"],
-        "worker",
+        marker.inside,
         "{label}: {:?}",
         function_names(stack)
     );
     assert_eq!(
         frames[at + 1]["function"],
-        "uv_queue_work",
+        marker.outside,
         "{label}: {:?}",
         function_names(stack)
     );
     at
 }
 
-fn pool_work_is_named_under(node: &Path, test: &str) {
+/// Traces `case`'s fixtures under `node`, attached while they run. Each leak's top suspect must
+/// be a `leak` whose stack goes from the frames of the thread that ran the work through the
+/// marker to the function that queued it, named from V8's data with its script; the control's
+/// stitched stacks must be traced, each marked as the leaks' are, and none a suspect. Returns
+/// the saved report's path and the fixtures' PIDs.
+fn named_under(node: &Path, test: &str, case: &Case) -> (PathBuf, Vec<u32>) {
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut all: Vec<&str> = LEAKS.iter().map(|(f, _)| *f).collect();
-    all.push(CONTROL);
-    let mut targets: Vec<Target> = all.iter().map(|f| start(node, f, test)).collect();
-    let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
-    let out = scratch(test).join("report.json");
-    let report = trace_workloads(&mut targets, &pids, &["--interval", "500ms"], &out);
-    for target in targets {
-        assert_eq!(target.finish(), 0, "the fixture is unharmed");
-    }
-    for (&(name, function), &pid) in LEAKS.iter().zip(&pids) {
-        let suspect = top_suspect(&report, pid);
-        assert_eq!(
-            suspect["growth"]["verdict"],
-            "leak",
-            "{name}: top suspect {:?} is not a leak: {}",
-            function_names(suspect),
-            suspect["growth"]
-        );
-        let marker = marker_of(suspect, pid, name);
-        let frames = frames(suspect);
-        let queuer = frames
-            .iter()
-            .position(|f| f["function"].as_str() == Some(function))
-            .unwrap_or_else(|| panic!("{name}: {function} not on {:?}", function_names(suspect)));
-        assert!(queuer > marker, "{name}: {function} is not past the marker");
-        let frame = &frames[queuer];
-        assert_eq!(frame["kind"], "js", "{name}: {frame}");
-        assert_eq!(frame["source"], "v8", "{name}: {frame}");
-        assert_eq!(
-            frame["file"].as_str(),
-            Some(fixture(name).to_str().expect("utf-8 path")),
-            "{name}: {frame}"
-        );
-        // No JavaScript ran on the pool thread: every JavaScript frame is the queuer's.
-        assert!(
-            frames[..marker].iter().all(|f| f["kind"] == "native"),
-            "{name}: {:?}",
-            function_names(suspect)
-        );
-    }
-    let control = pids[LEAKS.len()];
-    let stacks = stacks_of(&report, control);
-    let stitched: Vec<&&Value> = stacks
-        .iter()
-        .filter(|s| {
-            function_names(s).contains(&CONTROL_FUNCTION)
-                && frames(s).iter().any(|f| f["kind"] == "queued")
-        })
-        .collect();
-    assert!(
-        stitched.iter().any(|s| s["alloc_calls"].as_u64() > Some(0)),
-        "{CONTROL}: no stitched stack names {CONTROL_FUNCTION} ({} stacks)",
-        stacks.len()
-    );
-    for stack in &stitched {
-        marker_of(stack, control, CONTROL);
-    }
-    leaktrace_tests::assert_no_growth(CONTROL, stacks);
-    for target in report["targets"].as_array().expect("targets[]") {
-        let notes = target["notes"].to_string();
-        assert!(!notes.contains("thread pool"), "{notes}");
-    }
-    every_format_shows_the_marker(&out, pids[0]);
-}
-
-/// Where the marker of a callback of queued work sits in `stack`, checked: libuv's
-/// `uv__work_done`, which called the callback, just inside it, `uv__work_submit`, where the
-/// first work was queued, just outside, and the queuing thread the main one.
-fn callback_marker_of(stack: &Value, pid: u32, label: &str) -> usize {
-    let frames = frames(stack);
-    let at = frames
-        .iter()
-        .position(|f| f["kind"] == "callback")
-        .unwrap_or_else(|| panic!("{label}: no callback marker on {:?}", function_names(stack)));
-    assert_eq!(
-        frames[at]["function"].as_str(),
-        Some(format!("callback of work queued by \"node\" on thread {pid}").as_str()),
-        "{label}: {}",
-        frames[at]
-    );
-    assert_eq!(
-        frames[at - 1]["function"],
-        "uv__work_done",
-        "{label}: {:?}",
-        function_names(stack)
-    );
-    assert_eq!(
-        frames[at + 1]["function"],
-        "uv__work_submit",
-        "{label}: {:?}",
-        function_names(stack)
-    );
-    at
-}
-
-/// `fs.readFile` loops, attached while they run: the leaks' Buffers are made on the main thread
-/// in the callbacks of the work `fs.readFile` queued (or in the continuations of `await`s that
-/// V8 runs from them), where no frame of the application is on the stack. Each top suspect must
-/// be a `leak` whose stack goes from the callback's own frames (node's `fs` code, named from
-/// V8's data) through the callback marker to the function that called `fs.readFile`; the
-/// control's stitched stacks must be traced and none a suspect.
-fn callbacks_are_named_under(node: &Path, test: &str) {
-    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (control, control_function) = CALLBACK_CONTROL;
-    let mut all: Vec<&str> = CALLBACK_LEAKS.iter().map(|(f, _)| *f).collect();
+    let (control, control_function) = case.control;
+    let mut all: Vec<&str> = case.leaks.iter().map(|(f, _)| *f).collect();
     all.push(control);
     let mut targets: Vec<Target> = all.iter().map(|f| start(node, f, test)).collect();
     let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
@@ -204,7 +151,7 @@ fn callbacks_are_named_under(node: &Path, test: &str) {
     for target in targets {
         assert_eq!(target.finish(), 0, "the fixture is unharmed");
     }
-    for (&(leak, function), &pid) in CALLBACK_LEAKS.iter().zip(&pids) {
+    for (&(leak, function), &pid) in case.leaks.iter().zip(&pids) {
         let suspect = top_suspect(&report, pid);
         assert_eq!(
             suspect["growth"]["verdict"],
@@ -213,7 +160,7 @@ fn callbacks_are_named_under(node: &Path, test: &str) {
             function_names(suspect),
             suspect["growth"]
         );
-        let marker = callback_marker_of(suspect, pid, leak);
+        let marker = marker_of(suspect, &case.marker, pid, leak);
         let frames = frames(suspect);
         let queuer = frames
             .iter()
@@ -228,22 +175,30 @@ fn callbacks_are_named_under(node: &Path, test: &str) {
             Some(fixture(leak).to_str().expect("utf-8 path")),
             "{leak}: {frame}"
         );
-        // The callback ran JavaScript of its own before the marker: node's, named from V8's
-        // data.
-        assert!(
-            frames[..marker]
-                .iter()
-                .any(|f| f["kind"] == "js" && f["source"] == "v8"),
-            "{leak}: {:?}",
-            function_names(suspect)
-        );
+        let inside = &frames[..marker];
+        if case.javascript_inside {
+            assert!(
+                inside
+                    .iter()
+                    .any(|f| f["kind"] == "js" && f["source"] == "v8"),
+                "{leak}: no JavaScript of the callback named: {:?}",
+                function_names(suspect)
+            );
+        } else {
+            assert!(
+                inside.iter().all(|f| f["kind"] == "native"),
+                "{leak}: JavaScript on the pool thread: {:?}",
+                function_names(suspect)
+            );
+        }
     }
-    let control_pid = pids[CALLBACK_LEAKS.len()];
+    let control_pid = pids[case.leaks.len()];
     let stacks = stacks_of(&report, control_pid);
     let stitched: Vec<&&Value> = stacks
         .iter()
         .filter(|s| {
-            function_names(s).contains(&control_function) && frames_of_kind(s, "callback") == 1
+            function_names(s).contains(&control_function)
+                && frames(s).iter().any(|f| f["kind"] == case.marker.kind)
         })
         .collect();
     assert!(
@@ -252,13 +207,14 @@ fn callbacks_are_named_under(node: &Path, test: &str) {
         stacks.len()
     );
     for stack in &stitched {
-        callback_marker_of(stack, control_pid, control);
+        marker_of(stack, &case.marker, control_pid, control);
     }
     leaktrace_tests::assert_no_growth(control, stacks);
-}
-
-fn frames_of_kind(stack: &Value, kind: &str) -> usize {
-    frames(stack).iter().filter(|f| f["kind"] == kind).count()
+    for target in report["targets"].as_array().expect("targets[]") {
+        let notes = target["notes"].to_string();
+        assert!(!notes.contains("thread pool"), "{notes}");
+    }
+    (out, pids)
 }
 
 #[test]
@@ -266,7 +222,7 @@ fn flagless_node_20_names_what_a_callback_of_queued_work_allocates() {
     if !have_root("flagless_node_20_names_what_a_callback_of_queued_work_allocates") {
         return;
     }
-    callbacks_are_named_under(Path::new("/usr/bin/node"), "callback_node20");
+    named_under(Path::new("/usr/bin/node"), "callback_node20", &CALLBACKS);
 }
 
 #[test]
@@ -274,7 +230,7 @@ fn flagless_node_22_names_what_a_callback_of_queued_work_allocates() {
     if !have_root("flagless_node_22_names_what_a_callback_of_queued_work_allocates") {
         return;
     }
-    callbacks_are_named_under(&node22(), "callback_node22");
+    named_under(&node22(), "callback_node22", &CALLBACKS);
 }
 
 /// Renders the saved report in every other format: each shows the marker of queued work.
@@ -318,7 +274,8 @@ fn flagless_node_20_names_what_queued_pool_work() {
     if !have_root("flagless_node_20_names_what_queued_pool_work") {
         return;
     }
-    pool_work_is_named_under(Path::new("/usr/bin/node"), "pool_node20");
+    let (report, pids) = named_under(Path::new("/usr/bin/node"), "pool_node20", &POOL_WORK);
+    every_format_shows_the_marker(&report, pids[0]);
 }
 
 #[test]
@@ -326,7 +283,8 @@ fn flagless_node_22_names_what_queued_pool_work() {
     if !have_root("flagless_node_22_names_what_queued_pool_work") {
         return;
     }
-    pool_work_is_named_under(&node22(), "pool_node22");
+    let (report, pids) = named_under(&node22(), "pool_node22", &POOL_WORK);
+    every_format_shows_the_marker(&report, pids[0]);
 }
 
 /// Work items the C fixture queues; each keeps one block of `WORK_BYTES` made on a pool thread.

@@ -17,10 +17,14 @@ use serde::{Deserialize, Serialize};
 pub const METHOD: &str = "mann-kendall+theil-sen";
 
 /// Most points the O(n²) trend statistics look at. Longer series are cut to
-/// this many evenly spaced points, first and last included, so a 10-minute
-/// trace sampled at 1 s is used whole and a longer one stays cheap
-/// (about 180 000 pairs).
-pub const MAX_TREND_POINTS: usize = 600;
+/// this many evenly spaced points, first and last included, so a 4-minute
+/// trace sampled at 1 s is used whole and a longer one stays cheap: about
+/// 33 000 pairs, 0.2 ms a stack (measured; 600 points took 1.2 ms). The agent
+/// judges every stack of every target at each sample, so this bounds its cost
+/// on a long-running node. Over 1,000 noise seeds of 600-point series, a noisy
+/// leak, a slow leak under noise and a GC saw-tooth get the same verdicts with
+/// 256 trend points as with 600.
+pub const MAX_TREND_POINTS: usize = 256;
 
 /// Significance level of "there is a trend".
 const SIGNIFICANCE: f64 = 0.05;

@@ -2,7 +2,6 @@
 
 pub mod growth;
 pub mod memory;
-pub mod origin;
 
 use std::collections::HashMap;
 

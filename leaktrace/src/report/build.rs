@@ -1,18 +1,38 @@
 //! Assembling the report from what the trace gathered.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use leaktrace_common::{AllocKind, Counter, NUM_COUNTERS, StackKey, StackStats};
 
-use super::model::{
-    FORMAT_VERSION, Frame, Losses, OriginReport, Report, StackReport, TargetReport, Totals,
-    TraceInfo,
+use super::{
+    model::{
+        FORMAT_VERSION, Frame, Losses, OriginReport, Report, StackReport, TargetReport, Totals,
+        TraceInfo,
+    },
+    origin::{self, Origin},
 };
 use crate::{
-    analyze::origin::{self, Origin},
     analyze::{History, growth},
     collect::Snapshot,
 };
+
+/// A site's frames, named, and what they say it allocates. Shared, so that a caller that names
+/// each site once (the session, once its naming is final) gives every report the same frames
+/// without naming them again; a report copies the frames only of the stacks it keeps.
+#[derive(Debug)]
+pub struct NamedStack {
+    pub frames: Vec<Frame>,
+    pub origin: Origin,
+}
+
+impl NamedStack {
+    pub fn new(frames: Vec<Frame>) -> Self {
+        Self {
+            origin: origin::classify(&frames),
+            frames,
+        }
+    }
+}
 
 /// Stacks a report keeps when `--top` is not given, besides every leak suspect. A Node process
 /// has tens of thousands of allocation sites, most of them a few bytes kept since startup: all
@@ -47,8 +67,9 @@ pub struct Inputs<'a> {
     pub history: &'a History,
     /// Series time that becomes 0 in the report: when the reported window began.
     pub time_zero_s: f64,
-    /// Names the frames of a site, innermost first; asked only for the sites reported.
-    pub frames: &'a mut dyn FnMut(&StackKey) -> Vec<Frame>,
+    /// Names the frames of a site, innermost first. Asked for every site (its origin counts in
+    /// the roll-up), copied only for the stacks the report keeps.
+    pub frames: &'a mut dyn FnMut(&StackKey) -> Arc<NamedStack>,
     pub duration_s: f64,
     pub interval_s: f64,
     pub sample_bytes: u64,
@@ -94,7 +115,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             .then(ka.tgid.cmp(&kb.tgid))
             .then(ka.stack.cmp(&kb.stack))
     });
-    let mut stacks: Vec<StackReport> = sites
+    let (mut stacks, mut named): (Vec<StackReport>, Vec<Arc<NamedStack>>) = sites
         .into_iter()
         .map(|(key, stats)| {
             let series: Vec<(f64, i64)> = inputs
@@ -103,8 +124,8 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 .iter()
                 .map(|&(t, v)| (t - inputs.time_zero_s, v))
                 .collect();
-            let frames = (inputs.frames)(key);
-            StackReport {
+            let named = (inputs.frames)(key);
+            let report = StackReport {
                 pid: key.tgid,
                 kind: kind_name(key.kind).to_string(),
                 live_bytes: stats.live_bytes,
@@ -121,27 +142,35 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                     }
                     None => growth::classify(&series),
                 },
-                origin: origin::classify(&frames),
+                origin: named.origin,
                 series,
-                frames,
-            }
+                frames: Vec::new(),
+            };
+            (report, named)
         })
-        .collect();
+        .unzip();
     demote_unseen_growth(&mut stacks, &inputs.targets);
     let origins = roll_up(&stacks);
     // `--top` keeps the largest stacks, and every leak suspect however small.
     let omitted = match inputs.top.or(Some(DEFAULT_STACKS_KEPT)) {
         Some(top) if top < stacks.len() => {
+            let keep: Vec<bool> = stacks
+                .iter()
+                .enumerate()
+                .map(|(rank, s)| rank < top || s.growth.verdict.is_suspect())
+                .collect();
             let before = stacks.len();
-            let mut rank = 0;
-            stacks.retain(|s| {
-                rank += 1;
-                rank <= top || s.growth.verdict.is_suspect()
-            });
+            let mut kept = keep.iter();
+            stacks.retain(|_| *kept.next().unwrap_or(&false));
+            let mut kept = keep.iter();
+            named.retain(|_| *kept.next().unwrap_or(&false));
             before - stacks.len()
         }
         _ => 0,
     };
+    for (stack, named) in stacks.iter_mut().zip(&named) {
+        stack.frames = named.frames.clone();
+    }
 
     let mut totals = Totals::default();
     let targets = inputs

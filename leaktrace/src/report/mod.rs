@@ -9,6 +9,7 @@ pub mod junit;
 pub mod live;
 pub mod memory;
 pub mod model;
+pub mod origin;
 pub mod pprof;
 pub mod text;
 
@@ -260,7 +261,7 @@ mod render_tests {
                 allocated_bytes: 3000,
                 alloc_calls: 3,
                 growth: classify(&series),
-                origin: crate::analyze::origin::Origin::Other,
+                origin: origin::Origin::Other,
                 series,
                 frames: vec![
                     Frame {

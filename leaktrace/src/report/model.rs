@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::analyze::{growth::Growth, memory::MemoryReport, origin::Origin};
+use super::origin::Origin;
+use crate::analyze::{growth::Growth, memory::MemoryReport};
 
 /// Version of the JSON report layout.
 pub const FORMAT_VERSION: u32 = 1;
