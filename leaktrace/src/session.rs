@@ -34,7 +34,7 @@ use crate::{
         origin,
     },
     symbolize::{
-        AddrKind, Symbolizer,
+        AddrKind, Symbolizer, awaited,
         js::{JsNamer, Naming},
         queued,
     },
@@ -1394,16 +1394,27 @@ fn name_stack(
     symbolizer.resolve(key.tgid, chain);
     let named = js.frames(key.tgid, key.stack, key.js_id);
     let named = named.as_deref().map_or(&[][..], Vec::as_slice);
-    chain
+    let mut frames: Vec<Frame> = chain
         .iter()
         .enumerate()
-        .flat_map(
-            |(i, (addr, _))| match named.iter().find(|(index, _)| *index == i) {
+        .flat_map(|(i, (addr, _))| {
+            let native = || symbolizer.frames(key.tgid, *addr);
+            match named.iter().find(|(index, _)| *index == i) {
+                Some((_, frames)) if awaited::nameless_builtin(frames) => {
+                    let native = native();
+                    if native.iter().any(|f| f.function.is_some()) {
+                        native
+                    } else {
+                        frames.clone()
+                    }
+                }
                 Some((_, frames)) => frames.clone(),
-                None => symbolizer.frames(key.tgid, *addr),
-            },
-        )
-        .collect()
+                None => native(),
+            }
+        })
+        .collect();
+    awaited::mark(&mut frames);
+    frames
 }
 
 /// Allocation calls of every target so far.

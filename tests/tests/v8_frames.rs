@@ -182,6 +182,81 @@ fn flagless_node_22_names_the_leaking_functions() {
     leaks_are_named_under(&node22(), "v8_node22");
 }
 
+/// The fixture whose Buffers are made after an `await`, and the async function that makes them.
+const AFTER_AWAIT: (&str, &str) = ("leak-after-await", "storeAfterAwait");
+
+/// An async function that keeps what it allocates after an `await`, flag-less, on Node 20 and
+/// 22 in one trace: the top suspect names it from V8's data, and just outside it the report
+/// marks the spot where V8 resumed it (`async`: who awaited is not on the stack), then the
+/// builtin closure that resumed it, named by the node binary's symbols (V8's data calls it
+/// `(anonymous)`).
+#[test]
+fn flagless_nodes_mark_where_an_await_resumed_a_leak() {
+    if !have_root("flagless_nodes_mark_where_an_await_resumed_a_leak") {
+        return;
+    }
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let (name, function) = AFTER_AWAIT;
+    let nodes = [PathBuf::from("/usr/bin/node"), node22()];
+    let mut targets: Vec<Target> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, node)| start(node, name, &format!("v8_await_{i}")))
+        .collect();
+    let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
+    let out = scratch("v8_await").join("report.json");
+    let report = trace_workloads(&mut targets, &pids, &["--interval", "500ms"], &out);
+    for target in targets {
+        assert_eq!(target.finish(), 0, "the fixture is unharmed");
+    }
+    for (node, &pid) in nodes.iter().zip(&pids) {
+        let label = format!("{name} under {}", node.display());
+        let suspect = top_suspect(&report, pid);
+        assert_eq!(
+            suspect["growth"]["verdict"],
+            "leak",
+            "{label}: top suspect {:?} is not a leak: {}",
+            function_names(suspect),
+            suspect["growth"]
+        );
+        let frames = frames(suspect);
+        let at = frames
+            .iter()
+            .position(|f| f["function"].as_str() == Some(function))
+            .unwrap_or_else(|| panic!("{label}: {function} not on {:?}", function_names(suspect)));
+        let frame = &frames[at];
+        assert_eq!(frame["kind"], "js", "{label}: {frame}");
+        assert_eq!(frame["source"], "v8", "{label}: {frame}");
+        assert_eq!(
+            frame["file"].as_str(),
+            Some(fixture(name).to_str().expect("utf-8 path")),
+            "{label}: {frame}"
+        );
+        let marker = &frames[at + 1];
+        assert_eq!(
+            marker["kind"],
+            "async",
+            "{label}: {:?}",
+            function_names(suspect)
+        );
+        assert_eq!(
+            marker["function"], "resumed after await (who awaited is not on the stack)",
+            "{label}: {marker}"
+        );
+        assert_eq!(
+            frames[at + 2]["function"],
+            "Builtins_AsyncFunctionAwaitResolveClosure",
+            "{label}: {:?}",
+            function_names(suspect)
+        );
+        assert!(
+            frames.iter().all(|f| f["function"] != "(anonymous)"),
+            "{label}: {:?}",
+            function_names(suspect)
+        );
+    }
+}
+
 /// The JIT-compiled JavaScript functions of a perf map, by address range.
 fn perf_map_functions(pid: u32) -> Vec<(u64, u64, String)> {
     let text = std::fs::read_to_string(format!("/tmp/perf-{pid}.map")).expect("the perf map");

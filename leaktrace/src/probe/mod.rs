@@ -739,7 +739,9 @@ impl Probes {
     }
 
     /// The programs' run time and runs, summed (counted only while BPF run-time statistics are
-    /// enabled).
+    /// enabled): the allocator, pool and page-fault programs, which run for the targets. The
+    /// mapping syscalls' programs are left out: at the syscall tracepoints or fentry they run
+    /// for every process of the host, and no sampling rate a budget could raise changes them.
     pub fn program_stats(&self) -> (std::time::Duration, u64) {
         PROGRAMS
             .iter()

@@ -5,6 +5,7 @@
 //! file is opened once while the process lives and kept open, so its symbols stay reachable after
 //! the process exits, even when the file lived in a container's file system.
 
+pub mod awaited;
 pub mod js;
 pub mod perfmap;
 pub mod queued;
