@@ -168,14 +168,18 @@ fn doctor_measures_what_each_mode_would_cost_a_process() {
     assert_eq!(check["status"], "ok", "{check}");
     assert_eq!(number_before(found, "allocator calls/s"), 0.0, "{found}");
     assert!(found.contains("exact ≈ 0.0 % of a CPU"), "{found}");
+    assert!(found.contains("watch ≈ 0.00 % (no page fault"), "{found}");
     drop(idle);
 
     // Killed on drop, when an assertion fails too: a busy process must not outlive the test.
     let mut node = Command::new("node");
+    // Churn, and 16 KiB kept and written each millisecond: a process that only reuses its
+    // memory faults no page once warm, and watch mode's program would not run at all.
     node.args([
         "-e",
-        "console.log('ready'); \
-         setInterval(() => { for (let i = 0; i < 200; i++) Buffer.alloc(4096); }, 1)",
+        "console.log('ready'); const kept = []; \
+         setInterval(() => { for (let i = 0; i < 200; i++) Buffer.alloc(4096); \
+         kept.push(Buffer.alloc(16384, 1)); }, 1)",
     ]);
     let busy = Target::spawn(node);
     thread::sleep(Duration::from_secs(1));
@@ -187,7 +191,11 @@ fn doctor_measures_what_each_mode_would_cost_a_process() {
         "{found}"
     );
     let exact = number_before(found, "% of a CPU (traps");
-    let watch = number_before(&found[found.find("watch ≈").expect("watch")..], "% (");
+    let watch_text = &found[found.find("watch ≈").expect("watch")..];
+    let watch = number_before(watch_text, "% (");
+    // Pages written each millisecond: watch mode's program ran, and its time is counted.
+    let (_, faults) = watch_text.split_once("% (").expect("watch's figures");
+    assert!(number_before(faults, "faults/s at") > 0.0, "{found}");
     assert!(
         watch < exact / 10.0,
         "watch {watch} %, exact {exact} %: {found}"

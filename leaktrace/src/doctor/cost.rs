@@ -155,6 +155,11 @@ impl Measured {
                 host_runs,
                 percent(host_runs * run.as_secs_f64())
             ),
+            // A process that faulted no page in that second (one reusing its memory) costs
+            // watch mode nothing: its program never ran, so it has no run time to show.
+            None if self.faults_per_s == 0.0 => {
+                "watch ≈ 0.00 % (no page fault in that second: the program did not run)".into()
+            }
             None => format!(
                 "watch: {:.0} faults/s (the program's time not counted)",
                 self.faults_per_s
