@@ -13,8 +13,8 @@ use leaktrace_common::{
 };
 
 use crate::{
+    hash::{FNV_OFFSET, mix},
     maps::{JS_CACHE, JS_CACHE_SCRATCH, JS_STACKS, JsScratch},
-    site::{FNV_OFFSET, mix},
 };
 
 /// V8 tags pointers to heap objects with binary 01 in the low bits; Smis end in 0.

@@ -12,6 +12,7 @@ mod account;
 mod alloc;
 mod fault;
 mod follow;
+mod hash;
 mod js;
 mod mapping;
 mod maps;

@@ -27,6 +27,7 @@ use leaktrace_common::{
 
 use crate::{
     account::{bump, current_target},
+    hash,
     maps::{POOL_PRESENT, QUEUED, RUNNING, STACKS},
     site,
 };
@@ -220,7 +221,7 @@ pub fn stitch(
     }
     if frames.ips[(at - 1) & (MAX_FRAMES - 1)] != work.resume {
         frames.ips[at & (MAX_FRAMES - 1)] = work.resume;
-        hash = site::mix(hash, work.resume);
+        hash = hash::mix(hash, work.resume);
         at += 1;
     }
     if at >= MAX_FRAMES {
@@ -233,7 +234,7 @@ pub fn stitch(
         queued_marker(work.tid)
     };
     frames.ips[at & (MAX_FRAMES - 1)] = marker;
-    hash = site::mix(hash, marker);
+    hash = hash::mix(hash, marker);
     frames.len = at as u32 + 1;
     // SAFETY: a plain lookup of frames stored once and never changed.
     let Some(queued) = (unsafe { STACKS.get(&work.stack) }) else {
@@ -254,7 +255,7 @@ pub fn stitch(
         }
         let ip = queued.ips[j];
         frames.ips[len] = ip;
-        hash = site::mix(hash, ip);
+        hash = hash::mix(hash, ip);
         // SAFETY: as above.
         unsafe { core::ptr::write_volatile(&mut frames.len, len as u32 + 1) };
     }

@@ -13,6 +13,7 @@ use leaktrace_common::{
 
 use crate::{
     account::bump,
+    hash::{FNV_OFFSET, mix},
     js,
     maps::{JS_SCRATCH, JS_STACKS, JsScratch, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
     queue, unwind, walk,
@@ -218,18 +219,6 @@ fn store<V>(map: &aya_ebpf::maps::HashMap<u64, V>, key: u64, value: &V) -> bool 
         Ok(()) => true,
         Err(err) => i64::from(err) == -EEXIST,
     }
-}
-
-/// Where every hash of a stack starts.
-pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-
-/// One step of an FNV-1a style hash over whole 64-bit words, with a fold so that high bits of
-/// each address reach the low bits of the hash.
-#[inline(always)]
-pub fn mix(hash: u64, word: u64) -> u64 {
-    let h = (hash ^ word).wrapping_mul(FNV_PRIME);
-    h ^ (h >> 29)
 }
 
 /// The return address on top of the stack at a function's entry (0 if unreadable).

@@ -12,8 +12,8 @@ use aya_ebpf::helpers::bpf_probe_read_user;
 use leaktrace_common::{Counter, MAX_FRAMES, MAX_TABLE_FRAMES, StackFrames, UnwindProcess};
 
 use crate::{
+    hash::mix,
     maps::JsScratch,
-    site::mix,
     unwind::{self, Cursor, Step},
 };
 

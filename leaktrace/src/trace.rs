@@ -1,7 +1,7 @@
 //! One trace from start to report: attach, sample the probes' totals at each interval, end on
 //! the first of duration, signal or the targets' exit, detach, then build the report.
 
-use std::{ffi::OsString, path::PathBuf, time::Duration};
+use std::{ffi::OsString, path::PathBuf};
 
 use anyhow::bail;
 use tokio::sync::oneshot;
@@ -9,36 +9,13 @@ use tracing::info;
 
 use crate::{
     doctor, preflight,
-    probe::{MapLimits, ProbeMode},
     process::{Target, allocator, loader, spawn},
     report::Report,
     session::{Session, StopSignals},
 };
 
-/// How to trace, from the command line.
-#[derive(Clone, Debug)]
-pub struct Options {
-    pub duration: Option<Duration>,
-    pub interval: Duration,
-    pub top: Option<usize>,
-    pub limits: MapLimits,
-    pub mode: ProbeMode,
-    /// No live status line on stderr.
-    pub quiet: bool,
-    /// Poisson sampling by bytes with this mean interval; `None` records every allocation.
-    pub sample_bytes: Option<u64>,
-    /// Most CPU the probes may cost the targets, in percent of one CPU; over it, sampling is
-    /// raised, and when that cannot help the probes are detached.
-    pub max_overhead: Option<f64>,
-    /// Trace every process the targets fork, from its first allocation (see
-    /// `Probes::load`): `run` does, to see a test runner's workers.
-    pub follow: bool,
-    /// Ask the Node.js processes `run` starts for perf maps (see [`NODE_PERF_MAP_OPTIONS`]),
-    /// and remove the maps once the report is built.
-    pub node_perf_maps: bool,
-    /// Name JavaScript frames from V8's own data (see `symbolize::js`).
-    pub v8_frames: bool,
-}
+/// How to trace: the session's options, as the command line chose them.
+pub use crate::session::Options;
 
 /// Added to `NODE_OPTIONS` for the commands `run` starts: V8 then writes /tmp/perf-PID.map,
 /// which names JIT-compiled and interpreted JavaScript frames. Node accepts both flags in

@@ -40,8 +40,7 @@ use crate::{
     doctor, preflight,
     process::{Target, cgroup::Placement},
     report::{self, Report, model::Frame},
-    session::{Session, StopSignals},
-    trace::Options,
+    session::{Options, Session, StopSignals},
 };
 
 /// Points of each target's total live bytes kept for its growth rate.

@@ -20,8 +20,7 @@ use crate::{
     budget,
     process::Target,
     report::{self, Report},
-    session::Session,
-    trace::Options,
+    session::{Options, Session},
 };
 
 /// How often open windows are sampled and charged: their growth verdicts need points, and a

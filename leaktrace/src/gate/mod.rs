@@ -4,7 +4,7 @@
 
 pub mod suppress;
 
-use crate::report::model::{Frame, GateFailure, GateReport, Report, StackReport};
+use crate::report::model::{GateFailure, GateReport, Report, StackReport};
 
 /// What fails a run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -93,30 +93,6 @@ pub fn judge(
     });
 }
 
-/// The name a person reads first for a stack, with its source location: its innermost
-/// JavaScript frame of the program's own code (not Node's library, `node:...`), else its
-/// innermost JavaScript frame, else its first named frame past the allocator.
-pub fn culprit(stack: &StackReport) -> String {
-    let named = |f: &&Frame| f.function.is_some();
-    let js = |f: &&Frame| f.kind == "js" && f.function.is_some();
-    let own = |f: &&Frame| js(f) && !f.file.as_deref().is_some_and(|p| p.starts_with("node:"));
-    let frames = || stack.frames.iter().skip(1);
-    let frame = frames()
-        .find(own)
-        .or_else(|| frames().find(js))
-        .or_else(|| frames().find(named))
-        .or_else(|| stack.frames.first());
-    let Some(frame) = frame else {
-        return "(no stack)".into();
-    };
-    let name = frame.function.as_deref().unwrap_or("?");
-    match (&frame.file, frame.line) {
-        (Some(file), Some(line)) => format!("{name} ({file}:{line})"),
-        (Some(file), None) => format!("{name} ({file})"),
-        _ => name.to_string(),
-    }
-}
-
 /// One screen for a CI log: the verdict, each failing process with its worst stacks, and what
 /// the suppressions took.
 pub fn summary(report: &Report) -> String {
@@ -159,7 +135,7 @@ pub fn summary(report: &Report) -> String {
                 crate::report::bytes(stack.growth.bytes_per_s as i64),
                 crate::report::bytes(peak.max(stack.live_bytes)),
                 crate::report::bytes(stack.live_bytes),
-                culprit(stack)
+                stack.culprit()
             );
         }
         if failure.stacks.len() > 5 {

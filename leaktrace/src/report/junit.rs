@@ -7,7 +7,6 @@ use std::io;
 use quick_xml::{Writer, events::BytesText};
 
 use super::model::{Report, StackReport};
-use crate::gate::culprit;
 
 /// Renders `report` as one JUnit test suite.
 pub fn render(report: &Report) -> String {
@@ -87,7 +86,7 @@ fn write(writer: &mut Writer<Vec<u8>>, report: &Report) -> io::Result<()> {
                             stacks
                                 .iter()
                                 .take(3)
-                                .map(|s| culprit(s))
+                                .map(|s| s.culprit())
                                 .collect::<Vec<_>>()
                                 .join("; ")
                         );

@@ -352,6 +352,32 @@ pub struct StackReport {
     pub frames: Vec<Frame>,
 }
 
+impl StackReport {
+    /// The name a person reads first for a stack, with its source location: its innermost
+    /// JavaScript frame of the program's own code (not Node's library, `node:...`), else its
+    /// innermost JavaScript frame, else its first named frame past the allocator.
+    pub fn culprit(&self) -> String {
+        let named = |f: &&Frame| f.function.is_some();
+        let js = |f: &&Frame| f.kind == "js" && f.function.is_some();
+        let own = |f: &&Frame| js(f) && !f.file.as_deref().is_some_and(|p| p.starts_with("node:"));
+        let frames = || self.frames.iter().skip(1);
+        let frame = frames()
+            .find(own)
+            .or_else(|| frames().find(js))
+            .or_else(|| frames().find(named))
+            .or_else(|| self.frames.first());
+        let Some(frame) = frame else {
+            return "(no stack)".into();
+        };
+        let name = frame.function.as_deref().unwrap_or("?");
+        match (&frame.file, frame.line) {
+            (Some(file), Some(line)) => format!("{name} ({file}:{line})"),
+            (Some(file), None) => format!("{name} ({file})"),
+            _ => name.to_string(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Frame {
     /// The instruction address, hex (`0x7f...`): JSON numbers lose precision above 2^53.

@@ -11,8 +11,10 @@ mod code;
 mod heap;
 mod layout;
 mod positions;
+mod resolve;
 mod scope_info;
 mod strings;
 
-pub use heap::{JsFrame, JsFunction, MAX_NAME_UNITS, Memory, ProcessMemory, Resolver};
+pub use heap::{MAX_NAME_UNITS, Memory, ProcessMemory};
 pub use layout::{CodeLayout, Layout, LayoutError, StringLayout};
+pub use resolve::{JsFrame, JsFunction, Resolver};
