@@ -5,6 +5,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
+    parse::{parse_bytes, parse_duration, parse_interval, parse_percent, parse_pid, parse_size},
     probe::{MapLimits, MappingProbes, ProbeMode},
     report::Format,
 };
@@ -155,7 +156,7 @@ pub struct TraceArgs {
     pub mode: Capture,
     /// In watch mode, take one page fault in this many (of every process on each CPU, alike):
     /// each sample stands for that many pages. 1 counts every fault.
-    #[arg(long, default_value_t = DEFAULT_FAULT_PERIOD, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = crate::probe::fault::DEFAULT_FAULT_PERIOD, value_parser = clap::value_parser!(u64).range(1..))]
     pub fault_period: u64,
     /// Record a sample of allocations, one per this many bytes on average (Poisson sampling by
     /// bytes: `512KiB`, `1MiB` or plain bytes); sizes become unbiased estimates. Cheaper on busy
@@ -226,10 +227,6 @@ pub enum Capture {
     Watch,
 }
 
-/// Page faults per sample in watch mode: every one. A leak populates a few thousand pages a
-/// second (PLATFORM.md), and `cargo xtask bench` measures what sampling each of them costs.
-pub const DEFAULT_FAULT_PERIOD: u64 = 1;
-
 /// A ring buffer size: the kernel wants a power of two and a multiple of the page size.
 fn parse_ring_bytes(text: &str) -> Result<u32, String> {
     let n: u32 = text
@@ -288,129 +285,6 @@ impl TraceArgs {
     }
 }
 
-/// How log lines are written.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    clap::ValueEnum,
-    serde::Deserialize,
-    serde::Serialize,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// One human-readable line per event.
-    #[default]
-    Text,
-    /// One JSON object per line, for log collectors.
-    Json,
-}
-
-/// Logs go to stderr, at `quietest` (`warn` for a trace, `info` for the agent, whose log is its
-/// record of targets coming and going) unless `-v` or `LEAKTRACE_LOG` (an `EnvFilter`) asks
-/// for more.
-pub fn init_logging(verbose: u8, quietest: tracing::Level, format: LogFormat) {
-    let level = match verbose {
-        0 => quietest,
-        1 => tracing::Level::INFO.max(quietest),
-        _ => tracing::Level::DEBUG,
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("LEAKTRACE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
-/// A size with an optional `KiB`/`MiB`/`GiB` suffix, of any magnitude.
-fn parse_size(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let (digits, unit) = lower.split_at(
-        lower
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(lower.len()),
-    );
-    let unit: u64 = match unit.trim() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        _ => return Err(format!("`{s}` is not a size (write 64KiB, 1MiB or 4096)")),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|d| d.checked_mul(unit))
-        .ok_or_else(|| format!("`{s}` is not a size (write 64KiB, 1MiB or 4096)"))
-}
-
-/// A byte count: plain, or with a `KiB`/`MiB` (or `k`/`m`) suffix; 1 byte to 128 MiB.
-pub(crate) fn parse_bytes(s: &str) -> Result<u64, String> {
-    let lower = s.trim().to_ascii_lowercase();
-    let (digits, unit) = match lower.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => lower.split_at(i),
-        None => (lower.as_str(), ""),
-    };
-    let unit = match unit.trim() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1024,
-        "m" | "mb" | "mib" => 1024 * 1024,
-        _ => {
-            return Err(format!(
-                "`{s}` is not a byte count (write 512KiB, 1MiB or 65536)"
-            ));
-        }
-    };
-    let n = digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|d| d.checked_mul(unit))
-        .ok_or_else(|| format!("`{s}` is not a byte count (write 512KiB, 1MiB or 65536)"))?;
-    if n == 0 || n > 128 << 20 {
-        return Err(format!("`{s}` is out of range: use 1 byte to 128MiB"));
-    }
-    Ok(n)
-}
-
-pub fn parse_percent(s: &str) -> Result<f64, String> {
-    match s.trim_end_matches('%').parse::<f64>() {
-        Ok(p) if p > 0.0 && p <= 100.0 => Ok(p),
-        _ => Err(format!("`{s}` is not a percentage between 0 and 100")),
-    }
-}
-
-fn parse_pid(s: &str) -> Result<u32, String> {
-    match s.parse::<u32>() {
-        Ok(pid) if pid > 0 => Ok(pid),
-        _ => Err(format!("`{s}` is not a process id (a positive integer)")),
-    }
-}
-
-/// A duration such as `30s`, `5m`, `1h30m`, `500ms`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s)
-        .map_err(|e| format!("`{s}` is not a duration ({e}); write it like 30s, 5m or 1h"))?;
-    if d.is_zero() {
-        return Err("the duration must be longer than zero".into());
-    }
-    Ok(d)
-}
-
-pub(crate) fn parse_interval(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
-    if d < Duration::from_millis(10) {
-        return Err(format!("`{s}` is too short an interval: use 10ms or more"));
-    }
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory as _;
@@ -420,34 +294,5 @@ mod tests {
     #[test]
     fn cli_definition_is_consistent() {
         Cli::command().debug_assert();
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("30").is_err());
-        assert!(parse_duration("soon").is_err());
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_interval("1ms").is_err());
-    }
-
-    #[test]
-    fn byte_counts() {
-        assert_eq!(parse_bytes("65536"), Ok(65536));
-        assert_eq!(parse_bytes("512KiB"), Ok(512 * 1024));
-        assert_eq!(parse_bytes("1m"), Ok(1 << 20));
-        assert!(parse_bytes("0").is_err());
-        assert!(parse_bytes("1GiB").is_err());
-        assert!(parse_bytes("lots").is_err());
-        assert!(parse_bytes("99999999999999999999").is_err());
-    }
-
-    #[test]
-    fn pids() {
-        assert_eq!(parse_pid("42"), Ok(42));
-        assert!(parse_pid("0").is_err());
-        assert!(parse_pid("-1").is_err());
-        assert!(parse_pid("abc").is_err());
     }
 }

@@ -12,6 +12,8 @@ pub mod cli;
 pub mod collect;
 pub mod doctor;
 pub mod gate;
+pub mod logging;
+pub mod parse;
 pub mod preflight;
 pub mod probe;
 pub mod process;

@@ -15,7 +15,7 @@ use clap::Parser as _;
 use leaktrace::{
     agent,
     cli::{self, Cli, Command, OutputArgs},
-    doctor, report, trace,
+    doctor, logging, report, trace,
 };
 
 fn main() -> ExitCode {
@@ -48,9 +48,9 @@ fn main() -> ExitCode {
     };
     let (quietest, log_format) = match &job {
         Job::Agent(config) => (tracing::Level::INFO, config.log_format),
-        Job::Command(_) => (tracing::Level::WARN, cli::LogFormat::Text),
+        Job::Command(_) => (tracing::Level::WARN, logging::LogFormat::Text),
     };
-    cli::init_logging(verbose, quietest, log_format);
+    logging::init_logging(verbose, quietest, log_format);
     // A bug must still end in one line, not a backtrace over the user's terminal.
     std::panic::set_hook(Box::new(|info| {
         eprintln!("leaktrace: internal error: {info} (please report this)");

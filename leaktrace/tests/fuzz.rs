@@ -565,7 +565,7 @@ const OPTION_USES: &[&[&str]] = &[
 ];
 
 fn durations(input: &[u8]) {
-    if let Ok(d) = cli::parse_duration(&String::from_utf8_lossy(input)) {
+    if let Ok(d) = leaktrace::parse::parse_duration(&String::from_utf8_lossy(input)) {
         assert!(!d.is_zero());
     }
     thread_local! {

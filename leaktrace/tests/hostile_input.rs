@@ -89,7 +89,7 @@ proptest! {
 proptest! {
     #[test]
     fn durations_never_panic(text in ".{0,40}") {
-        if let Ok(d) = leaktrace::cli::parse_duration(&text) {
+        if let Ok(d) = leaktrace::parse::parse_duration(&text) {
             prop_assert!(!d.is_zero());
         }
     }

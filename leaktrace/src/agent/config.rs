@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 
 use super::select::{Selector, SelectorError};
 use crate::{
-    cli::{LogFormat, parse_bytes, parse_duration, parse_interval},
+    logging::LogFormat,
+    parse::{parse_bytes, parse_duration, parse_interval, parse_percent},
     probe::MapLimits,
 };
 
@@ -70,10 +71,10 @@ pub struct AgentArgs {
     pub syscall_tracepoints: bool,
     /// Tiered mode: most CPU the exact windows may cost each target, averaged over time, in
     /// percent of one CPU [default: 3].
-    #[arg(long, value_parser = crate::cli::parse_percent)]
+    #[arg(long, value_parser = parse_percent)]
     pub max_overhead: Option<f64>,
     /// Tiered mode: the same over every target of the node together [default: 10].
-    #[arg(long, value_parser = crate::cli::parse_percent)]
+    #[arg(long, value_parser = parse_percent)]
     pub node_max_overhead: Option<f64>,
     /// Tiered mode: longest exact window [default: 30s].
     #[arg(long, value_parser = parse_duration)]

@@ -137,7 +137,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         mode: match config.mode {
             AgentMode::Exact => crate::probe::ProbeMode::Trace,
             AgentMode::Watch | AgentMode::Tiered => crate::probe::ProbeMode::Watch {
-                period: std::num::NonZeroU64::new(crate::cli::DEFAULT_FAULT_PERIOD)
+                period: std::num::NonZeroU64::new(crate::probe::fault::DEFAULT_FAULT_PERIOD)
                     .expect("a period of at least 1"),
                 mapping: if config.syscall_tracepoints {
                     crate::probe::MappingProbes::Tracepoints

@@ -22,6 +22,10 @@ use aya::{
 
 use super::ProbeError;
 
+/// Page faults per sample in watch mode: every one. A leak populates a few thousand pages a
+/// second (PLATFORM.md), and `cargo xtask bench` measures what sampling each of them costs.
+pub const DEFAULT_FAULT_PERIOD: u64 = 1;
+
 /// The program that serves the event.
 pub(super) const FAULT_PROGRAM: &str = "page_fault";
 

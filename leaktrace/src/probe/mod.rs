@@ -1,7 +1,7 @@
 //! Loading the probes and attaching them to each target's allocator.
 
 pub mod btf;
-mod fault;
+pub mod fault;
 mod mapping;
 pub mod placement;
 pub mod pool;

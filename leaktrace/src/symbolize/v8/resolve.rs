@@ -63,8 +63,7 @@ pub struct Resolver<M: Memory> {
     script_misses: HashMap<u64, u32>,
 }
 
-/// How many times a function's script name or first line may fail to read before it is named
-/// without them.
+/// How many times a function's script name may fail to read before it is named without a file.
 /// A stack is named up to 3 times (`symbolize::js`), each time reading a function at most twice
 /// (an interpreted frame reads it for its call line, then for itself): 4 misses let the last
 /// attempt name it.
@@ -169,21 +168,25 @@ impl<M: Memory> Resolver<M> {
         let name_or_scope_info = self.heap.field(object, layout.sfi_name_or_scope_info)?;
         let script = self.heap.field(object, layout.sfi_script)?;
         let (name, range) = self.name_and_range(name_or_scope_info)?;
-        let script_name = self.script_name(script);
-        let line = range.and_then(|(start, _)| self.line(script, start));
-        // A script name or a first line that did not read back (the GC moving the Script or its
-        // source under the read) is a miss: the function is decoded again, and named without
-        // them only once they have failed too often to be a race.
-        if script_name.is_none() || (range.is_some() && line.is_none()) {
-            let misses = self.script_misses.entry(sfi).or_default();
-            *misses += 1;
-            if *misses <= SCRIPT_NAME_MISSES {
-                return None;
+        // A script name that did not read back (the GC moving the Script or its name under the
+        // read) is a miss: the function is decoded again, and named without a file only once it
+        // has failed too often to be a race. A line that does not read back costs the line
+        // alone: Node's own scripts may have sources this reader cannot follow.
+        let script_name = match self.script_name(script) {
+            Some(read) => {
+                self.script_misses.remove(&sfi);
+                read
             }
-        } else {
-            self.script_misses.remove(&sfi);
-        }
-        let script_name = script_name.unwrap_or_default();
+            None => {
+                let misses = self.script_misses.entry(sfi).or_default();
+                *misses += 1;
+                if *misses <= SCRIPT_NAME_MISSES {
+                    return None;
+                }
+                String::new()
+            }
+        };
+        let line = range.and_then(|(start, _)| self.line(script, start));
         Some(Entry {
             function: JsFunction {
                 name,
