@@ -168,7 +168,9 @@ fn doctor_measures_what_each_mode_would_cost_a_process() {
     assert_eq!(check["status"], "ok", "{check}");
     assert_eq!(number_before(found, "allocator calls/s"), 0.0, "{found}");
     assert!(found.contains("exact ≈ 0.0 % of a CPU"), "{found}");
-    assert!(found.contains("watch ≈ 0.00 % (no page fault"), "{found}");
+    // No page of its own faulted: nothing for watch mode, whether the program ran for the host's
+    // other faults (then timed) or not at all.
+    assert!(found.contains("watch ≈ 0.00 % ("), "{found}");
     drop(idle);
 
     // Killed on drop, when an assertion fails too: a busy process must not outlive the test.
