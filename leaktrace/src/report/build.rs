@@ -1,6 +1,6 @@
 //! Assembling the report from what the trace gathered.
 
-use std::{collections::HashMap, sync::Arc};
+use std::collections::HashMap;
 
 use leaktrace_common::{AllocKind, Counter, NUM_COUNTERS, StackKey, StackStats};
 
@@ -9,29 +9,20 @@ use super::{
         FORMAT_VERSION, Frame, Losses, OriginReport, Report, StackReport, TargetReport, Totals,
         TraceInfo,
     },
-    origin::{self, Origin},
+    origin::Origin,
 };
 use crate::{
     analyze::{History, growth},
     collect::Snapshot,
 };
 
-/// A site's frames, named, and what they say it allocates. Shared, so that a caller that names
-/// each site once (the session, once its naming is final) gives every report the same frames
-/// without naming them again; a report copies the frames only of the stacks it keeps.
-#[derive(Debug)]
-pub struct NamedStack {
-    pub frames: Vec<Frame>,
-    pub origin: Origin,
-}
-
-impl NamedStack {
-    pub fn new(frames: Vec<Frame>) -> Self {
-        Self {
-            origin: origin::classify(&frames),
-            frames,
-        }
-    }
+/// Names a report's sites: what each allocates for every site (the roll-up by origin counts
+/// them all), and the frames only of the stacks the report keeps. Naming every site's frames
+/// for each report was most of a busy agent's CPU, whose reports keep only the suspects.
+pub trait SiteNamer {
+    fn origin(&mut self, key: &StackKey) -> Origin;
+    /// The site's frames, innermost first.
+    fn frames(&mut self, key: &StackKey) -> Vec<Frame>;
 }
 
 /// Stacks a report keeps when `--top` is not given, besides every leak suspect. A Node process
@@ -67,9 +58,7 @@ pub struct Inputs<'a> {
     pub history: &'a History,
     /// Series time that becomes 0 in the report: when the reported window began.
     pub time_zero_s: f64,
-    /// Names the frames of a site, innermost first. Asked for every site (its origin counts in
-    /// the roll-up), copied only for the stacks the report keeps.
-    pub frames: &'a mut dyn FnMut(&StackKey) -> Arc<NamedStack>,
+    pub names: &'a mut dyn SiteNamer,
     pub duration_s: f64,
     pub interval_s: f64,
     pub sample_bytes: u64,
@@ -115,7 +104,7 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             .then(ka.tgid.cmp(&kb.tgid))
             .then(ka.stack.cmp(&kb.stack))
     });
-    let (mut stacks, mut named): (Vec<StackReport>, Vec<Arc<NamedStack>>) = sites
+    let (mut stacks, mut keys): (Vec<StackReport>, Vec<StackKey>) = sites
         .into_iter()
         .map(|(key, stats)| {
             let series: Vec<(f64, i64)> = inputs
@@ -124,7 +113,6 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                 .iter()
                 .map(|&(t, v)| (t - inputs.time_zero_s, v))
                 .collect();
-            let named = (inputs.frames)(key);
             let report = StackReport {
                 pid: key.tgid,
                 kind: kind_name(key.kind).to_string(),
@@ -142,11 +130,11 @@ pub fn build(inputs: Inputs<'_>) -> Report {
                     }
                     None => growth::classify(&series),
                 },
-                origin: named.origin,
+                origin: inputs.names.origin(key),
                 series,
                 frames: Vec::new(),
             };
-            (report, named)
+            (report, *key)
         })
         .unzip();
     demote_unseen_growth(&mut stacks, &inputs.targets);
@@ -163,13 +151,13 @@ pub fn build(inputs: Inputs<'_>) -> Report {
             let mut kept = keep.iter();
             stacks.retain(|_| *kept.next().unwrap_or(&false));
             let mut kept = keep.iter();
-            named.retain(|_| *kept.next().unwrap_or(&false));
+            keys.retain(|_| *kept.next().unwrap_or(&false));
             before - stacks.len()
         }
         _ => 0,
     };
-    for (stack, named) in stacks.iter_mut().zip(&named) {
-        stack.frames = named.frames.clone();
+    for (stack, key) in stacks.iter_mut().zip(&keys) {
+        stack.frames = inputs.names.frames(key);
     }
 
     let mut totals = Totals::default();

@@ -2,9 +2,11 @@
 //! gathered about their allocations. `trace` drives one to a single report; the agent keeps one
 //! running and adds and drops targets as they come and go.
 
+mod naming;
 mod options;
 mod pace;
 
+use naming::SiteNames;
 pub use options::Options;
 use pace::SIDEBAND_BUSY;
 pub(crate) use pace::SidebandPace;
@@ -12,7 +14,6 @@ pub(crate) use pace::SidebandPace;
 use std::{
     collections::HashMap,
     path::PathBuf,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -35,13 +36,12 @@ use crate::{
     process::{Target, allocator},
     report::{
         Report,
-        build::{self, NamedStack, TargetSummary},
+        build::{self, SiteNamer as _, TargetSummary},
         live::LiveStatus,
-        model::Frame,
-        origin,
+        origin::Origin,
     },
     symbolize::{
-        AddrKind, Symbolizer, awaited,
+        AddrKind, Symbolizer,
         js::{JsNamer, Naming},
         queued,
     },
@@ -122,9 +122,8 @@ pub(crate) struct Session {
     new_images: std::collections::HashSet<u32>,
     /// The call chain of every site seen.
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
-    /// The frames of every site whose naming is final (see [`named_site`]): each report and
-    /// status line reuses them, where naming every site again cost a busy agent most of its CPU.
-    named: HashMap<StackKey, Arc<NamedStack>>,
+    /// What each site allocates, once its naming is final (see [`SiteNames`]).
+    origins: HashMap<StackKey, Origin>,
     /// Each site the probes count under, as the tracer counts it: one site per JavaScript call
     /// site, whatever tier ran it and wherever a collection moved its functions (see
     /// [`JsNamer::name`]).
@@ -146,9 +145,6 @@ pub(crate) struct Session {
     notes: Vec<String>,
     /// Each live target's resident set and allocator account, read at most once a second.
     memory: crate::analyze::memory::Watch,
-    /// Whether a mapping site's stack says V8 mapped it for its heap: its regions' pages are
-    /// V8's heap in the resident set's breakdown. Judged once, when the site is first read.
-    v8_sites: HashMap<StackKey, bool>,
     /// The last sample is being taken: every reading is made.
     ending: bool,
     /// Watch mode's page-fault period; `None` when the allocator is probed.
@@ -208,7 +204,7 @@ impl Session {
             exec_commands: std::collections::HashSet::new(),
             held_for_exec: std::collections::HashSet::new(),
             chains: HashMap::new(),
-            named: HashMap::new(),
+            origins: HashMap::new(),
             sites: HashMap::new(),
             shown_by: HashMap::new(),
             naming_budget: options.interval.mul_f64(NAMING_SHARE),
@@ -230,7 +226,6 @@ impl Session {
             },
             notes: Vec::new(),
             memory: Default::default(),
-            v8_sites: HashMap::new(),
             ending: false,
             fault_period: match options.mode {
                 crate::probe::ProbeMode::Watch { period, .. } => Some(period.get()),
@@ -838,14 +833,7 @@ impl Session {
             .map(|(_, s)| s.live_allocs)
             .sum();
         let top = self.fastest_grower().map(|(key, rate)| {
-            let named = named_site(
-                &mut self.named,
-                &self.chains,
-                &mut self.symbolizer,
-                &self.js,
-                &key,
-            );
-            let frames = &named.frames;
+            let frames = self.site_names().frames(&key);
             // The first JavaScript frame says most; else the allocation function's caller.
             let frame = frames
                 .iter()
@@ -954,17 +942,17 @@ impl Session {
         self.read_new_stacks(&snapshot)?;
         // After the new stacks are read: a region's site is named by its stack.
         for (pid, allocator) in reads {
-            let (mappings, v8_sites, chains) = (&self.mappings, &mut self.v8_sites, &self.chains);
-            let (named, symbolizer, js) = (&mut self.named, &mut self.symbolizer, &self.js);
+            let mut names = SiteNames {
+                origins: &mut self.origins,
+                chains: &self.chains,
+                symbolizer: &mut self.symbolizer,
+                js: &self.js,
+            };
+            let mappings = &self.mappings;
             self.memory.sample(pid, allocator, at, self.ending, || {
                 mappings
                     .accessible(pid)
-                    .filter(|(_, _, key)| {
-                        *v8_sites.entry(*key).or_insert_with(|| {
-                            named_site(named, chains, symbolizer, js, key).origin
-                                == origin::Origin::V8Heap
-                        })
-                    })
+                    .filter(|(_, _, key)| names.origin(key) == Origin::V8Heap)
                     .map(|(start, end, _)| (start, end))
                     .collect()
             });
@@ -1032,7 +1020,7 @@ impl Session {
             Err(err) => warn!(pid, %err, "cannot drop this target's entries from the probes' maps"),
         }
         self.chains.retain(|k, _| k.tgid != pid);
-        self.named.retain(|k, _| k.tgid != pid);
+        self.origins.retain(|k, _| k.tgid != pid);
         self.last.sites.retain(|k, _| k.tgid != pid);
         self.last.counters.remove(&pid);
         self.history.forget(pid);
@@ -1041,7 +1029,6 @@ impl Session {
         self.unwinder.forget(pid);
         self.mappings.forget(pid);
         self.memory.forget(pid);
-        self.v8_sites.retain(|k, _| k.tgid != pid);
         self.residency.forget(pid);
         self.commands.remove(&pid);
         self.exec_commands.remove(&pid);
@@ -1243,6 +1230,16 @@ impl Session {
         Ok(self.report(options, None, ended_by))
     }
 
+    /// The session's site names, borrowed for one use.
+    fn site_names(&mut self) -> SiteNames<'_> {
+        SiteNames {
+            origins: &mut self.origins,
+            chains: &self.chains,
+            symbolizer: &mut self.symbolizer,
+            js: &self.js,
+        }
+    }
+
     /// The report so far, of every target or of one: the session goes on.
     pub(crate) fn report(
         &mut self,
@@ -1296,20 +1293,18 @@ impl Session {
             None => self.last.clone(),
         };
         let notes = self.trace_notes();
-        let (named, chains, symbolizer, js) = (
-            &mut self.named,
-            &self.chains,
-            &mut self.symbolizer,
-            &self.js,
-        );
-        let mut name =
-            |key: &StackKey| -> Arc<NamedStack> { named_site(named, chains, symbolizer, js, key) };
+        let mut names = SiteNames {
+            origins: &mut self.origins,
+            chains: &self.chains,
+            symbolizer: &mut self.symbolizer,
+            js: &self.js,
+        };
         build::build(build::Inputs {
             targets,
             last: &last,
             history: &self.history,
             time_zero_s: from.saturating_duration_since(self.started).as_secs_f64(),
-            frames: &mut name,
+            names: &mut names,
             duration_s: to.saturating_duration_since(from).as_secs_f64(),
             interval_s: options.interval.as_secs_f64(),
             sample_bytes: self
@@ -1323,61 +1318,6 @@ impl Session {
             fault_period: self.fault_period,
         })
     }
-}
-
-/// The frames of one site, named once and remembered in `named` when that naming is final: the
-/// symbolizer names each address once, so a site's frames change only while its JavaScript
-/// frames are still to be named (a retry), and those of a site the probes saw none in never do.
-fn named_site(
-    named: &mut HashMap<StackKey, Arc<NamedStack>>,
-    chains: &HashMap<StackKey, Vec<(u64, AddrKind)>>,
-    symbolizer: &mut Symbolizer,
-    js: &JsNamer,
-    key: &StackKey,
-) -> Arc<NamedStack> {
-    if let Some(site) = named.get(key) {
-        return Arc::clone(site);
-    }
-    let chain = chains.get(key).map_or(&[][..], Vec::as_slice);
-    let site = Arc::new(NamedStack::new(name_stack(symbolizer, js, key, chain)));
-    if key.js_id == 0 || js.frames(key.tgid, key.stack, key.js_id).is_some() {
-        named.insert(*key, Arc::clone(&site));
-    }
-    site
-}
-
-/// The frames of one site, innermost first: JavaScript frames named from V8's data where the
-/// probes identified them, every other address by the symbolizer (perf map, ELF, DWARF).
-fn name_stack(
-    symbolizer: &mut Symbolizer,
-    js: &JsNamer,
-    key: &StackKey,
-    chain: &[(u64, AddrKind)],
-) -> Vec<Frame> {
-    symbolizer.resolve(key.tgid, chain);
-    let named = js.frames(key.tgid, key.stack, key.js_id);
-    let named = named.as_deref().map_or(&[][..], Vec::as_slice);
-    let mut frames: Vec<Frame> = chain
-        .iter()
-        .enumerate()
-        .flat_map(|(i, (addr, _))| {
-            let native = || symbolizer.frames(key.tgid, *addr);
-            match named.iter().find(|(index, _)| *index == i) {
-                Some((_, frames)) if awaited::nameless_builtin(frames) => {
-                    let native = native();
-                    if native.iter().any(|f| f.function.is_some()) {
-                        native
-                    } else {
-                        frames.clone()
-                    }
-                }
-                Some((_, frames)) => frames.clone(),
-                None => native(),
-            }
-        })
-        .collect();
-    awaited::mark(&mut frames);
-    frames
 }
 
 /// Allocation calls of every target so far.
