@@ -29,14 +29,14 @@ use std::{
 use leaktrace_common::{PAGE_BYTES, PageFault, PageKey, StackKey};
 
 use super::{CollectError, Snapshot};
-use crate::{probe::Probes, process::stat::thread_cpu_time};
+use crate::{
+    probe::Probes,
+    process::{
+        pagemap::{PFN, PRESENT, Pagemap, SWAPPED},
+        stat::thread_cpu_time,
+    },
+};
 
-/// A pagemap entry's "present in RAM" bit...
-const PRESENT: u64 = 1 << 63;
-/// ...and its "swapped out" bit: a swapped page is still the process's memory.
-const SWAPPED: u64 = 1 << 62;
-/// A pagemap entry's page frame number (visible to root only; 0 otherwise).
-const PFN: u64 = (1 << 55) - 1;
 /// `/proc/kpageflags`: the frame belongs to a transparent huge page.
 const KPF_THP: u64 = 1 << 22;
 /// Base pages in a (PMD-sized) transparent huge page, which is aligned to its size in frames.
@@ -136,7 +136,7 @@ impl Residency {
         }
         let mut read = Vec::new();
         for (tgid, mut pages) in by_process {
-            let pagemap = match File::open(format!("/proc/{tgid}/pagemap")) {
+            let pagemap = match Pagemap::open(tgid) {
                 Ok(pagemap) => pagemap,
                 // Gone: its pages wait for `forget`.
                 Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
@@ -146,7 +146,7 @@ impl Residency {
                 }
             };
             pages.sort_unstable_by_key(|&(page, _)| page);
-            if let Ok(entries) = entries(&pagemap, &pages) {
+            if let Ok(entries) = pagemap.entries_of(&pages, RUN_PAGES) {
                 read.push((tgid, pages, entries));
             }
         }
@@ -258,29 +258,4 @@ impl Residency {
         self.huge_extra.retain(|k, _| k.tgid != pid);
         self.resident.retain(|k, _| k.tgid != pid);
     }
-}
-
-/// The pagemap entry of each page (sorted by address), reading runs of nearby pages' entries
-/// at once.
-fn entries<T>(pagemap: &File, pages: &[(u64, T)]) -> io::Result<Vec<u64>> {
-    let mut out = Vec::with_capacity(pages.len());
-    let mut start = 0;
-    while start < pages.len() {
-        let first = pages[start].0 / PAGE_BYTES;
-        let mut end = start + 1;
-        while end < pages.len() && pages[end].0 / PAGE_BYTES - first < RUN_PAGES {
-            end += 1;
-        }
-        let last = pages[end - 1].0 / PAGE_BYTES;
-        let mut raw = vec![0u8; ((last - first + 1) * 8) as usize];
-        pagemap.read_exact_at(&mut raw, first * 8)?;
-        for &(page, _) in &pages[start..end] {
-            let at = ((page / PAGE_BYTES - first) * 8) as usize;
-            out.push(u64::from_ne_bytes(
-                raw[at..at + 8].try_into().expect("8 bytes"),
-            ));
-        }
-        start = end;
-    }
-    Ok(out)
 }

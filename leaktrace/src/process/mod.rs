@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod loader;
 pub mod maps;
 pub mod memory;
+pub mod pagemap;
 pub mod root;
 pub mod spawn;
 pub mod stat;

@@ -3,22 +3,21 @@
 //! `smaps` counts the resident pages of whole mappings, but the kernel merges neighbouring
 //! anonymous mappings with the same protection into one: V8's heap pages and the allocator's own
 //! `mmap`ed blocks often share a line of `smaps`. Where a class owns only part of a mapping, its
-//! pages are looked up one by one (8 bytes of pagemap a page, read in runs, never written; the
-//! process is not stopped).
+//! pages are looked up one by one ([`Pagemap`], read in runs).
 
-use std::{fs::File, io, os::unix::fs::FileExt as _};
+use std::io;
 
-const PAGE: u64 = 4096;
-/// A pagemap entry's "present in RAM" bit: what `Rss` counts.
-const PRESENT: u64 = 1 << 63;
+use leaktrace_common::PAGE_BYTES as PAGE;
+
+use crate::process::pagemap::{PRESENT, Pagemap};
+
 /// Pagemap entries read at once.
 const RUN_PAGES: u64 = 4096;
 
 /// Resident bytes in `ranges` (`[start, end)`, page-aligned or not, in any order), reading at
 /// most `max_pages` pages' entries; `truncated` says ranges past that were not counted.
 pub fn resident_bytes(pid: u32, ranges: &[(u64, u64)], max_pages: u64) -> io::Result<Counted> {
-    let pagemap = File::open(format!("/proc/{pid}/pagemap"))?;
-    count(&pagemap, ranges, max_pages)
+    count(&Pagemap::open(pid)?, ranges, max_pages)
 }
 
 /// What [`resident_bytes`] counted.
@@ -28,10 +27,10 @@ pub struct Counted {
     pub truncated: bool,
 }
 
-fn count(pagemap: &File, ranges: &[(u64, u64)], max_pages: u64) -> io::Result<Counted> {
+fn count(pagemap: &Pagemap, ranges: &[(u64, u64)], max_pages: u64) -> io::Result<Counted> {
     let mut out = Counted::default();
     let mut budget = max_pages;
-    let mut raw = Vec::new();
+    let mut entries = Vec::new();
     for &(start, end) in ranges {
         let mut page = start / PAGE;
         let last = end.div_ceil(PAGE);
@@ -41,14 +40,9 @@ fn count(pagemap: &File, ranges: &[(u64, u64)], max_pages: u64) -> io::Result<Co
                 return Ok(out);
             }
             let n = (last - page).min(RUN_PAGES).min(budget);
-            raw.resize((n * 8) as usize, 0);
-            pagemap.read_exact_at(&mut raw, page * 8)?;
-            let present = raw
-                .as_chunks::<8>()
-                .0
-                .iter()
-                .filter(|e| u64::from_ne_bytes(**e) & PRESENT != 0)
-                .count() as u64;
+            entries.resize(n as usize, 0);
+            pagemap.read(page, &mut entries)?;
+            let present = entries.iter().filter(|&&e| e & PRESENT != 0).count() as u64;
             out.bytes += present * PAGE;
             budget -= n;
             page += n;
