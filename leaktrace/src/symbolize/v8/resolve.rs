@@ -45,6 +45,9 @@ struct Entry {
     script: u64,
     /// The function's source range, to check call-site positions against.
     range: Option<(u32, u32)>,
+    /// Its first line did not read back (its source unreadable, or moving under the read): the
+    /// entry serves this use and is decoded again at the next.
+    line_unread: bool,
 }
 
 /// A script's line table, checked against its source pointer on each use.
@@ -154,12 +157,15 @@ impl<M: Memory> Resolver<M> {
     /// Whether the SFI at `sfi` is still the one `entry` was decoded from.
     fn still_valid(&self, sfi: u64, entry: &Entry) -> bool {
         let layout = &self.heap.layout;
-        self.heap
-            .typed(sfi, layout.shared_function_info_type)
-            .is_some_and(|o| {
-                self.heap.field(o, layout.sfi_name_or_scope_info) == Some(entry.name_or_scope_info)
-                    && self.heap.field(o, layout.sfi_script) == Some(entry.script)
-            })
+        !entry.line_unread
+            && self
+                .heap
+                .typed(sfi, layout.shared_function_info_type)
+                .is_some_and(|o| {
+                    self.heap.field(o, layout.sfi_name_or_scope_info)
+                        == Some(entry.name_or_scope_info)
+                        && self.heap.field(o, layout.sfi_script) == Some(entry.script)
+                })
     }
 
     fn decode(&mut self, sfi: u64) -> Option<Entry> {
@@ -196,6 +202,7 @@ impl<M: Memory> Resolver<M> {
             name_or_scope_info,
             script,
             range,
+            line_unread: range.is_some() && line.is_none(),
         })
     }
 
