@@ -45,9 +45,14 @@ struct Entry {
     script: u64,
     /// The function's source range, to check call-site positions against.
     range: Option<(u32, u32)>,
+}
+
+impl Entry {
     /// Its first line did not read back (its source unreadable, or moving under the read): the
     /// entry serves this use and is decoded again at the next.
-    line_unread: bool,
+    fn line_unread(&self) -> bool {
+        self.range.is_some() && self.function.line.is_none()
+    }
 }
 
 /// A script's line table, checked against its source pointer on each use.
@@ -157,7 +162,7 @@ impl<M: Memory> Resolver<M> {
     /// Whether the SFI at `sfi` is still the one `entry` was decoded from.
     fn still_valid(&self, sfi: u64, entry: &Entry) -> bool {
         let layout = &self.heap.layout;
-        !entry.line_unread
+        !entry.line_unread()
             && self
                 .heap
                 .typed(sfi, layout.shared_function_info_type)
@@ -202,7 +207,6 @@ impl<M: Memory> Resolver<M> {
             name_or_scope_info,
             script,
             range,
-            line_unread: range.is_some() && line.is_none(),
         })
     }
 
