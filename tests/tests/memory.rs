@@ -2,10 +2,11 @@
 //! `mallinfo2()`, arenas full of freed memory are `retention`, and a plain leak stays a `leak`.
 #![allow(unused_crate_dependencies, reason = "the harness library uses them")]
 
-use std::process::Command;
+use std::{path::PathBuf, process::Command};
 
 use leaktrace_tests::{
-    Target, Tracer, fixture, have_root, read_report, root, scratch, trace_workload,
+    Target, Tracer, fixture, have_root, node22, read_report, root, scratch, trace_workload,
+    trace_workloads,
 };
 use serde_json::Value;
 
@@ -32,6 +33,36 @@ fn numbers(line: &str, key: &str) -> u64 {
 
 fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or_else(|| panic!("a number: {v}"))
+}
+
+/// `malloc.by_thread` as (threads_are, threads, arenas, free_bytes), checked to cover every
+/// arena read exactly once.
+fn by_thread(malloc: &Value) -> Vec<(String, u64, u64, u64)> {
+    let shares: Vec<(String, u64, u64, u64)> = malloc["by_thread"]
+        .as_array()
+        .unwrap_or_else(|| panic!("by_thread[]: {malloc}"))
+        .iter()
+        .map(|s| {
+            (
+                s["threads_are"].as_str().expect("threads_are").to_owned(),
+                u(&s["threads"]),
+                u(&s["arenas"]),
+                u(&s["free_bytes"]),
+            )
+        })
+        .collect();
+    assert_eq!(u(&malloc["arenas_unreadable"]), 0, "{malloc}");
+    assert_eq!(
+        shares.iter().map(|s| s.2).sum::<u64>(),
+        u(&malloc["arenas"]),
+        "every arena in one share: {malloc}"
+    );
+    assert_eq!(
+        shares.iter().map(|s| s.3).sum::<u64>(),
+        u(&malloc["free_bytes"]),
+        "{malloc}"
+    );
+    shares
 }
 
 /// The resident classes of a breakdown sum to its RSS, exactly.
@@ -111,6 +142,22 @@ fn fragmented_arenas_are_retention_and_match_mallinfo2() {
             .contains("of it in other threads' arenas"),
         "{}",
         m["summary"]
+    );
+    // By thread: the threads were joined, so their 6 arenas have no live thread; the main
+    // thread's is the main arena.
+    let shares = by_thread(malloc);
+    assert_eq!(
+        shares,
+        vec![
+            (
+                "no live thread".to_owned(),
+                0,
+                6,
+                u(&malloc["free_bytes"]) - main_free
+            ),
+            ("main thread".to_owned(), 1, 1, main_free),
+        ],
+        "{malloc}"
     );
     assert_eq!(
         malloc["mmapped_bytes"].as_u64(),
@@ -240,6 +287,87 @@ fn another_allocators_account_is_said_unread() {
     assert!(u(&b["rss"]) > 0);
     assert_classes_sum_to_rss(b);
     assert_eq!(target.finish(), 0);
+}
+
+/// Async zlib at high concurrency (nodejs/node#8871): every block is freed once the work is
+/// done, and the RSS stays where the work took it: retention, in watch mode (no uprobe), with
+/// each kind of thread's share of the free memory kept: the main thread's (zlib's state is
+/// allocated there), libuv's pool's (its 4 threads, named by the function they started at) and
+/// V8's workers'.
+#[test]
+fn zlib_on_the_thread_pool_is_retention_with_each_threads_share() {
+    if !have_root("zlib_on_the_thread_pool_is_retention_with_each_threads_share") {
+        return;
+    }
+    let test = "memory-zlib-retention";
+    let nodes = [PathBuf::from("node"), node22()];
+    let mut targets: Vec<Target> = nodes
+        .iter()
+        .map(|node| {
+            let mut cmd = Command::new(node);
+            cmd.current_dir(scratch(&format!("{test}-cwd")))
+                .arg(root().join("tests/fixtures/node/memory/zlib-retention.js"))
+                .env("UV_THREADPOOL_SIZE", "4");
+            Target::spawn(cmd)
+        })
+        .collect();
+    let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
+    let out = scratch(test).join("report.json");
+    let report = trace_workloads(
+        &mut targets,
+        &pids,
+        &["--mode", "watch", "--interval", "250ms"],
+        &out,
+    );
+    for (target, (node, pid)) in targets.into_iter().zip(nodes.iter().zip(pids)) {
+        let node = node.display();
+        assert_eq!(target.finish(), 0, "{node}: the fixture is unharmed");
+        let m = memory(&report, pid);
+        eprintln!("{node}: {}", m["summary"]);
+        assert_eq!(m["verdict"], "retention", "{node}: {}", m["summary"]);
+        let growth = &m["growth"];
+        let free = growth["free_bytes"].as_i64().expect("free growth");
+        let in_use = growth["in_use_bytes"].as_i64().expect("in-use growth");
+        assert!(free > 32 << 20, "{node}: free but kept grew by {free}");
+        assert!(
+            in_use < free / 10,
+            "{node}: in use grew by {in_use}, free by {free}"
+        );
+        assert!(
+            growth["rss_bytes"].as_i64().expect("rss growth") > free / 2,
+            "{node}: the RSS stays high: {growth}"
+        );
+
+        let malloc = &m["malloc"];
+        let shares = by_thread(malloc);
+        eprintln!("{node}: {shares:?}");
+        let share = |name: &str| {
+            shares
+                .iter()
+                .find(|s| s.0 == name)
+                .unwrap_or_else(|| panic!("{node}: no share of {name}: {shares:?}"))
+        };
+        let main = share("main thread");
+        assert_eq!(
+            (main.1, main.2, main.3),
+            (1, 1, u(&malloc["main_arena_free_bytes"])),
+            "{node}"
+        );
+        // zlib's deflate state is the main thread's: its arena keeps most of what was freed,
+        // which MALLOC_ARENA_MAX would not give back: the advice says so.
+        assert!(main.3 > u(&malloc["free_bytes"]) / 2, "{node}: {shares:?}");
+        let advice = m["advice"].to_string();
+        assert!(
+            advice.contains("the main thread's arena keeps"),
+            "{node}: {advice}"
+        );
+        let pool = share("libuv thread pool (worker)");
+        assert_eq!(
+            pool.1, 4,
+            "{node}: UV_THREADPOOL_SIZE=4 threads: {shares:?}"
+        );
+        assert!((1..=4).contains(&pool.2), "{node}: {shares:?}");
+    }
 }
 
 /// A Node process whose JavaScript heap grows: the pages V8 maps for it are told apart from the

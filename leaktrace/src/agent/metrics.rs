@@ -348,6 +348,22 @@ fn memory_metrics(registry: &mut Registry, targets: &[TargetView]) {
             i64::try_from(m.free_bytes.saturating_sub(m.main_arena_free_bytes)).unwrap_or(i64::MAX)
         },
     );
+    let by_thread = Family::<Labels, Gauge<i64>>::default();
+    for t in &readable {
+        for share in &malloc(t).by_thread {
+            let mut labels = labels(t);
+            labels.push(("threads", share.threads_are.clone()));
+            by_thread
+                .get_or_create(&labels)
+                .set(i64::try_from(share.free_bytes).unwrap_or(i64::MAX));
+        }
+    }
+    registry.register(
+        "target_malloc_free_bytes_by_threads",
+        "Of those, by the threads whose arenas keep them: main thread, the function other \
+         threads started at (libuv thread pool, V8's workers), no live thread",
+        by_thread,
+    );
     let slope = |t: &TargetView, of: fn(&MemoryGrowth) -> f64| {
         t.memory.as_ref().map_or(0.0, |m| of(&m.growth))
     };
@@ -589,6 +605,22 @@ mod tests {
                 in_use_bytes: 5,
                 free_bytes: 55,
                 main_arena_free_bytes: 15,
+                by_thread: vec![
+                    crate::process::memory::ThreadShare {
+                        threads_are: "libuv thread pool (worker)".into(),
+                        threads: 4,
+                        arenas: 4,
+                        free_bytes: 33,
+                        ..Default::default()
+                    },
+                    crate::process::memory::ThreadShare {
+                        threads_are: "main thread".into(),
+                        threads: 1,
+                        arenas: 1,
+                        free_bytes: 15,
+                        ..Default::default()
+                    },
+                ],
                 ..MallocAccount::default()
             },
             growth: MemoryGrowth {
@@ -631,6 +663,13 @@ mod tests {
                 && text.contains("container=\"\"} 40\n"),
             "{text}"
         );
+        for (threads, bytes) in [("libuv thread pool (worker)", 33), ("main thread", 15)] {
+            assert!(
+                text.contains(&format!("container=\"\",threads=\"{threads}\"}} {bytes}\n"))
+                    && text.contains("leaktrace_target_malloc_free_bytes_by_threads{pid=\"7\""),
+                "{text}"
+            );
+        }
         assert!(
             text.contains("leaktrace_target_malloc_free_growth_bytes_per_second{pid=\"7\"")
                 && text.contains("container=\"\"} 4096.0\n"),

@@ -332,6 +332,14 @@ pub fn judge(series: &[MemoryPoint]) -> (Verdict, MemoryGrowth) {
 fn advice(verdict: Verdict, malloc: &MallocAccount) -> Vec<String> {
     let mut out = Vec::new();
     if matches!(verdict, Verdict::Retention | Verdict::Both) && malloc.allocator == "glibc" {
+        // Fewer arenas return nothing the main arena keeps: say so before the usual remedies.
+        if malloc.main_arena_free_bytes > malloc.free_bytes / 2 {
+            out.push(
+                "the main thread's arena keeps most of the free memory: fewer arenas \
+                 (MALLOC_ARENA_MAX) would not give it back; malloc_trim(0) would"
+                    .into(),
+            );
+        }
         out.push(format!(
             "glibc keeps freed memory in its {} arenas (one per thread that allocated, up to 8 \
              per core): MALLOC_ARENA_MAX=2 in the environment caps them, trading some lock \

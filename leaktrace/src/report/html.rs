@@ -82,6 +82,9 @@ pub fn render(report: &Report) -> String {
                 target.pid,
                 escape(&memory.summary)
             );
+            if let Some(line) = super::memory::by_thread(memory) {
+                let _ = writeln!(out, "<p>Free but kept, by thread: {}</p>", escape(&line));
+            }
             out.push_str(&super::memory::classes_chart(&memory.series, 720, 200));
             out.push_str(&super::memory::stacked_chart(&memory.series, 720, 200));
             for line in memory.advice.iter().chain(&memory.notes) {

@@ -95,11 +95,51 @@ pub fn verdict_name(v: Verdict) -> &'static str {
     }
 }
 
+/// `main thread 18.0 MiB (1 arena); libuv thread pool (worker) 516.6 KiB (4 threads, 4
+/// arenas)`: the free memory each kind of thread's arenas keep, most first.
+pub fn by_thread(m: &MemoryReport) -> Option<String> {
+    let shares = &m.malloc.by_thread;
+    if shares.is_empty() {
+        return None;
+    }
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    Some(
+        shares
+            .iter()
+            .map(|s| {
+                let threads =
+                    if s.threads_are == crate::process::memory::MAIN_THREAD || s.threads == 0 {
+                        String::new()
+                    } else {
+                        format!("{}, ", plural(s.threads, "thread"))
+                    };
+                format!(
+                    "{} {} ({threads}{})",
+                    s.threads_are,
+                    b(s.free_bytes),
+                    plural(s.arenas, "arena")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+    )
+}
+
 /// The text report's lines for one process's memory.
 pub fn render(out: &mut String, m: &MemoryReport) {
     let _ = writeln!(out, "    memory: {}", m.summary);
     if let Some(why) = &m.malloc.unreadable {
         let _ = writeln!(out, "      allocator account: {why}");
+    }
+    if let Some(line) = by_thread(m) {
+        let _ = writeln!(out, "      free but kept, by thread: {line}");
+    } else if let Some(why) = m
+        .malloc
+        .readable
+        .then_some(())
+        .and(m.malloc.by_thread_unread.as_ref())
+    {
+        let _ = writeln!(out, "      free but kept, by thread: not read ({why})");
     }
     for advice in &m.advice {
         let _ = writeln!(out, "      what to do: {advice}");

@@ -1253,6 +1253,14 @@ impl Session {
             .iter()
             .filter(|t| only.is_none_or(|pid| t.target.pid == pid))
             .collect();
+        let mut memory: HashMap<u32, _> = HashMap::new();
+        for t in &chosen {
+            let pid = t.target.pid;
+            if let Some(mut m) = self.memory.report(pid) {
+                naming::name_thread_shares(&mut self.symbolizer, pid, &mut m.malloc);
+                memory.insert(pid, m);
+            }
+        }
         let targets = chosen
             .iter()
             .map(|t| TargetSummary {
@@ -1272,7 +1280,7 @@ impl Session {
                 exit_code: t.exit_code,
                 notes: self.notes(t),
                 from_start: t.from_start,
-                memory: self.memory.report(t.target.pid),
+                memory: memory.remove(&t.target.pid),
                 exited_at_s: t
                     .detached_at
                     .filter(|_| !t.target.is_alive())

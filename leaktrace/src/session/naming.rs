@@ -76,3 +76,54 @@ fn name_stack(
     awaited::mark(&mut frames);
     frames
 }
+
+/// Names where the threads of each arena share started (see
+/// [`crate::process::memory::ThreadShare`]): the function a start routine's address is in, and
+/// `libuv thread pool` for libuv's `worker` in an object that has libuv (it exports
+/// `uv_queue_work`), whose arenas are what a Node process's `fs`, `zlib`, `crypto` and `dns`
+/// work allocated from.
+pub(super) fn name_thread_shares(
+    symbolizer: &mut Symbolizer,
+    pid: u32,
+    malloc: &mut crate::process::memory::MallocAccount,
+) {
+    for share in &mut malloc.by_thread {
+        let Some(addr) = share
+            .start_routine
+            .as_deref()
+            .and_then(|hex| u64::from_str_radix(hex.trim_start_matches("0x"), 16).ok())
+        else {
+            continue;
+        };
+        symbolizer.resolve(pid, &[(addr, AddrKind::Exact)]);
+        let Some(function) = symbolizer
+            .frames(pid, addr)
+            .pop()
+            .and_then(|frame| frame.function)
+        else {
+            continue;
+        };
+        share.threads_are = if function == "worker" && has_libuv(symbolizer, pid, addr) {
+            format!("{LIBUV_POOL} ({function})")
+        } else {
+            function
+        };
+    }
+}
+
+/// What the threads of libuv's pool are called in a report.
+pub const LIBUV_POOL: &str = "libuv thread pool";
+
+/// Whether the object mapped at `addr` exports `uv_queue_work`.
+fn has_libuv(symbolizer: &Symbolizer, pid: u32, addr: u64) -> bool {
+    let Some(m) = symbolizer
+        .mappings(pid)
+        .iter()
+        .find(|m| (m.start..m.end).contains(&addr))
+    else {
+        return false;
+    };
+    let file = std::path::PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    crate::process::symbols::read(&file, false, &["uv_queue_work".to_owned()])
+        .is_ok_and(|info| info.defined.contains("uv_queue_work"))
+}

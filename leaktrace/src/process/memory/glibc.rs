@@ -13,10 +13,13 @@
 use std::{collections::HashSet, io};
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
-use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+use object::{Object as _, ObjectSymbol as _};
 use serde::{Deserialize, Serialize};
 
-use super::ReadMemory;
+use super::{
+    ReadMemory,
+    elf::{bytes_at, runtime_address},
+};
 use crate::process::maps::Mapping;
 
 /// glibc's layout of `struct malloc_state` on x86-64 (2.27 and later: `have_fastchunks` is an
@@ -72,11 +75,13 @@ pub enum GlibcError {
 }
 
 /// Where glibc keeps its state in one process.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Locations {
     pub main_arena: u64,
     /// `mp_.n_mmaps` and `mp_.mmapped_mem`, when `int_mallinfo`'s code said where.
     pub mmaps: Option<(u64, u64)>,
+    /// Its threads and their arenas, or why they cannot be read.
+    pub threads: Result<super::threads::Layout, String>,
 }
 
 /// Addresses in the library file (before the load bias), from `mallinfo2`'s code.
@@ -102,14 +107,9 @@ pub fn locate(pid: u32, mappings: &[Mapping]) -> Result<Locations, GlibcError> {
         path: file.clone(),
         source,
     })?;
-    let (vaddr, file_offset) = mallinfo2(&elf).ok_or(GlibcError::NoLibc)?;
+    let vaddr = mallinfo2(&elf).ok_or(GlibcError::NoLibc)?;
     let facts = code_facts(&elf, vaddr)?;
-    // The load bias: where the mapping of the same file that holds mallinfo2's bytes put them.
-    let runtime = mappings
-        .iter()
-        .filter(|m| m.inode == libc.inode && m.path == libc.path)
-        .find(|m| m.offset <= file_offset && file_offset < m.offset + (m.end - m.start))
-        .map(|m| m.start + (file_offset - m.offset))
+    let runtime = runtime_address(mappings, libc, &elf, vaddr)
         .ok_or(GlibcError::Code("mallinfo2's code is not mapped"))?;
     let bias = runtime.wrapping_sub(vaddr);
     Ok(Locations {
@@ -117,35 +117,20 @@ pub fn locate(pid: u32, mappings: &[Mapping]) -> Result<Locations, GlibcError> {
         mmaps: facts
             .mmaps
             .map(|(n, bytes)| (n.wrapping_add(bias), bytes.wrapping_add(bias))),
+        threads: super::threads::locate(pid, mappings, &elf, bias),
     })
 }
 
-/// `mallinfo2`'s address and its offset in the file.
-fn mallinfo2(elf: &object::File<'_>) -> Option<(u64, u64)> {
-    let symbol = elf
-        .dynamic_symbols()
-        .find(|s| s.name() == Ok("mallinfo2") && s.is_definition())?;
-    let addr = symbol.address();
-    let segment = elf
-        .segments()
-        .find(|s| s.address() <= addr && addr < s.address() + s.size())?;
-    let (offset, _) = segment.file_range();
-    Some((addr, offset + (addr - segment.address())))
-}
-
-/// Bytes of `elf` at `vaddr`, at most `len`.
-fn code_at<'a>(elf: &object::File<'a>, vaddr: u64, len: u64) -> Option<&'a [u8]> {
-    elf.segments().find_map(|s| {
-        let end = s.address() + s.size();
-        (s.address() <= vaddr && vaddr < end)
-            .then(|| s.data_range(vaddr, len.min(end - vaddr)).ok().flatten())
-            .flatten()
-    })
+/// `mallinfo2`'s address.
+fn mallinfo2(elf: &object::File<'_>) -> Option<u64> {
+    elf.dynamic_symbols()
+        .find(|s| s.name() == Ok("mallinfo2") && s.is_definition())
+        .map(|s| s.address())
 }
 
 /// Decodes `mallinfo2` and the function it calls in the arena loop.
 pub fn code_facts(elf: &object::File<'_>, mallinfo2: u64) -> Result<CodeFacts, GlibcError> {
-    let code = code_at(elf, mallinfo2, 512).ok_or(GlibcError::Code("mallinfo2 is not mapped"))?;
+    let code = bytes_at(elf, mallinfo2, 512).ok_or(GlibcError::Code("mallinfo2 is not mapped"))?;
     let instructions = decode(code, mallinfo2, 128);
     let lea = instructions
         .iter()
@@ -157,7 +142,7 @@ pub fn code_facts(elf: &object::File<'_>, mallinfo2: u64) -> Result<CodeFacts, G
         .find(|i| i.mnemonic() == Mnemonic::Call && i.op0_kind() == OpKind::NearBranch64)
         .map(Instruction::near_branch_target);
     let mmaps = call
-        .and_then(|target| code_at(elf, target, 1024).map(|code| decode(code, target, 400)))
+        .and_then(|target| bytes_at(elf, target, 1024).map(|code| decode(code, target, 400)))
         .and_then(|body| mmaps_fields(&body));
     Ok(CodeFacts { main_arena, mmaps })
 }
@@ -216,6 +201,11 @@ pub struct ArenaAccount {
 }
 
 impl ArenaAccount {
+    /// Its address, as a number.
+    pub fn address_value(&self) -> Option<u64> {
+        u64::from_str_radix(self.address.trim_start_matches("0x"), 16).ok()
+    }
+
     /// Free but kept: `mallinfo2`'s `fordblks` for this arena.
     pub fn free_bytes(&self) -> u64 {
         self.top_bytes + self.fastbin_bytes + self.bin_bytes
@@ -622,12 +612,13 @@ mod tests {
     /// library's writable data and to `mp_`'s mmap counters a few bytes apart.
     #[test]
     fn finds_the_main_arena_in_this_machines_libc() {
+        use object::ObjectSegment as _;
         let path = "/usr/lib/x86_64-linux-gnu/libc.so.6";
         let Ok(data) = std::fs::read(path) else {
             return;
         };
         let elf = object::File::parse(&*data).expect("libc parses");
-        let (vaddr, _) = mallinfo2(&elf).expect("glibc 2.33+ defines mallinfo2");
+        let vaddr = mallinfo2(&elf).expect("glibc 2.33+ defines mallinfo2");
         let facts = code_facts(&elf, vaddr).expect("mallinfo2 decodes");
         let writable = elf
             .segments()

@@ -4,11 +4,13 @@
 //! A process whose RSS grows while its live blocks do not is not leaking: its allocator keeps
 //! what was freed. Only the allocator's account tells the two apart.
 
+pub mod elf;
 pub mod glibc;
 pub mod resident;
 pub mod smaps;
+pub mod threads;
 
-use std::{fs::File, io, os::unix::fs::FileExt as _};
+use std::{collections::HashSet, fs::File, io, os::unix::fs::FileExt as _};
 
 use serde::{Deserialize, Serialize};
 
@@ -84,6 +86,92 @@ pub struct MallocAccount {
     pub main_arena_system_bytes: u64,
     #[serde(default)]
     pub main_arena_free_bytes: u64,
+    /// The arenas by the threads that allocate from them (read from glibc's thread list and
+    /// each thread's `thread_arena`): which threads' allocations the free memory was kept for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub by_thread: Vec<ThreadShare>,
+    /// Why `by_thread` is empty though the account was read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by_thread_unread: Option<String>,
+}
+
+/// Some of a process's arenas, and the threads that allocate from them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThreadShare {
+    /// What the threads are: `main thread`; the function they started at (the report names
+    /// it: `libuv thread pool` for libuv's workers); `threads of several kinds` for arenas they
+    /// share (glibc makes at most 8 per core); `no live thread` for arenas whose threads
+    /// ended (glibc gives them to the next new threads).
+    pub threads_are: String,
+    /// The address the threads started at, hex, when they are of one kind other than main.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_routine: Option<String>,
+    /// Live threads that allocated from these arenas.
+    pub threads: usize,
+    pub arenas: usize,
+    pub system_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// What [`ThreadShare::threads_are`] says of the main thread's arena, of arenas of threads of
+/// several kinds and of arenas no live thread allocates from.
+pub const MAIN_THREAD: &str = "main thread";
+pub const SHARED: &str = "threads of several kinds";
+pub const NO_LIVE_THREAD: &str = "no live thread";
+
+/// Groups the arenas read by the kind of the threads that use them: a thread's kind is where
+/// it started (the main thread is its own kind).
+fn shares(account: &glibc::Account, threads: &[threads::ThreadArena]) -> Vec<ThreadShare> {
+    use std::collections::BTreeMap;
+    #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Kind {
+        Main,
+        Start(u64),
+        Shared,
+        Nobody,
+    }
+    let mut groups: BTreeMap<Kind, ThreadShare> = BTreeMap::new();
+    for arena in &account.arenas {
+        let users: Vec<&threads::ThreadArena> = threads
+            .iter()
+            .filter(|t| Some(t.arena) == arena.address_value())
+            .collect();
+        let kinds: std::collections::BTreeSet<Kind> = users
+            .iter()
+            .map(|t| {
+                if t.start_routine == 0 {
+                    Kind::Main
+                } else {
+                    Kind::Start(t.start_routine)
+                }
+            })
+            .collect();
+        let kind = match (kinds.len(), kinds.first()) {
+            (0, _) => Kind::Nobody,
+            (1, Some(&k)) => k,
+            _ => Kind::Shared,
+        };
+        let share = groups.entry(kind).or_insert_with(|| ThreadShare {
+            threads_are: match kind {
+                Kind::Main => MAIN_THREAD.into(),
+                Kind::Start(at) => format!("{at:#x}"),
+                Kind::Shared => SHARED.into(),
+                Kind::Nobody => NO_LIVE_THREAD.into(),
+            },
+            start_routine: match kind {
+                Kind::Start(at) => Some(format!("{at:#x}")),
+                _ => None,
+            },
+            ..ThreadShare::default()
+        });
+        share.threads += users.len();
+        share.arenas += 1;
+        share.system_bytes += arena.system_bytes;
+        share.free_bytes += arena.free_bytes();
+    }
+    let mut out: Vec<ThreadShare> = groups.into_values().collect();
+    out.sort_by_key(|s| std::cmp::Reverse(s.free_bytes));
+    out
 }
 
 /// One look at a process's memory.
@@ -140,6 +228,10 @@ impl Reader {
             Ok(account) => {
                 known.malloc_heaps.clone_from(&account.heap_ranges);
                 fill(&mut malloc, &account);
+                match self.thread_arenas(&account) {
+                    Ok(threads) => malloc.by_thread = shares(&account, &threads),
+                    Err(why) => malloc.by_thread_unread = Some(why),
+                }
             }
             Err(why) => malloc.unreadable = Some(why),
         }
@@ -206,6 +298,34 @@ impl Reader {
             .map(|e| (e.mapping.start, e.mapping.end))
             .collect();
         glibc::read_account(mem, &at, &writable).map_err(|e| e.to_string())
+    }
+}
+
+impl Reader {
+    /// Each live thread's arena, from glibc's thread list (see [`threads`]).
+    fn thread_arenas(&self, account: &glibc::Account) -> Result<Vec<threads::ThreadArena>, String> {
+        let (Some(mem), Some((_, Ok(at)))) = (&self.mem, &self.glibc) else {
+            return Err("glibc's state was not found".into());
+        };
+        let layout = at.threads.as_ref().map_err(Clone::clone)?;
+        let tasks: HashSet<u32> = std::fs::read_dir(format!("/proc/{}/task", self.pid))
+            .map_err(|e| format!("cannot list /proc/{}/task: {e}", self.pid))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        let arenas: HashSet<u64> = account
+            .arenas
+            .iter()
+            .filter_map(glibc::ArenaAccount::address_value)
+            .chain(account.unreadable.iter().map(|&(a, _)| a))
+            .collect();
+        let mut last = String::new();
+        for _ in 0..glibc::ATTEMPTS {
+            match threads::read(mem, layout, self.pid, &tasks, &arenas, at.main_arena) {
+                Ok(threads) => return Ok(threads),
+                Err(why) => last = why,
+            }
+        }
+        Err(last)
     }
 }
 
@@ -276,6 +396,63 @@ mod tests {
         assert_eq!(
             (out.main_arena_system_bytes, out.main_arena_free_bytes),
             (10, 2)
+        );
+    }
+
+    #[test]
+    fn arenas_are_grouped_by_the_kind_of_their_threads() {
+        let arena = |address: u64, main: bool, top_bytes: u64| glibc::ArenaAccount {
+            address: format!("{address:#x}"),
+            system_bytes: 1000,
+            top_bytes,
+            main,
+            ..glibc::ArenaAccount::default()
+        };
+        let account = glibc::Account {
+            arenas: vec![
+                arena(0xa0, true, 500),
+                arena(0xb0, false, 40),
+                arena(0xc0, false, 30),
+                arena(0xd0, false, 20),
+                arena(0xe0, false, 10),
+            ],
+            ..glibc::Account::default()
+        };
+        let thread = |tid: u32, start_routine: u64, arena: u64| threads::ThreadArena {
+            tid,
+            start_routine,
+            arena,
+        };
+        let threads = [
+            thread(1, 0, 0xa0),
+            // Two pool threads with an arena each, a third that has not allocated yet.
+            thread(2, 0x1000, 0xb0),
+            thread(3, 0x1000, 0xc0),
+            thread(4, 0x1000, 0),
+            // A pool thread and another kind share an arena; 0xe0's threads ended.
+            thread(5, 0x1000, 0xd0),
+            thread(6, 0x2000, 0xd0),
+        ];
+        let got: Vec<(String, Option<String>, usize, usize, u64)> = shares(&account, &threads)
+            .into_iter()
+            .map(|s| {
+                (
+                    s.threads_are,
+                    s.start_routine,
+                    s.threads,
+                    s.arenas,
+                    s.free_bytes,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (MAIN_THREAD.into(), None, 1, 1, 500),
+                ("0x1000".into(), Some("0x1000".into()), 2, 2, 70),
+                (SHARED.into(), None, 2, 1, 20),
+                (NO_LIVE_THREAD.into(), None, 0, 1, 10),
+            ]
         );
     }
 }
