@@ -32,6 +32,14 @@ fn a_process_in_its_own_mount_and_pid_namespace_is_traced_exactly() {
     assert_eq!((leak.live_bytes, leak.live_allocs), (30_000, 30));
     let chain = site(&report, pid, "leak_realloc_chain");
     assert_eq!((chain.live_bytes, chain.allocated_bytes), (7_000, 11_000));
+    // glibc's thread list numbers the threads as the container does (the main thread is 1
+    // there): its arena is still known as the main thread's.
+    let malloc = &target["memory"]["malloc"];
+    assert_eq!(
+        malloc["by_thread"][0]["threads_are"], "main thread",
+        "{malloc}"
+    );
+    assert_eq!(malloc["by_thread"][0]["threads"], 1, "{malloc}");
 }
 
 /// Leaves something hostile in a container's /tmp.

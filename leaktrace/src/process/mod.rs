@@ -171,10 +171,21 @@ pub fn environ(pid: u32) -> Vec<(OsString, OsString)> {
 
 /// The PID inside the process's innermost PID namespace: the last `NStgid` field.
 pub fn ns_pid(pid: u32) -> Option<u32> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    innermost_id(&format!("/proc/{pid}/status"), "NStgid:")
+}
+
+/// The ID thread `tid` of process `pid` has in the process's own PID namespace: what the
+/// process's own bookkeeping (glibc's thread list) calls it.
+pub fn ns_tid(pid: u32, tid: u32) -> Option<u32> {
+    innermost_id(&format!("/proc/{pid}/task/{tid}/status"), "NSpid:")
+}
+
+/// The last ID of a `status` file's namespaced ID line: the innermost namespace's.
+fn innermost_id(path: &str, field: &str) -> Option<u32> {
+    let status = fs::read_to_string(path).ok()?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("NStgid:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .split_whitespace()
         .last()?
         .parse()

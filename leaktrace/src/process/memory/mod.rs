@@ -308,10 +308,18 @@ impl Reader {
             return Err("glibc's state was not found".into());
         };
         let layout = at.threads.as_ref().map_err(Clone::clone)?;
-        let tasks: HashSet<u32> = std::fs::read_dir(format!("/proc/{}/task", self.pid))
-            .map_err(|e| format!("cannot list /proc/{}/task: {e}", self.pid))?
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
+        let pid = self.pid;
+        let tids = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|e| format!("cannot list /proc/{pid}/task: {e}"))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok());
+        // glibc knows its threads by the IDs they have in the process's PID namespace.
+        let ns_pid = crate::process::ns_pid(pid).unwrap_or(pid);
+        let tasks: HashSet<u32> = if ns_pid == pid {
+            tids.collect()
+        } else {
+            tids.filter_map(|tid| crate::process::ns_tid(pid, tid))
+                .collect()
+        };
         let arenas: HashSet<u64> = account
             .arenas
             .iter()
@@ -320,7 +328,7 @@ impl Reader {
             .collect();
         let mut last = String::new();
         for _ in 0..glibc::ATTEMPTS {
-            match threads::read(mem, layout, self.pid, &tasks, &arenas, at.main_arena) {
+            match threads::read(mem, layout, ns_pid, &tasks, &arenas, at.main_arena) {
                 Ok(threads) => return Ok(threads),
                 Err(why) => last = why,
             }

@@ -142,8 +142,9 @@ fn read_u64(mem: &impl ReadMemory, addr: u64) -> Result<u64, String> {
     Ok(u64::from_le_bytes(buf))
 }
 
-/// The process's threads and, for each, the arena it allocates from. `tasks`: the process's
-/// thread IDs now (`/proc/PID/task`); `arenas`: the arenas read, `main_arena` among them.
+/// The process's threads and, for each, the arena it allocates from. `pid` and `tasks`: the
+/// process's ID and its threads' now (`/proc/PID/task`), as its own PID namespace numbers them;
+/// `arenas`: the arenas read, `main_arena` among them.
 pub fn read(
     mem: &impl ReadMemory,
     layout: &Layout,
