@@ -18,6 +18,7 @@ mod mapping;
 mod maps;
 mod queue;
 mod site;
+mod stitch;
 mod unwind;
 mod walk;
 

@@ -1,4 +1,5 @@
-//! Every map the probes share with the tracer, declared in one place.
+//! Every map the probes share with the tracer, declared in one place (the unwinder's per-CPU
+//! cursor, which only the walk sees, is declared with it in `unwind`).
 //!
 //! Capacities here are defaults: the tracer resizes the maps at load time from its options.
 
@@ -14,8 +15,6 @@ use leaktrace_common::{
     QueuedKey, QueuedWork, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames, StackKey,
     StackStats, StoredStack, TargetCounters, UnwindProcess, UnwindRow, V8Frames,
 };
-
-use crate::unwind::Cursor;
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
 /// process returns at once: a uprobe attached for one PID can still run for others that share the
@@ -131,10 +130,6 @@ pub static UNWIND_PROCS: HashMap<u32, UnwindProcess> =
 /// Written by the tracer, which sizes it.
 #[map]
 pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_MAX_UNWIND_ROWS, 0);
-
-/// Where a walk stands (see `unwind`).
-#[map]
-pub static UNWIND_SCRATCH: PerCpuArray<Cursor> = PerCpuArray::with_max_entries(1, 0);
 
 /// Sampling settings, written by the tracer (index 0); all zero means exact.
 #[map]

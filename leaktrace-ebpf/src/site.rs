@@ -16,7 +16,7 @@ use crate::{
     hash::{FNV_OFFSET, mix},
     js,
     maps::{JS_SCRATCH, JS_STACKS, JsScratch, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
-    queue, unwind, walk,
+    stitch, unwind, walk,
 };
 
 const EEXIST: i64 = 17;
@@ -77,7 +77,7 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     // registers or on the stack across the walk, which would double the states the verifier
     // explores there: the stop in the cursor, the work looked up again after (only this
     // thread's own probes change its entry).
-    let queued = queue::running();
+    let queued = stitch::running();
     cur.stop_fp = queued.map_or(0, |q| q.worker_fp);
     // A pool thread runs no JavaScript; a callback does, before the queuer's.
     let own_js = queued.is_none_or(|q| q.callback != 0);
@@ -124,7 +124,7 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     // JavaScript's other threads (Workers, each an isolate of its own) say which thread they
     // are: the same code on two workers is two sites. Stitched stacks say the queuing thread.
     let tid = bpf_get_current_pid_tgid() as u32;
-    let queued = queue::running();
+    let queued = stitch::running();
     if queued.is_none() && v8.is_some() && tid != tgid && len < MAX_FRAMES {
         let marker = thread_marker(tid);
         frames.ips[len & (MAX_FRAMES - 1)] = marker;
@@ -134,7 +134,7 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
     frames.len = len as u32;
     let mut queuer_at = MAX_FRAMES;
     if let Some(work) = &queued {
-        (hash, queuer_at) = queue::stitch(frames, work, hash, counters);
+        (hash, queuer_at) = stitch::stitch(frames, work, hash, counters);
         key.js_id = work.js_id;
     }
     // 0 means "no stack".

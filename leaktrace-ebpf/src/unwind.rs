@@ -7,15 +7,19 @@
 //! registers: a value kept in a register across a bounded loop multiplies the states the
 //! verifier explores.
 
-use aya_ebpf::helpers::bpf_probe_read_user;
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::map, maps::PerCpuArray};
 use leaktrace_common::{
     CfaRule, Counter, MAX_UNWIND_MAPPINGS, RbpRule, UNWIND_SEARCH_STEPS, UnwindProcess,
 };
 
 use crate::{
     account::bump,
-    maps::{UNWIND_PROCS, UNWIND_ROWS, UNWIND_SCRATCH},
+    maps::{UNWIND_PROCS, UNWIND_ROWS},
 };
+
+/// Where a walk stands.
+#[map]
+pub static UNWIND_SCRATCH: PerCpuArray<Cursor> = PerCpuArray::with_max_entries(1, 0);
 
 /// The counters a walk can add to, each once: see [`Cursor::lose`].
 const WALK_LOSSES: [Counter; 5] = [

@@ -3,7 +3,6 @@
 //! The probes keep running totals; a snapshot is those totals at one instant. Stacks are read
 //! once per stack id and kept, since the kernel never reuses an id while its entry exists.
 
-pub mod batch;
 pub mod mappings;
 pub mod pages;
 pub mod sideband;
@@ -103,10 +102,10 @@ pub fn snapshot(probes: &Probes) -> Result<Snapshot, CollectError> {
         .map("STACK_STATS")
         .ok_or(CollectError::MissingMap("STACK_STATS"))?;
     let batched = match map {
-        aya::maps::Map::HashMap(data) => {
-            batch::read_all::<StackKey, StackStats>(std::os::fd::AsFd::as_fd(data.fd()))
-                .map_err(CollectError::Batch)?
-        }
+        aya::maps::Map::HashMap(data) => crate::probe::batch::read_all::<StackKey, StackStats>(
+            std::os::fd::AsFd::as_fd(data.fd()),
+        )
+        .map_err(CollectError::Batch)?,
         _ => None,
     };
     let sites: HashMap<StackKey, StackStats> = match batched {

@@ -1,5 +1,6 @@
 //! Loading the probes and attaching them to each target's allocator.
 
+pub mod batch;
 pub mod btf;
 pub mod fault;
 mod mapping;
@@ -1049,12 +1050,10 @@ impl Probes {
     /// Watch mode's sampled pages, each with the stack that populated it.
     pub fn pages(&self) -> std::io::Result<Vec<(PageKey, PageFault)>> {
         match self.ebpf.map("PAGES") {
-            Some(aya::maps::Map::HashMap(data)) => {
-                Ok(crate::collect::batch::read_all::<PageKey, PageFault>(
-                    std::os::fd::AsFd::as_fd(data.fd()),
-                )?
-                .unwrap_or_default())
-            }
+            Some(aya::maps::Map::HashMap(data)) => Ok(batch::read_all::<PageKey, PageFault>(
+                std::os::fd::AsFd::as_fd(data.fd()),
+            )?
+            .unwrap_or_default()),
             _ => Ok(Vec::new()),
         }
     }
@@ -1069,10 +1068,8 @@ impl Probes {
         };
         let fd = std::os::fd::AsFd::as_fd(data.fd());
         for (page, seen) in pages {
-            let kept = match crate::collect::batch::take::<PageKey, PageFault>(fd, page) {
-                Ok(Some(newer)) if newer != *seen => {
-                    crate::collect::batch::put_new(fd, page, &newer).map(drop)
-                }
+            let kept = match batch::take::<PageKey, PageFault>(fd, page) {
+                Ok(Some(newer)) if newer != *seen => batch::put_new(fd, page, &newer).map(drop),
                 taken => taken.map(drop),
             };
             if let Err(e) = kept {

@@ -4,12 +4,9 @@ use std::collections::HashMap;
 
 use leaktrace_common::{AllocKind, Counter, NUM_COUNTERS, StackKey, StackStats};
 
-use super::{
-    model::{
-        FORMAT_VERSION, Frame, Losses, OriginReport, Report, StackReport, TargetReport, Totals,
-        TraceInfo,
-    },
-    origin::Origin,
+use super::model::{
+    FORMAT_VERSION, Frame, Losses, Origin, OriginReport, Report, StackReport, TargetReport, Totals,
+    TraceInfo,
 };
 use crate::{
     analyze::{History, growth},

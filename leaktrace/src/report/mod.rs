@@ -261,7 +261,7 @@ mod render_tests {
                 allocated_bytes: 3000,
                 alloc_calls: 3,
                 growth: classify(&series),
-                origin: origin::Origin::Other,
+                origin: model::Origin::Other,
                 series,
                 frames: vec![
                     Frame {

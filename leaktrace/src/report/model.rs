@@ -5,7 +5,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::origin::Origin;
 use crate::analyze::{growth::Growth, memory::MemoryReport};
 
 /// Version of the JSON report layout.
@@ -403,4 +402,37 @@ fn is_zero(n: &u64) -> bool {
 
 fn is_zero_i64(n: &i64) -> bool {
     *n == 0
+}
+
+/// The kind of native memory a stack allocates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Origin {
+    /// `Buffer`, `ArrayBuffer` and typed-array backing stores.
+    Buffer,
+    /// A native addon (`.node` file): see the stack's frames for which.
+    NativeAddon,
+    /// V8's own heap and metadata.
+    V8Heap,
+    Libuv,
+    Zlib,
+    Openssl,
+    /// ICU objects behind `Intl` (formatters, collators, segmenters).
+    Icu,
+    Other,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Buffer => "buffer",
+            Self::NativeAddon => "native-addon",
+            Self::V8Heap => "v8-heap",
+            Self::Libuv => "libuv",
+            Self::Zlib => "zlib",
+            Self::Openssl => "openssl",
+            Self::Icu => "icu",
+            Self::Other => "other",
+        }
+    }
 }

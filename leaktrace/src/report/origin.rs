@@ -4,42 +4,7 @@
 //! The innermost frame that says something decides: every Node stack has `uv_run` and V8 entry
 //! frames at its root, so only the code nearest the allocation tells what it allocates.
 
-use serde::{Deserialize, Serialize};
-
-use super::model::Frame;
-
-/// The kind of native memory a stack allocates.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Origin {
-    /// `Buffer`, `ArrayBuffer` and typed-array backing stores.
-    Buffer,
-    /// A native addon (`.node` file): see the stack's frames for which.
-    NativeAddon,
-    /// V8's own heap and metadata.
-    V8Heap,
-    Libuv,
-    Zlib,
-    Openssl,
-    /// ICU objects behind `Intl` (formatters, collators, segmenters).
-    Icu,
-    Other,
-}
-
-impl Origin {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Buffer => "buffer",
-            Self::NativeAddon => "native-addon",
-            Self::V8Heap => "v8-heap",
-            Self::Libuv => "libuv",
-            Self::Zlib => "zlib",
-            Self::Openssl => "openssl",
-            Self::Icu => "icu",
-            Self::Other => "other",
-        }
-    }
-}
+use super::model::{Frame, Origin};
 
 /// Classifies a stack by its innermost telling frame.
 pub fn classify(frames: &[Frame]) -> Origin {

@@ -38,7 +38,7 @@ use crate::{
         Report,
         build::{self, SiteNamer as _, TargetSummary},
         live::LiveStatus,
-        origin::Origin,
+        model::Origin,
     },
     symbolize::{
         AddrKind, Symbolizer,
@@ -83,6 +83,26 @@ pub(crate) struct Traced {
     pub(crate) detached_at: Option<Instant>,
     /// Its execs counted by the probes, at the last sample.
     execs: u64,
+}
+
+impl Traced {
+    /// A target whose probes were attached just now.
+    fn new(target: Target, attachment: Attachment, from_start: bool) -> Self {
+        Self {
+            exe: std::fs::read_link(format!("/proc/{}/exe", target.pid)).ok(),
+            target,
+            attachment,
+            exit_code: None,
+            runtimes: Vec::new(),
+            late: Vec::new(),
+            gone_after_exec: None,
+            unprobed: Vec::new(),
+            attached_at: Instant::now(),
+            from_start,
+            detached_at: None,
+            execs: 0,
+        }
+    }
 }
 
 pub(crate) struct Session {
@@ -299,20 +319,7 @@ impl Session {
         self.commands.insert(target.pid, target.command.clone());
         self.name_js_of(target.pid);
         let index = self.traced.len();
-        self.traced.push(Traced {
-            exe: std::fs::read_link(format!("/proc/{}/exe", target.pid)).ok(),
-            target,
-            attachment,
-            exit_code: None,
-            runtimes: Vec::new(),
-            late: Vec::new(),
-            gone_after_exec: None,
-            unprobed: Vec::new(),
-            attached_at: Instant::now(),
-            from_start: false,
-            detached_at: None,
-            execs: 0,
-        });
+        self.traced.push(Traced::new(target, attachment, false));
         // The window starts once the first targets are attached; after the first sample, time
         // runs on for every series alike.
         if self.samples == 0 {
@@ -493,21 +500,9 @@ impl Session {
             }
             self.name_js_of(pid);
             self.walk_tables_of(pid);
-            self.traced.push(Traced {
-                exe: std::fs::read_link(format!("/proc/{pid}/exe")).ok(),
-                target,
-                attachment: attachment.clone(),
-                exit_code: None,
-                runtimes: Vec::new(),
-                late: Vec::new(),
-                gone_after_exec: None,
-                unprobed: Vec::new(),
-                attached_at: Instant::now(),
-                // Made a target by the fork probe before it ran.
-                from_start: true,
-                detached_at: None,
-                execs: 0,
-            });
+            // Made a target by the fork probe before it ran.
+            self.traced
+                .push(Traced::new(target, attachment.clone(), true));
         }
     }
 

@@ -11,8 +11,8 @@ use leaktrace_common::StackKey;
 use crate::{
     report::{
         build::SiteNamer,
-        model::Frame,
-        origin::{self, Origin},
+        model::{Frame, Origin},
+        origin,
     },
     symbolize::{AddrKind, Symbolizer, awaited, js::JsNamer},
 };
