@@ -213,3 +213,125 @@ pub fn read(
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, io};
+
+    use super::*;
+
+    /// A synthetic address space of 8-byte words.
+    #[derive(Default)]
+    struct Words(BTreeMap<u64, u64>);
+
+    impl ReadMemory for Words {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()> {
+            for (i, chunk) in buf.chunks_mut(8).enumerate() {
+                let at = addr + 8 * i as u64;
+                let word = self
+                    .0
+                    .get(&(at & !7))
+                    .ok_or_else(|| io::Error::other(format!("{at:#x} unmapped")))?;
+                let bytes = word.to_le_bytes();
+                let from = (at & 7) as usize;
+                chunk.copy_from_slice(&bytes[from..from + chunk.len()]);
+            }
+            Ok(())
+        }
+    }
+
+    const USED: u64 = 0x1000;
+    const USER: u64 = 0x2000;
+    const SLOTS: [u64; 2] = [0x3000, 0x3008];
+    const MAIN_ARENA: u64 = 0xa000;
+    const ARENA: u64 = 0xb000;
+
+    fn layout() -> Layout {
+        Layout {
+            heads: [USED, USER],
+            next: 0,
+            list: 0x10,
+            tid: 0x20,
+            start_routine: 0x28,
+            tls_slots: SLOTS.to_vec(),
+        }
+    }
+
+    /// Threads (struct pthread address, tid, start routine, TLS words at -0x100 and -0x80),
+    /// the main one on `_dl_stack_user`, the others on `_dl_stack_used`.
+    fn image(threads: &[(u64, u64, u64, [u64; 2])]) -> Words {
+        let mut words = Words::default();
+        words.0.insert(SLOTS[0], (-0x100i64) as u64);
+        words.0.insert(SLOTS[1], (-0x80i64) as u64);
+        let (user, used): (Vec<_>, Vec<_>) = threads.iter().partition(|t| t.1 == 1);
+        for (head, list) in [(USER, user), (USED, used)] {
+            let mut link = head;
+            for &&(pthread, tid, start, tls) in &list {
+                words.0.insert(link, pthread + 0x10);
+                link = pthread + 0x10;
+                words.0.insert(pthread + 0x20, tid);
+                words.0.insert(pthread + 0x28, start);
+                words.0.insert(pthread - 0x100, tls[0]);
+                words.0.insert(pthread - 0x80, tls[1]);
+            }
+            words.0.insert(link, head);
+        }
+        words
+    }
+
+    fn run(words: &Words, tasks: &[u32]) -> Result<Vec<ThreadArena>, String> {
+        read(
+            words,
+            &layout(),
+            1,
+            &tasks.iter().copied().collect(),
+            &[MAIN_ARENA, ARENA].into_iter().collect(),
+            MAIN_ARENA,
+        )
+    }
+
+    #[test]
+    fn each_live_thread_gets_the_arena_its_tls_slot_holds() {
+        // The first slot holds a tcache-like pointer, the second the arena; thread 3 has not
+        // allocated; thread 4 is exiting (no longer a task).
+        let words = image(&[
+            (0x10_000, 1, 0, [0x5555, MAIN_ARENA]),
+            (0x20_000, 2, 0x400, [0x6666, ARENA]),
+            (0x30_000, 3, 0x400, [0, 0]),
+            (0x40_000, 4, 0x400, [0x7777, ARENA]),
+        ]);
+        let threads = run(&words, &[1, 2, 3]).expect("read");
+        let got: Vec<(u32, u64, u64)> = threads
+            .iter()
+            .map(|t| (t.tid, t.start_routine, t.arena))
+            .collect();
+        // In the lists' order: `_dl_stack_used`, then `_dl_stack_user`.
+        assert_eq!(
+            got,
+            vec![(2, 0x400, ARENA), (3, 0x400, 0), (1, 0, MAIN_ARENA)]
+        );
+    }
+
+    #[test]
+    fn two_slots_that_both_look_like_thread_arena_are_refused() {
+        let words = image(&[
+            (0x10_000, 1, 0, [MAIN_ARENA, MAIN_ARENA]),
+            (0x20_000, 2, 0x400, [ARENA, ARENA]),
+        ]);
+        assert_eq!(
+            run(&words, &[1, 2]),
+            Err("two TLS slots look like thread_arena".into())
+        );
+    }
+
+    #[test]
+    fn a_list_that_does_not_close_is_refused() {
+        let mut words = image(&[(0x10_000, 1, 0, [0, MAIN_ARENA])]);
+        // The main thread's link leads to a thread that links to itself.
+        words.0.insert(0x10_010, 0x50_010);
+        words.0.insert(0x50_010, 0x50_010);
+        words.0.insert(0x50_020, 9);
+        let err = run(&words, &[1]).expect_err("a loop");
+        assert!(err.contains("did not close"), "{err}");
+    }
+}
