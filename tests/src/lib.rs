@@ -619,9 +619,29 @@ pub fn make_root_with(dir: &Path, exe: &Path, name: &str, libraries: &[&str]) {
     for from in &files {
         let to = dir.join(from.trim_start_matches('/'));
         fs::create_dir_all(to.parent().expect("a parent")).expect("creating the root");
-        fs::copy(fs::canonicalize(from).expect(from), &to).expect("copying into the root");
+        let from = fs::canonicalize(from).expect(from);
+        // The dynamic linker is exec'd with the program: neither may be written (see `place`).
+        if from
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("ld-"))
+        {
+            place(&from, &to);
+        } else {
+            fs::copy(&from, &to).expect("copying into the root");
+        }
     }
-    fs::copy(exe, dir.join(name)).expect("copying the program into the root");
+    place(exe, &dir.join(name));
+}
+
+/// Puts the executable `from` at `to` as a hard link, a copy only across file systems. A copy
+/// is written through a descriptor that a child another test forks at that moment inherits
+/// until it execs, and exec'ing the copy meanwhile fails with ETXTBSY ("Text file busy"): one
+/// CI run lost a container test to it.
+fn place(from: &Path, to: &Path) {
+    let _ = fs::remove_file(to);
+    if fs::hard_link(from, to).is_err() {
+        fs::copy(from, to).expect("copying into the root");
+    }
 }
 
 /// Starts `program args` (a path inside `root`) as PID 1 of its own mount and PID namespace,
