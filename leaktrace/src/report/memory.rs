@@ -133,12 +133,7 @@ pub fn render(out: &mut String, m: &MemoryReport) {
     }
     if let Some(line) = by_thread(m) {
         let _ = writeln!(out, "      free but kept, by thread: {line}");
-    } else if let Some(why) = m
-        .malloc
-        .readable
-        .then_some(())
-        .and(m.malloc.by_thread_unread.as_ref())
-    {
+    } else if let (true, Some(why)) = (m.malloc.readable, &m.malloc.by_thread_unread) {
         let _ = writeln!(out, "      free but kept, by thread: not read ({why})");
     }
     for advice in &m.advice {

@@ -144,6 +144,8 @@ pub(crate) struct Session {
     chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
     /// What each site allocates, once its naming is final (see [`SiteNames`]).
     origins: HashMap<StackKey, Origin>,
+    /// Where the threads sharing each arena started, named once (see `naming`).
+    start_names: naming::StartNames,
     /// Each site the probes count under, as the tracer counts it: one site per JavaScript call
     /// site, whatever tier ran it and wherever a collection moved its functions (see
     /// [`JsNamer::name`]).
@@ -225,6 +227,7 @@ impl Session {
             held_for_exec: std::collections::HashSet::new(),
             chains: HashMap::new(),
             origins: HashMap::new(),
+            start_names: naming::StartNames::new(),
             sites: HashMap::new(),
             shown_by: HashMap::new(),
             naming_budget: options.interval.mul_f64(NAMING_SHARE),
@@ -1252,7 +1255,12 @@ impl Session {
         for t in &chosen {
             let pid = t.target.pid;
             if let Some(mut m) = self.memory.report(pid) {
-                naming::name_thread_shares(&mut self.symbolizer, pid, &mut m.malloc);
+                naming::name_thread_shares(
+                    &mut self.symbolizer,
+                    &mut self.start_names,
+                    pid,
+                    &mut m.malloc,
+                );
                 memory.insert(pid, m);
             }
         }

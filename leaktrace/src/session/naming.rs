@@ -77,6 +77,11 @@ fn name_stack(
     frames
 }
 
+/// Thread start routines already named, by the object's inode and the routine's offset in
+/// its file: naming libuv's `worker` reads the object's dynamic symbols (7 MB for a node
+/// binary), which a report a few seconds later need not read again.
+pub(super) type StartNames = HashMap<(u64, u64), String>;
+
 /// Names where the threads of each arena share started (see
 /// [`crate::process::memory::ThreadShare`]): the function a start routine's address is in, and
 /// `libuv thread pool` for libuv's `worker` in an object that has libuv (it exports
@@ -84,6 +89,7 @@ fn name_stack(
 /// work allocated from.
 pub(super) fn name_thread_shares(
     symbolizer: &mut Symbolizer,
+    named: &mut StartNames,
     pid: u32,
     malloc: &mut crate::process::memory::MallocAccount,
 ) {
@@ -95,6 +101,19 @@ pub(super) fn name_thread_shares(
         else {
             continue;
         };
+        let Some(m) = symbolizer
+            .mappings(pid)
+            .iter()
+            .find(|m| (m.start..m.end).contains(&addr))
+            .cloned()
+        else {
+            continue;
+        };
+        let key = (m.inode, addr - m.start + m.offset);
+        if let Some(name) = named.get(&key) {
+            share.threads_are.clone_from(name);
+            continue;
+        }
         symbolizer.resolve(pid, &[(addr, AddrKind::Exact)]);
         let Some(function) = symbolizer
             .frames(pid, addr)
@@ -103,27 +122,22 @@ pub(super) fn name_thread_shares(
         else {
             continue;
         };
-        share.threads_are = if function == "worker" && has_libuv(symbolizer, pid, addr) {
+        let file =
+            std::path::PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+        share.threads_are = if function == "worker" && exports_uv_queue_work(&file) {
             format!("{LIBUV_POOL} ({function})")
         } else {
             function
         };
+        named.insert(key, share.threads_are.clone());
     }
 }
 
 /// What the threads of libuv's pool are called in a report.
 pub const LIBUV_POOL: &str = "libuv thread pool";
 
-/// Whether the object mapped at `addr` exports `uv_queue_work`.
-fn has_libuv(symbolizer: &Symbolizer, pid: u32, addr: u64) -> bool {
-    let Some(m) = symbolizer
-        .mappings(pid)
-        .iter()
-        .find(|m| (m.start..m.end).contains(&addr))
-    else {
-        return false;
-    };
-    let file = std::path::PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
-    crate::process::symbols::read(&file, false, &["uv_queue_work".to_owned()])
+/// Whether the object `file` exports `uv_queue_work`: libuv is in it.
+fn exports_uv_queue_work(file: &std::path::Path) -> bool {
+    crate::process::symbols::read(file, false, &["uv_queue_work".to_owned()])
         .is_ok_and(|info| info.defined.contains("uv_queue_work"))
 }
