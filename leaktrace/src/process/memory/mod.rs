@@ -299,9 +299,7 @@ impl Reader {
             .collect();
         glibc::read_account(mem, &at, &writable).map_err(|e| e.to_string())
     }
-}
 
-impl Reader {
     /// Each live thread's arena, from glibc's thread list (see [`threads`]).
     fn thread_arenas(&self, account: &glibc::Account) -> Result<Vec<threads::ThreadArena>, String> {
         let (Some(mem), Some((_, Ok(at)))) = (&self.mem, &self.glibc) else {
