@@ -2,13 +2,14 @@
 //! gathered about their allocations. `trace` drives one to a single report; the agent keeps one
 //! running and adds and drops targets as they come and go.
 
+mod changes;
+mod images;
 mod naming;
 mod options;
 mod pace;
 
 use naming::SiteNames;
 pub use options::Options;
-use pace::SIDEBAND_BUSY;
 pub(crate) use pace::SidebandPace;
 
 use std::{
@@ -23,7 +24,7 @@ use tokio::{
     signal::unix::{Signal, SignalKind, signal},
     sync::oneshot,
 };
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::{
     analyze::History,
@@ -48,11 +49,6 @@ use crate::{
     unwind::Unwinder,
 };
 
-/// How long a record of a process not (yet) known is kept: its fork record may come from
-/// another CPU's ring a little later.
-const UNKNOWN_KEPT: Duration = Duration::from_millis(200);
-/// Most such records kept: the rest of the host's processes map files too.
-const UNKNOWN_MAX: usize = 4096;
 /// Share of the interval a sample may spend naming new JavaScript sites.
 const NAMING_SHARE: f64 = 0.4;
 
@@ -331,148 +327,6 @@ impl Session {
         Ok(index)
     }
 
-    /// Probes allocator libraries the target has mapped since last look: a C++ runtime loaded
-    /// by dlopen, or the C library of an image it exec'd. Failing here is warned about, and the
-    /// trace goes on. `late`: the process has been running, so what these objects allocated
-    /// before is missed (said in its report).
-    pub(crate) fn attach_runtimes(&mut self, index: usize, late: bool) {
-        if !self.probes.traps() {
-            return;
-        }
-        let traced = &self.traced[index];
-        let allocators = self
-            .allocators
-            .find_all(&traced.target, self.symbolizer.mappings(traced.target.pid));
-        for lib in allocators {
-            self.attach_runtime(index, &lib, late);
-        }
-    }
-
-    /// Probes the allocators of the images targets exec'd since last look. A target gone since
-    /// waits until the kernel's records of what it mapped are all in (found gone a while ago,
-    /// or `flush`: the trace ends), then its report says what could not be probed.
-    fn probe_new_images(&mut self, flush: bool) {
-        if !self.probes.traps() {
-            self.new_images.clear();
-            return;
-        }
-        let pids: Vec<u32> = self.new_images.iter().copied().collect();
-        for pid in pids {
-            let Some(index) = self.traced.iter().position(|t| t.target.pid == pid) else {
-                self.new_images.remove(&pid);
-                continue;
-            };
-            let traced = &self.traced[index];
-            let settled = flush
-                || traced
-                    .detached_at
-                    .is_some_and(|at| at.elapsed() >= 5 * crate::collect::sideband::SETTLE);
-            if settled || traced.target.is_alive() {
-                self.new_images.remove(&pid);
-                self.probe_new_image(index);
-            }
-        }
-    }
-
-    /// Probes the allocators of the image target `index` just exec'd, from the objects its
-    /// loader maps (resolved as for `run`, with its own environment): the exec was seen only
-    /// as it happened, so they are probed a few milliseconds late, and said to be.
-    fn probe_new_image(&mut self, index: usize) {
-        let pid = self.traced[index].target.pid;
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            self.note_unprobed_image(index);
-            return;
-        };
-        let vars = crate::process::environ(pid);
-        let root = format!("/proc/{pid}/root");
-        // The image as the process names it, reached under its root (a container's own).
-        let exe = std::path::Path::new(&root).join(exe.strip_prefix("/").unwrap_or(&exe));
-        let closure = crate::process::loader::closure(
-            &exe,
-            &crate::process::loader::LoaderEnv::from_vars(vars.iter().map(|(k, v)| (k, v))),
-            &allocator::wanted_symbols(),
-        );
-        for lib in self.allocators.find_planned(&closure) {
-            self.attach_runtime(index, &lib, true);
-        }
-    }
-
-    /// Target `index` exec'd and was gone before its new image could be looked at (a test
-    /// binary of a millisecond): the allocators among the files the kernel says it mapped that
-    /// no probe covered are named in its report, since what it allocated through them is missed.
-    fn note_unprobed_image(&mut self, index: usize) {
-        let traced = &self.traced[index];
-        let pid = traced.target.pid;
-        // Its root went with it: the files are read by the paths it mapped them at.
-        let mut gone = traced.target.clone();
-        gone.root = PathBuf::from("/");
-        let missed: Vec<PathBuf> = self
-            .allocators
-            .find_all(&gone, self.symbolizer.mappings(pid))
-            .into_iter()
-            .filter(|lib| {
-                lib.inode != traced.attachment.allocator.inode
-                    && !traced.runtimes.contains(&lib.inode)
-                    && !self.probes.covers(lib.inode)
-            })
-            .map(|lib| lib.path)
-            .collect();
-        debug!(
-            pid,
-            mapped = self.symbolizer.mappings(pid).len(),
-            ?missed,
-            "an image gone before it could be probed"
-        );
-        if !missed.is_empty() {
-            self.traced[index].gone_after_exec = Some(missed);
-        }
-    }
-
-    /// Probes one more allocator object of target `index`, unless it is probed already.
-    fn attach_runtime(&mut self, index: usize, lib: &crate::process::Allocator, late: bool) {
-        // Watched processes are not probed: what they populate is counted from their faults.
-        if !self.probes.traps() {
-            return;
-        }
-        let traced = &mut self.traced[index];
-        if lib.inode == traced.attachment.allocator.inode || traced.runtimes.contains(&lib.inode) {
-            return;
-        }
-        traced.runtimes.push(lib.inode);
-        // Following, a file's probes serve every process: a child has its parent's.
-        if self.probes.covers(lib.inode) {
-            return;
-        }
-        match self.probes.attach_more(&traced.target, lib) {
-            Ok(functions) => {
-                info!(pid = traced.target.pid, library = %lib.path.display(), late, "probed");
-                traced.attachment.functions.extend(functions);
-                if late {
-                    let at = self.started.elapsed().as_secs_f64();
-                    traced.late.push((lib.path.clone(), at));
-                }
-            }
-            Err(err) => {
-                warn!(
-                    pid = traced.target.pid,
-                    library = %lib.path.display(),
-                    %err,
-                    "cannot probe this allocator library: its allocations are missed"
-                );
-                // Said in its report too: an exec'd image gone before its probes were in, or
-                // an object the kernel would not probe.
-                if late && !traced.target.is_alive() {
-                    traced
-                        .gone_after_exec
-                        .get_or_insert_with(Vec::new)
-                        .push(lib.path.clone());
-                } else {
-                    traced.unprobed.push((lib.path.clone(), err.to_string()));
-                }
-            }
-        }
-    }
-
     /// Makes every process the probes adopted since last look (children of targets, when
     /// following process trees) a target of its own, and remembers its mappings at once: a
     /// short-lived child's stacks can only be named from mappings seen while it lived.
@@ -607,187 +461,6 @@ impl Session {
                     return Ok(("targets-exited", Some(code)));
                 }
             }
-        }
-    }
-
-    /// Takes in what the kernel recorded of mappings, forks and execs since last look (see
-    /// `collect::sideband`): each file a process maps is opened as soon as it is reported, so
-    /// that its stacks can be named however soon it exits. Children are followed from their
-    /// fork record when process trees are. `flush`: the trace ends, take every record read.
-    /// Returns whether the read was busy: a record concerned a target, or there were many.
-    pub(crate) fn apply_sideband(&mut self, flush: bool) -> bool {
-        let mut changes = Vec::new();
-        self.sideband.drain(flush, |change| changes.push(change));
-        let busy = changes.len() >= SIDEBAND_BUSY
-            || changes.iter().any(|change| match change {
-                Change::Map { pid, .. } | Change::Exec { pid, .. } => self.symbolizer.tracks(*pid),
-                Change::Fork { parent, .. } => self.symbolizer.tracks(*parent),
-                Change::Exit { .. } => false,
-            });
-        let follow = self.probes.follows();
-        // A followed child is a target from its fork: adopted now, its exec is seen as it
-        // happens.
-        if follow && !changes.is_empty() {
-            self.adopt_children();
-        }
-        for change in changes {
-            self.apply_change(change, follow);
-        }
-        self.probe_new_images(false);
-        let now = Instant::now();
-        self.unknown
-            .retain(|(seen, _)| now.duration_since(*seen) < UNKNOWN_KEPT && !flush);
-        if self.unknown.len() > UNKNOWN_MAX {
-            let excess = self.unknown.len() - UNKNOWN_MAX;
-            self.unknown.drain(..excess);
-        }
-        busy
-    }
-
-    fn apply_change(&mut self, change: Change, follow: bool) {
-        match change {
-            Change::Map {
-                pid,
-                start,
-                len,
-                pgoff,
-                prot,
-                inode,
-                ref path,
-                ..
-            } => {
-                if !self.symbolizer.tracks(pid) {
-                    self.unknown.push((Instant::now(), change));
-                    return;
-                }
-                if path.is_absolute() && self.exe_unknown.remove(&pid) {
-                    self.commands.insert(pid, path.display().to_string());
-                }
-                let exec = prot & libc::PROT_EXEC as u32 != 0;
-                let mapping = crate::process::maps::Mapping {
-                    start,
-                    end: start.saturating_add(len),
-                    perms: [
-                        if prot & libc::PROT_READ as u32 != 0 {
-                            b'r'
-                        } else {
-                            b'-'
-                        },
-                        if prot & libc::PROT_WRITE as u32 != 0 {
-                            b'w'
-                        } else {
-                            b'-'
-                        },
-                        if exec { b'x' } else { b'-' },
-                        b'p',
-                    ],
-                    offset: pgoff,
-                    inode,
-                    // Anonymous code (JIT) is `//anon`; labels such as `[vdso]` are kept as
-                    // /proc/PID/maps shows them.
-                    path: (path.is_absolute() || path.starts_with("[")).then(|| path.clone()),
-                };
-                self.symbolizer.mapped(pid, mapping);
-            }
-            Change::Fork { parent, child } => {
-                if !follow || !self.symbolizer.tracks(parent) || self.symbolizer.tracks(child) {
-                    return;
-                }
-                self.symbolizer.forked(parent, child);
-                if let Some(command) = self.commands.get(&parent).cloned() {
-                    self.commands.insert(child, command);
-                }
-                // Its own records may have come first, from another CPU's ring.
-                let (mine, others): (Vec<_>, Vec<_>) = std::mem::take(&mut self.unknown)
-                    .into_iter()
-                    .partition(|(_, c)| matches!(c, Change::Map { pid, .. } if *pid == child));
-                self.unknown = others;
-                for (_, change) in mine {
-                    self.apply_change(change, follow);
-                }
-            }
-            Change::Exec { pid, comm } => {
-                // `run`'s own exec of its command: its command line is the one it was given.
-                if self.symbolizer.tracks(pid) && !self.held_for_exec.remove(&pid) {
-                    self.exec_commands.insert(pid);
-                    match crate::process::command_line(pid) {
-                        Some(command) => {
-                            self.commands.insert(pid, command);
-                        }
-                        // Gone already: its name for now, its executable's path once the
-                        // kernel's record of mapping it is read (the next one).
-                        None => {
-                            self.commands.insert(pid, comm);
-                            self.exe_unknown.insert(pid);
-                        }
-                    }
-                }
-                // Looked at once this batch's records (its new mappings) are in.
-                self.new_images.insert(pid);
-            }
-            Change::Exit { .. } => {}
-        }
-    }
-
-    /// Notices that target `index` exec'd since last look (the probes count its execs): the
-    /// stacks of the old image are named now, from the mappings remembered before the exec,
-    /// which the new ones are about to replace. Called before any new mappings are remembered.
-    fn notice_exec(&mut self, index: usize, snapshot: &Snapshot) {
-        let traced = &mut self.traced[index];
-        let pid = traced.target.pid;
-        let execs = self.probes.execs(pid);
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-            return;
-        };
-        let exec_seen = execs != traced.execs;
-        if exec_seen {
-            traced.execs = execs;
-            for (key, chain) in self.chains.iter().filter(|(k, _)| k.tgid == pid) {
-                self.symbolizer.resolve(key.tgid, chain);
-            }
-            // Said in the report when the old image held memory: its blocks went with the exec
-            // and are never freed, so they stay counted as live. The old image's stacks are the
-            // ones with a frame outside what the process maps now (its libraries were mapped
-            // elsewhere, and the C library too, whatever the new image is).
-            // Gone already: nothing to compare with, and nothing said.
-            let now = crate::process::Target::open(pid)
-                .and_then(|t| t.mappings())
-                .unwrap_or_default();
-            let mapped_now = |ip: u64| {
-                now.iter()
-                    .any(|m| m.is_executable() && (m.start..m.end).contains(&ip))
-            };
-            let live: Vec<StackKey> = snapshot
-                .sites
-                .iter()
-                .filter(|(k, v)| k.tgid == pid && v.live_bytes > 0 && !k.is_mapping())
-                .map(|(k, _)| *k)
-                .collect();
-            let held = !now.is_empty()
-                && live.iter().any(|key| {
-                    self.stacks
-                        .frames(&self.probes, key.stack)
-                        .is_ok_and(|ips| ips.iter().any(|&ip| !mapped_now(ip)))
-                });
-            if held {
-                let at = self.started.elapsed().as_secs_f64();
-                let was = traced
-                    .exe
-                    .as_ref()
-                    .map_or_else(|| "?".to_string(), |old| old.display().to_string());
-                let note = format!(
-                    "at {at:.1}s PID {pid} exec'd {} (was {was}): memory the old image held was \
-                     released by the exec but stays counted as live",
-                    exe.display(),
-                );
-                info!("{note}");
-                self.notes.push(note);
-            }
-        }
-        traced.exe = Some(exe);
-        if exec_seen {
-            // The new image may run another V8, or none.
-            self.name_js_of(pid);
         }
     }
 
