@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     ReadMemory,
     elf::{bytes_at, runtime_address},
+    read_word,
 };
 use crate::process::maps::Mapping;
 
@@ -246,13 +247,6 @@ impl Account {
 
 fn word(buf: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(buf[at..at + 8].try_into().expect("8 bytes"))
-}
-
-fn read_word(mem: &impl ReadMemory, addr: u64) -> Result<u64, String> {
-    let mut buf = [0u8; 8];
-    mem.read(addr, &mut buf)
-        .map_err(|e| format!("cannot read {addr:#x}: {e}"))?;
-    Ok(u64::from_le_bytes(buf))
 }
 
 /// Reads every arena chained from the main one. `writable` is the target's anonymous writable

@@ -21,6 +21,14 @@ pub trait ReadMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> io::Result<()>;
 }
 
+/// One 8-byte word of target memory, or why it could not be read.
+fn read_word(mem: &impl ReadMemory, addr: u64) -> Result<u64, String> {
+    let mut buf = [0u8; 8];
+    mem.read(addr, &mut buf)
+        .map_err(|e| format!("cannot read {addr:#x}: {e}"))?;
+    Ok(u64::from_le_bytes(buf))
+}
+
 /// `/proc/PID/mem`, read with positioned reads and never written: the target is not stopped.
 /// The open file serves the process it was opened for only, even if its PID is reused.
 pub struct ProcMem {

@@ -24,6 +24,7 @@ use object::{
 use super::{
     ReadMemory,
     elf::{bytes_at, runtime_address},
+    read_word,
 };
 use crate::process::maps::Mapping;
 
@@ -135,13 +136,6 @@ fn rtld_global(pid: u32, mappings: &[Mapping]) -> Result<u64, String> {
         .ok_or_else(|| "the dynamic linker's _rtld_global is not mapped".into())
 }
 
-fn read_u64(mem: &impl ReadMemory, addr: u64) -> Result<u64, String> {
-    let mut buf = [0u8; 8];
-    mem.read(addr, &mut buf)
-        .map_err(|e| format!("cannot read {addr:#x}: {e}"))?;
-    Ok(u64::from_le_bytes(buf))
-}
-
 /// The process's threads and, for each, the arena it allocates from. `pid` and `tasks`: the
 /// process's ID and its threads' now (`/proc/PID/task`), as its own PID namespace numbers them;
 /// `arenas`: the arenas read, `main_arena` among them.
@@ -156,7 +150,7 @@ pub fn read(
     // (struct pthread's address, tid, start routine) of each live thread.
     let mut threads = Vec::new();
     for head in layout.heads {
-        let mut link = read_u64(mem, head + layout.next)?;
+        let mut link = read_word(mem, head + layout.next)?;
         let mut steps = 0;
         while link != head {
             steps += 1;
@@ -172,10 +166,10 @@ pub fn read(
             let tid = u32::from_le_bytes(tid);
             // An exiting thread's tid is 0 or no longer a task: it owns no arena now.
             if tasks.contains(&tid) {
-                let start = read_u64(mem, pthread + layout.start_routine)?;
+                let start = read_word(mem, pthread + layout.start_routine)?;
                 threads.push((pthread, tid, if tid == pid { 0 } else { start }));
             }
-            link = read_u64(mem, link + layout.next)?;
+            link = read_word(mem, link + layout.next)?;
         }
     }
     let main = threads
@@ -187,8 +181,8 @@ pub fn read(
     // main arena in the main thread, which made the first `malloc`.
     let mut found = None;
     for &slot in &layout.tls_slots {
-        let offset = read_u64(mem, slot)?;
-        let arena_of = |pthread: u64| read_u64(mem, pthread.wrapping_add(offset));
+        let offset = read_word(mem, slot)?;
+        let arena_of = |pthread: u64| read_word(mem, pthread.wrapping_add(offset));
         if arena_of(main) != Ok(main_arena) {
             continue;
         }
