@@ -9,6 +9,7 @@ pub mod glibc;
 pub mod resident;
 pub mod smaps;
 pub mod threads;
+pub mod v8_pages;
 
 use std::{collections::HashSet, fs::File, io, os::unix::fs::FileExt as _};
 
@@ -199,6 +200,8 @@ pub struct Reader {
     /// glibc's state, found for the libc mapped at this address: an exec maps another one
     /// (and `/proc/PID/mem` opened before it reads the old image), so both are found again.
     glibc: Option<(u64, Result<glibc::Locations, String>)>,
+    /// V8's chunks in mappings no mapping event explains (those from before the attach).
+    v8_pages: v8_pages::Finder,
 }
 
 impl Reader {
@@ -208,11 +211,13 @@ impl Reader {
             allocator: allocator.to_owned(),
             mem: None,
             glibc: None,
+            v8_pages: v8_pages::Finder::new(pid),
         }
     }
 
     /// Reads `smaps` and the allocator's account; `None` once the process is gone. `v8_heap`:
-    /// the ranges V8 mapped for its heap, as the mapping events tell.
+    /// the ranges V8 mapped for its heap, as the mapping events tell; V8's chunks in the other
+    /// anonymous mappings are found by their headers.
     pub fn read(&mut self, v8_heap: Vec<(u64, u64)>) -> Option<Reading> {
         let (entries, truncated) = smaps::read(self.pid).ok()?;
         let mut notes = Vec::new();
@@ -243,6 +248,9 @@ impl Reader {
             }
             Err(why) => malloc.unreadable = Some(why),
         }
+        let unexplained = smaps::unexplained_anonymous(&entries, &known);
+        let chunks = self.v8_pages.chunks(&unexplained);
+        known.v8_heap.extend(chunks);
         let pid = self.pid;
         let breakdown =
             smaps::breakdown(

@@ -113,8 +113,8 @@ pub struct Breakdown {
     /// 64 MiB heaps.
     pub malloc_heaps: u64,
     /// V8's heap: pages of the regions V8 mapped for it, known by the call that mapped them
-    /// (seen by the mapping probes since the attach: regions mapped before it count as other
-    /// anonymous).
+    /// (seen by the mapping probes since the attach), and V8's chunks in other anonymous
+    /// mappings, known by their headers (those mapped before the attach).
     #[serde(default)]
     pub v8_heap: u64,
     /// Thread stacks: `[stack]`, the mappings threads' stack pointers are in, and anonymous
@@ -123,8 +123,8 @@ pub struct Breakdown {
     /// Executables, libraries and other file-backed pages (shared memory included), and the
     /// kernel's `[vdso]`/`[vvar]`.
     pub code_and_files: u64,
-    /// Every other anonymous page: the allocator's own `mmap`ed blocks, what the process mapped
-    /// itself, and V8's heap regions mapped before the attach.
+    /// Every other anonymous page: the allocator's own `mmap`ed blocks and what the process
+    /// mapped itself.
     pub other_anonymous: u64,
     /// Bytes swapped out (not part of `rss`).
     pub swap: u64,
@@ -193,6 +193,26 @@ pub fn classify(entries: &[Entry], known: &Known) -> Vec<Class> {
             }
             Class::OtherAnonymous
         })
+        .collect()
+}
+
+/// The readable, resident mappings of other anonymous memory that `known`'s V8 ranges do not
+/// cover whole: where V8's chunks from before the attach can be.
+pub fn unexplained_anonymous(entries: &[Entry], known: &Known) -> Vec<(u64, u64)> {
+    let v8 = merged(&known.v8_heap);
+    entries
+        .iter()
+        .zip(classify(entries, known))
+        .filter(|(entry, class)| {
+            let m = &entry.mapping;
+            *class == Class::OtherAnonymous
+                && entry.rss > 0
+                && m.perms[0] == b'r'
+                && !v8
+                    .iter()
+                    .any(|&(start, end)| start <= m.start && m.end <= end)
+        })
+        .map(|(entry, _)| (entry.mapping.start, entry.mapping.end))
         .collect()
 }
 
