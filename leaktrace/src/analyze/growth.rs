@@ -444,6 +444,33 @@ pub fn mann_kendall(values: &[i64]) -> MannKendall {
     MannKendall { s, variance, z }
 }
 
+/// Fewest values in each third for [`level_shift`]: with k, a step where nothing changed has a
+/// chance of 1 in C(2k, k), 5 % at 3.
+pub const STEP_THIRD: usize = 3;
+
+/// A step up between the first and last thirds of `values` (time order): every value of the
+/// last third above every value of the first. Returns how far the median moved.
+///
+/// Mann-Kendall weighs every pair alike, so a rise that then levels off (memory that climbs
+/// during a burst of work and stays: the shape of retention) counts for little beside the
+/// plateau's own ups and downs; this asks only what the user sees, "higher now than before".
+/// A rank test (Mann-Whitney U at complete separation), blind to outliers' size like the other.
+pub fn level_shift(values: &[i64]) -> Option<i64> {
+    let k = values.len() / 3;
+    if k < STEP_THIRD {
+        return None;
+    }
+    let (mut first, mut last) = (values[..k].to_vec(), values[values.len() - k..].to_vec());
+    let before_max = *first.iter().max()?;
+    let after_min = *last.iter().min()?;
+    if after_min <= before_max {
+        return None;
+    }
+    first.sort_unstable();
+    last.sort_unstable();
+    Some(last[k / 2] - first[k / 2])
+}
+
 /// Theil-Sen slope: the median of the slopes between all pairs of points,
 /// in bytes per second. `None` without two points at different times.
 ///
@@ -775,6 +802,20 @@ mod tests {
             assert_eq!(mk.p_two_sided(), 1.0, "{values:?}");
         }
         assert_eq!(mann_kendall(&[3, 3, 3, 3]).variance, 0.0);
+    }
+
+    #[test]
+    fn level_shift_sees_a_step_and_not_noise() {
+        // Two readings before a burst, the climb, then a plateau that wobbles.
+        let step = [10, 11, 40, 80, 120, 112, 118, 109, 121, 115];
+        assert_eq!(level_shift(&step), Some(115 - 11));
+        // A plateau dipping once to the start's level is no step.
+        let dip = [10, 11, 40, 80, 120, 112, 118, 9, 121, 115];
+        assert_eq!(level_shift(&dip), None);
+        assert_eq!(level_shift(&[5, 3, 6, 4, 5, 7, 3, 6, 4]), None);
+        // Too few readings for thirds of three.
+        assert_eq!(level_shift(&[1, 2, 3, 4, 5, 6, 7, 8]), None);
+        assert_eq!(level_shift(&[-4, -3, -2, -1, 0, 1, 2, 3, 4]), Some(3 - -3));
     }
 
     #[test]

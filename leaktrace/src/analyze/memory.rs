@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    analyze::growth::{mann_kendall, theil_sen},
+    analyze::growth::{level_shift, mann_kendall, theil_sen},
     process::memory::{Breakdown, MallocAccount, Reader, Reading},
 };
 
@@ -171,12 +171,17 @@ impl Watch {
             cost_s: 0.0,
         });
         // Once a second is enough for a resident set, and keeps a short interval's samples on
-        // pace, once an account has read back (until then, every sample tries); less often when
-        // a reading is costly (see `COST_RATIO`).
+        // pace, once an account has read back; until then, and after a reading whose account
+        // raced the allocator, every sample tries (a verdict is judged on the readings that read
+        // back); less often when a reading is costly (see `COST_RATIO`).
         let costly = watched.cost_s * COST_RATIO;
+        let raced = watched
+            .series
+            .last()
+            .is_some_and(|p| p.free_bytes.is_none());
         let gap = match watched.last_readable {
-            Some(_) => READ_EVERY_S.max(costly),
-            None => costly,
+            Some(_) if !raced => READ_EVERY_S.max(costly),
+            _ => costly,
         };
         if !last && watched.series.last().is_some_and(|p| at - p.t < gap) {
             return;
@@ -254,7 +259,8 @@ impl Watch {
 }
 
 /// The verdict over a series, from the points where the allocator's account was read: on the
-/// trend of every reading from [`TREND_POINTS`] of them on, else between the first and last.
+/// trend of every reading from [`TREND_POINTS`] of them on (or a step between the first and last
+/// thirds, see [`level_shift`]), else between the first and last.
 pub fn judge(series: &[MemoryPoint]) -> (Verdict, MemoryGrowth) {
     let readable: Vec<&MemoryPoint> = series.iter().filter(|p| p.free_bytes.is_some()).collect();
     let (Some(first), Some(last)) = (readable.first(), readable.last()) else {
@@ -295,7 +301,11 @@ pub fn judge(series: &[MemoryPoint]) -> (Verdict, MemoryGrowth) {
         if trend {
             let values: Vec<i64> = points.iter().map(|&(_, v)| v).collect();
             let rising = mann_kendall(&values).p_increasing() < TREND_P;
-            ((slope(points) * span) as i64, rising)
+            let trend_rise = (slope(points) * span) as i64;
+            match level_shift(&values) {
+                Some(step) => (trend_rise.max(step), true),
+                None => (trend_rise, rising),
+            }
         } else {
             (first_last, true)
         }
@@ -403,6 +413,28 @@ mod tests {
             .map(|i| with_v8(i as f64, i * MIB, 4 * MIB, i * 10 * MIB))
             .collect();
         assert_eq!(judge(&kept).0, Verdict::Retention);
+    }
+
+    /// Free memory that climbs in a burst of work and stays, its plateau wobbling (readings
+    /// that fall mid-burst see free memory lent to blocks in use): retention, though Mann-Kendall
+    /// alone finds no trend in it.
+    #[test]
+    fn memory_kept_after_a_burst_is_retention() {
+        let free = [3, 2, 2, 110, 100, 105, 70, 98, 65, 97];
+        let burst: Vec<MemoryPoint> = free
+            .iter()
+            .enumerate()
+            .map(|(i, &f)| point(i as f64, 200 * MIB, 8 * MIB, f * MIB))
+            .collect();
+        let values: Vec<i64> = free.iter().map(|&f| (f * MIB) as i64).collect();
+        assert!(mann_kendall(&values).p_increasing() >= TREND_P);
+        let (verdict, growth) = judge(&burst);
+        assert_eq!(verdict, Verdict::Retention);
+        assert_eq!(growth.free_bytes, (94 * MIB) as i64);
+        // The same climb given back at the end is no step.
+        let mut returned = burst.clone();
+        returned[9].free_bytes = Some(2 * MIB);
+        assert_eq!(judge(&returned).0, Verdict::Neither);
     }
 
     fn point(t: f64, rss: u64, in_use: u64, free: u64) -> MemoryPoint {
