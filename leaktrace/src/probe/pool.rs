@@ -278,32 +278,55 @@ fn partly(sites: &PoolSites, object: &std::path::Path) -> Option<String> {
 pub struct Pools {
     /// By (device, inode): what [`find`] said.
     found: std::collections::HashMap<(u64, u64), Result<PoolSites, PoolError>>,
-    /// Per target: why work queued to its pool is not stitched, for its report.
-    notes: std::collections::HashMap<u32, String>,
+    /// Per target: the objects looked at since its attach or exec (its executable as `None`,
+    /// each libuv by its path), so that a look at every sample for a libuv mapped since
+    /// (`dlopen`) reads nothing twice.
+    looked: std::collections::HashMap<u32, std::collections::HashSet<Option<std::path::PathBuf>>>,
+    /// Per target: what its report should say of its pools (not probed, probed in part, late).
+    notes: std::collections::HashMap<u32, Vec<String>>,
 }
 
 impl Pools {
-    /// Probes the thread pool of `pid`'s executable and of any libuv it maps; a pool that
-    /// cannot be probed is said once in the target's notes, and tracing goes on without it.
+    /// Probes the thread pool of `pid`'s executable and of any libuv it maps, as at its attach
+    /// or exec: what was probed for an earlier image is forgotten. A pool that cannot be probed
+    /// is said once in the target's notes, and tracing goes on without it.
     pub fn probe(&mut self, probes: &mut super::Probes, pid: u32, mappings: &[Mapping]) {
-        self.notes.remove(&pid);
-        let mut objects = vec![std::path::PathBuf::from(format!("/proc/{pid}/exe"))];
-        let mut seen = std::collections::HashSet::new();
+        self.forget(pid);
+        self.probe_new(probes, pid, mappings, false);
+    }
+
+    /// Probes the pool of each libuv `pid` mapped since the last look (`late`: after the
+    /// attach, so work queued before is not stitched, and its report says so).
+    pub fn probe_new(
+        &mut self,
+        probes: &mut super::Probes,
+        pid: u32,
+        mappings: &[Mapping],
+        late: bool,
+    ) {
+        let looked = self.looked.entry(pid).or_default();
+        let mut objects = Vec::new();
+        if looked.insert(None) {
+            objects.push((std::path::PathBuf::from(format!("/proc/{pid}/exe")), false));
+        }
         for m in mappings.iter().filter(|m| m.is_executable()) {
             let is_libuv = m
                 .path
                 .as_ref()
                 .and_then(|p| p.file_name())
                 .is_some_and(|n| n.to_string_lossy().starts_with("libuv."));
-            if is_libuv && seen.insert(m.path.clone()) {
-                objects.push(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into());
+            if is_libuv && looked.insert(m.path.clone()) {
+                objects.push((
+                    format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end).into(),
+                    late,
+                ));
             }
         }
         // `run`'s command is a copy of the tracer until it execs: no libuv to find in it.
         let tracer = std::fs::metadata("/proc/self/exe")
             .ok()
             .map(|m| (m.dev(), m.ino()));
-        for object in objects {
+        for (object, late) in objects {
             let Ok(meta) = std::fs::metadata(&object) else {
                 continue;
             };
@@ -327,33 +350,38 @@ impl Pools {
                 Err(PoolError::NoLibuv) => continue,
                 Err(err) => Err(err.to_string()),
             };
+            let notes = self.notes.entry(pid).or_default();
             match attached {
-                Ok(None) => debug!(pid, object = %shown.display(), "thread pool probed"),
-                Ok(Some(note)) => {
-                    debug!(pid, object = %shown.display(), "thread pool probed in part");
-                    self.notes.insert(pid, note);
+                Ok(part) => {
+                    debug!(pid, object = %shown.display(), late, "thread pool probed");
+                    notes.extend(part);
+                    if late {
+                        notes.push(format!(
+                            "libuv in {} was mapped after the attach and its thread pool probed \
+                             then: work queued before is shown without the code that queued it",
+                            shown.display()
+                        ));
+                    }
                 }
                 Err(why) => {
                     warn!(pid, object = %shown.display(), %why, "thread pool not probed");
-                    self.notes.insert(
-                        pid,
-                        format!(
-                            "libuv's thread pool in {} is not probed ({why}): what its threads \
-                             allocate for queued work is shown without the code that queued it",
-                            shown.display()
-                        ),
-                    );
+                    notes.push(format!(
+                        "libuv's thread pool in {} is not probed ({why}): what its threads \
+                         allocate for queued work is shown without the code that queued it",
+                        shown.display()
+                    ));
                 }
             }
         }
     }
 
-    /// What the report of `pid` should say about its thread pool, if anything.
-    pub fn note(&self, pid: u32) -> Option<&String> {
-        self.notes.get(&pid)
+    /// What the report of `pid` should say about its thread pools.
+    pub fn notes(&self, pid: u32) -> &[String] {
+        self.notes.get(&pid).map_or(&[], Vec::as_slice)
     }
 
     pub fn forget(&mut self, pid: u32) {
         self.notes.remove(&pid);
+        self.looked.remove(&pid);
     }
 }

@@ -25,6 +25,10 @@ impl Session {
         for lib in allocators {
             self.attach_runtime(index, &lib, late);
         }
+        // A libuv mapped since (dlopen): its thread pool too.
+        let pid = self.traced[index].target.pid;
+        self.pools
+            .probe_new(&mut self.probes, pid, self.symbolizer.mappings(pid), late);
     }
 
     /// Probes the allocators of the images targets exec'd since last look. A target gone since

@@ -754,7 +754,7 @@ impl Session {
             .is_some_and(|n| n.to_string_lossy().starts_with("node"));
         let pid = traced.target.pid;
         let mut notes = self.js.notes(pid);
-        notes.extend(self.pools.note(pid).cloned());
+        notes.extend(self.pools.notes(pid).iter().cloned());
         notes.extend(self.residency.problem(pid).map(|why| {
             format!(
                 "which of its populated pages stay resident cannot be read ({why}): its stacks' \
