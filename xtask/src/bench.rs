@@ -471,7 +471,7 @@ fn run_observed(
     };
     let (metric, ops, workload_cpu_s) = if workload == Workload::NodeHttp {
         let port: u16 = parse_word(words.next(), "port", &ready)?;
-        let (rate, requests, _) = wrk(port, if bench.quick { 2 } else { 5 })?;
+        let (rate, requests, _) = wrk(None, port, if bench.quick { 2 } else { 5 })?;
         (rate, requests, None)
     } else {
         target.send_line("go")?;
@@ -588,10 +588,17 @@ fn tracer_command(
     }
 }
 
-/// Loads the server with `wrk -t1 -c20 --latency` for `seconds`; returns requests per second,
-/// requests, and the 99th percentile latency in milliseconds.
-fn wrk(port: u16, seconds: u32) -> anyhow::Result<(f64, u64, f64)> {
-    let mut cmd = Command::new("wrk");
+/// Loads the server with `wrk -t1 -c20 --latency` for `seconds`, on the CPUs `cpus` when given;
+/// returns requests per second, requests, and the 99th percentile latency in milliseconds.
+fn wrk(cpus: Option<&str>, port: u16, seconds: u32) -> anyhow::Result<(f64, u64, f64)> {
+    let mut cmd = match cpus {
+        Some(cpus) => {
+            let mut cmd = Command::new("taskset");
+            cmd.args(["-c", cpus, "wrk"]);
+            cmd
+        }
+        None => Command::new("wrk"),
+    };
     cmd.args(["-t1", "-c20", "--latency", &format!("-d{seconds}s")])
         .arg(format!("http://127.0.0.1:{port}/"));
     let out = cmd

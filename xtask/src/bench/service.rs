@@ -3,6 +3,16 @@
 //! its default settings (tiered). What a team leaving the agent on its nodes wants to know: what
 //! it costs the service's throughput and tail latency, whether it found the leak and named the
 //! function, and that on the clean service it never opened an exact window.
+//!
+//! Paired runs. This VM's speed drifts by more than the goals between one minute and the next
+//! (the untraced service's rate moved ±12 % between 60 s runs), so each run loads two copies of
+//! the service at once, each with its own `wrk`, on its own half of the CPUs: `A` is never
+//! traced; `B` is the one under test, and the tracer runs on `B`'s CPUs, so all of its CPU time
+//! is taken from `B`. Drift slows both alike and cancels in `B`'s rate over `A`'s; the loss is
+//! that ratio against the same ratio with neither traced (`A`/`A`: what the halves differ by).
+//! The page-fault event of watch mode fires on every CPU, so `A` pays its faults' share of the
+//! probes too (about 2 µs per fault, a few hundred faults a second): the loss is understated by
+//! about that much, 0.1 % here.
 
 use std::{
     fs,
@@ -20,6 +30,8 @@ use super::{Bench, Proc, median, parse_word};
 const LEAKING_FUNCTION: &str = "keepForAudit";
 /// The node binary's name for the run: the agent selects it and no other Node on the machine.
 pub(super) const NODE_NAME: &str = "node-bench-service";
+/// The untraced reference copy's name, which the agent does not select.
+const REFERENCE_NAME: &str = "node-bench-plain";
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Server {
@@ -59,8 +71,11 @@ impl Tracing {
 struct Run {
     server: Server,
     tracing: Tracing,
+    /// The service under test (`B`).
     rate: f64,
     p99_ms: f64,
+    /// `B`'s rate over the untraced reference's, loaded at the same time.
+    ratio: f64,
     /// Whether the tracer's report named the leaking function in a suspect stack.
     named: Option<bool>,
     /// The agent's exact windows and their average cost, in percent of one CPU.
@@ -75,10 +90,13 @@ struct Run {
 /// Runs every server under every tracing, `rounds` times in rotated order, and prints the table
 /// and the goals; returns them as JSON.
 pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
-    let node = bench.bin.join(NODE_NAME);
     let system_node = which("node")?;
-    fs::copy(&system_node, &node)
-        .with_context(|| format!("copying {} to {}", system_node.display(), node.display()))?;
+    for name in [NODE_NAME, REFERENCE_NAME] {
+        let node = bench.bin.join(name);
+        fs::copy(&system_node, &node)
+            .with_context(|| format!("copying {} to {}", system_node.display(), node.display()))?;
+    }
+    let halves = Halves::of_this_process()?;
     let seconds: u32 = if bench.quick { 60 } else { 240 };
     let mut runs = Vec::new();
     let mut failures = Vec::new();
@@ -93,11 +111,11 @@ pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
                     server.name(),
                     tracing.name()
                 );
-                match run_once(bench, server, tracing, seconds) {
+                match run_once(bench, &halves, server, tracing, seconds) {
                     Ok(run) => {
                         eprintln!(
-                            "bench: {label}: {:.0} req/s, p99 {:.2} ms",
-                            run.rate, run.p99_ms
+                            "bench: {label}: {:.0} req/s ({:.4} of the reference's), p99 {:.2} ms",
+                            run.rate, run.ratio, run.p99_ms
                         );
                         runs.push(run);
                     }
@@ -109,19 +127,101 @@ pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
             }
         }
     }
-    Ok(report(&runs, seconds, failures))
+    Ok(report(&runs, seconds, &halves, failures))
 }
 
-fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> anyhow::Result<Run> {
+/// The CPUs this process may use, split in two: the reference service and its load on one
+/// half, the service under test, its load and its tracer on the other.
+struct Halves {
+    reference: String,
+    tested: String,
+}
+
+impl Halves {
+    fn of_this_process() -> anyhow::Result<Self> {
+        let status =
+            fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+        let list = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+            .context("no Cpus_allowed_list in /proc/self/status")?;
+        let cpus =
+            cpu_list(list.trim()).with_context(|| format!("cannot read the CPU list {list:?}"))?;
+        if cpus.len() < 2 {
+            bail!("the paired service bench needs two CPUs; this process may use {list}");
+        }
+        let join = |half: &[u32]| {
+            half.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let (reference, tested) = cpus.split_at(cpus.len() / 2);
+        Ok(Self {
+            reference: join(reference),
+            tested: join(tested),
+        })
+    }
+}
+
+/// A kernel CPU list (`0-3,6`), expanded.
+fn cpu_list(list: &str) -> Option<Vec<u32>> {
+    let mut out = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((a, b)) => out.extend(a.parse::<u32>().ok()?..=b.parse().ok()?),
+            None => out.push(part.parse().ok()?),
+        }
+    }
+    Some(out)
+}
+
+/// `cmd` run on `cpus` only (`taskset`, util-linux: its threads and children stay there), as
+/// `program` (the service's copies differ only by name).
+fn pinned(cpus: &str, program: &std::ffi::OsStr, cmd: &Command) -> Command {
+    let mut out = Command::new("taskset");
+    out.args(["-c", cpus]).arg(program).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(value) => out.env(key, value),
+            None => out.env_remove(key),
+        };
+    }
+    out
+}
+
+/// Starts the copy of the service named `binary` on `cpus`; returns it with its PID and port.
+fn start_service(
+    bench: &Bench,
+    server: Server,
+    binary: &str,
+    cpus: &str,
+) -> anyhow::Result<(Proc, u32, u16)> {
     let mut cmd = super::workload_command(bench, super::Workload::NodeService);
     cmd.arg(server.name());
-    let mut target = Proc::spawn("service", &mut cmd)?;
-    let ready = target.wait_for("`ready` line", Duration::from_secs(30), |l| {
+    let mut proc = Proc::spawn(
+        "service",
+        &mut pinned(cpus, bench.bin.join(binary).as_os_str(), &cmd),
+    )?;
+    let ready = proc.wait_for("`ready` line", Duration::from_secs(30), |l| {
         l.starts_with("ready ")
     })?;
     let mut words = ready.split_whitespace().skip(1);
     let pid: u32 = parse_word(words.next(), "pid", &ready)?;
     let port: u16 = parse_word(words.next(), "port", &ready)?;
+    Ok((proc, pid, port))
+}
+
+fn run_once(
+    bench: &Bench,
+    halves: &Halves,
+    server: Server,
+    tracing: Tracing,
+    seconds: u32,
+) -> anyhow::Result<Run> {
+    let (reference, _, reference_port) =
+        start_service(bench, server, REFERENCE_NAME, &halves.reference)?;
+    let (target, pid, port) = start_service(bench, server, NODE_NAME, &halves.tested)?;
     let report = bench
         .reports
         .join(format!("service-{}-{}.json", server.name(), tracing.name()));
@@ -134,7 +234,10 @@ fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> an
             ])
             .arg(&report)
             .arg(pid.to_string());
-            let mut proc = Proc::spawn("leaktrace attach --mode watch", &mut cmd)?;
+            let mut proc = Proc::spawn(
+                "leaktrace attach --mode watch",
+                &mut pinned(&halves.tested, cmd.get_program(), &cmd),
+            )?;
             proc.wait_for("attach line", Duration::from_secs(120), |l| {
                 l.starts_with("leaktrace: attached to PID")
             })?;
@@ -145,7 +248,10 @@ fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> an
             let mut cmd = Command::new(&bench.leaktrace);
             cmd.args(["agent", "--kubernetes", "off", "--match-exe", NODE_NAME])
                 .args(["--listen", &listen]);
-            let proc = Proc::spawn("leaktrace agent", &mut cmd)?;
+            let proc = Proc::spawn(
+                "leaktrace agent",
+                &mut pinned(&halves.tested, cmd.get_program(), &cmd),
+            )?;
             let deadline = Instant::now() + Duration::from_secs(120);
             // Watched once /api/v1/targets lists it.
             while !targets(&listen)
@@ -162,7 +268,16 @@ fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> an
     let tracer_pid = tracer.as_ref().map(|(proc, _)| proc.pid());
     let cpu_before = tracer_pid.map(super::cpu_seconds).transpose()?;
     let started = Instant::now();
-    let (rate, _, p99_ms) = super::wrk(port, seconds)?;
+    // Both loads at once: whatever slows the machine slows both.
+    let (reference_load, load) = std::thread::scope(|scope| {
+        let reference_load =
+            scope.spawn(|| super::wrk(Some(&halves.reference), reference_port, seconds));
+        let load = super::wrk(Some(&halves.tested), port, seconds);
+        (reference_load.join(), load)
+    });
+    let (reference_rate, _, _) =
+        reference_load.map_err(|_| anyhow::anyhow!("the reference's wrk thread panicked"))??;
+    let (rate, _, p99_ms) = load?;
     let cpu_after = tracer_pid.map(super::cpu_seconds).transpose()?;
     let tracer_cpu_percent = cpu_before
         .zip(cpu_after)
@@ -172,6 +287,7 @@ fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> an
         tracing,
         rate,
         p99_ms,
+        ratio: rate / reference_rate,
         named: None,
         windows: None,
         overhead_percent: None,
@@ -205,6 +321,7 @@ fn run_once(bench: &Bench, server: Server, tracing: Tracing, seconds: u32) -> an
         }
     }
     target.finish()?;
+    reference.finish()?;
     Ok(run)
 }
 
@@ -288,12 +405,26 @@ pub(super) fn milliseconds(text: &str) -> Option<f64> {
     })
 }
 
-/// The medians side by side, the goals, and the JSON of it all.
-fn report(runs: &[Run], seconds: u32, failures: Vec<String>) -> Value {
-    println!("\nnode-service ({seconds} s of wrk -t1 -c20 per run; medians over rounds)");
+/// The medians side by side, the goals, and the JSON of it all. A configuration's loss is its
+/// median ratio to the reference against the untraced median ratio.
+fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) -> Value {
     println!(
-        "{:<6} {:<6} {:>10} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9}",
-        "server", "tracer", "req/s", "loss", "p99 ms", "named", "windows", "cost %", "tracer %"
+        "\nnode-service ({seconds} s of wrk -t1 -c20 per run on CPUs {}, the untraced reference \
+         loaded alike on CPUs {} at the same time; medians over rounds)",
+        halves.tested, halves.reference
+    );
+    println!(
+        "{:<6} {:<6} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "server",
+        "tracer",
+        "req/s",
+        "ratio",
+        "loss",
+        "p99 ms",
+        "named",
+        "windows",
+        "cost %",
+        "tracer %"
     );
     let mut rows = Vec::new();
     let mut goals = Vec::new();
@@ -303,21 +434,22 @@ fn report(runs: &[Run], seconds: u32, failures: Vec<String>) -> Value {
                 .filter(|r| r.server == server && r.tracing == tracing)
                 .collect()
         };
-        let base = median(of(Tracing::None).iter().map(|r| r.rate));
+        let base = median(of(Tracing::None).iter().map(|r| r.ratio));
         for tracing in Tracing::ALL {
             let these = of(tracing);
             if these.is_empty() {
                 continue;
             }
             let rate = median(these.iter().map(|r| r.rate));
+            let ratio = median(these.iter().map(|r| r.ratio));
             let p99 = median(these.iter().map(|r| r.p99_ms));
-            let loss = (1.0 - rate / base) * 100.0;
+            let loss = (1.0 - ratio / base) * 100.0;
             let named = these.iter().all(|r| r.named == Some(true));
             let windows = these.iter().filter_map(|r| r.windows).max();
             let cost = median(these.iter().filter_map(|r| r.overhead_percent));
             let tracer_cpu = median(these.iter().filter_map(|r| r.tracer_cpu_percent));
             println!(
-                "{:<6} {:<6} {rate:>10.0} {:>7.1}% {p99:>9.2} {:>8} {:>8} {:>9} {:>9}",
+                "{:<6} {:<6} {rate:>10.0} {ratio:>8.4} {:>7.1}% {p99:>9.2} {:>8} {:>8} {:>9} {:>9}",
                 server.name(),
                 tracing.name(),
                 if tracing == Tracing::None { 0.0 } else { loss },
@@ -340,6 +472,8 @@ fn report(runs: &[Run], seconds: u32, failures: Vec<String>) -> Value {
             );
             rows.push(json!({
                 "server": server.name(), "tracer": tracing.name(), "req_per_s": rate,
+                "ratio_to_reference": ratio,
+                "ratios": these.iter().map(|r| r.ratio).collect::<Vec<_>>(),
                 "loss_percent": loss, "p99_ms": p99, "named": named, "windows": windows,
                 "agent_average_overhead_percent": (tracing == Tracing::Agent).then_some(cost),
                 "tracer_cpu_percent": (tracing != Tracing::None).then_some(tracer_cpu),
@@ -375,12 +509,22 @@ fn report(runs: &[Run], seconds: u32, failures: Vec<String>) -> Value {
             }
         }
     }
-    json!({ "seconds": seconds, "rows": rows, "goals": goals, "failures": failures })
+    json!({
+        "seconds": seconds, "method": "paired", "cpus_tested": halves.tested,
+        "cpus_reference": halves.reference, "rows": rows, "goals": goals, "failures": failures,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(cpu_list("0-1"), Some(vec![0, 1]));
+        assert_eq!(cpu_list("0-2,5,7-8"), Some(vec![0, 1, 2, 5, 7, 8]));
+        assert_eq!(cpu_list("x"), None);
+    }
 
     #[test]
     fn wrk_latencies() {
