@@ -42,6 +42,23 @@ pub fn bpf_ids(pid: u32, kind: &str) -> Vec<u64> {
     ids
 }
 
+/// The tracepoints of the raw tracepoint links process `pid` holds (`sys_enter`,
+/// `sched_process_exec`...), from bpftool.
+pub fn raw_tracepoints(pid: u32) -> Vec<String> {
+    bpf_ids(pid, "link")
+        .into_iter()
+        .filter_map(|id| {
+            let out = Command::new("bpftool")
+                .args(["-j", "link", "show", "id", &id.to_string()])
+                .output()
+                .expect("running bpftool (cargo xtask setup installs it)");
+            let shown: Value = serde_json::from_slice(&out.stdout).ok()?;
+            (shown["type"] == "raw_tracepoint")
+                .then(|| shown["tp_name"].as_str().map(str::to_owned))?
+        })
+        .collect()
+}
+
 /// The types of the BPF objects (`prog` or `link`) process `pid` holds, as bpftool names them:
 /// a uprobe's program is a `kprobe`, its link an `uprobe_multi`.
 pub fn bpf_kinds(pid: u32, object: &str) -> Vec<String> {

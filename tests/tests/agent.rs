@@ -1232,6 +1232,15 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
             .filter(|k| *k == "uprobe_multi")
             .count()
     };
+    // Exact mode's mapping events come from the syscall tracepoints, which fire for every
+    // process of the node: held only while a window is open.
+    let syscall_tracepoints = || {
+        let tracepoints = leaktrace_tests::raw_tracepoints(agent.child.id());
+        ["sys_enter", "sys_exit"]
+            .iter()
+            .filter(|t| tracepoints.iter().any(|held| held == *t))
+            .count()
+    };
     let script = leaktrace_tests::root().join("tests/fixtures/node/leak-global-array.js");
     let mut target = Target::spawn(node_command(&node, &script, "60", "agent_tiered_cwd"));
     let pid = target.pid();
@@ -1255,6 +1264,11 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
     assert_eq!(watched["windows"], 0, "{watched}");
     assert!(text(&watched["why"]).contains("not growing"), "{watched}");
     assert_eq!(uprobe_links(), 0, "a watched target has no uprobe");
+    assert_eq!(
+        syscall_tracepoints(),
+        0,
+        "no syscall tracepoint between windows"
+    );
 
     target.send("go");
     agent.wait_for("an exact window", Duration::from_secs(60), |a| {
@@ -1267,10 +1281,16 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
         "the window probes the allocator: {:?}",
         bpf_kinds(agent.child.id(), "link")
     );
+    assert_eq!(
+        syscall_tracepoints(),
+        2,
+        "a window follows the target's mappings"
+    );
     agent.wait_for("the window to close", Duration::from_secs(60), |a| {
         Some(tier(a)?["tier"] == "watch")
     });
     assert_eq!(uprobe_links(), 0, "a closed window leaves no uprobe");
+    assert_eq!(syscall_tracepoints(), 0, "nor a syscall tracepoint");
     let closed = tier(&agent).expect("a tier");
     assert_eq!(closed["windows"], 1, "{closed}");
     let window = &closed["window"];

@@ -56,12 +56,16 @@ pub(super) struct Windows {
 }
 
 impl Windows {
-    /// Loads the allocator probes (no target yet: they cost nothing until a window opens).
+    /// Loads the allocator probes (no target yet: they cost nothing until a window opens; their
+    /// syscall tracepoints, which would fire for every process of the node, are attached only
+    /// while a window is open).
     pub fn new(options: Options, settings: Settings, max_live_allocs: u64) -> anyhow::Result<Self> {
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("enabling BPF run-time statistics for the exact windows' budget")?;
+        let mut session = Session::new(&options)?;
+        session.park_syscalls();
         Ok(Self {
-            session: Session::new(&options)?,
+            session,
             options,
             settings,
             node: Credit::new(settings.node_max_overhead, Instant::now()),

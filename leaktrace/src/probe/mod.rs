@@ -425,6 +425,11 @@ pub struct Probes {
     faults: Option<fault::FaultEvents>,
     /// Why watch mode has no mapping events, when it has none.
     mapping_off: Option<String>,
+    /// The links of the mapping programs on the raw syscall tracepoints, when the mode uses
+    /// them (empty while parked and no process is attached: see [`Probes::park_syscalls`]).
+    syscalls: Option<Vec<(&'static str, RawTracePointLinkId)>>,
+    /// Whether the syscall tracepoints are held only while some process is attached.
+    syscalls_parked: bool,
 }
 
 /// The probability of recording an allocation in each bucket of
@@ -668,21 +673,20 @@ impl Probes {
             ProbeMode::Watch { period, .. } => Some(fault::FaultEvents::open(&mut ebpf, period)?),
             _ => None,
         };
-        // Their links live as long as the loaded object.
+        // Their links live as long as the loaded object, unless parked.
         let mut mapping_off = None;
-        let tracepoints = |ebpf: &mut Ebpf| -> Result<(), ProbeError> {
-            for &(name, tracepoint) in SYSCALL_PROGRAMS {
-                attach_raw_tracepoint(ebpf, name, tracepoint)?;
-            }
-            Ok(())
-        };
+        let mut syscalls = None;
         let mapping = match mode {
             ProbeMode::Trace
             | ProbeMode::Watch {
                 mapping: MappingProbes::Tracepoints,
                 ..
             } => {
-                tracepoints(&mut ebpf)?;
+                let mut links = Vec::new();
+                for &(name, tracepoint) in SYSCALL_PROGRAMS {
+                    links.push((name, attach_raw_tracepoint(&mut ebpf, name, tracepoint)?));
+                }
+                syscalls = Some(links);
                 true
             }
             ProbeMode::Watch {
@@ -716,7 +720,63 @@ impl Probes {
             map_events,
             mapping_off,
             faults,
+            syscalls,
+            syscalls_parked: false,
         })
+    }
+
+    /// Holds the syscall tracepoints (the mapping events of exact mode) only while some process
+    /// is attached, from now on: they fire on every syscall of the host, traced or not, and a
+    /// probe set that stays loaded with nothing attached (the agent's exact windows, closed
+    /// most of the time) would make every process of the node pay them.
+    pub fn park_syscalls(&mut self) {
+        self.syscalls_parked = true;
+        if self.links.is_empty() {
+            self.disarm_syscalls();
+        }
+    }
+
+    /// Attaches the syscall tracepoints again if parked and detached.
+    fn arm_syscalls(&mut self) -> Result<(), ProbeError> {
+        let Some(links) = self.syscalls.as_mut() else {
+            return Ok(());
+        };
+        if !links.is_empty() {
+            return Ok(());
+        }
+        for &(name, tracepoint) in SYSCALL_PROGRAMS {
+            let program: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| p.try_into().ok())
+                .ok_or(ProbeError::Missing(name))?;
+            let link = program
+                .attach(tracepoint)
+                .map_err(|source| ProbeError::Program {
+                    name,
+                    source: Box::new(source),
+                })?;
+            links.push((name, link));
+        }
+        debug!("syscall tracepoints attached");
+        Ok(())
+    }
+
+    fn disarm_syscalls(&mut self) {
+        let Some(links) = self.syscalls.as_mut() else {
+            return;
+        };
+        for (name, link) in links.drain(..) {
+            if let Some(program) = self
+                .ebpf
+                .program_mut(name)
+                .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
+                && let Err(err) = program.detach(link)
+            {
+                warn!(%err, name, "detaching a syscall tracepoint failed");
+            }
+        }
+        debug!("syscall tracepoints detached: no process attached");
     }
 
     /// Switches the probes to Poisson sampling by bytes with mean interval `n` (0: exact). An
@@ -778,6 +838,10 @@ impl Probes {
                     note: "none: watch mode places no probe".to_owned(),
                 },
             });
+        }
+        // Mappings are followed from before the first probe is in place.
+        if self.syscalls_parked {
+            self.arm_syscalls()?;
         }
         let attached = self.attach_object(target, allocator).and_then(|attached| {
             let free = attached.free.ok_or_else(|| ProbeError::MissingSymbol {
@@ -1038,6 +1102,9 @@ impl Probes {
             {
                 debug!(%err, program, pid, "detach failed (the process may be gone)");
             }
+        }
+        if self.syscalls_parked && self.links.is_empty() {
+            self.disarm_syscalls();
         }
     }
 

@@ -648,6 +648,12 @@ impl Session {
         self.memory.report(pid)
     }
 
+    /// Holds the probes' syscall tracepoints only while a target is attached (see
+    /// [`crate::probe::Probes::park_syscalls`]).
+    pub(crate) fn park_syscalls(&mut self) {
+        self.probes.park_syscalls();
+    }
+
     /// Time the kernel has spent running the probes' programs, while BPF run-time statistics
     /// are enabled.
     pub(crate) fn run_time(&self) -> Duration {
