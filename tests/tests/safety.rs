@@ -771,9 +771,11 @@ fn sigterm_while_many_threads_allocate_ends_with_a_whole_report() {
     let churn = leaktrace_tests::site(&report, pid, "churn_in_thread");
     assert!((0..=250).contains(&churn.live_allocs), "{churn:?}");
     // Each thread keeps its block before it churns one: at most the threads running at the
-    // signal (250) have kept without churning yet.
+    // signal (250) have kept without churning yet. The final totals are read site after site
+    // while those threads run on, so a site read later can count up to as many more (one CI
+    // run read keep_in_thread at 1005 calls, then churn_in_thread at 1008).
     assert!(
-        churn.alloc_calls <= keep.alloc_calls && keep.alloc_calls - churn.alloc_calls <= 250,
+        keep.alloc_calls.abs_diff(churn.alloc_calls) <= 250,
         "{keep:?} {churn:?}"
     );
 }
