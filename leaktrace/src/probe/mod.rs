@@ -468,16 +468,37 @@ fn attach_raw_tracepoint(
     name: &'static str,
     tracepoint: &str,
 ) -> Result<RawTracePointLinkId, ProbeError> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(name)
+    raw_tracepoint(ebpf, name)?
+        .load()
+        .map_err(|source| ProbeError::Program {
+            name,
+            source: Box::new(source),
+        })?;
+    link_raw_tracepoint(ebpf, name, tracepoint)
+}
+
+/// Attaches the loaded program `name` to the raw tracepoint `tracepoint` (again, after a
+/// detach).
+fn link_raw_tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    tracepoint: &str,
+) -> Result<RawTracePointLinkId, ProbeError> {
+    raw_tracepoint(ebpf, name)?
+        .attach(tracepoint)
+        .map_err(|source| ProbeError::Program {
+            name,
+            source: Box::new(source),
+        })
+}
+
+fn raw_tracepoint<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut RawTracePoint, ProbeError> {
+    ebpf.program_mut(name)
         .and_then(|p| p.try_into().ok())
-        .ok_or(ProbeError::Missing(name))?;
-    let program_err = |source| ProbeError::Program {
-        name,
-        source: Box::new(source),
-    };
-    program.load().map_err(program_err)?;
-    program.attach(tracepoint).map_err(program_err)
+        .ok_or(ProbeError::Missing(name))
 }
 
 /// The programs on the syscall tracepoints, for mappings: (program, tracepoint).
@@ -745,18 +766,7 @@ impl Probes {
             return Ok(());
         }
         for &(name, tracepoint) in SYSCALL_PROGRAMS {
-            let program: &mut RawTracePoint = self
-                .ebpf
-                .program_mut(name)
-                .and_then(|p| p.try_into().ok())
-                .ok_or(ProbeError::Missing(name))?;
-            let link = program
-                .attach(tracepoint)
-                .map_err(|source| ProbeError::Program {
-                    name,
-                    source: Box::new(source),
-                })?;
-            links.push((name, link));
+            links.push((name, link_raw_tracepoint(&mut self.ebpf, name, tracepoint)?));
         }
         debug!("syscall tracepoints attached");
         Ok(())
