@@ -322,6 +322,10 @@ impl Pools {
                 ));
             }
         }
+        // Most samples: nothing new to look at.
+        if objects.is_empty() {
+            return;
+        }
         // `run`'s command is a copy of the tracer until it execs: no libuv to find in it.
         let tracer = std::fs::metadata("/proc/self/exe")
             .ok()
