@@ -256,6 +256,91 @@ pub struct V8Frames {
     /// The meta-map (the map of maps) last validated, kept by the probes: a map whose own map
     /// is this is a map without reading further. 0 from the tracer.
     pub meta_map: u64,
+    /// Who awaited an async function resumed after an `await` (see [`V8Awaits`]).
+    pub awaits: V8Awaits,
+}
+
+/// What the probes need to follow an async function's promise chain to the functions that
+/// awaited it: V8 resumes the function from the microtask queue, through a builtin closure
+/// whose context holds the function's generator object; its promise's one reaction is the
+/// awaiting function's closure, whose context holds that function's generator, and so on.
+/// V8 walks the same chain for its async stack traces (`CaptureAsyncStackTrace`). All zero
+/// when the target's V8 data does not describe it: the chain is then not followed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct V8Awaits {
+    /// Where the builtins that resume an async function after an `await`
+    /// (`AsyncFunctionAwaitResolveClosure` and its reject twin) lie in the target, `[start,
+    /// end)` each, in up to two mappings of the binary (Node's official builds map their hot
+    /// text a second time, on large pages, and run it there): a frame whose return address is
+    /// in one is such a closure's frame. Unused ranges are `[0, 0)`.
+    pub resumers: [[u64; 2]; MAX_RESUMERS],
+    /// Byte offsets: the generator object in an await closure's context (its extension slot),
+    /// a JSFunction's context, a generator's function and (async functions) promise, a
+    /// promise's reactions and flags, a reaction's next, fulfill handler and promise.
+    pub context_generator: u32,
+    pub function_context: u32,
+    pub generator_function: u32,
+    pub generator_promise: u32,
+    pub promise_reactions: u32,
+    pub reaction_next: u32,
+    pub reaction_fulfill: u32,
+    pub _pad: u32,
+    /// Instance types checked at every step, so that a layout that does not hold ends the
+    /// chain instead of naming garbage.
+    pub async_function_object_type: u16,
+    pub promise_type: u16,
+    pub promise_reaction_type: u16,
+    pub _pad2: u16,
+}
+
+impl V8Awaits {
+    /// Whether `pc` returns into a builtin that resumed an async function.
+    #[inline(always)]
+    pub fn resumes(&self, pc: u64) -> bool {
+        let within = |r: &[u64; 2]| pc >= r[0] && pc < r[1];
+        within(&self.resumers[0])
+            || within(&self.resumers[1])
+            || within(&self.resumers[2])
+            || within(&self.resumers[3])
+    }
+}
+
+/// Ranges of resume closures the probes check: two builtins, each in up to two mappings.
+pub const MAX_RESUMERS: usize = 4;
+
+/// Most awaiting functions followed up one promise chain.
+pub const MAX_AWAITS: usize = 8;
+
+/// Why a followed promise chain ends: the last [`JsTier::Awaited`] frame of a chain carries it
+/// (its `sfi` 0, its `bytecode_offset` this), so that the report can say how far it knows.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AwaitEnd {
+    /// The last promise has no reaction: no async function awaits the outermost one (it was
+    /// called without `await`, from a callback or the top level). The chain is whole.
+    NotAwaited = 1,
+    /// More than one reaction: awaited by several (or also chained with `then`).
+    Several = 2,
+    /// One reaction that is not an `await`'s: a `then` handler, `Promise.all` and its kin.
+    Handler = 3,
+    /// [`MAX_AWAITS`] functions followed and the chain goes on.
+    Limit = 4,
+    /// A read failed or an object was not of the type expected there.
+    Unreadable = 5,
+}
+
+impl AwaitEnd {
+    pub fn from_u64(v: u64) -> Option<AwaitEnd> {
+        Some(match v {
+            1 => AwaitEnd::NotAwaited,
+            2 => AwaitEnd::Several,
+            3 => AwaitEnd::Handler,
+            4 => AwaitEnd::Limit,
+            5 => AwaitEnd::Unreadable,
+            _ => return None,
+        })
+    }
 }
 
 /// The window of a frame the probes read in one go, in bytes below the frame pointer: it holds
@@ -303,6 +388,9 @@ pub enum JsTier {
     Interpreted = 0,
     /// Sparkplug, Maglev or TurboFan code: the return address is the site.
     Compiled = 1,
+    /// Not on the stack: an async function that awaited the one resumed at this frame's index
+    /// (outermost last), or, with `sfi` 0, where that chain ends ([`AwaitEnd`]).
+    Awaited = 2,
 }
 
 /// One JavaScript frame as the probe found it, identified by what outlives the frame.

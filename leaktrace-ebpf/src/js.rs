@@ -8,8 +8,8 @@
 
 use aya_ebpf::helpers::{bpf_ktime_get_ns, bpf_probe_read_user};
 use leaktrace_common::{
-    JS_CACHE_TTL_NS, JsFrame, JsFrames, JsTier, MAX_FRAMES, MAX_JS_FRAMES, V8_WINDOW_BELOW_FP,
-    V8Frames,
+    JS_CACHE_TTL_NS, JsFrame, JsFrames, JsTier, MAX_AWAITS, MAX_FRAMES, MAX_JS_FRAMES,
+    V8_WINDOW_BELOW_FP, V8Frames,
 };
 
 use crate::{
@@ -105,15 +105,26 @@ fn copy_frames(to: &mut JsFrames, from: &JsFrames) {
 }
 
 /// The identity of a stack whose JavaScript frames were `cached`, its interpreted frames read
-/// anew; `None` when one of them does not read back as a function.
+/// anew, and the promise chains of its resumed async functions followed anew (the same code
+/// may have been awaited by other functions since); `None` when a frame does not read back as
+/// a function.
 #[inline(always)]
-fn refresh(v8: &V8Frames, js: &JsScratch, cached: &JsFrames) -> Option<u64> {
+fn refresh(v8: &V8Frames, js: &mut JsScratch, cached: &JsFrames) -> Option<u64> {
     let mut hash = FNV_OFFSET;
+    // The index of the resume closure whose chain was followed last.
+    let mut followed = u32::MAX;
     for n in 0..MAX_JS_FRAMES {
         if n >= cached.len as usize {
             break;
         }
         let frame = &cached.frames[n];
+        if frame.tier == JsTier::Awaited as u32 {
+            if frame.index != followed {
+                followed = frame.index;
+                hash = awaited(js, frame.index, hash, false);
+            }
+            continue;
+        }
         let (sfi, site) = if frame.tier == JsTier::Interpreted as u32 {
             let fp = js.fps[frame.index as usize & (MAX_FRAMES - 1)];
             let function = read(frame_slot(fp, v8.fp_function))?;
@@ -151,9 +162,47 @@ fn walk(v8: &mut V8Frames, js: &mut JsScratch) -> u64 {
         };
         if let Some(frame) = frame(v8, &w) {
             hash = push(&mut js.frames, frame, i as u32, hash);
+            // The frame of a builtin closure that resumed an async function: the functions
+            // that awaited it go here, where its logical callers would be.
+            if i as u64 == js.await_index {
+                hash = awaited(js, i as u32, hash, true);
+            }
         }
     }
     if js.frames.len > 0 { hash | 1 } else { 0 }
+}
+
+/// Returns the identity with the functions that awaited the one resumed at `index` and where
+/// their chain ends, as `awaits` found them for this capture; with `keep`, also appends them
+/// to `js.frames` as [`JsTier::Awaited`] frames at `index` (as `push` does, which stops adding
+/// to the identity when the frames are full: a refreshed identity then differs, and the stack
+/// is walked).
+#[inline(always)]
+fn awaited(js: &mut JsScratch, index: u32, mut hash: u64, keep: bool) -> u64 {
+    for n in 0..=MAX_AWAITS {
+        let last = n as u64 >= js.awaited_len;
+        let frame = JsFrame {
+            index,
+            tier: JsTier::Awaited as u32,
+            sfi: if last {
+                0
+            } else {
+                js.awaited[n & (MAX_AWAITS - 1)]
+            },
+            bytecode_array: 0,
+            bytecode_offset: if last { js.awaited_end } else { 0 },
+            code: 0,
+        };
+        hash = if keep {
+            push(&mut js.frames, frame, index, hash)
+        } else {
+            identity(hash, frame.sfi, frame.bytecode_offset, index)
+        };
+        if last {
+            break;
+        }
+    }
+    hash
 }
 
 /// Appends `frame`, found at `index`, to a stack's JavaScript frames (when there is room);
@@ -255,7 +304,7 @@ fn frame(v8: &mut V8Frames, w: &Window) -> Option<JsFrame> {
 /// map must be the meta-map, whose map is itself. The meta-map last validated is kept in the
 /// layout, so a known one costs no third read (each isolate, a worker thread's too, has one).
 #[inline(always)]
-fn instance_type(v8: &mut V8Frames, object: u64) -> Option<u16> {
+pub(crate) fn instance_type(v8: &mut V8Frames, object: u64) -> Option<u16> {
     if !is_heap_object(object) {
         return None;
     }
@@ -279,7 +328,7 @@ fn instance_type(v8: &mut V8Frames, object: u64) -> Option<u16> {
 }
 
 #[inline(always)]
-fn is_heap_object(value: u64) -> bool {
+pub(crate) fn is_heap_object(value: u64) -> bool {
     value & TAG_MASK == HEAP_OBJECT_TAG && value > 0xffff
 }
 
@@ -297,12 +346,12 @@ fn frame_slot(fp: u64, offset: i32) -> u64 {
 
 /// The address of a field of a tagged heap object.
 #[inline(always)]
-fn field(object: u64, offset: u32) -> u64 {
+pub(crate) fn field(object: u64, offset: u32) -> u64 {
     (object - HEAP_OBJECT_TAG).wrapping_add(u64::from(offset))
 }
 
 #[inline(always)]
-fn read(addr: u64) -> Option<u64> {
+pub(crate) fn read(addr: u64) -> Option<u64> {
     // SAFETY: a user-memory read through the helper: a bad address yields an error, not a fault.
     unsafe { bpf_probe_read_user(addr as *const u64) }.ok()
 }

@@ -10,6 +10,7 @@
 
 mod account;
 mod alloc;
+mod awaits;
 mod fault;
 mod follow;
 mod hash;

@@ -11,9 +11,9 @@ use aya_ebpf::{
 use leaktrace_common::{
     DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_PAGES, DEFAULT_MAX_STACK_TRACES,
     DEFAULT_MAX_STACKS, DEFAULT_MAX_UNWIND_ROWS, JsCached, JsFrames, LiveAlloc, LiveKey,
-    MAX_FRAMES, MAX_PENDING_CALLS, MAX_QUEUED_WORK, MAX_TARGETS, PageFault, PageKey, PendingCall,
-    QueuedKey, QueuedWork, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames, StackKey,
-    StackStats, StoredStack, TargetCounters, UnwindProcess, UnwindRow, V8Frames,
+    MAX_AWAITS, MAX_FRAMES, MAX_PENDING_CALLS, MAX_QUEUED_WORK, MAX_TARGETS, PageFault, PageKey,
+    PendingCall, QueuedKey, QueuedWork, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames,
+    StackKey, StackStats, StoredStack, TargetCounters, UnwindProcess, UnwindRow, V8Frames,
 };
 
 /// Processes being traced (by tgid), each with its counters. A probe that fires for any other
@@ -113,6 +113,13 @@ pub struct JsScratch {
     pub fps_len: u64,
     /// 1 when the identity found may be new: `frames` holds it, to be stored.
     pub fresh: u64,
+    /// Where `awaits` found a closure that resumed an async function (its index in the stack;
+    /// 0: none), the functions that awaited that one (SharedFunctionInfos, innermost first),
+    /// how many, and why the chain ends (an [`leaktrace_common::AwaitEnd`]).
+    pub await_index: u64,
+    pub awaited: [u64; MAX_AWAITS],
+    pub awaited_len: u64,
+    pub awaited_end: u64,
 }
 
 /// Room to walk a stack in: too large for the 512-byte BPF stack.

@@ -13,6 +13,7 @@ use leaktrace_common::{
 
 use crate::{
     account::bump,
+    awaits,
     hash::{FNV_OFFSET, mix},
     js,
     maps::{JS_SCRATCH, JS_STACKS, JsScratch, SCRATCH, STACKS, STORED, V8_PRESENT, V8_TARGETS},
@@ -145,6 +146,7 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
         key.stack = 0;
     }
     if let Some(v8) = v8 {
+        awaits::leaktrace_js_awaits(v8, js, frames);
         let own = js::leaktrace_js_identify(v8, js, u64::from(tgid), stack);
         let new = js.fresh != 0;
         let stored = own == 0 || !new || store(&JS_STACKS, own, &js.frames);

@@ -78,6 +78,21 @@ fn node20_layout() {
     );
     assert_eq!(c.instruction_stream_body, 16);
     assert_eq!(c.deoptimization_data_types, [175]);
+    let a = l.awaits.expect("Node 20's awaiters can be followed");
+    // `nm -S`: AsyncFunctionAwaitResolveClosure and its reject twin at 0x1908040 and
+    // 0x1907f80, in a binary linked at 0x400000: file offsets and sizes.
+    assert_eq!(a.resumers, [(0x1508040, 0xa8), (0x1507f80, 0xac)]);
+    assert_eq!(
+        (
+            a.async_function_object_type,
+            a.promise_type,
+            a.promise_reaction_type
+        ),
+        (2106, 2063, 163)
+    );
+    assert_eq!(a.function_context, 32);
+    // V8 11: no embedder data before a reaction's `next`.
+    assert_eq!((a.reaction_next, a.reaction_fulfill), (8, 24));
 }
 
 #[test]
@@ -115,10 +130,30 @@ fn node22_layout() {
     );
     assert_eq!(c.instruction_stream_body, 32);
     assert_eq!(c.deoptimization_data_types, [174, 213, 211]);
+    let a = l.awaits.expect("Node 22's awaiters can be followed");
+    // `nm -S` gives 0x1daa980 and 0x1daa8c0: this binary is linked at 0x400000.
+    assert_eq!(a.resumers, [(0x19aa980, 0xa8), (0x19aa8c0, 0xac)]);
+    assert_eq!(
+        (
+            a.async_function_object_type,
+            a.promise_type,
+            a.promise_reaction_type
+        ),
+        (2108, 2063, 163)
+    );
+    assert_eq!(a.function_context, 40);
+    // V8 12 built with continuation-preserved embedder data: it leads a reaction's fields.
+    assert_eq!((a.reaction_next, a.reaction_fulfill), (16, 32));
 }
 
 /// What both versions share.
 fn assert_common(l: &Layout) {
+    let a = l.awaits.as_ref().expect("awaiters can be followed");
+    // The extension slot after a context's scope info and previous context; a generator's
+    // fields and a promise's after the JSObject header (map, properties, elements).
+    assert_eq!(a.context_generator, 32);
+    assert_eq!((a.generator_function, a.generator_promise), (24, 80));
+    assert_eq!(a.promise_reactions, 24);
     assert_eq!(
         (
             l.fp_context,

@@ -182,21 +182,27 @@ fn flagless_node_22_names_the_leaking_functions() {
     leaks_are_named_under(&node22(), "v8_node22");
 }
 
-/// The fixture whose Buffers are made after an `await`, and the async function that makes them.
-const AFTER_AWAIT: (&str, &str) = ("leak-after-await", "storeAfterAwait");
+/// The fixture whose Buffers are made after an `await`, the async function that makes them,
+/// and the functions that awaited it, innermost first.
+const AFTER_AWAIT: (&str, &str, [&str; 2]) = (
+    "leak-after-await",
+    "storeAfterAwait",
+    ["loadProfile", "handleRequest"],
+);
 
 /// An async function that keeps what it allocates after an `await`, flag-less, on Node 20 and
-/// 22 in one trace: the top suspect names it from V8's data, and just outside it the report
-/// marks the spot where V8 resumed it (`async`: who awaited is not on the stack), then the
-/// builtin closure that resumed it, named by the node binary's symbols (V8's data calls it
-/// `(anonymous)`).
+/// 22 in one trace: the top suspect names it from V8's data; just outside it the report marks
+/// the spot where V8 resumed it and names, from the promise chain the probes followed, the two
+/// async functions that awaited it, in order (`v8-await`: not on the stack), saying that the
+/// outermost was not awaited; then the builtin closure that resumed it, named by the node
+/// binary's symbols (V8's data calls it `(anonymous)`).
 #[test]
-fn flagless_nodes_mark_where_an_await_resumed_a_leak() {
-    if !have_root("flagless_nodes_mark_where_an_await_resumed_a_leak") {
+fn flagless_nodes_name_who_awaited_a_leak() {
+    if !have_root("flagless_nodes_name_who_awaited_a_leak") {
         return;
     }
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (name, function) = AFTER_AWAIT;
+    let (name, function, awaiters) = AFTER_AWAIT;
     let nodes = [PathBuf::from("/usr/bin/node"), node22()];
     let mut targets: Vec<Target> = nodes
         .iter()
@@ -209,50 +215,48 @@ fn flagless_nodes_mark_where_an_await_resumed_a_leak() {
     for target in targets {
         assert_eq!(target.finish(), 0, "the fixture is unharmed");
     }
+    let script = fixture(name);
+    let script = script.to_str().expect("utf-8 path");
     for (node, &pid) in nodes.iter().zip(&pids) {
         let label = format!("{name} under {}", node.display());
         let suspect = top_suspect(&report, pid);
+        let names = function_names(suspect);
         assert_eq!(
-            suspect["growth"]["verdict"],
-            "leak",
-            "{label}: top suspect {:?} is not a leak: {}",
-            function_names(suspect),
+            suspect["growth"]["verdict"], "leak",
+            "{label}: top suspect {names:?} is not a leak: {}",
             suspect["growth"]
         );
         let frames = frames(suspect);
         let at = frames
             .iter()
             .position(|f| f["function"].as_str() == Some(function))
-            .unwrap_or_else(|| panic!("{label}: {function} not on {:?}", function_names(suspect)));
+            .unwrap_or_else(|| panic!("{label}: {function} not on {names:?}"));
         let frame = &frames[at];
         assert_eq!(frame["kind"], "js", "{label}: {frame}");
         assert_eq!(frame["source"], "v8", "{label}: {frame}");
-        assert_eq!(
-            frame["file"].as_str(),
-            Some(fixture(name).to_str().expect("utf-8 path")),
-            "{label}: {frame}"
-        );
+        assert_eq!(frame["file"].as_str(), Some(script), "{label}: {frame}");
         let marker = &frames[at + 1];
+        assert_eq!(marker["kind"], "async", "{label}: {names:?}");
         assert_eq!(
-            marker["kind"],
-            "async",
-            "{label}: {:?}",
-            function_names(suspect)
-        );
-        assert_eq!(
-            marker["function"], "resumed after await (who awaited is not on the stack)",
+            marker["function"],
+            "resumed after await, awaited by the 2 functions below (the outermost not awaited)",
             "{label}: {marker}"
         );
+        for (n, awaiter) in awaiters.iter().enumerate() {
+            let frame = &frames[at + 2 + n];
+            assert_eq!(frame["function"], *awaiter, "{label}: {names:?}");
+            assert_eq!(frame["kind"], "js", "{label}: {frame}");
+            assert_eq!(frame["source"], "v8-await", "{label}: {frame}");
+            assert_eq!(frame["file"].as_str(), Some(script), "{label}: {frame}");
+        }
         assert_eq!(
-            frames[at + 2]["function"],
+            frames[at + 2 + awaiters.len()]["function"],
             "Builtins_AsyncFunctionAwaitResolveClosure",
-            "{label}: {:?}",
-            function_names(suspect)
+            "{label}: {names:?}"
         );
         assert!(
             frames.iter().all(|f| f["function"] != "(anonymous)"),
-            "{label}: {:?}",
-            function_names(suspect)
+            "{label}: {names:?}"
         );
     }
 }

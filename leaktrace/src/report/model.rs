@@ -392,7 +392,8 @@ pub struct Frame {
     pub module_offset: Option<String>,
     /// This frame was inlined into the one after it.
     pub inlined: bool,
-    /// Where the name came from: `dwarf`, `symtab` (ELF symbols only), `perf-map`.
+    /// Where the name came from: `dwarf`, `symtab` (ELF symbols only), `perf-map`, `v8`, or
+    /// `v8-await` (a function found in a resumed one's promise chain, not on the stack).
     pub source: Option<String>,
 }
 

@@ -59,18 +59,26 @@ fn name_stack(
         .enumerate()
         .flat_map(|(i, (addr, _))| {
             let native = || symbolizer.frames(key.tgid, *addr);
-            match named.iter().find(|(index, _)| *index == i) {
-                Some((_, frames)) if awaited::nameless_builtin(frames) => {
+            let at = named.iter().filter(|(index, _)| *index == i);
+            // The functions that awaited the one resumed here go first: outside it, before
+            // the builtin that resumed it.
+            let (awaiters, own): (Vec<_>, Vec<_>) = at
+                .map(|(_, frames)| frames)
+                .partition(|f| awaited::is_chain(f));
+            let mut out: Vec<Frame> = awaiters.into_iter().flatten().cloned().collect();
+            out.extend(match own.first() {
+                Some(frames) if awaited::nameless_builtin(frames) => {
                     let native = native();
                     if native.iter().any(|f| f.function.is_some()) {
                         native
                     } else {
-                        frames.clone()
+                        (*frames).clone()
                     }
                 }
-                Some((_, frames)) => frames.clone(),
+                Some(frames) => (*frames).clone(),
                 None => native(),
-            }
+            });
+            out
         })
         .collect();
     awaited::mark(&mut frames);

@@ -8,11 +8,11 @@
 
 use std::{collections::HashMap, os::unix::fs::MetadataExt as _, sync::Arc};
 
-use leaktrace_common::{JsFrame, JsTier, V8Frames};
+use leaktrace_common::{AwaitEnd, JsFrame, JsTier, V8Awaits, V8Frames};
 use tracing::{debug, warn};
 
 use super::{
-    hex,
+    awaited, hex,
     v8::{JsFunction, Layout, LayoutError, ProcessMemory, Resolver},
 };
 use crate::report::model::Frame;
@@ -84,7 +84,16 @@ impl JsNamer {
                 return None;
             }
         };
-        let frames = probe_layout(&layout);
+        let mut frames = probe_layout(&layout);
+        // Without it the probes do not follow awaiters: the report marks where V8 resumed
+        // an async function, as before.
+        if let Some(awaits) = &layout.awaits {
+            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+            match awaits.for_process(&crate::process::maps::parse(&maps), id.1) {
+                Some(awaits) => frames.awaits = awaits,
+                None => debug!(pid, "V8's await closures not found in its mappings"),
+            }
+        }
         if !frames.fits_probes() {
             warn!(
                 pid,
@@ -133,11 +142,29 @@ impl JsNamer {
         };
         let mut named = NamedFrames::new();
         let mut failed = 0;
+        // The functions that awaited the one resumed at the frame last seen, so far.
+        let mut awaiters = Vec::new();
         for frame in frames {
             let index = frame.index as usize;
             let Some(&ip) = ips.get(index) else {
                 continue;
             };
+            if frame.tier == JsTier::Awaited as u32 {
+                if frame.sfi != 0 {
+                    match resolver.function(frame.sfi) {
+                        Some(function) => {
+                            awaiters.push(awaited::awaiter(js_frame(function, function.line, ip)))
+                        }
+                        None => failed += 1,
+                    }
+                    continue;
+                }
+                let end = AwaitEnd::from_u64(frame.bytecode_offset);
+                let mut block = vec![awaited::chain_marker(ip, awaiters.len(), end)];
+                block.append(&mut awaiters);
+                named.push((index, block));
+                continue;
+            }
             let key = (
                 pid,
                 JsFrameKey {
@@ -252,8 +279,10 @@ fn site_of(named: &NamedFrames, ips: &[u64]) -> Site {
     let mut native = std::hash::DefaultHasher::new();
     let mut js = std::hash::DefaultHasher::new();
     for (i, ip) in ips.iter().enumerate() {
-        if let Some((_, frames)) = named.iter().find(|(index, _)| *index == i) {
-            for f in frames {
+        let mut at = named.iter().filter(|(index, _)| *index == i).peekable();
+        if at.peek().is_some() {
+            // A resumed function's awaiters too: awaited by others, it is another site.
+            for f in at.flat_map(|(_, frames)| frames) {
                 (&f.function, &f.file).hash(&mut js);
             }
         } else if i < lo || i > hi {
@@ -341,6 +370,7 @@ fn probe_layout(layout: &Layout) -> V8Frames {
         bytecode_array_type: layout.bytecode_array_type,
         _pad: 0,
         meta_map: 0,
+        awaits: V8Awaits::default(),
     }
 }
 
@@ -401,6 +431,32 @@ mod tests {
         assert_ne!(
             site_of(&optimized, &optimized_ips),
             site_of(&renamed, &optimized_ips)
+        );
+    }
+
+    #[test]
+    fn the_same_resumed_code_awaited_by_others_is_another_site() {
+        let ips = [0x10, 0x20, 0x30, 0x40];
+        let resumed = |by: &str| -> NamedFrames {
+            vec![
+                (1, vec![js("storeAfterAwait", 15, false)]),
+                (2, vec![js("(anonymous)", 0, false)]),
+                (
+                    2,
+                    vec![
+                        awaited::chain_marker(0x30, 1, Some(AwaitEnd::NotAwaited)),
+                        awaited::awaiter(js(by, 22, false)),
+                    ],
+                ),
+            ]
+        };
+        assert_eq!(
+            site_of(&resumed("loadProfile"), &ips),
+            site_of(&resumed("loadProfile"), &ips)
+        );
+        assert_ne!(
+            site_of(&resumed("loadProfile"), &ips),
+            site_of(&resumed("loadSettings"), &ips)
         );
     }
 }

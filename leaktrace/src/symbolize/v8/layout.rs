@@ -8,13 +8,15 @@
 //! name. Every value is checked against a sane range, so a build whose data is missing or
 //! different gives an error instead of a layout that would decode garbage.
 
-use std::{collections::HashMap, fs::File, path::Path};
+use std::{fs::File, path::Path};
 
-use object::{
-    Object as _, ObjectSection as _, ObjectSymbol as _, ReadCache, ReadRef, SectionKind, SymbolKind,
+use object::ReadCache;
+
+pub use super::values::LayoutError;
+use super::{
+    awaits::AwaitLayout,
+    values::{Values, unexpected},
 };
-
-const PREFIX: &str = "v8dbg_";
 
 /// Node 20 exports only `JS_FUNCTION_TYPE`, the first of V8's JSFunction instance types; the
 /// subtypes that follow it (class and typed-array constructors, ...) numbered 17 on Node 22.
@@ -82,6 +84,10 @@ pub struct Layout {
 
     /// Optimized code and its deoptimization data: what names inlined frames.
     pub code: CodeLayout,
+
+    /// What following an async function's awaiters takes; `None` when this V8's data does not
+    /// give it (its JavaScript frames are named all the same).
+    pub awaits: Option<AwaitLayout>,
 }
 
 /// Where a Code object keeps its instructions and the metadata of inlining.
@@ -144,20 +150,6 @@ pub struct StringLayout {
     /// The cached pointer to an external string's characters: the slot after
     /// `ExternalString::resource` (not in the v8dbg data).
     pub external_data: u32,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum LayoutError {
-    #[error("no v8dbg_* symbols: not a V8 binary, or its symbols were stripped")]
-    NotV8,
-    #[error("the binary's V8 postmortem data lacks {0}: this V8 version is not supported")]
-    Missing(&'static str),
-    #[error("unexpected V8 postmortem data ({0}): this V8 version is not supported")]
-    Unexpected(String),
-    #[error("cannot read the binary: {0}")]
-    Io(#[from] std::io::Error),
-    #[error("malformed ELF file: {0}")]
-    Elf(#[from] object::read::Error),
 }
 
 impl Layout {
@@ -231,6 +223,7 @@ impl Layout {
                 bytecode_array_data,
             )?,
             code: CodeLayout::from_values(v)?,
+            awaits: AwaitLayout::from_values(v),
         })
     }
 }
@@ -442,174 +435,4 @@ fn source_position_table_offset(v: &Values, length: u32, data: u32) -> Result<u3
         ));
     }
     Ok(offset)
-}
-
-fn unexpected(what: &str, value: i64) -> LayoutError {
-    LayoutError::Unexpected(format!("{what} = {value}"))
-}
-
-/// The raw `v8dbg_*` values, by name without the prefix.
-struct Values(HashMap<String, i64>);
-
-impl Values {
-    fn read<'a, R: ReadRef<'a>>(data: R) -> Result<Values, LayoutError> {
-        let file = object::File::parse(data)?;
-        let little = file.is_little_endian();
-        let mut values = HashMap::new();
-        // The full symbol table first; the dynamic one covers binaries stripped of it.
-        for symbol in file.symbols().chain(file.dynamic_symbols()) {
-            if symbol.kind() != SymbolKind::Data {
-                continue;
-            }
-            let Some(name) = symbol.name().ok().and_then(|n| n.strip_prefix(PREFIX)) else {
-                continue;
-            };
-            if values.contains_key(name) {
-                continue;
-            }
-            if let Some(value) = symbol_value(&file, &symbol, little) {
-                values.insert(name.to_owned(), value);
-            }
-        }
-        if values.is_empty() {
-            return Err(LayoutError::NotV8);
-        }
-        Ok(Values(values))
-    }
-
-    fn get(&self, name: &str) -> Option<i64> {
-        self.0.get(name).copied()
-    }
-
-    fn require(&self, name: &'static str) -> Result<i64, LayoutError> {
-        self.get(name).ok_or(LayoutError::Missing(name))
-    }
-
-    /// The value of `what`, spelled `Class::field` (alternatives `Class::new|old`): stored as
-    /// `class_<Class>__<field>__<type>`, where the type's spelling varies between versions.
-    fn field(&self, what: &'static str) -> Result<i64, LayoutError> {
-        let (class, fields) = what.split_once("::").ok_or(LayoutError::Missing(what))?;
-        for field in fields.split('|') {
-            let prefix = format!("class_{class}__{field}__");
-            let mut found = self.0.iter().filter(|(name, _)| name.starts_with(&prefix));
-            if let Some((_, &value)) = found.next() {
-                if found.any(|(_, &other)| other != value) {
-                    return Err(LayoutError::Unexpected(format!("{what} has two values")));
-                }
-                return Ok(value);
-            }
-        }
-        Err(LayoutError::Missing(what))
-    }
-
-    /// A tagged field: 8-byte aligned, after the map, within a small header.
-    fn tagged_field(&self, what: &'static str) -> Result<u32, LayoutError> {
-        let value = self.field(what)?;
-        let offset = self.offset(what, value, 8..=256)?;
-        if offset % 8 != 0 {
-            return Err(unexpected(what, value));
-        }
-        Ok(offset)
-    }
-
-    /// An untagged field at an offset within `range`.
-    fn raw_field(
-        &self,
-        what: &'static str,
-        range: std::ops::RangeInclusive<u32>,
-    ) -> Result<u32, LayoutError> {
-        self.offset(what, self.field(what)?, range)
-    }
-
-    fn offset(
-        &self,
-        what: &str,
-        value: i64,
-        range: std::ops::RangeInclusive<u32>,
-    ) -> Result<u32, LayoutError> {
-        u32::try_from(value)
-            .ok()
-            .filter(|v| range.contains(v))
-            .ok_or_else(|| unexpected(what, value))
-    }
-
-    fn small(
-        &self,
-        name: &'static str,
-        range: std::ops::RangeInclusive<u32>,
-    ) -> Result<u32, LayoutError> {
-        let value = self.require(name)?;
-        self.offset(name, value, range)
-    }
-
-    /// An instance type: a non-zero u16 (a zero would be an unset value from `.bss`).
-    fn instance_type(&self, name: &'static str) -> Result<u16, LayoutError> {
-        let value = self.require(name)?;
-        u16::try_from(value)
-            .ok()
-            .filter(|&t| t != 0)
-            .ok_or_else(|| unexpected(name, value))
-    }
-
-    fn frame_type(&self, name: &'static str) -> Result<u16, LayoutError> {
-        let value = self.require(name)?;
-        u16::try_from(value)
-            .ok()
-            .filter(|t| (1..=127).contains(t))
-            .ok_or_else(|| unexpected(name, value))
-    }
-
-    /// A frame slot: below the frame pointer, 8-byte aligned, close.
-    fn frame_slot(&self, name: &'static str) -> Result<i32, LayoutError> {
-        let value = self.require(name)?;
-        i32::try_from(value)
-            .ok()
-            .filter(|v| (-256..0).contains(v) && v % 8 == 0)
-            .ok_or_else(|| unexpected(name, value))
-    }
-
-    fn map_instance_type(&self) -> Result<u32, LayoutError> {
-        let offset = self.raw_field("Map::instance_type", 8..=64)?;
-        if offset % 2 != 0 {
-            return Err(unexpected("Map::instance_type", i64::from(offset)));
-        }
-        Ok(offset)
-    }
-}
-
-/// A symbol's value: the integer stored at its address. A symbol in a section without file
-/// contents (`.bss`) is zero: compilers put zero-initialized globals there, and several v8dbg
-/// values are legitimately 0 (`HeapObject::map`, `SeqStringTag`). Each caller's range check
-/// rejects a zero where zero makes no sense.
-fn symbol_value<'data, R: ReadRef<'data>>(
-    file: &object::File<'data, R>,
-    symbol: &object::Symbol<'data, '_, R>,
-    little: bool,
-) -> Option<i64> {
-    let size = usize::try_from(symbol.size()).ok()?;
-    if !matches!(size, 1 | 2 | 4 | 8) {
-        return None;
-    }
-    let section = file.section_by_index(symbol.section_index()?).ok()?;
-    let within = symbol.address().checked_sub(section.address())?;
-    if within.checked_add(size as u64)? > section.size() {
-        return None;
-    }
-    if section.kind() == SectionKind::UninitializedData {
-        return Some(0);
-    }
-    let bytes = section.data_range(symbol.address(), size as u64).ok()??;
-    Some(sign_extend(bytes, little))
-}
-
-fn sign_extend(bytes: &[u8], little: bool) -> i64 {
-    let mut buf = [0u8; 8];
-    let n = bytes.len();
-    if little {
-        buf[..n].copy_from_slice(bytes);
-        i64::from_le_bytes(buf) << (64 - 8 * n) >> (64 - 8 * n)
-    } else {
-        buf[8 - n..].copy_from_slice(bytes);
-        i64::from_be_bytes(buf) << (64 - 8 * n) >> (64 - 8 * n)
-    }
 }

@@ -7,6 +7,7 @@
 //! into function names, scripts and lines, inlined functions included. The recipe,
 //! measured on Node 20 and 22, is `shared/design/V8-FRAMES.md`.
 
+mod awaits;
 mod code;
 mod heap;
 mod layout;
@@ -14,7 +15,9 @@ mod positions;
 mod resolve;
 mod scope_info;
 mod strings;
+mod values;
 
+pub use awaits::AwaitLayout;
 pub use heap::{MAX_NAME_UNITS, Memory, ProcessMemory};
 pub use layout::{CodeLayout, Layout, LayoutError, StringLayout};
 pub use resolve::{JsFrame, JsFunction, Resolver};
