@@ -182,32 +182,55 @@ fn flagless_node_22_names_the_leaking_functions() {
     leaks_are_named_under(&node22(), "v8_node22");
 }
 
-/// The fixture whose Buffers are made after an `await`, the async function that makes them,
-/// and the functions that awaited it, innermost first.
-const AFTER_AWAIT: (&str, &str, [&str; 2]) = (
-    "leak-after-await",
-    "storeAfterAwait",
-    ["loadProfile", "handleRequest"],
-);
+/// An async function that keeps what it allocates after an `await`: its fixture, the
+/// function, the functions that awaited it (innermost first), and what the marker between them
+/// says.
+struct AfterAwait {
+    fixture: &'static str,
+    function: &'static str,
+    awaiters: &'static [&'static str],
+    marker: &'static str,
+}
 
-/// An async function that keeps what it allocates after an `await`, flag-less, on Node 20 and
-/// 22 in one trace: the top suspect names it from V8's data; just outside it the report marks
-/// the spot where V8 resumed it and names, from the promise chain the probes followed, the two
-/// async functions that awaited it, in order (`v8-await`: not on the stack), saying that the
-/// outermost was not awaited; then the builtin closure that resumed it, named by the node
-/// binary's symbols (V8's data calls it `(anonymous)`).
+const AFTER_AWAIT: [AfterAwait; 2] = [
+    AfterAwait {
+        fixture: "leak-after-await",
+        function: "storeAfterAwait",
+        awaiters: &["loadProfile", "handleRequest"],
+        marker: "resumed after await, awaited by the 2 functions below (the outermost not awaited)",
+    },
+    // Through `Promise.all`, whose element closure holds no async function.
+    AfterAwait {
+        fixture: "leak-after-promise-all",
+        function: "storeAfterAwait",
+        awaiters: &[],
+        marker: "resumed after await (handed to a promise handler (then, Promise.all and kin): \
+                 not followed)",
+    },
+];
+
+/// Async functions that keep what they allocate after an `await`, flag-less, on Node 20 and 22
+/// in one trace: the top suspect names the function from V8's data; just outside it the report
+/// marks the spot where V8 resumed it and names, from the promise chain the probes followed,
+/// the async functions that awaited it, in order (`v8-await`: not on the stack), saying where
+/// the chain ends: the outermost not awaited, or `Promise.all`, which is not followed; then the
+/// builtin closure that resumed it, named by the node binary's symbols (V8's data calls it
+/// `(anonymous)`).
 #[test]
 fn flagless_nodes_name_who_awaited_a_leak() {
     if !have_root("flagless_nodes_name_who_awaited_a_leak") {
         return;
     }
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let (name, function, awaiters) = AFTER_AWAIT;
     let nodes = [PathBuf::from("/usr/bin/node"), node22()];
-    let mut targets: Vec<Target> = nodes
+    let runs: Vec<(&PathBuf, &AfterAwait)> = AFTER_AWAIT
+        .iter()
+        .flat_map(|case| nodes.iter().map(move |node| (node, case)))
+        .collect();
+    let mut targets: Vec<Target> = runs
         .iter()
         .enumerate()
-        .map(|(i, node)| start(node, name, &format!("v8_await_{i}")))
+        .map(|(i, (node, case))| start(node, case.fixture, &format!("v8_await_{i}")))
         .collect();
     let pids: Vec<u32> = targets.iter().map(Target::pid).collect();
     let out = scratch("v8_await").join("report.json");
@@ -215,10 +238,10 @@ fn flagless_nodes_name_who_awaited_a_leak() {
     for target in targets {
         assert_eq!(target.finish(), 0, "the fixture is unharmed");
     }
-    let script = fixture(name);
-    let script = script.to_str().expect("utf-8 path");
-    for (node, &pid) in nodes.iter().zip(&pids) {
-        let label = format!("{name} under {}", node.display());
+    for ((node, case), &pid) in runs.iter().zip(&pids) {
+        let label = format!("{} under {}", case.fixture, node.display());
+        let script = fixture(case.fixture);
+        let script = script.to_str().expect("utf-8 path");
         let suspect = top_suspect(&report, pid);
         let names = function_names(suspect);
         assert_eq!(
@@ -229,20 +252,16 @@ fn flagless_nodes_name_who_awaited_a_leak() {
         let frames = frames(suspect);
         let at = frames
             .iter()
-            .position(|f| f["function"].as_str() == Some(function))
-            .unwrap_or_else(|| panic!("{label}: {function} not on {names:?}"));
+            .position(|f| f["function"].as_str() == Some(case.function))
+            .unwrap_or_else(|| panic!("{label}: {} not on {names:?}", case.function));
         let frame = &frames[at];
         assert_eq!(frame["kind"], "js", "{label}: {frame}");
         assert_eq!(frame["source"], "v8", "{label}: {frame}");
         assert_eq!(frame["file"].as_str(), Some(script), "{label}: {frame}");
         let marker = &frames[at + 1];
         assert_eq!(marker["kind"], "async", "{label}: {names:?}");
-        assert_eq!(
-            marker["function"],
-            "resumed after await, awaited by the 2 functions below (the outermost not awaited)",
-            "{label}: {marker}"
-        );
-        for (n, awaiter) in awaiters.iter().enumerate() {
+        assert_eq!(marker["function"], case.marker, "{label}: {marker}");
+        for (n, awaiter) in case.awaiters.iter().enumerate() {
             let frame = &frames[at + 2 + n];
             assert_eq!(frame["function"], *awaiter, "{label}: {names:?}");
             assert_eq!(frame["kind"], "js", "{label}: {frame}");
@@ -250,7 +269,7 @@ fn flagless_nodes_name_who_awaited_a_leak() {
             assert_eq!(frame["file"].as_str(), Some(script), "{label}: {frame}");
         }
         assert_eq!(
-            frames[at + 2 + awaiters.len()]["function"],
+            frames[at + 2 + case.awaiters.len()]["function"],
             "Builtins_AsyncFunctionAwaitResolveClosure",
             "{label}: {names:?}"
         );

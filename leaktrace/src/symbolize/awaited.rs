@@ -38,23 +38,28 @@ pub fn chain_marker(ip: u64, awaiters: usize, end: Option<AwaitEnd>) -> Frame {
         1 => "resumed after await, awaited by the function below".to_owned(),
         n => format!("resumed after await, awaited by the {n} functions below"),
     };
-    let then = match (end, awaiters) {
-        (Some(AwaitEnd::NotAwaited), 0) => "not awaited by any function",
-        (Some(AwaitEnd::NotAwaited), _) => "the outermost not awaited",
-        (Some(AwaitEnd::Several), _) => "then awaited by several at once: not followed",
+    // What awaits the last function found: "then" once there is one.
+    let then = if awaiters == 0 { "" } else { "then " };
+    let end = match (end, awaiters) {
+        (Some(AwaitEnd::NotAwaited), 0) => "not awaited by any function".to_owned(),
+        (Some(AwaitEnd::NotAwaited), _) => "the outermost not awaited".to_owned(),
+        (Some(AwaitEnd::Several), _) => format!("{then}awaited by several at once: not followed"),
         (Some(AwaitEnd::Handler), _) => {
-            "then by a promise handler (then, Promise.all and kin): not followed"
+            format!("{then}handed to a promise handler (then, Promise.all and kin): not followed")
         }
         (Some(AwaitEnd::Limit), _) => {
             const { assert!(MAX_AWAITS == 8) };
-            "the chain goes on past 8 awaits: not followed"
+            "the chain goes on past 8 awaits: not followed".to_owned()
         }
-        (Some(AwaitEnd::Unreadable), _) | (None, _) => "the rest of the chain did not read back",
+        (Some(AwaitEnd::Unreadable), 0) | (None, 0) => "the chain did not read back".to_owned(),
+        (Some(AwaitEnd::Unreadable), _) | (None, _) => {
+            "the rest of the chain did not read back".to_owned()
+        }
     };
     Frame {
         address: hex(ip),
         kind: KIND.into(),
-        function: Some(format!("{by} ({then})")),
+        function: Some(format!("{by} ({end})")),
         ..Frame::default()
     }
 }
@@ -202,8 +207,17 @@ mod tests {
         );
         assert_eq!(
             says(1, Some(AwaitEnd::Handler)),
-            "resumed after await, awaited by the function below (then by a promise handler \
-             (then, Promise.all and kin): not followed)"
+            "resumed after await, awaited by the function below (then handed to a promise \
+             handler (then, Promise.all and kin): not followed)"
+        );
+        assert_eq!(
+            says(0, Some(AwaitEnd::Handler)),
+            "resumed after await (handed to a promise handler (then, Promise.all and kin): not \
+             followed)"
+        );
+        assert_eq!(
+            says(0, Some(AwaitEnd::Several)),
+            "resumed after await (awaited by several at once: not followed)"
         );
         assert_eq!(
             says(1, Some(AwaitEnd::Several)),
@@ -218,7 +232,12 @@ mod tests {
         for end in [Some(AwaitEnd::Unreadable), None] {
             assert_eq!(
                 says(0, end),
-                "resumed after await (the rest of the chain did not read back)"
+                "resumed after await (the chain did not read back)"
+            );
+            assert_eq!(
+                says(1, end),
+                "resumed after await, awaited by the function below (the rest of the chain did \
+                 not read back)"
             );
         }
         let marker = chain_marker(0x1, 0, None);
