@@ -167,7 +167,9 @@ pub static QUEUED: LruHashMap<QueuedKey, QueuedWork> =
 #[map]
 pub static RUNNING: LruHashMap<u64, QueuedWork> = LruHashMap::with_max_entries(MAX_QUEUED_WORK, 0);
 
-/// Slot 0 is non-zero while any target's thread pool is probed: the stack walks of the others
-/// skip the [`RUNNING`] lookup. Written by the tracer.
+/// Slot `tgid % MAX_TARGETS` counts the targets whose thread pool is probed among those whose
+/// process ID falls there; slot `MAX_TARGETS` is non-zero when the pool probes serve every
+/// process (following process trees). The stack walks of every other process skip the
+/// [`RUNNING`] lookup. Written by the tracer.
 #[map]
-pub static POOL_PRESENT: Array<u32> = Array::with_max_entries(1, 0);
+pub static POOL_SLOTS: Array<u32> = Array::with_max_entries(MAX_TARGETS + 1, 0);

@@ -7,23 +7,25 @@
 
 use aya_ebpf::helpers::bpf_get_current_pid_tgid;
 use leaktrace_common::{
-    Counter, MAX_FRAMES, QueuedWork, StackFrames, callback_marker, queued_marker,
+    Counter, MAX_FRAMES, MAX_TARGETS, QueuedWork, StackFrames, callback_marker, queued_marker,
 };
 
 use crate::{
     account::bump,
     hash,
-    maps::{POOL_PRESENT, RUNNING, STACKS},
+    maps::{POOL_SLOTS, RUNNING, STACKS},
 };
 
-/// The queued work this thread runs, when any target's pool is probed: one array lookup for the
-/// flag, then one per-thread lookup.
+/// The queued work this thread runs, when its process's pool is probed: array lookups for the
+/// flag (inlined by the kernel), then one per-thread lookup.
 #[inline(always)]
 pub fn running() -> Option<QueuedWork> {
-    if !POOL_PRESENT.get(0).is_some_and(|&n| n != 0) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let slot = ((pid_tgid >> 32) as u32) % MAX_TARGETS;
+    let probed = |slot| POOL_SLOTS.get(slot).is_some_and(|&n| n != 0);
+    if !probed(slot) && !probed(MAX_TARGETS) {
         return None;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     // SAFETY: a plain lookup; the value is copied out at once.
     unsafe { RUNNING.get(&pid_tgid) }.copied()
 }

@@ -421,6 +421,8 @@ pub struct Probes {
     map_events: Option<RingBuf<MapData>>,
     /// Targets given a slot of the probes' fast path (`TARGET_SLOTS`), and the slot.
     slots: HashMap<u32, u32>,
+    /// Targets whose thread pool is probed, each counted in its `POOL_SLOTS` slot.
+    pools: HashSet<u32>,
     /// Watch mode's page-fault events.
     faults: Option<fault::FaultEvents>,
     /// Why watch mode has no mapping events, when it has none.
@@ -736,6 +738,7 @@ impl Probes {
             mode,
             links: HashMap::new(),
             slots: HashMap::new(),
+            pools: HashSet::new(),
             follow,
             attached_files: HashSet::new(),
             map_events,
@@ -1012,9 +1015,25 @@ impl Probes {
                 })?;
             self.links.entry(pid).or_default().push((program, link));
         }
-        array_mut::<u32>(&mut self.ebpf, "POOL_PRESENT")?
-            .set(0, &1, 0)
-            .map_err(|e| ProbeError::Map(Box::new(e)))
+        if self.pools.insert(pid) {
+            self.count_pool(pid % MAX_TARGETS, 1)?;
+            if self.follow.is_some() {
+                // The probes serve the whole tree, its children before they are seen too.
+                self.count_pool(MAX_TARGETS, 1)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `by` to the count of probed pools in `POOL_SLOTS` slot `slot`, which the stack
+    /// walks of the processes there check before looking for the work their thread runs.
+    fn count_pool(&mut self, slot: u32, by: i32) -> Result<(), ProbeError> {
+        let map_err = |e| ProbeError::Map(Box::new(e));
+        let mut slots = array_mut::<u32>(&mut self.ebpf, "POOL_SLOTS")?;
+        let n = slots.get(&slot, 0).map_err(map_err)?;
+        slots
+            .set(slot, &n.saturating_add_signed(by), 0)
+            .map_err(map_err)
     }
 
     /// Adds `pid` to the probes' target table, with zeroed counters, and gives it the slot of
@@ -1112,6 +1131,11 @@ impl Probes {
             {
                 debug!(%err, program, pid, "detach failed (the process may be gone)");
             }
+        }
+        if self.pools.remove(&pid)
+            && let Err(err) = self.count_pool(pid % MAX_TARGETS, -1)
+        {
+            debug!(%err, pid, "uncounting its pool failed: its walks keep looking up work");
         }
         if self.syscalls_parked && self.links.is_empty() {
             self.disarm_syscalls();
