@@ -67,6 +67,8 @@ pub struct Residency {
     resident: HashMap<StackKey, u64>,
     /// When the last pass started, and the CPU time it took.
     last_pass: Option<(Instant, Duration)>,
+    /// Passes run so far (see [`EARLY_PASSES`]).
+    passes: u32,
     /// Processes whose pagemap could not be opened though they live, and why.
     unreadable: HashMap<u32, String>,
 }
@@ -74,10 +76,17 @@ pub struct Residency {
 /// A pass reads every recorded page, twice from the probes' map and once from pagemap: its
 /// cost grows with what the targets hold (a service with 500 MiB resident has 128 k pages). It
 /// runs at most once every this many times the CPU time of its last one, so that it takes at
-/// most 1 % of a CPU however much is resident; in between, each stack keeps the resident figures of the
-/// last pass (new faults still count as populated at once). A trace's last sample always runs
-/// one.
-const COST_RATIO: u32 = 100;
+/// most 0.25 % of a CPU however much is resident (at 1 % it was 40 % of watch mode's CPU on
+/// the bench's service: what a service left under watch pays most directly); in between, each
+/// stack keeps the resident figures of the last pass (new faults still count as populated at
+/// once). A trace's last sample always runs one.
+const COST_RATIO: u32 = 400;
+
+/// The first passes run at up to 1 % of a CPU ([`COST_RATIO`] / 4): a short trace (an
+/// incident responder's minute) gets its residency series from its first seconds, and a
+/// trace left running settles at its steady cost.
+const EARLY_PASSES: u32 = 30;
+const EARLY_COST_RATIO: u32 = COST_RATIO / 4;
 
 impl Residency {
     pub fn new() -> Self {
@@ -98,13 +107,19 @@ impl Residency {
         period: u64,
         last: bool,
     ) -> Result<(), CollectError> {
+        let ratio = if self.passes < EARLY_PASSES {
+            EARLY_COST_RATIO
+        } else {
+            COST_RATIO
+        };
         let due = self
             .last_pass
-            .is_none_or(|(at, cost)| at.elapsed() >= cost * COST_RATIO);
+            .is_none_or(|(at, cost)| at.elapsed() >= cost * ratio);
         if last || due {
             let (started, cpu) = (Instant::now(), thread_cpu_time());
             self.pass(probes)?;
             self.last_pass = Some((started, thread_cpu_time().saturating_sub(cpu)));
+            self.passes = self.passes.saturating_add(1);
         }
         let period = i64::try_from(period).unwrap_or(i64::MAX);
         let page = PAGE_BYTES as i64;

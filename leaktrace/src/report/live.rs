@@ -26,9 +26,16 @@ impl LiveStatus {
         }
     }
 
+    /// Whether an [`update`](Self::update) now would show its line: what goes into the line
+    /// (naming the fastest grower) need not be worked out otherwise.
+    pub fn due(&self) -> bool {
+        self.enabled
+            && (self.terminal || self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_EVERY))
+    }
+
     /// Shows `line` (built only when it will be shown).
     pub fn update(&mut self, line: impl FnOnce() -> String) {
-        if !self.enabled {
+        if !self.due() {
             return;
         }
         let mut err = std::io::stderr().lock();
@@ -36,7 +43,7 @@ impl LiveStatus {
             // Carriage return and erase-line: redraw in place.
             let _ = write!(err, "\r\x1b[K{}", line());
             self.drawn = true;
-        } else if self.last_plain.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
+        } else {
             let _ = writeln!(err, "{}", line());
             self.last_plain = Some(Instant::now());
         }
