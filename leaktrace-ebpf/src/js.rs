@@ -162,11 +162,11 @@ fn walk(v8: &mut V8Frames, js: &mut JsScratch) -> u64 {
         };
         if let Some(frame) = frame(v8, &w) {
             hash = push(&mut js.frames, frame, i as u32, hash);
-            // The frame of a builtin closure that resumed an async function: the functions
-            // that awaited it go here, where its logical callers would be.
-            if i as u64 == js.await_index {
-                hash = awaited(js, i as u32, hash, true);
-            }
+        }
+        // The frame of a builtin closure that resumed an async function: the functions that
+        // awaited it go here, where its logical callers would be.
+        if i as u64 == js.await_index {
+            hash = awaited(js, i as u32, hash, true);
         }
     }
     if js.frames.len > 0 { hash | 1 } else { 0 }

@@ -142,14 +142,16 @@ impl JsNamer {
         };
         let mut named = NamedFrames::new();
         let mut failed = 0;
-        // The functions that awaited the one resumed at the frame last seen, so far.
+        // The functions that awaited the one resumed at the frame last seen, so far, and where.
         let mut awaiters = Vec::new();
+        let mut awaited_at = (0, 0);
         for frame in frames {
             let index = frame.index as usize;
             let Some(&ip) = ips.get(index) else {
                 continue;
             };
             if frame.tier == JsTier::Awaited as u32 {
+                awaited_at = (index, ip);
                 if frame.sfi != 0 {
                     match resolver.function(frame.sfi) {
                         Some(function) => {
@@ -186,6 +188,13 @@ impl JsNamer {
                 }
                 None => failed += 1,
             }
+        }
+        // A chain cut short by the probes' room for frames: what was found, said as such.
+        if !awaiters.is_empty() {
+            let (index, ip) = awaited_at;
+            let mut block = vec![awaited::chain_marker(ip, awaiters.len(), None)];
+            block.append(&mut awaiters);
+            named.push((index, block));
         }
         if failed > 0 {
             let tries = self.attempts.entry((pid, stack, js_id)).or_default();
