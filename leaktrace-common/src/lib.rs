@@ -331,6 +331,7 @@ pub enum AwaitEnd {
 }
 
 impl AwaitEnd {
+    /// The end a probe wrote as a number; `None` for one this build does not know.
     pub fn from_u64(v: u64) -> Option<AwaitEnd> {
         Some(match v {
             1 => AwaitEnd::NotAwaited,
