@@ -84,15 +84,15 @@ fn node20_layout() {
     assert_eq!(a.resumers, [(0x1508040, 0xa8), (0x1507f80, 0xac)]);
     assert_eq!(
         (
-            a.async_function_object_type,
-            a.promise_type,
-            a.promise_reaction_type
+            a.probes.async_function_object_type,
+            a.probes.promise_type,
+            a.probes.promise_reaction_type
         ),
         (2106, 2063, 163)
     );
-    assert_eq!(a.function_context, 32);
+    assert_eq!(a.probes.function_context, 32);
     // V8 11: no embedder data before a reaction's `next`.
-    assert_eq!((a.reaction_next, a.reaction_fulfill), (8, 24));
+    assert_eq!((a.probes.reaction_next, a.probes.reaction_fulfill), (8, 24));
 }
 
 #[test]
@@ -135,15 +135,18 @@ fn node22_layout() {
     assert_eq!(a.resumers, [(0x19aa980, 0xa8), (0x19aa8c0, 0xac)]);
     assert_eq!(
         (
-            a.async_function_object_type,
-            a.promise_type,
-            a.promise_reaction_type
+            a.probes.async_function_object_type,
+            a.probes.promise_type,
+            a.probes.promise_reaction_type
         ),
         (2108, 2063, 163)
     );
-    assert_eq!(a.function_context, 40);
+    assert_eq!(a.probes.function_context, 40);
     // V8 12 built with continuation-preserved embedder data: it leads a reaction's fields.
-    assert_eq!((a.reaction_next, a.reaction_fulfill), (16, 32));
+    assert_eq!(
+        (a.probes.reaction_next, a.probes.reaction_fulfill),
+        (16, 32)
+    );
 }
 
 /// What both versions share.
@@ -151,9 +154,12 @@ fn assert_common(l: &Layout) {
     let a = l.awaits.as_ref().expect("awaiters can be followed");
     // The extension slot after a context's scope info and previous context; a generator's
     // fields and a promise's after the JSObject header (map, properties, elements).
-    assert_eq!(a.context_generator, 32);
-    assert_eq!((a.generator_function, a.generator_promise), (24, 80));
-    assert_eq!(a.promise_reactions, 24);
+    assert_eq!(a.probes.context_generator, 32);
+    assert_eq!(
+        (a.probes.generator_function, a.probes.generator_promise),
+        (24, 80)
+    );
+    assert_eq!(a.probes.promise_reactions, 24);
     assert_eq!(
         (
             l.fp_context,

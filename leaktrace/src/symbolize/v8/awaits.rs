@@ -31,16 +31,8 @@ pub struct AwaitLayout {
     /// The builtin closures that resume an async function ([`CODE_SYMBOLS`]): file offset and
     /// size each.
     pub resumers: [(u64, u64); 2],
-    pub context_generator: u32,
-    pub function_context: u32,
-    pub generator_function: u32,
-    pub generator_promise: u32,
-    pub promise_reactions: u32,
-    pub reaction_next: u32,
-    pub reaction_fulfill: u32,
-    pub async_function_object_type: u16,
-    pub promise_type: u16,
-    pub promise_reaction_type: u16,
+    /// The probes' part, but where the closures lie in a process (see [`Self::for_process`]).
+    pub probes: V8Awaits,
 }
 
 /// `JSGeneratorObject`'s own fields before `JSAsyncFunctionObject::promise`.
@@ -57,21 +49,24 @@ impl AwaitLayout {
         let extension = v.small("context_min_slots", 1..=8).ok()?;
         Some(AwaitLayout {
             resumers,
-            context_generator: slots + 8 * extension,
-            function_context: v.tagged_field("JSFunction::context").ok()?,
-            generator_function: header,
-            generator_promise: header + 8 * GENERATOR_FIELDS,
-            promise_reactions: header,
-            // A Struct's fields follow its map.
-            reaction_next: 8 + 8 * embedder_data_first,
-            reaction_fulfill: 24 + 8 * embedder_data_first,
-            async_function_object_type: v
-                .instance_type("type_JSAsyncFunctionObject__JS_ASYNC_FUNCTION_OBJECT_TYPE")
-                .ok()?,
-            promise_type: v.instance_type("type_JSPromise__JS_PROMISE_TYPE").ok()?,
-            promise_reaction_type: v
-                .instance_type("type_PromiseReaction__PROMISE_REACTION_TYPE")
-                .ok()?,
+            probes: V8Awaits {
+                context_generator: slots + 8 * extension,
+                function_context: v.tagged_field("JSFunction::context").ok()?,
+                generator_function: header,
+                generator_promise: header + 8 * GENERATOR_FIELDS,
+                promise_reactions: header,
+                // A Struct's fields follow its map.
+                reaction_next: 8 + 8 * embedder_data_first,
+                reaction_fulfill: 24 + 8 * embedder_data_first,
+                async_function_object_type: v
+                    .instance_type("type_JSAsyncFunctionObject__JS_ASYNC_FUNCTION_OBJECT_TYPE")
+                    .ok()?,
+                promise_type: v.instance_type("type_JSPromise__JS_PROMISE_TYPE").ok()?,
+                promise_reaction_type: v
+                    .instance_type("type_PromiseReaction__PROMISE_REACTION_TYPE")
+                    .ok()?,
+                ..V8Awaits::default()
+            },
         })
     }
 
@@ -98,18 +93,7 @@ impl AwaitLayout {
         }
         Some(V8Awaits {
             resumers,
-            context_generator: self.context_generator,
-            function_context: self.function_context,
-            generator_function: self.generator_function,
-            generator_promise: self.generator_promise,
-            promise_reactions: self.promise_reactions,
-            reaction_next: self.reaction_next,
-            reaction_fulfill: self.reaction_fulfill,
-            _pad: 0,
-            async_function_object_type: self.async_function_object_type,
-            promise_type: self.promise_type,
-            promise_reaction_type: self.promise_reaction_type,
-            _pad2: 0,
+            ..self.probes
         })
     }
 }
@@ -123,16 +107,19 @@ mod tests {
     fn layout() -> AwaitLayout {
         AwaitLayout {
             resumers: [(0x19aa980, 0xa8), (0x19aa8c0, 0xac)],
-            context_generator: 32,
-            function_context: 40,
-            generator_function: 24,
-            generator_promise: 80,
-            promise_reactions: 24,
-            reaction_next: 16,
-            reaction_fulfill: 32,
-            async_function_object_type: 2108,
-            promise_type: 2063,
-            promise_reaction_type: 163,
+            probes: V8Awaits {
+                context_generator: 32,
+                function_context: 40,
+                generator_function: 24,
+                generator_promise: 80,
+                promise_reactions: 24,
+                reaction_next: 16,
+                reaction_fulfill: 32,
+                async_function_object_type: 2108,
+                promise_type: 2063,
+                promise_reaction_type: 163,
+                ..V8Awaits::default()
+            },
         }
     }
 
