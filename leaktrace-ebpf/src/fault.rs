@@ -9,8 +9,7 @@
 use aya_ebpf::{
     bindings::{BPF_ANY, bpf_perf_event_data, pt_regs},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns,
-        bpf_probe_read_kernel, bpf_task_pt_regs,
+        bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs,
     },
     macros::perf_event,
     programs::PerfEventContext,
@@ -20,7 +19,7 @@ use leaktrace_common::{AllocKind, Counter, PAGE_BYTES, PageFault, PageKey};
 use crate::{
     account::{add_u64, bump, bump_by, site_stats, table_counters},
     maps::PAGES,
-    site,
+    registers, site,
 };
 
 /// Ring 3 in the low bits of the code segment: the registers are the user's.
@@ -84,17 +83,21 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
 
 /// The user registers of the faulting thread: the event's own for a fault in user mode, the
 /// ones saved at kernel entry for a fault the kernel took on the user's behalf (a `read` into a
-/// fresh buffer), whose instruction pointer is then the return from that system call.
+/// fresh buffer), whose instruction pointer is then the return from that system call. Only
+/// `rip`, `rsp` and `rbp` are meant to be read.
 #[inline(always)]
-fn user_registers(data: &bpf_perf_event_data) -> Option<pt_regs> {
+fn user_registers(data: &bpf_perf_event_data) -> Option<&'static pt_regs> {
     if data.regs.cs & USER_MODE == USER_MODE {
-        return Some(data.regs);
+        let slot = registers::slot()?;
+        // SAFETY: this CPU's slot, used by one program at a time.
+        unsafe {
+            (*slot).rip = data.regs.rip;
+            (*slot).rsp = data.regs.rsp;
+            (*slot).rbp = data.regs.rbp;
+            return Some(&*slot);
+        }
     }
-    // SAFETY: helpers on the current task; the registers are read through the kernel-read
-    // helper, which fails rather than faults.
-    unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const pt_regs;
-        bpf_probe_read_kernel(regs).ok()
-    }
+    // SAFETY: a helper on the current task; the registers are read by `registers::read`.
+    let task = unsafe { bpf_get_current_task_btf() };
+    registers::read(unsafe { bpf_task_pt_regs(task) } as *const pt_regs)
 }

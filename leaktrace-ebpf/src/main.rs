@@ -18,6 +18,7 @@ mod js;
 mod mapping;
 mod maps;
 mod queue;
+mod registers;
 mod site;
 mod stitch;
 mod unwind;

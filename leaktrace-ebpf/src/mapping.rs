@@ -27,7 +27,7 @@ use leaktrace_common::{AllocKind, AllocOp, Counter, MapEvent, MapOp, StackKey};
 use crate::{
     account::{bump, current_target},
     maps::{MAP_EVENTS, PENDING},
-    site,
+    registers, site,
 };
 
 const MAP_FIXED: u64 = 0x10;
@@ -60,22 +60,16 @@ fn caller(pid_tgid: u64) -> Caller {
     }
 }
 
-/// The user registers the syscall was made with (arguments in rdi, rsi, rdx, r10, r8).
+/// The calling target thread, its counters and the user registers it made the syscall with
+/// (arguments in rdi, rsi, rdx, r10, r8), unless the call is an allocator's.
 #[inline(always)]
-fn user_regs(regs: *const pt_regs) -> Option<pt_regs> {
-    // SAFETY: a kernel-memory read through the helper, checked by it.
-    unsafe { bpf_probe_read_kernel(regs) }.ok()
-}
-
-/// The calling target thread, its counters and registers, unless the call is an allocator's.
-#[inline(always)]
-fn target_call(regs: *const pt_regs) -> Option<(u64, *mut u64, Caller, pt_regs)> {
+fn target_call(regs: *const pt_regs) -> Option<(u64, *mut u64, Caller, &'static pt_regs)> {
     let (pid_tgid, counters) = current_target()?;
     let who = caller(pid_tgid);
     if matches!(who, Caller::Allocator) {
         return None;
     }
-    Some((pid_tgid, counters, who, user_regs(regs)?))
+    Some((pid_tgid, counters, who, registers::read(regs)?))
 }
 
 #[inline(always)]
@@ -182,7 +176,7 @@ fn exit(id: u64, regs: *const pt_regs, ret: i64) -> i32 {
         return 0;
     };
     match id {
-        SYS_MMAP => mmap_exit(pid_tgid, counters, who, &regs, ret),
+        SYS_MMAP => mmap_exit(pid_tgid, counters, who, regs, ret),
         SYS_MREMAP => {
             let event = MapEvent {
                 addr: regs.rdi,

@@ -4,7 +4,7 @@
 //! Capacities here are defaults: the tracer resizes the maps at load time from its options.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{BPF_F_NO_PREALLOC, pt_regs},
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
@@ -121,6 +121,12 @@ pub struct JsScratch {
     pub awaited_len: u64,
     pub awaited_end: u64,
 }
+
+/// The user registers a syscall or page-fault program starts its walk from. A copy on the
+/// program's own stack (168 bytes) plus the walk's global functions, which run on the same
+/// 512 bytes, was refused by a 6.18 verifier (`combined stack size of 2 calls is 560`).
+#[map]
+pub static USER_REGS: PerCpuArray<pt_regs> = PerCpuArray::with_max_entries(1, 0);
 
 /// Room to walk a stack in: too large for the 512-byte BPF stack.
 #[map]
