@@ -32,11 +32,15 @@ pub enum AllocKind {
     Populated = 2,
 }
 
-/// Default capacity of watch mode's page map: pages whose populating stack is kept (1 GiB of
-/// 4 KiB pages at a fault period of 1; each entry stands for a period's pages).
+/// Default bound of the pages whose populating stack the tracer keeps in watch mode (1 GiB of
+/// 4 KiB pages at a fault period of 1; each stands for a period's pages).
 pub const DEFAULT_MAX_PAGES: u32 = 1 << 18;
 
-/// Key of watch mode's page map: one populated page of one process.
+/// Size of watch mode's page-record ring, in bytes (a power of two, a multiple of the page):
+/// about 87,000 records, which the tracer drains at least every 160 ms.
+pub const PAGE_EVENTS_BYTES: u32 = 1 << 22;
+
+/// One populated page of one process.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PageKey {
@@ -46,15 +50,23 @@ pub struct PageKey {
     pub page: u64,
 }
 
-/// Value of watch mode's page map: the stack whose fault populated the page, and when. The time
-/// tells a record the tracer read from one a later fault wrote at the same address (the page
-/// was given back and the address reused), which the tracer must not drop with the first.
+/// The stack whose fault populated a page, and when. The time tells a record the tracer judged
+/// from one a later fault sent for the same address (the page was given back and the address
+/// reused), which must not be dropped with the first.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PageFault {
     pub site: StackKey,
     /// `bpf_ktime_get_ns` at the fault.
     pub at_ns: u64,
+}
+
+/// What watch mode's page-fault program sends through its ring for each sampled fault.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PageRecord {
+    pub page: PageKey,
+    pub fault: PageFault,
 }
 
 /// Bytes one page fault populates (a base page; see `leaktrace`'s watch mode on huge pages).
@@ -624,8 +636,8 @@ pub enum Counter {
     MapEventsLost = 12,
     /// Page faults counted in watch mode (each sample stands for its period's faults).
     PageFaults = 13,
-    /// Populated pages whose stack was not kept: the page map was full. Their bytes count as
-    /// populated, never as resident.
+    /// Populated pages whose stack was not kept: the page-record ring was full, or the tracer
+    /// kept `--max-pages` pages already. Their bytes count as populated, never as resident.
     PageMapFull = 14,
     /// Stack walks that stopped in an unwind-table object at a pc no row covers (a gap
     /// between its FDEs, or code the tracer did not prepare): outer frames are missing.

@@ -7,18 +7,18 @@
 //! single uprobe on the request path.
 
 use aya_ebpf::{
-    bindings::{BPF_ANY, bpf_perf_event_data, pt_regs},
+    bindings::{bpf_perf_event_data, pt_regs},
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_ktime_get_ns, bpf_task_pt_regs,
     },
     macros::perf_event,
     programs::PerfEventContext,
 };
-use leaktrace_common::{AllocKind, Counter, PAGE_BYTES, PageFault, PageKey};
+use leaktrace_common::{AllocKind, Counter, PAGE_BYTES, PageFault, PageKey, PageRecord};
 
 use crate::{
     account::{add_u64, bump, bump_by, site_stats, table_counters},
-    maps::PAGES,
+    maps::PAGE_EVENTS,
     registers, site,
 };
 
@@ -59,23 +59,25 @@ pub fn page_fault(ctx: PerfEventContext) -> u32 {
         return 0;
     };
     // Populated bytes are never given back by this count; what is still resident is the
-    // tracer's to read, from the pages below.
+    // tracer's to read, from the pages it is sent.
     add_u64(
         unsafe { &raw mut (*stats).alloc_bytes },
         period * PAGE_BYTES,
     );
     add_u64(unsafe { &raw mut (*stats).alloc_calls }, period);
-    let page = PageKey {
-        tgid,
-        _pad: 0,
-        page: data.addr & !(PAGE_BYTES - 1),
+    let record = PageRecord {
+        page: PageKey {
+            tgid,
+            _pad: 0,
+            page: data.addr & !(PAGE_BYTES - 1),
+        },
+        fault: PageFault {
+            site: key,
+            // SAFETY: a helper without arguments.
+            at_ns: unsafe { bpf_ktime_get_ns() },
+        },
     };
-    let fault = PageFault {
-        site: key,
-        // SAFETY: a helper without arguments.
-        at_ns: unsafe { bpf_ktime_get_ns() },
-    };
-    if page.page != 0 && PAGES.insert(&page, &fault, u64::from(BPF_ANY)).is_err() {
+    if record.page.page != 0 && PAGE_EVENTS.output(&record, 0).is_err() {
         bump(counters, Counter::PageMapFull);
     }
     0

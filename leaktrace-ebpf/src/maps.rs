@@ -9,9 +9,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use leaktrace_common::{
-    DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_PAGES, DEFAULT_MAX_STACK_TRACES,
+    DEFAULT_MAP_EVENTS_BYTES, DEFAULT_MAX_LIVE_ALLOCS, DEFAULT_MAX_STACK_TRACES,
     DEFAULT_MAX_STACKS, DEFAULT_MAX_UNWIND_ROWS, JsCached, JsFrames, LiveAlloc, LiveKey,
-    MAX_AWAITS, MAX_FRAMES, MAX_PENDING_CALLS, MAX_QUEUED_WORK, MAX_TARGETS, PageFault, PageKey,
+    MAX_AWAITS, MAX_FRAMES, MAX_PENDING_CALLS, MAX_QUEUED_WORK, MAX_TARGETS, PAGE_EVENTS_BYTES,
     PendingCall, QueuedKey, QueuedWork, SAMPLE_BUCKETS, STORED_SLOTS, Sampling, StackFrames,
     StackKey, StackStats, StoredStack, TargetCounters, UnwindProcess, UnwindRow, V8Frames,
 };
@@ -157,11 +157,12 @@ pub static SAMPLE_TABLE: Array<u32> = Array::with_max_entries(SAMPLE_BUCKETS, 0)
 #[map]
 pub static MAP_EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_MAP_EVENTS_BYTES, 0);
 
-/// Watch mode: the stack that last populated each sampled page of a target. The tracer reads
-/// which of them are still resident (`/proc/PID/pagemap`), and drops the others.
+/// Watch mode: each sampled page fault of a target, with the page and the stack that populated
+/// it, in the order they happened. The tracer keeps the pages and reads which of them are still
+/// resident (`/proc/PID/pagemap`); reading only what is new costs it nothing while the targets
+/// populate nothing, where a hash map of the pages had to be read whole, every bucket of it.
 #[map]
-pub static PAGES: HashMap<PageKey, PageFault> =
-    HashMap::with_max_entries(DEFAULT_MAX_PAGES, BPF_F_NO_PREALLOC);
+pub static PAGE_EVENTS: RingBuf = RingBuf::with_byte_size(PAGE_EVENTS_BYTES, 0);
 
 /// Work queued to libuv's thread pool by a target and not yet run, with the site that queued it
 /// (see `queue`).

@@ -151,6 +151,62 @@ fn watch_counts_every_populated_page_and_what_stays_resident() {
     assert_every_format_says_resident(&report, &out);
 }
 
+/// `--max-pages` bounds the pages whose populating stack the tracer keeps: the pages faulted
+/// past it still count as populated, never as resident, and every one of them is a counted loss.
+#[test]
+fn watch_keeps_at_most_max_pages_and_counts_the_rest() {
+    if !have_root("watch_keeps_at_most_max_pages_and_counts_the_rest") {
+        return;
+    }
+    let (rounds, pages, max_pages) = (4u64, 64u64, 100u64);
+    let exe = fixture("populate", &[]);
+    let mut target = Target::start(&exe, &[&rounds.to_string(), &pages.to_string(), "200"]);
+    let pid = target.pid();
+    let out = scratch("watch_max_pages").join("report.json");
+    let report = trace_workload(
+        &mut target,
+        pid,
+        &[
+            "--mode",
+            "watch",
+            "--interval",
+            "250ms",
+            "--max-pages",
+            &max_pages.to_string(),
+        ],
+        &out,
+    );
+    target.expect_line("huge ");
+    assert_eq!(target.finish(), 0, "the fixture is unharmed");
+
+    let populated = rounds * pages;
+    let kept = stacks_with(&report, pid, "touch_kept");
+    assert_eq!(kept.len(), 1, "{kept:#?}");
+    assert_eq!(
+        kept[0]["alloc_calls"].as_u64(),
+        Some(populated),
+        "every fault counted"
+    );
+    let resident = kept[0]["live_allocs"].as_u64().expect("live_allocs");
+    let all_resident: u64 = report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter_map(|s| s["live_allocs"].as_u64())
+        .sum();
+    assert!(
+        all_resident <= max_pages,
+        "{all_resident} resident pages kept"
+    );
+    let refused = losses(&report)["page_map_full"]
+        .as_u64()
+        .expect("page_map_full");
+    assert!(
+        resident + refused >= populated,
+        "each kept page is resident or counted lost: {resident} + {refused}"
+    );
+}
+
 /// The text, HTML and pprof renderings of a watch report say what its bytes are: resident pages
 /// populated by page faults, not live blocks; `go tool pprof` reads the resident total.
 fn assert_every_format_says_resident(report: &Value, json: &std::path::Path) {

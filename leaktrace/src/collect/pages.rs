@@ -1,17 +1,17 @@
 //! Watch mode's resident bytes per stack: which of the pages a stack populated are still in
 //! its process's resident set.
 //!
-//! The probes keep, for every sampled page fault, the page and the stack that populated it
-//! (`PAGES`). A page a process gave back (a `free`d large block, a collector's `madvise`, an
-//! unmapped region) faults again when reused and is charged to whoever touches it then; one it
-//! keeps stays resident. So the pages still present, by populating stack, are to page faults
-//! what live blocks are to allocator calls: each stack's share of the resident set, whose
-//! growth is a leak and whose saw-tooth is churn. Presence is read from `/proc/PID/pagemap`
-//! (read-only, the process is never stopped); pages found gone at two readings in a row are
-//! dropped from the map, which so holds only what is resident. Addresses are reused (a region unmapped, another mapped in
-//! its place and populated): each record carries its fault's time, a record rewritten while
-//! pagemap was read is judged at the next reading, and one rewritten before it is dropped is
-//! put back (`Probes::drop_pages`).
+//! The probes send, for every sampled page fault, the page and the stack that populated it
+//! through a ring (`PAGE_EVENTS`); the tracer keeps the last record of each page. A page a
+//! process gave back (a `free`d large block, a collector's `madvise`, an unmapped region)
+//! faults again when reused and is charged to whoever touches it then; one it keeps stays
+//! resident. So the pages still present, by populating stack, are to page faults what live
+//! blocks are to allocator calls: each stack's share of the resident set, whose growth is a
+//! leak and whose saw-tooth is churn. Presence is read from `/proc/PID/pagemap` (read-only, the
+//! process is never stopped); pages found gone at two readings in a row are forgotten, so the
+//! tracer holds only what is resident. Addresses are reused (a region unmapped, another mapped
+//! in its place and populated): each record carries its fault's time, and a record that a
+//! newer fault replaced while pagemap was read is judged at the next reading.
 //!
 //! A transparent huge page is populated by one fault for 512 base pages. Each resident page's
 //! frame is looked up once in `/proc/kpageflags`: a page inside a huge page counts its share of
@@ -26,7 +26,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use leaktrace_common::{PAGE_BYTES, PageFault, PageKey, StackKey};
+use leaktrace_common::{Counter, PAGE_BYTES, PageFault, PageKey, StackKey};
 
 use super::{CollectError, Snapshot};
 use crate::{
@@ -48,6 +48,12 @@ const RUN_PAGES: u64 = 512;
 /// What the tracer knows of the pages the probes recorded, across samples.
 #[derive(Default)]
 pub struct Residency {
+    /// The last record of each sampled page not yet found gone.
+    records: HashMap<PageKey, PageFault>,
+    /// At most this many records are kept (`--max-pages`); the pages of faults past it are
+    /// counted, by process, as [`Counter::PageMapFull`].
+    max_pages: usize,
+    refused: HashMap<u32, u64>,
     /// Each page seen resident: its frame, and the first frame of the huge page it lies in (0:
     /// a base page); looked up again only when the frame changes (`khugepaged` collapsed base
     /// pages into a huge page, or the page moved).
@@ -89,11 +95,26 @@ const EARLY_PASSES: u32 = 30;
 const EARLY_COST_RATIO: u32 = COST_RATIO / 4;
 
 impl Residency {
-    pub fn new() -> Self {
+    pub fn new(max_pages: u32) -> Self {
         Self {
             flags: File::open("/proc/kpageflags").ok(),
+            max_pages: max_pages as usize,
             ..Self::default()
         }
+    }
+
+    /// Takes in the faults the probes sampled since the last call. Cheap when there are none:
+    /// called at every sample and every read of the side-band, so that the probes' ring never
+    /// fills between passes.
+    pub fn drain(&mut self, probes: &mut Probes) {
+        let (records, refused, max) = (&mut self.records, &mut self.refused, self.max_pages);
+        probes.drain_pages(|record| {
+            if records.len() >= max && !records.contains_key(&record.page) {
+                *refused.entry(record.page.tgid).or_default() += 1;
+            } else {
+                records.insert(record.page, record.fault);
+            }
+        });
     }
 
     /// Replaces the live figures of every populated site in `snapshot` by its resident pages
@@ -115,6 +136,12 @@ impl Residency {
         let due = self
             .last_pass
             .is_none_or(|(at, cost)| at.elapsed() >= cost * ratio);
+        self.drain(probes);
+        for (tgid, &refused) in &self.refused {
+            if let Some(counters) = snapshot.counters.get_mut(tgid) {
+                counters[Counter::PageMapFull as usize] += refused;
+            }
+        }
         if last || due {
             let (started, cpu) = (Instant::now(), thread_cpu_time());
             self.pass(probes)?;
@@ -137,24 +164,25 @@ impl Residency {
         Ok(())
     }
 
-    /// Finds which recorded pages are resident, by stack, and drops the pages found gone from
-    /// the probes' map. A process whose pagemap cannot be read (it is gone) keeps its pages for
-    /// next time.
+    /// Finds which recorded pages are resident, by stack, and forgets the pages found gone and
+    /// those of processes that are gone.
     fn pass(&mut self, probes: &mut Probes) -> Result<(), CollectError> {
-        let pages = probes.pages().map_err(CollectError::Batch)?;
         let mut by_process: HashMap<u32, Vec<(u64, PageFault)>> = HashMap::new();
-        for (page, fault) in pages {
+        for (page, fault) in &self.records {
             by_process
                 .entry(page.tgid)
                 .or_default()
-                .push((page.page, fault));
+                .push((page.page, *fault));
         }
         let mut read = Vec::new();
+        let mut vanished = HashSet::new();
         for (tgid, mut pages) in by_process {
             let pagemap = match Pagemap::open(tgid) {
                 Ok(pagemap) => pagemap,
-                // Gone: its pages wait for `forget`.
-                Err(err) if err.kind() == io::ErrorKind::NotFound => continue,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                    vanished.insert(tgid);
+                    continue;
+                }
                 Err(err) => {
                     self.unreadable.insert(tgid, err.to_string());
                     continue;
@@ -165,15 +193,14 @@ impl Residency {
                 read.push((tgid, pages, entries));
             }
         }
-        // A record a fault rewrote while the pages were read (the page given back and its
+        if !vanished.is_empty() {
+            self.records
+                .retain(|page, _| !vanished.contains(&page.tgid));
+        }
+        // A record a fault replaced while the pages were read (the page given back and its
         // address populated again) may not match what pagemap said: it waits for the next
         // reading. The others were the pages' records throughout.
-        let settled: HashMap<PageKey, u64> = probes
-            .pages()
-            .map_err(CollectError::Batch)?
-            .into_iter()
-            .map(|(page, fault)| (page, fault.at_ns))
-            .collect();
+        self.drain(probes);
         // Resident base pages by stack, in 512ths of a page so huge pages split exactly.
         let mut resident: HashMap<StackKey, u64> = HashMap::new();
         let mut gone = Vec::new();
@@ -187,13 +214,13 @@ impl Residency {
                     _pad: 0,
                     page,
                 };
-                if settled.get(&key) != Some(&fault.at_ns) {
+                if self.records.get(&key).map(|f| f.at_ns) != Some(fault.at_ns) {
                     continue;
                 }
                 if entry & (PRESENT | SWAPPED) == 0 {
                     self.backing.remove(&key);
                     if self.absent.contains(&(key, fault.at_ns)) {
-                        gone.push((key, fault));
+                        gone.push(key);
                     } else {
                         absent.insert((key, fault.at_ns));
                     }
@@ -242,7 +269,9 @@ impl Residency {
             .map(|(key, &(_, _, huge))| (key.tgid, huge))
             .collect();
         self.credited.retain(|credit| backed.contains(credit));
-        probes.drop_pages(&gone);
+        for key in gone {
+            self.records.remove(&key);
+        }
         self.resident = resident;
         Ok(())
     }
@@ -266,6 +295,8 @@ impl Residency {
 
     /// Forgets a process's pages.
     pub fn forget(&mut self, pid: u32) {
+        self.records.retain(|k, _| k.tgid != pid);
+        self.refused.remove(&pid);
         self.unreadable.remove(&pid);
         self.backing.retain(|k, _| k.tgid != pid);
         self.credited.retain(|(tgid, _)| *tgid != pid);

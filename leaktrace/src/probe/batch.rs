@@ -1,7 +1,6 @@
-//! Reading a whole BPF hash map in a few system calls (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6), and
-//! taking one entry out atomically (`BPF_MAP_LOOKUP_AND_DELETE_ELEM` on a hash map, Linux 5.14).
+//! Reading a whole BPF hash map in a few system calls (`BPF_MAP_LOOKUP_BATCH`, Linux 5.6).
 //!
-//! Written here because aya has neither for hash maps. Iterating key by key costs two system calls per
+//! Written here because aya has no batch read for hash maps. Iterating key by key costs two system calls per
 //! entry: a Node process has tens of thousands of allocation sites, and sampling them every
 //! 200 ms that way kept a CPU busy and slowed the very processes being traced. In chunks of
 //! [`CHUNK`] entries it is one call per chunk.
@@ -17,82 +16,6 @@ use std::{
 const CHUNK: usize = 4096;
 
 const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
-const BPF_MAP_LOOKUP_AND_DELETE_ELEM: libc::c_long = 21;
-const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
-const BPF_NOEXIST: u64 = 1;
-
-/// The element member of `union bpf_attr`.
-#[repr(C)]
-#[derive(Default)]
-struct ElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
-
-/// Adds `key` with `value` to the map `fd` unless it holds the key already: `Ok(false)` then,
-/// the entry there being newer than the caller's.
-pub fn put_new<K: aya::Pod, V: aya::Pod>(
-    fd: BorrowedFd<'_>,
-    key: &K,
-    value: &V,
-) -> io::Result<bool> {
-    let mut attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        key: (&raw const *key) as u64,
-        value: (&raw const *value) as u64,
-        flags: BPF_NOEXIST,
-        ..ElemAttr::default()
-    };
-    // SAFETY: the attribute points at a key and a value of the map's sizes, alive for the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
-            &raw mut attr,
-            size_of::<ElemAttr>(),
-        )
-    };
-    if r == 0 {
-        return Ok(true);
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
-        e => Err(e),
-    }
-}
-
-/// Removes `key` from the hash map `fd` and returns the value it held, in one step: a value
-/// written after the caller last read it is returned, not lost unseen. `Ok(None)`: no entry.
-pub fn take<K: aya::Pod, V: aya::Pod>(fd: BorrowedFd<'_>, key: &K) -> io::Result<Option<V>> {
-    let mut value = std::mem::MaybeUninit::<V>::zeroed();
-    let mut attr = ElemAttr {
-        map_fd: fd.as_raw_fd() as u32,
-        key: (&raw const *key) as u64,
-        value: value.as_mut_ptr() as u64,
-        ..ElemAttr::default()
-    };
-    // SAFETY: the attribute points at a key and a value buffer of the map's sizes, alive for
-    // the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_LOOKUP_AND_DELETE_ELEM,
-            &raw mut attr,
-            size_of::<ElemAttr>(),
-        )
-    };
-    if r == 0 {
-        // SAFETY: the kernel wrote the value; `Pod` types are plain data.
-        return Ok(Some(unsafe { value.assume_init() }));
-    }
-    match io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        e => Err(e),
-    }
-}
 
 /// The `batch` member of `union bpf_attr` (include/uapi/linux/bpf.h).
 #[repr(C)]

@@ -25,7 +25,7 @@ use aya::{
     util::nr_cpus,
 };
 use leaktrace_common::{
-    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PageFault, PageKey, PendingCall,
+    JsCached, JsFrames, LiveAlloc, LiveKey, MAX_TARGETS, MapEvent, PageRecord, PendingCall,
     QueuedKey, QueuedWork, STORED_SLOTS, Sampling, StackFrames, StackKey, StackStats, StoredStack,
     TargetCounters, UnwindProcess, UnwindRow, V8Frames,
 };
@@ -39,7 +39,7 @@ pub struct MapLimits {
     pub live_allocs: u32,
     pub stacks: u32,
     pub stack_traces: u32,
-    /// Watch mode's sampled pages kept at once.
+    /// Watch mode's sampled pages kept at once (by the tracer, from the probes' page ring).
     pub pages: u32,
     /// Bytes of the mapping event ring (a power of two, at least a page).
     pub map_events_bytes: u32,
@@ -419,6 +419,8 @@ pub struct Probes {
     attached_files: HashSet<(&'static str, u64)>,
     /// Mapping changes of targets, in order (see `leaktrace-ebpf`'s `mapping`).
     map_events: Option<RingBuf<MapData>>,
+    /// Watch mode's sampled page faults, in order (see `leaktrace-ebpf`'s `fault`).
+    page_events: Option<RingBuf<MapData>>,
     /// Targets given a slot of the probes' fast path (`TARGET_SLOTS`), and the slot.
     slots: HashMap<u32, u32>,
     /// Targets whose thread pool is probed, each counted in its `POOL_SLOTS` slot.
@@ -664,7 +666,6 @@ impl Probes {
             .map_max_entries("STACKS", limits.stack_traces)
             .map_max_entries("JS_STACKS", limits.stack_traces)
             .map_max_entries("JS_CACHE", limits.stack_traces)
-            .map_max_entries("PAGES", limits.pages)
             .map_max_entries("UNWIND_ROWS", limits.unwind_rows)
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
@@ -733,6 +734,14 @@ impl Probes {
         } else {
             None
         };
+        let page_events = if mode.traps() {
+            None
+        } else {
+            let map = ebpf
+                .take_map("PAGE_EVENTS")
+                .ok_or(ProbeError::Missing("PAGE_EVENTS"))?;
+            Some(RingBuf::try_from(map).map_err(|e| ProbeError::Map(Box::new(e)))?)
+        };
         Ok(Self {
             ebpf,
             mode,
@@ -742,6 +751,7 @@ impl Probes {
             follow,
             attached_files: HashSet::new(),
             map_events,
+            page_events,
             mapping_off,
             faults,
             syscalls,
@@ -1148,33 +1158,17 @@ impl Probes {
         self.follow.is_some() && self.attached_files.iter().any(|&(_, i)| i == inode)
     }
 
-    /// Watch mode's sampled pages, each with the stack that populated it.
-    pub fn pages(&self) -> std::io::Result<Vec<(PageKey, PageFault)>> {
-        match self.ebpf.map("PAGES") {
-            Some(aya::maps::Map::HashMap(data)) => Ok(batch::read_all::<PageKey, PageFault>(
-                std::os::fd::AsFd::as_fd(data.fd()),
-            )?
-            .unwrap_or_default()),
-            _ => Ok(Vec::new()),
-        }
-    }
-
-    /// Forgets pages found not resident, each by the record that was read. A page given back
-    /// and populated again since (its address reused) has a newer record: that one is put back,
-    /// unless a fault wrote a newer one still. A record that cannot be dropped stays, found
-    /// gone again next time.
-    pub fn drop_pages(&self, pages: &[(PageKey, PageFault)]) {
-        let Some(aya::maps::Map::HashMap(data)) = self.ebpf.map("PAGES") else {
+    /// Hands `each` the page faults the probes sampled since the last call, in the order they
+    /// happened: each page with the stack that populated it.
+    pub fn drain_pages(&mut self, mut each: impl FnMut(PageRecord)) {
+        let Some(ring) = self.page_events.as_mut() else {
             return;
         };
-        let fd = std::os::fd::AsFd::as_fd(data.fd());
-        for (page, seen) in pages {
-            let kept = match batch::take::<PageKey, PageFault>(fd, page) {
-                Ok(Some(newer)) if newer != *seen => batch::put_new(fd, page, &newer).map(drop),
-                taken => taken.map(drop),
-            };
-            if let Err(e) = kept {
-                debug!("page record of {:#x} in {}: {e}", page.page, page.tgid);
+        while let Some(item) = ring.next() {
+            if item.len() >= std::mem::size_of::<PageRecord>() {
+                // SAFETY: the probes write whole `PageRecord`s, plain data for which any bytes
+                // are valid; the read is unaligned-safe.
+                each(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<PageRecord>()) });
             }
         }
     }
@@ -1329,7 +1323,6 @@ impl Probes {
             let _ = cache.remove(&key);
         }
         remove_where::<u32, u64>(&mut self.ebpf, "EXECS", |k| *k == pid)?;
-        remove_where::<PageKey, PageFault>(&mut self.ebpf, "PAGES", |k| k.tgid == pid)?;
         if let Some(slot) = self.slots.remove(&pid) {
             array_mut::<u32>(&mut self.ebpf, "TARGET_SLOTS")?
                 .set(slot, &0, 0)

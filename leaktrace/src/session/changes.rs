@@ -22,7 +22,10 @@ impl Session {
     /// that its stacks can be named however soon it exits. Children are followed from their
     /// fork record when process trees are. `flush`: the trace ends, take every record read.
     /// Returns whether the read was busy: a record concerned a target, or there were many.
+    /// Watch mode's sampled pages are taken in too (they never make the read busy: the ring
+    /// holds far more than the longest pause between reads).
     pub(crate) fn apply_sideband(&mut self, flush: bool) -> bool {
+        self.residency.drain(&mut self.probes);
         let mut changes = Vec::new();
         self.sideband.drain(flush, |change| changes.push(change));
         let busy = changes.len() >= SIDEBAND_BUSY

@@ -250,7 +250,7 @@ impl Session {
                 crate::probe::ProbeMode::Watch { period, .. } => Some(period.get()),
                 _ => None,
             },
-            residency: collect::pages::Residency::new(),
+            residency: collect::pages::Residency::new(options.limits.pages),
         })
     }
 
