@@ -183,8 +183,8 @@ pub struct TraceArgs {
     /// Most distinct call stacks stored (each costs about 0.5 KiB of kernel memory once seen).
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_STACK_TRACES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_stack_traces: u32,
-    /// Watch mode: most populated pages whose stack is kept at once (about 100 bytes of kernel
-    /// memory each; each stands for --fault-period pages). Pages beyond it are counted.
+    /// Watch mode: most populated pages whose stack is kept at once (by the tracer, about
+    /// 100 bytes each; each stands for --fault-period pages). Pages beyond it are counted.
     #[arg(long, default_value_t = leaktrace_common::DEFAULT_MAX_PAGES, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_pages: u32,
     /// Size of the ring that carries mapping changes (mmap, munmap, mremap, mprotect) to the

@@ -243,8 +243,9 @@ pub struct Losses {
     /// mapped bytes may be off by what they did.
     #[serde(default)]
     pub map_events_lost: u64,
-    /// Watch mode: populated pages whose stack was not kept, the page map being full (raise
-    /// `--max-pages` or `--fault-period`): counted as populated, never as resident.
+    /// Watch mode: populated pages whose stack was not kept, `--max-pages` pages being kept
+    /// already or the probes' page ring full (raise `--max-pages` or `--fault-period`):
+    /// counted as populated, never as resident.
     #[serde(default)]
     pub page_map_full: u64,
     /// Stack walks stopped in code without frame pointers that no unwind row covers.
