@@ -667,6 +667,16 @@ impl Probes {
             .map_max_entries("JS_STACKS", limits.stack_traces)
             .map_max_entries("JS_CACHE", limits.stack_traces)
             .map_max_entries("UNWIND_ROWS", limits.unwind_rows)
+            // Only the page-fault program writes it: a page's worth when allocator calls are
+            // probed instead.
+            .map_max_entries(
+                "PAGE_EVENTS",
+                if mode.traps() {
+                    leaktrace_common::PAGE_BYTES as u32
+                } else {
+                    leaktrace_common::PAGE_EVENTS_BYTES
+                },
+            )
             .load(aya::include_bytes_aligned!(concat!(
                 env!("OUT_DIR"),
                 "/leaktrace-probes"
