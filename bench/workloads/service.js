@@ -3,7 +3,8 @@
 // ever by `keepForAudit` (a module-level array): ~200 KB/s at 10 k req/s, the slow leak a
 // production service has. With `clean`, the same Buffers are kept in a ring of 1000 and dropped.
 //
-// Prints "ready <pid> <port>" once listening, and exits when stdin ends.
+// Prints "ready <pid> <port>" once listening, then "served <unix ms> <requests>" every 5 s (the
+// bench's timeline of each run), and exits when stdin ends.
 'use strict';
 
 const http = require('http');
@@ -32,6 +33,7 @@ const server = http.createServer((req, res) => {
 });
 server.listen(0, '127.0.0.1', () => {
   console.log(`ready ${process.pid} ${server.address().port}`);
+  setInterval(() => console.log(`served ${Date.now()} ${requests}`), 5000).unref();
 });
 process.stdin.on('end', () => process.exit(0));
 process.stdin.resume();

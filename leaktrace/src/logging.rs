@@ -21,7 +21,8 @@ pub enum LogFormat {
     Json,
 }
 
-/// Logs go to stderr, at `quietest` (`warn` for a trace, `info` for the agent, whose log is its
+/// Logs go to stderr, colored only when it is a terminal (a pod's log or a file gets no escape
+/// codes), at `quietest` (`warn` for a trace, `info` for the agent, whose log is its
 /// record of targets coming and going) unless `-v` or `LEAKTRACE_LOG` (an `EnvFilter`) asks
 /// for more.
 pub fn init_logging(verbose: u8, quietest: tracing::Level, format: LogFormat) {
@@ -34,6 +35,7 @@ pub fn init_logging(verbose: u8, quietest: tracing::Level, format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level.as_str()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),

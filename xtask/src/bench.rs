@@ -816,6 +816,20 @@ impl Proc {
     }
 
     /// The last lines it printed, for an error message.
+    /// Every line it printed that no `wait_for` consumed, waiting up to `grace` for the rest
+    /// of an exited process's output.
+    fn take_lines(&mut self, grace: Duration) -> Vec<String> {
+        let deadline = Instant::now() + grace;
+        let mut lines = std::mem::take(&mut self.log);
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            lines.push(line);
+        }
+        lines
+    }
+
     fn tail(&mut self) -> String {
         self.log.extend(self.lines.try_iter());
         let start = self.log.len().saturating_sub(20);

@@ -601,7 +601,9 @@ fn target_view(
 /// A report's leak suspects (stacks judged `leak` or `growing`) and the fastest-growing one.
 pub(crate) struct Suspects {
     pub count: usize,
-    /// The innermost named frame of the top suspect, for a human glancing at a list.
+    /// The top suspect's culprit (see [`crate::report::model::StackReport::culprit_frame`]), for a
+    /// human glancing at a list: in a Node process its JavaScript function, not the allocator
+    /// or the C++ under it.
     pub top: Option<String>,
     /// The thread its JavaScript ran on ([`thread_of`]).
     pub thread: Option<String>,
@@ -619,13 +621,10 @@ pub(crate) fn suspects(report: &Report) -> Suspects {
         .max_by(|a, b| a.growth.bytes_per_s.total_cmp(&b.growth.bytes_per_s));
     Suspects {
         count: suspects.len(),
-        top: top.and_then(|s| {
-            s.frames
-                .iter()
-                .skip(1)
-                .find(|f| f.function.is_some())
-                .map(report::folded::label)
-        }),
+        top: top
+            .and_then(|s| s.culprit_frame())
+            .filter(|f| f.function.is_some())
+            .map(report::folded::label),
         thread: top.and_then(|s| thread_of(&s.frames)),
         bytes_per_s: top.map_or(0.0, |s| s.growth.bytes_per_s),
     }

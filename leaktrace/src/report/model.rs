@@ -353,20 +353,24 @@ pub struct StackReport {
 }
 
 impl StackReport {
-    /// The name a person reads first for a stack, with its source location: its innermost
-    /// JavaScript frame of the program's own code (not Node's library, `node:...`), else its
-    /// innermost JavaScript frame, else its first named frame past the allocator.
-    pub fn culprit(&self) -> String {
+    /// The frame a person reads first for a stack: its innermost JavaScript frame of the
+    /// program's own code (not Node's library, `node:...`), else its innermost JavaScript frame,
+    /// else its first named frame past the allocator, else its first frame.
+    pub fn culprit_frame(&self) -> Option<&Frame> {
         let named = |f: &&Frame| f.function.is_some();
         let js = |f: &&Frame| f.kind == "js" && f.function.is_some();
         let own = |f: &&Frame| js(f) && !f.file.as_deref().is_some_and(|p| p.starts_with("node:"));
         let frames = || self.frames.iter().skip(1);
-        let frame = frames()
+        frames()
             .find(own)
             .or_else(|| frames().find(js))
             .or_else(|| frames().find(named))
-            .or_else(|| self.frames.first());
-        let Some(frame) = frame else {
+            .or_else(|| self.frames.first())
+    }
+
+    /// [`StackReport::culprit_frame`]'s name, with its source location.
+    pub fn culprit(&self) -> String {
+        let Some(frame) = self.culprit_frame() else {
             return "(no stack)".into();
         };
         let name = frame.function.as_deref().unwrap_or("?");

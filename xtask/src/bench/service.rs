@@ -18,7 +18,8 @@ use std::{
     fs,
     net::TcpListener,
     process::Command,
-    time::{Duration, Instant},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, bail};
@@ -67,8 +68,12 @@ impl Tracing {
     }
 }
 
+/// How often the agent's state is sampled while the load runs.
+const AGENT_SAMPLE: Duration = Duration::from_secs(10);
+
 /// One loaded run.
 struct Run {
+    round: usize,
     server: Server,
     tracing: Tracing,
     /// The service under test (`B`).
@@ -85,6 +90,19 @@ struct Run {
     /// cores the service and the load saturate, what the tracer takes from them, measured
     /// apart from the throughput's noise.
     tracer_cpu_percent: Option<f64>,
+    /// The kernel's time in the tracer's BPF programs while the load ran, in percent of one
+    /// CPU: spent in the service's own threads (its page faults, its allocator calls in an
+    /// exact window), where the tracer's CPU time does not show it.
+    probes_cpu_percent: Option<f64>,
+    /// `B`'s rate over `A`'s in each 5-s step of the load: when in the run a loss happened.
+    timeline: Vec<Step>,
+}
+
+/// One step of a run's timeline.
+struct Step {
+    /// Seconds from the start of the load to the end of the step.
+    at_s: f64,
+    ratio: f64,
 }
 
 /// Runs every server under every tracing, `rounds` times in rotated order, and prints the table
@@ -97,6 +115,7 @@ pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
             .with_context(|| format!("copying {} to {}", system_node.display(), node.display()))?;
     }
     let halves = Halves::of_this_process()?;
+    let _stats = BpfStats::on()?;
     let seconds: u32 = if bench.quick { 60 } else { 240 };
     let mut runs = Vec::new();
     let mut failures = Vec::new();
@@ -111,10 +130,18 @@ pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
                     server.name(),
                     tracing.name()
                 );
-                match run_once(bench, &halves, server, tracing, seconds) {
+                match run_once(bench, &halves, server, tracing, seconds, round + 1) {
                     Ok(run) => {
+                        let lowest = run
+                            .timeline
+                            .iter()
+                            .min_by(|a, b| a.ratio.total_cmp(&b.ratio))
+                            .map_or(String::new(), |s| {
+                                format!("; lowest 5-s step {:.3} at {:.0} s", s.ratio, s.at_s)
+                            });
                         eprintln!(
-                            "bench: {label}: {:.0} req/s ({:.4} of the reference's), p99 {:.2} ms",
+                            "bench: {label}: {:.0} req/s ({:.4} of the reference's), p99 {:.2} \
+                             ms{lowest}",
                             run.rate, run.ratio, run.p99_ms
                         );
                         runs.push(run);
@@ -218,13 +245,16 @@ fn run_once(
     server: Server,
     tracing: Tracing,
     seconds: u32,
+    round: usize,
 ) -> anyhow::Result<Run> {
-    let (reference, _, reference_port) =
+    let (mut reference, _, reference_port) =
         start_service(bench, server, REFERENCE_NAME, &halves.reference)?;
-    let (target, pid, port) = start_service(bench, server, NODE_NAME, &halves.tested)?;
-    let report = bench
-        .reports
-        .join(format!("service-{}-{}.json", server.name(), tracing.name()));
+    let (mut target, pid, port) = start_service(bench, server, NODE_NAME, &halves.tested)?;
+    let report = bench.reports.join(format!(
+        "service-{}-{}-r{round}.json",
+        server.name(),
+        tracing.name()
+    ));
     let mut tracer = match tracing {
         Tracing::None => None,
         Tracing::Watch => {
@@ -267,21 +297,34 @@ fn run_once(
     };
     let tracer_pid = tracer.as_ref().map(|(proc, _)| proc.pid());
     let cpu_before = tracer_pid.map(super::cpu_seconds).transpose()?;
+    let probes_before = tracer_pid.map(programs_seconds).transpose()?;
     let started = Instant::now();
+    let started_ms = unix_ms();
+    let listen = tracer.as_ref().and_then(|(_, listen)| listen.clone());
+    let loaded = AtomicBool::new(true);
     // Both loads at once: whatever slows the machine slows both.
-    let (reference_load, load) = std::thread::scope(|scope| {
+    let (reference_load, load, agent_samples) = std::thread::scope(|scope| {
         let reference_load =
             scope.spawn(|| super::wrk(Some(&halves.reference), reference_port, seconds));
+        let samples = scope.spawn(|| match (&listen, tracer_pid) {
+            (Some(listen), Some(agent)) => sample_agent(listen, pid, agent, &loaded),
+            _ => Vec::new(),
+        });
         let load = super::wrk(Some(&halves.tested), port, seconds);
-        (reference_load.join(), load)
+        let reference_load = reference_load.join();
+        loaded.store(false, Ordering::Relaxed);
+        (reference_load, load, samples.join().unwrap_or_default())
     });
+    let ended_ms = unix_ms();
     let (reference_rate, _, _) =
         reference_load.map_err(|_| anyhow::anyhow!("the reference's wrk thread panicked"))??;
     let (rate, _, p99_ms) = load?;
     let cpu_after = tracer_pid.map(super::cpu_seconds).transpose()?;
-    let tracer_cpu_percent = cpu_before
-        .zip(cpu_after)
-        .map(|(before, after)| (after - before) / started.elapsed().as_secs_f64() * 100.0);
+    let probes_after = tracer_pid.map(programs_seconds).transpose()?;
+    let percent =
+        |(before, after): (f64, f64)| (after - before) / started.elapsed().as_secs_f64() * 100.0;
+    let tracer_cpu_percent = cpu_before.zip(cpu_after).map(percent);
+    let probes_cpu_percent = probes_before.zip(probes_after).map(percent);
     let mut run = Run {
         server,
         tracing,
@@ -292,6 +335,14 @@ fn run_once(
         windows: None,
         overhead_percent: None,
         tracer_cpu_percent,
+        probes_cpu_percent,
+        timeline: timeline(
+            &served(&target.take_lines(Duration::ZERO)),
+            &served(&reference.take_lines(Duration::ZERO)),
+            started_ms,
+            ended_ms,
+        ),
+        round,
     };
     if let Some((proc, listen)) = tracer.take() {
         match listen {
@@ -303,14 +354,17 @@ fn run_once(
                 let watched = get(&listen, &format!("/api/v1/targets/{pid}/report"))?;
                 let window = get(&listen, &format!("/api/v1/targets/{pid}/window")).ok();
                 run.named = Some(names_leak(&watched) || window.as_ref().is_some_and(names_leak));
+                let log = stop(proc)?;
                 fs::write(
                     &report,
                     serde_json::to_vec_pretty(&json!({
                         "targets": all, "report": watched, "window": window,
+                        "samples": agent_samples,
+                        "timeline": steps_json(&run.timeline),
+                        "log": log,
                     }))?,
                 )
                 .with_context(|| format!("writing {}", report.display()))?;
-                stop(proc)?;
             }
             None => {
                 stop(proc)?;
@@ -337,13 +391,179 @@ fn names_leak(report: &Value) -> bool {
     })
 }
 
-/// Stops a tracer as Ctrl-C would, and checks that it ended well.
-fn stop(proc: Proc) -> anyhow::Result<()> {
-    super::Tracer {
-        proc,
-        attach_cpu_s: 0.0,
+/// Stops a tracer as Ctrl-C would, checks that it ended well, and returns what it printed.
+fn stop(mut proc: Proc) -> anyhow::Result<Vec<String>> {
+    super::shell::run(Command::new("kill").args(["-INT", &proc.pid().to_string()]))?;
+    let status = proc.wait(Duration::from_secs(120))?;
+    if !status.success() {
+        let name = proc.name;
+        bail!("{name} ended with {status} after Ctrl-C{}", proc.tail());
     }
-    .stop()
+    Ok(proc.take_lines(Duration::from_secs(2)))
+}
+
+fn unix_ms() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// The agent's view of the service, and the kinds of BPF links the agent holds, every
+/// [`AGENT_SAMPLE`] while `loaded`: which tier the service was in when, and whether any
+/// allocator probe stayed attached after a window closed.
+fn sample_agent(listen: &str, pid: u32, agent: u32, loaded: &AtomicBool) -> Vec<Value> {
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let mut next = Instant::now();
+    while loaded.load(Ordering::Relaxed) {
+        if Instant::now() < next {
+            std::thread::sleep(Duration::from_millis(200));
+            continue;
+        }
+        next += AGENT_SAMPLE;
+        let tier = targets(listen)
+            .ok()
+            .and_then(|t| target_of(&t, pid).map(|t| t["tier"].clone()));
+        samples.push(json!({
+            "at_s": started.elapsed().as_secs_f64(),
+            "tier": tier,
+            "links": link_kinds(agent),
+        }));
+    }
+    samples
+}
+
+/// BPF run-time statistics on (`kernel.bpf_stats_enabled`) while held; the setting it found is
+/// put back when dropped. The agent turns them on itself for its budget; on for every run, the
+/// few nanoseconds they add to each program run are paid alike.
+struct BpfStats {
+    was: String,
+}
+
+impl BpfStats {
+    const PATH: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+    fn on() -> anyhow::Result<Self> {
+        let was =
+            fs::read_to_string(Self::PATH).with_context(|| format!("reading {}", Self::PATH))?;
+        fs::write(Self::PATH, "1").with_context(|| format!("writing {}", Self::PATH))?;
+        Ok(Self { was })
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Err(err) = fs::write(Self::PATH, self.was.trim()) {
+            eprintln!("bench: cannot put {} back: {err}", Self::PATH);
+        }
+    }
+}
+
+/// The `fdinfo` of each file descriptor `pid` holds: the kernel describes a BPF program's or
+/// link's there (its id, a link's type, a program's run time). `bpftool`'s `pids` field needs
+/// a BPF iterator this kernel's lockdown refuses.
+fn fdinfo(pid: u32) -> Vec<String> {
+    fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|entry| fs::read_to_string(entry.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A `key:\tvalue` line's value in one `fdinfo`.
+fn fdinfo_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
+/// The kernel's time in the BPF programs `pid` holds so far, in seconds (`run_time_ns`, each
+/// program once however many descriptors name it).
+fn programs_seconds(pid: u32) -> anyhow::Result<f64> {
+    let mut programs = std::collections::HashMap::new();
+    for info in fdinfo(pid) {
+        if let (Some(id), Some(ns)) = (
+            fdinfo_field(&info, "prog_id"),
+            fdinfo_field(&info, "run_time_ns").and_then(|n| n.parse::<u64>().ok()),
+        ) {
+            programs.insert(id.to_owned(), ns);
+        }
+    }
+    Ok(programs.values().sum::<u64>() as f64 / 1e9)
+}
+
+/// How many BPF links of each type `pid` holds.
+fn link_kinds(pid: u32) -> Value {
+    let mut kinds = std::collections::BTreeMap::<String, u64>::new();
+    let mut seen = std::collections::HashSet::new();
+    for info in fdinfo(pid) {
+        if let (Some(kind), Some(id)) = (
+            fdinfo_field(&info, "link_type"),
+            fdinfo_field(&info, "link_id"),
+        ) && seen.insert(id.to_owned())
+        {
+            *kinds.entry(kind.to_owned()).or_default() += 1;
+        }
+    }
+    json!(kinds)
+}
+
+/// A service's `served <unix ms> <requests>` lines: its count of requests over time.
+fn served(lines: &[String]) -> Vec<(f64, f64)> {
+    lines
+        .iter()
+        .filter_map(|l| {
+            let mut words = l.strip_prefix("served ")?.split_whitespace();
+            Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The count at `t`, linearly between the points around it.
+fn count_at(points: &[(f64, f64)], t: f64) -> Option<f64> {
+    let after = points.iter().position(|&(at, _)| at >= t)?;
+    let (t1, c1) = points[after];
+    if after == 0 {
+        return (t1 == t).then_some(c1);
+    }
+    let (t0, c0) = points[after - 1];
+    Some(c0 + (c1 - c0) * (t - t0) / (t1 - t0))
+}
+
+/// `tested`'s rate over `reference`'s in each of `tested`'s steps that lie wholly within the
+/// load (`from_ms` to `to_ms`).
+fn timeline(
+    tested: &[(f64, f64)],
+    reference: &[(f64, f64)],
+    from_ms: f64,
+    to_ms: f64,
+) -> Vec<Step> {
+    tested
+        .windows(2)
+        .filter(|w| w[0].0 >= from_ms && w[1].0 <= to_ms)
+        .filter_map(|w| {
+            let ((t0, c0), (t1, c1)) = (w[0], w[1]);
+            let reference = count_at(reference, t1)? - count_at(reference, t0)?;
+            (reference > 0.0).then(|| Step {
+                at_s: (t1 - from_ms) / 1000.0,
+                ratio: (c1 - c0) / reference,
+            })
+        })
+        .collect()
+}
+
+fn steps_json(steps: &[Step]) -> Value {
+    steps
+        .iter()
+        .map(|s| {
+            json!([
+                (s.at_s * 10.0).round() / 10.0,
+                (s.ratio * 1e4).round() / 1e4
+            ])
+        })
+        .collect()
 }
 
 /// A free local address: bound, read, released; the agent binds it a moment later.
@@ -414,7 +634,7 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
         halves.tested, halves.reference
     );
     println!(
-        "{:<6} {:<6} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9}",
+        "{:<6} {:<6} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
         "server",
         "tracer",
         "req/s",
@@ -424,7 +644,8 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
         "named",
         "windows",
         "cost %",
-        "tracer %"
+        "tracer %",
+        "probes %"
     );
     let mut rows = Vec::new();
     let mut goals = Vec::new();
@@ -448,8 +669,17 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
             let windows = these.iter().filter_map(|r| r.windows).max();
             let cost = median(these.iter().filter_map(|r| r.overhead_percent));
             let tracer_cpu = median(these.iter().filter_map(|r| r.tracer_cpu_percent));
+            let probes_cpu = median(these.iter().filter_map(|r| r.probes_cpu_percent));
+            let traced = |value: f64| {
+                if tracing == Tracing::None {
+                    "-".into()
+                } else {
+                    format!("{value:.2}")
+                }
+            };
             println!(
-                "{:<6} {:<6} {rate:>10.0} {ratio:>8.4} {:>7.1}% {p99:>9.2} {:>8} {:>8} {:>9} {:>9}",
+                "{:<6} {:<6} {rate:>10.0} {ratio:>8.4} {:>7.1}% {p99:>9.2} {:>8} {:>8} {:>9} {:>9} \
+                 {:>9}",
                 server.name(),
                 tracing.name(),
                 if tracing == Tracing::None { 0.0 } else { loss },
@@ -464,11 +694,8 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
                 } else {
                     "-".into()
                 },
-                if tracing == Tracing::None {
-                    "-".into()
-                } else {
-                    format!("{tracer_cpu:.2}")
-                },
+                traced(tracer_cpu),
+                traced(probes_cpu),
             );
             rows.push(json!({
                 "server": server.name(), "tracer": tracing.name(), "req_per_s": rate,
@@ -477,6 +704,7 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
                 "loss_percent": loss, "p99_ms": p99, "named": named, "windows": windows,
                 "agent_average_overhead_percent": (tracing == Tracing::Agent).then_some(cost),
                 "tracer_cpu_percent": (tracing != Tracing::None).then_some(tracer_cpu),
+                "probes_cpu_percent": (tracing != Tracing::None).then_some(probes_cpu),
             }));
             let goal = |name: &str, met: bool, what: String| {
                 println!(
@@ -509,9 +737,21 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
             }
         }
     }
+    let runs: Vec<Value> = runs
+        .iter()
+        .map(|r| {
+            json!({
+                "round": r.round, "server": r.server.name(), "tracer": r.tracing.name(),
+                "req_per_s": r.rate, "ratio_to_reference": r.ratio,
+                "tracer_cpu_percent": r.tracer_cpu_percent,
+                "probes_cpu_percent": r.probes_cpu_percent, "timeline": steps_json(&r.timeline),
+            })
+        })
+        .collect();
     json!({
         "seconds": seconds, "method": "paired", "cpus_tested": halves.tested,
         "cpus_reference": halves.reference, "rows": rows, "goals": goals, "failures": failures,
+        "runs": runs,
     })
 }
 
@@ -524,6 +764,35 @@ mod tests {
         assert_eq!(cpu_list("0-1"), Some(vec![0, 1]));
         assert_eq!(cpu_list("0-2,5,7-8"), Some(vec![0, 1, 2, 5, 7, 8]));
         assert_eq!(cpu_list("x"), None);
+    }
+
+    #[test]
+    fn timelines_pair_each_step_with_the_reference_at_the_same_times() {
+        let tested = [
+            (1000.0, 0.0),
+            (6000.0, 500.0),
+            (11000.0, 900.0),
+            (16000.0, 1000.0),
+        ];
+        // The reference's points fall between the tested's: counts are interpolated.
+        let reference = [(0.0, 0.0), (8500.0, 850.0), (20000.0, 2000.0)];
+        let steps = timeline(&tested, &reference, 1000.0, 12000.0);
+        let got: Vec<(f64, f64)> = steps.iter().map(|s| (s.at_s, s.ratio)).collect();
+        // The last step ends after the load: left out.
+        assert_eq!(got, vec![(5.0, 1.0), (10.0, 0.8)]);
+        assert_eq!(count_at(&reference, 25000.0), None);
+        assert_eq!(
+            served(&["served 5 7".into(), "ready 1 2".into()]),
+            vec![(5.0, 7.0)]
+        );
+    }
+
+    #[test]
+    fn fdinfo_fields() {
+        let info = "pos:\t0\nlink_type:\tperf\nlink_id:\t12\nprog_id:\t5\n";
+        assert_eq!(fdinfo_field(info, "link_type"), Some("perf"));
+        assert_eq!(fdinfo_field(info, "prog_id"), Some("5"));
+        assert_eq!(fdinfo_field(info, "run_time_ns"), None);
     }
 
     #[test]
