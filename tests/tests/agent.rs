@@ -1308,6 +1308,11 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
         function_names(suspect)
     );
     assert!(window["leak_suspects"].as_u64() >= Some(1), "{closed}");
+    // The window's one-line name for it is the program's own function, not the allocator.
+    assert!(
+        text(&window["top_suspect"]).starts_with("leakIntoGlobalArray "),
+        "{closed}"
+    );
     // Its JavaScript ran on the main thread, which the window says.
     assert_eq!(window["top_suspect_thread"], "main", "{closed}");
 
@@ -1318,6 +1323,9 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
         .expect("average");
     assert!(spent > 0.0, "{closed}");
     assert!(average <= 3.0, "{closed}");
+    // Watching is charged too: part of what was spent, not all of it (the window cost some).
+    let watching = closed["watch_cpu_seconds"].as_f64().expect("watching");
+    assert!(watching > 0.0 && watching < spent, "{closed}");
     let m = agent.metrics();
     assert_eq!(
         value(&m, "leaktrace_target_exact_windows_total", pid),

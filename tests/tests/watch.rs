@@ -29,6 +29,13 @@ fn stacks_with<'a>(report: &'a Value, pid: u32, function: &str) -> Vec<&'a Value
         .collect()
 }
 
+/// The one stack of `pid` with a frame in `function`; `why` says what makes it one.
+fn the_stack_with<'a>(report: &'a Value, pid: u32, function: &str, why: &str) -> &'a Value {
+    let stacks = stacks_with(report, pid, function);
+    assert_eq!(stacks.len(), 1, "{why}: {stacks:#?}");
+    stacks[0]
+}
+
 fn functions(stack: &Value) -> Vec<&str> {
     stack["frames"]
         .as_array()
@@ -80,9 +87,12 @@ fn watch_counts_every_populated_page_and_what_stays_resident() {
     );
 
     let populated = rounds * pages;
-    let kept = stacks_with(&report, pid, "touch_kept");
-    assert_eq!(kept.len(), 1, "one stack touched the kept pages: {kept:#?}");
-    let kept = kept[0];
+    let kept = the_stack_with(
+        &report,
+        pid,
+        "touch_kept",
+        "one stack touched the kept pages",
+    );
     assert_eq!(kept["kind"], "populated");
     assert_eq!(
         kept["alloc_calls"].as_u64(),
@@ -107,34 +117,29 @@ fn watch_counts_every_populated_page_and_what_stays_resident() {
         kept["growth"]
     );
 
-    let churn = stacks_with(&report, pid, "touch_churn");
-    assert_eq!(churn.len(), 1, "{churn:#?}");
-    assert_eq!(churn[0]["alloc_calls"].as_u64(), Some(populated));
+    let churn = the_stack_with(&report, pid, "touch_churn", "one stack touched the churn");
+    assert_eq!(churn["alloc_calls"].as_u64(), Some(populated));
     assert_eq!(
-        churn[0]["live_bytes"].as_u64(),
+        churn["live_bytes"].as_u64(),
         Some(0),
         "unmapped pages are not resident"
     );
-    assert_no_growth("unmapped pages", churn);
+    assert_no_growth("unmapped pages", vec![churn]);
 
     // One fault a round maps a whole transparent huge page where the kernel has one to give
     // (THP not off, memory not too fragmented): populated by its size. The fixture says how
     // many it got, and how many are huge at the end (khugepaged collapses the one-page ones in
     // time): resident by their size.
     let huge_bytes = |huge: u64| (huge * 512 + (rounds - huge)) * PAGE;
-    let huge = stacks_with(&report, pid, "touch_huge");
-    assert_eq!(huge.len(), 1, "{huge:#?}");
+    let huge = the_stack_with(&report, pid, "touch_huge", "one stack touched huge pages");
     assert_eq!(
-        huge[0]["alloc_calls"].as_u64(),
+        huge["alloc_calls"].as_u64(),
         Some(rounds),
         "one fault a round"
     );
+    assert_eq!(huge["allocated_bytes"].as_u64(), Some(huge_bytes(faulted)));
     assert_eq!(
-        huge[0]["allocated_bytes"].as_u64(),
-        Some(huge_bytes(faulted))
-    );
-    assert_eq!(
-        huge[0]["live_allocs"].as_u64(),
+        huge["live_allocs"].as_u64(),
         Some(huge_bytes(backed) / PAGE)
     );
 
@@ -180,14 +185,18 @@ fn watch_keeps_at_most_max_pages_and_counts_the_rest() {
     assert_eq!(target.finish(), 0, "the fixture is unharmed");
 
     let populated = rounds * pages;
-    let kept = stacks_with(&report, pid, "touch_kept");
-    assert_eq!(kept.len(), 1, "{kept:#?}");
+    let kept = the_stack_with(
+        &report,
+        pid,
+        "touch_kept",
+        "one stack touched the kept pages",
+    );
     assert_eq!(
-        kept[0]["alloc_calls"].as_u64(),
+        kept["alloc_calls"].as_u64(),
         Some(populated),
         "every fault counted"
     );
-    let resident = kept[0]["live_allocs"].as_u64().expect("live_allocs");
+    let resident = kept["live_allocs"].as_u64().expect("live_allocs");
     let all_resident: u64 = report["stacks"]
         .as_array()
         .expect("stacks[]")
@@ -384,19 +393,20 @@ fn watch_counts_the_pages_of_hundreds_of_threads() {
         &out,
     );
     assert_eq!(target.finish(), 0, "the fixture is unharmed");
-    let stacks = stacks_with(&report, pid, "touch_on_thread");
-    assert_eq!(stacks.len(), 1, "one stack for every thread: {stacks:#?}");
+    let stack = the_stack_with(
+        &report,
+        pid,
+        "touch_on_thread",
+        "one stack for every thread",
+    );
     let touched = threads * pages;
     assert_eq!(
-        stacks[0]["alloc_calls"].as_u64(),
+        stack["alloc_calls"].as_u64(),
         Some(touched),
         "one fault a page, on every thread"
     );
-    assert_eq!(stacks[0]["live_bytes"].as_u64(), Some(touched * PAGE));
-    assert_eq!(
-        &functions(stacks[0])[..2],
-        ["touch_on_thread", "thread_main"]
-    );
+    assert_eq!(stack["live_bytes"].as_u64(), Some(touched * PAGE));
+    assert_eq!(&functions(stack)[..2], ["touch_on_thread", "thread_main"]);
     for (name, value) in losses(&report) {
         assert_eq!(value.as_u64(), Some(0), "loss {name}");
     }

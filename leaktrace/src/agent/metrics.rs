@@ -266,7 +266,8 @@ fn tier_metrics(registry: &mut Registry, targets: &[TargetView]) {
     }
     registry.register(
         "target_overhead_cpu_seconds",
-        "CPU time the target's exact windows cost it (traps and programs)",
+        "CPU time the agent cost the target, charged to its budget: its exact windows (traps \
+         and programs) and watching it (page-fault programs, its share of the agent's CPU)",
         spent,
     );
     gauge_i64(
@@ -415,7 +416,7 @@ fn agent_metrics(registry: &mut Registry, view: &Published) {
         spent.inc_by(a.overhead_cpu_seconds.max(0.0));
         registry.register(
             "agent_overhead_cpu_seconds",
-            "CPU time every exact window cost its target",
+            "CPU time charged to every target's budget: exact windows and watching",
             spent,
         );
     }

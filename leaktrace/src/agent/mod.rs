@@ -14,6 +14,7 @@ pub mod pods;
 pub mod select;
 mod tier;
 mod view;
+mod watch_cost;
 mod windows;
 
 use std::{
@@ -24,6 +25,7 @@ use std::{
 };
 
 use anyhow::Context as _;
+use leaktrace_common::Counter;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
@@ -38,7 +40,7 @@ use self::{
 use crate::{
     analyze::growth,
     doctor, preflight,
-    process::{Target, cgroup::Placement},
+    process::{Target, cgroup::Placement, stat::thread_cpu_time},
     report::{self, Report, model::Frame},
     session::{Options, Session, StopSignals},
 };
@@ -169,6 +171,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 node_max_overhead: config.node_max_overhead,
             },
             config.max_live_allocs_per_target,
+            session.run_time(),
         )?),
         _ => None,
     };
@@ -267,8 +270,17 @@ fn in_cluster() -> bool {
 }
 
 impl Agent {
-    /// Attaches to every new process the rules select.
+    /// Attaches to every new process the rules select. Its CPU time is left out of what
+    /// watching costs the targets (see `watch_cost`).
     fn scan(&mut self) {
+        let cpu = thread_cpu_time();
+        self.discover();
+        if let Some(windows) = self.windows.as_mut() {
+            windows.not_watching(thread_cpu_time().saturating_sub(cpu));
+        }
+    }
+
+    fn discover(&mut self) {
         self.tally.scans += 1;
         let pods_known = self.pods.as_ref().is_none_or(Pods::synced);
         let fresh = discover::scan(|pid, start_time, exe| {
@@ -460,6 +472,21 @@ impl Agent {
                 windows.forget(pid);
             }
             info!(pid, "target forgotten: its series are dropped");
+        }
+        if let Some(windows) = self.windows.as_mut() {
+            let counters = &self.session.last().counters;
+            let faults: HashMap<u32, u64> = self
+                .tracked
+                .iter()
+                .filter(|(_, t)| t.exited_at.is_none())
+                .map(|(&pid, _)| {
+                    let n = counters
+                        .get(&pid)
+                        .map_or(0, |c| c[Counter::PageFaults as usize]);
+                    (pid, n)
+                })
+                .collect();
+            windows.charge_watch(self.session.run_time(), &faults);
         }
         Ok(())
     }

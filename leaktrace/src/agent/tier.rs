@@ -6,10 +6,12 @@
 //! `--max-overhead` share of one CPU, from empty (so from the agent's start on, the average cost
 //! never exceeds it) up to [`HORIZON`] of it (a target quiet for a day cannot spend a day's
 //! budget in one burst). A window is charged as it runs: its traps, counted by the probes and
-//! priced at [`TRAP_COST`], and the programs' own run time. It closes when its time is up or
-//! either bucket is empty; windows of a target that keeps growing repeat with a doubling wait.
-//! Between windows a detached uprobe leaves the code as it was: a watched target pays for its
-//! page faults only.
+//! priced at [`TRAP_COST`], and the programs' own run time. Watching is charged too, between
+//! windows and during them (see `watch_cost`): the budget bounds all the agent takes from a
+//! target, and windows get what watching leaves. A window closes when its time is up or either
+//! bucket is empty; windows of a target that keeps growing repeat with a doubling wait. Between
+//! windows a detached uprobe leaves the code as it was: a watched target pays for its page
+//! faults and its share of the agent only.
 //!
 //! This module only decides; `windows` attaches, samples and detaches.
 
@@ -120,8 +122,10 @@ pub struct TargetTier {
     rate: Option<f64>,
     /// Windows opened.
     pub windows: u32,
-    /// CPU seconds charged over every window.
+    /// CPU seconds charged: every window, and watching.
     pub spent: f64,
+    /// The part of `spent` that watching cost.
+    pub watch_spent: f64,
     /// Why it is in its tier, in words.
     pub why: String,
     since: Instant,
@@ -137,6 +141,7 @@ impl TargetTier {
             rate: None,
             windows: 0,
             spent: 0.0,
+            watch_spent: 0.0,
             why: "watched: not read yet".into(),
             since: now,
         }
@@ -154,8 +159,13 @@ impl TargetTier {
             .map(|w| now.saturating_duration_since(w.opened))
     }
 
-    /// Its cost over every window, averaged over the time it has been watched, in percent of
-    /// one CPU.
+    /// CPU seconds charged to the open window so far.
+    pub fn window_spent(&self) -> Option<f64> {
+        self.window.as_ref().map(|w| w.spent)
+    }
+
+    /// Its cost (windows and watching), averaged over the time it has been watched, in percent
+    /// of one CPU.
     pub fn average_percent(&self, now: Instant) -> f64 {
         let watched = now.saturating_duration_since(self.since).as_secs_f64();
         if watched <= 0.0 {
@@ -177,6 +187,14 @@ impl TargetTier {
         self.spent += cost;
         self.credit.charge(cost);
         node.charge(cost);
+    }
+
+    /// Charges `seconds` of watching to its budget and the node's.
+    pub fn charge_watch(&mut self, seconds: f64, node: &mut Credit) {
+        self.watch_spent += seconds;
+        self.spent += seconds;
+        self.credit.charge(seconds);
+        node.charge(seconds);
     }
 
     /// Decides, given why the watch says the target grows (`None`: it does not).
@@ -394,6 +412,48 @@ mod tests {
             "{}",
             tier.average_percent(at(660))
         );
+    }
+
+    #[test]
+    fn watching_is_charged_and_windows_get_what_it_leaves() {
+        let s = settings();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        // Watching costs 1 % of a CPU: the 0.9 s a first window needs comes after 45 s at the
+        // 2 % left (46 s when the sums round down), not after 30 s.
+        let mut node = Credit::new(s.node_max_overhead, t0);
+        let mut tier = TargetTier::new(&s, t0);
+        let mut opened = None;
+        for sec in 1..=60 {
+            node.refill(at(sec));
+            tier.charge_watch(0.01, &mut node);
+            if tier.step(at(sec), Some("grows"), &node, &s) == Step::Open {
+                opened = Some(sec);
+                break;
+            }
+        }
+        let opened = opened.expect("a window within 60 s");
+        assert!((45..=46).contains(&opened), "{opened}");
+        assert!(
+            (tier.watch_spent - 0.01 * opened as f64).abs() < 1e-9,
+            "{}",
+            tier.watch_spent
+        );
+        // Watching that costs more than the budget leaves no window at all, and the average
+        // says what it costs.
+        let mut node = Credit::new(s.node_max_overhead, t0);
+        let mut costly = TargetTier::new(&s, t0);
+        for sec in 1..=600 {
+            node.refill(at(sec));
+            costly.charge_watch(0.04, &mut node);
+            assert_eq!(costly.step(at(sec), Some("grows"), &node, &s), Step::Keep);
+        }
+        assert!(
+            costly.why.contains("waiting for its budget"),
+            "{}",
+            costly.why
+        );
+        assert!((costly.average_percent(at(600)) - 4.0).abs() < 1e-6);
     }
 
     #[test]

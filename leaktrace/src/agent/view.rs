@@ -58,8 +58,12 @@ pub struct TierView {
     pub why: String,
     /// Exact windows opened so far.
     pub windows: u32,
-    /// What they cost it, in CPU seconds (traps priced as measured, and the programs' time).
+    /// What the agent cost it, in CPU seconds: its windows (traps priced as measured, and the
+    /// programs' time) and watching it (its page faults' programs, its share of the agent's
+    /// own CPU time), attaching aside.
     pub overhead_cpu_seconds: f64,
+    /// The part of that watching cost.
+    pub watch_cpu_seconds: f64,
     /// That, averaged over the time it has been watched, in percent of one CPU.
     pub average_overhead_percent: f64,
     pub max_overhead_percent: f64,
@@ -104,8 +108,8 @@ pub struct AgentView {
     pub version: &'static str,
     /// `tiered`, `exact` or `watch`.
     pub mode: &'static str,
-    /// Tiered mode: exact windows open now, what every window cost in CPU seconds, and the
-    /// node's budget in percent of one CPU.
+    /// Tiered mode: exact windows open now, what was charged to every target's budget in CPU
+    /// seconds (windows and watching), and the node's budget in percent of one CPU.
     pub windows_open: usize,
     pub overhead_cpu_seconds: f64,
     pub node_max_overhead_percent: f64,

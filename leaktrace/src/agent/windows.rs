@@ -15,10 +15,11 @@ use tracing::{info, warn};
 use super::{
     tier::{Credit, Settings, Step, TargetTier},
     view::{TierView, WindowView},
+    watch_cost::WatchCost,
 };
 use crate::{
     budget,
-    process::Target,
+    process::{Target, stat::thread_cpu_time},
     report::{self, Report},
     session::{Options, Session},
 };
@@ -51,6 +52,8 @@ pub(super) struct Windows {
     max_live_allocs: u64,
     /// The programs' run time at the last tick.
     run_time: Duration,
+    /// What watching costs each target, charged with its windows.
+    watch_cost: WatchCost,
     /// Kernel BPF run-time statistics are on while this is held.
     _stats: OwnedFd,
 }
@@ -59,7 +62,13 @@ impl Windows {
     /// Loads the allocator probes (no target yet: they cost nothing until a window opens; their
     /// syscall tracepoints, which would fire for every process of the node, are attached only
     /// while a window is open).
-    pub fn new(options: Options, settings: Settings, max_live_allocs: u64) -> anyhow::Result<Self> {
+    /// `watch_run_time` is the watch's programs' run time so far.
+    pub fn new(
+        options: Options,
+        settings: Settings,
+        max_live_allocs: u64,
+        watch_run_time: Duration,
+    ) -> anyhow::Result<Self> {
         let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
             .context("enabling BPF run-time statistics for the exact windows' budget")?;
         let mut session = Session::new(&options)?;
@@ -74,6 +83,7 @@ impl Windows {
             found: HashMap::new(),
             max_live_allocs,
             run_time: Duration::ZERO,
+            watch_cost: WatchCost::new(watch_run_time),
             _stats: stats,
         })
     }
@@ -82,6 +92,22 @@ impl Windows {
     pub fn watch(&mut self, pid: u32) {
         self.tiers
             .insert(pid, TargetTier::new(&self.settings, Instant::now()));
+    }
+
+    /// Leaves `cpu` out of the watch's cost: time spent looking for new processes and
+    /// attaching to them.
+    pub fn not_watching(&mut self, cpu: Duration) {
+        self.watch_cost.exclude(cpu);
+    }
+
+    /// Charges what watching cost each target since the last call, from the watch's programs'
+    /// run time now and each watched target's page faults so far (see [`WatchCost`]).
+    pub fn charge_watch(&mut self, run_time: Duration, faults: &HashMap<u32, u64>) {
+        for (pid, seconds) in self.watch_cost.since_last(run_time, faults) {
+            if let Some(tier) = self.tiers.get_mut(&pid) {
+                tier.charge_watch(seconds, &mut self.node);
+            }
+        }
     }
 
     /// Tells why `pid`'s resident set grows (`None`: it does not), from the watch's sample.
@@ -170,15 +196,24 @@ impl Windows {
     }
 
     fn open(&mut self, pid: u32, now: Instant) {
+        let cpu = thread_cpu_time();
         let attached = Target::open(pid)
             .and_then(|target| Ok((target.allocator()?, target)))
             .map_err(anyhow::Error::from)
             .and_then(|(allocator, target)| self.session.attach(target, &allocator));
+        // Opening is attaching: left out of the watch's cost, as a new target's attach is.
+        let attaching = thread_cpu_time().saturating_sub(cpu);
+        self.watch_cost.exclude(attaching);
         let Some(tier) = self.tiers.get_mut(&pid) else {
             return;
         };
         match attached {
-            Ok(()) => info!(pid, why = %tier.why, "exact window opened"),
+            Ok(()) => info!(
+                pid,
+                why = %tier.why,
+                attach_cpu_seconds = attaching.as_secs_f64(),
+                "exact window opened"
+            ),
             Err(err) => {
                 let why = format!("watched: an exact window could not open: {err:#}");
                 warn!(pid, "{why}");
@@ -194,10 +229,14 @@ impl Windows {
         let Some(tier) = self.tiers.get_mut(&pid) else {
             return;
         };
+        let cpu = thread_cpu_time();
         let age = tier.window_age(now).unwrap_or_default();
-        let spent = tier.spent;
+        let spent = tier.window_spent().unwrap_or_default();
         tier.closed(now, &self.settings, why);
         let why = tier.why.clone();
+        // Detached before the report is made: naming its stacks takes a while, and the target
+        // would trap all that time.
+        self.session.detach(pid);
         let report = self.report_of(pid, "window closed", Some(CLOSED_TOP));
         let view = window_view(&report, age, false, &why);
         let json = String::from_utf8_lossy(&report::render(&report, report::Format::Json, None))
@@ -207,6 +246,7 @@ impl Windows {
             pid,
             seconds = age.as_secs(),
             cpu_seconds = spent,
+            close_cpu_seconds = thread_cpu_time().saturating_sub(cpu).as_secs_f64(),
             leak_suspects = view.leak_suspects,
             top_suspect = view.top_suspect.as_deref().unwrap_or(""),
             why = %why,
@@ -258,11 +298,12 @@ impl Windows {
     pub fn view(&mut self, pid: u32) -> Option<TierView> {
         let now = Instant::now();
         let tier = self.tiers.get(&pid)?;
-        let (age, why, windows, spent, average) = (
+        let (age, why, windows, spent, watch, average) = (
             tier.window_age(now),
             tier.why.clone(),
             tier.windows,
             tier.spent,
+            tier.watch_spent,
             tier.average_percent(now),
         );
         let window = match age {
@@ -279,6 +320,7 @@ impl Windows {
             why,
             windows,
             overhead_cpu_seconds: spent,
+            watch_cpu_seconds: watch,
             average_overhead_percent: average,
             max_overhead_percent: self.settings.max_overhead,
             window,
@@ -297,7 +339,7 @@ impl Windows {
         self.found.get(&pid).map(|f| f.json.clone())
     }
 
-    /// CPU seconds charged over every window, and the node's budget.
+    /// CPU seconds charged to every target (windows and watching), and the node's budget.
     pub fn node_view(&self) -> (f64, f64, usize) {
         (
             self.tiers.values().map(|t| t.spent).sum(),

@@ -6,6 +6,7 @@ pub mod fault;
 mod mapping;
 pub mod placement;
 pub mod pool;
+mod release;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,7 +21,7 @@ use aya::{
     programs::{
         RawTracePoint, UProbe,
         raw_trace_point::RawTracePointLinkId,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
     util::nr_cpus,
 };
@@ -799,16 +800,21 @@ impl Probes {
         let Some(links) = self.syscalls.as_mut() else {
             return;
         };
+        let mut owned = Vec::new();
         for (name, link) in links.drain(..) {
-            if let Some(program) = self
+            let Some(program) = self
                 .ebpf
                 .program_mut(name)
                 .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
-                && let Err(err) = program.detach(link)
-            {
-                warn!(%err, name, "detaching a syscall tracepoint failed");
+            else {
+                continue;
+            };
+            match program.take_link(link) {
+                Ok(link) => owned.push(link),
+                Err(err) => warn!(%err, name, "detaching a syscall tracepoint failed"),
             }
         }
+        release::release_all(owned);
         debug!("syscall tracepoints detached: no process attached");
     }
 
@@ -1140,18 +1146,35 @@ impl Probes {
             .map_err(|e| ProbeError::Map(Box::new(e)))
     }
 
-    /// Stops tracing `pid`: its probes are detached; its counts stay readable.
+    /// Stops tracing `pid`: its probes are detached, all at once (see [`release`]); its counts
+    /// stay readable.
     pub fn detach(&mut self, pid: u32) {
+        release::release_all(self.take_links(pid));
+        self.detached(pid);
+    }
+
+    /// Takes `pid`'s links from their programs, to be closed by the caller.
+    fn take_links(&mut self, pid: u32) -> Vec<UProbeLink> {
+        let mut owned = Vec::new();
         for (program, link) in self.links.remove(&pid).unwrap_or_default() {
-            if let Some(prog) = self
+            let Some(prog) = self
                 .ebpf
                 .program_mut(program)
                 .and_then(|p| <&mut UProbe>::try_from(p).ok())
-                && let Err(err) = prog.detach(link)
-            {
-                debug!(%err, program, pid, "detach failed (the process may be gone)");
+            else {
+                continue;
+            };
+            match prog.take_link(link) {
+                Ok(link) => owned.push(link),
+                Err(err) => debug!(%err, program, pid, "detach failed (the process may be gone)"),
             }
         }
+        owned
+    }
+
+    /// What follows closing `pid`'s links: its pool uncounted, the syscall tracepoints let go
+    /// with the last target when parked.
+    fn detached(&mut self, pid: u32) {
         if self.pools.remove(&pid)
             && let Err(err) = self.count_pool(pid % MAX_TARGETS, -1)
         {
@@ -1269,8 +1292,10 @@ impl Probes {
             debug!(%err, "detaching the fork probe failed");
         }
         let pids: Vec<u32> = self.links.keys().copied().collect();
+        let owned: Vec<UProbeLink> = pids.iter().flat_map(|&pid| self.take_links(pid)).collect();
+        release::release_all(owned);
         for pid in pids {
-            self.detach(pid);
+            self.detached(pid);
         }
         if let Some(faults) = self.faults.take() {
             faults.close(&mut self.ebpf);

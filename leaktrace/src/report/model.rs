@@ -354,12 +354,13 @@ pub struct StackReport {
 
 impl StackReport {
     /// The frame a person reads first for a stack: its innermost JavaScript frame of the
-    /// program's own code (not Node's library, `node:...`), else its innermost JavaScript frame,
+    /// program's own code (a script, not Node's library `node:...` nor a builtin), else its innermost JavaScript frame,
     /// else its first named frame past the allocator, else its first frame.
     pub fn culprit_frame(&self) -> Option<&Frame> {
         let named = |f: &&Frame| f.function.is_some();
         let js = |f: &&Frame| f.kind == "js" && f.function.is_some();
-        let own = |f: &&Frame| js(f) && !f.file.as_deref().is_some_and(|p| p.starts_with("node:"));
+        // A builtin (`Uint8Array`) has no script: not the program's own code either.
+        let own = |f: &&Frame| js(f) && f.file.as_deref().is_some_and(|p| !p.starts_with("node:"));
         let frames = || self.frames.iter().skip(1);
         frames()
             .find(own)

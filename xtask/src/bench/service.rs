@@ -408,7 +408,7 @@ fn unix_ms() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
 }
 
-/// The agent's view of the service, and the kinds of BPF links the agent holds, every
+/// The agent's view of the service, its CPU time, and the kinds of BPF links it holds, every
 /// [`AGENT_SAMPLE`] while `loaded`: which tier the service was in when, and whether any
 /// allocator probe stayed attached after a window closed.
 fn sample_agent(listen: &str, pid: u32, agent: u32, loaded: &AtomicBool) -> Vec<Value> {
@@ -428,6 +428,7 @@ fn sample_agent(listen: &str, pid: u32, agent: u32, loaded: &AtomicBool) -> Vec<
             "at_s": started.elapsed().as_secs_f64(),
             "tier": tier,
             "links": link_kinds(agent),
+            "cpu_s": super::cpu_seconds(agent).ok(),
         }));
     }
     samples
