@@ -61,8 +61,8 @@ pub(super) struct Windows {
 impl Windows {
     /// Loads the allocator probes (no target yet: they cost nothing until a window opens; their
     /// syscall tracepoints, which would fire for every process of the node, are attached only
-    /// while a window is open).
-    /// `watch_run_time` is the watch's programs' run time so far.
+    /// while a window is open). `watch_run_time` is the watch's programs' run time so far, from
+    /// which watching is charged.
     pub fn new(
         options: Options,
         settings: Settings,
