@@ -38,25 +38,22 @@ pub fn parse(stat: &str) -> Option<Stat> {
 /// CPU time the calling thread has used: what a piece of the tracer's own work costs, whether
 /// or not the thread was descheduled meanwhile (a loaded machine stretches wall time, not this).
 pub fn thread_cpu_time() -> std::time::Duration {
+    cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time the whole process has used, every thread: what the tracer costs the machine.
+pub fn process_cpu_time() -> std::time::Duration {
+    cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+/// The time of one of the kernel's CPU-time clocks; zero if it cannot be read.
+fn cpu_time(clock: libc::clockid_t) -> std::time::Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec to write; the clock id is a constant the kernel knows.
-    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
-        return std::time::Duration::ZERO;
-    }
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// CPU time the whole process has used, every thread: what the tracer costs the machine.
-pub fn process_cpu_time() -> std::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: as in `thread_cpu_time`.
-    if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) } != 0 {
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
         return std::time::Duration::ZERO;
     }
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
