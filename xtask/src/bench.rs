@@ -674,16 +674,7 @@ impl Tracer {
 
     /// Stops it as Ctrl-C would, and checks that it ended well.
     fn stop(mut self) -> anyhow::Result<()> {
-        shell::run(Command::new("kill").args(["-INT", &self.proc.pid().to_string()]))?;
-        let status = self.proc.wait(Duration::from_secs(120))?;
-        if !status.success() {
-            let name = self.proc.name;
-            bail!(
-                "{name} ended with {status} after Ctrl-C{}",
-                self.proc.tail()
-            );
-        }
-        Ok(())
+        self.proc.interrupt()
     }
 }
 
@@ -815,7 +806,17 @@ impl Proc {
         }
     }
 
-    /// The last lines it printed, for an error message.
+    /// Stops it as Ctrl-C would, and checks that it ended well.
+    fn interrupt(&mut self) -> anyhow::Result<()> {
+        shell::run(Command::new("kill").args(["-INT", &self.pid().to_string()]))?;
+        let status = self.wait(Duration::from_secs(120))?;
+        if !status.success() {
+            let name = self.name;
+            bail!("{name} ended with {status} after Ctrl-C{}", self.tail());
+        }
+        Ok(())
+    }
+
     /// Every line it printed that no `wait_for` consumed, waiting up to `grace` for the rest
     /// of an exited process's output.
     fn take_lines(&mut self, grace: Duration) -> Vec<String> {
@@ -830,6 +831,7 @@ impl Proc {
         lines
     }
 
+    /// The last lines it printed, for an error message.
     fn tail(&mut self) -> String {
         self.log.extend(self.lines.try_iter());
         let start = self.log.len().saturating_sub(20);

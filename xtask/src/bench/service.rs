@@ -393,12 +393,7 @@ fn names_leak(report: &Value) -> bool {
 
 /// Stops a tracer as Ctrl-C would, checks that it ended well, and returns what it printed.
 fn stop(mut proc: Proc) -> anyhow::Result<Vec<String>> {
-    super::shell::run(Command::new("kill").args(["-INT", &proc.pid().to_string()]))?;
-    let status = proc.wait(Duration::from_secs(120))?;
-    if !status.success() {
-        let name = proc.name;
-        bail!("{name} ended with {status} after Ctrl-C{}", proc.tail());
-    }
+    proc.interrupt()?;
     Ok(proc.take_lines(Duration::from_secs(2)))
 }
 
