@@ -362,6 +362,7 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
             "{fixture}: top suspect: {:?}",
             functions(top)
         );
+        assert_one_site_per_faulting_function(fixture, stacks_of(pid));
     }
     let control = stacks_of(&control_pid.to_string());
     assert!(
@@ -371,6 +372,51 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
         "the control was watched"
     );
     assert_no_growth("control-gc-buffers in watch mode", control);
+}
+
+/// A page faults at whichever instruction writes it first (a `memcpy` has dozens, JIT code as
+/// many as it has allocation sites): stacks that differ only there, within one named function or
+/// in JIT code nothing names, are one site. Stacks with a JavaScript frame not read back are left
+/// out (their functions' identities are the probes').
+fn assert_one_site_per_faulting_function(fixture: &str, stacks: Vec<&Value>) {
+    let mut sites = std::collections::HashMap::new();
+    for stack in stacks {
+        let frames = stack["frames"].as_array().expect("frames[]");
+        if frames
+            .iter()
+            .any(|f| f["kind"] == "js" && !f["function"].is_string())
+        {
+            continue;
+        }
+        let first = &frames[0]["address"];
+        let (innermost, outer): (Vec<&Value>, Vec<&Value>) =
+            frames.iter().partition(|f| &f["address"] == first);
+        let innermost: Vec<String> = innermost
+            .iter()
+            .map(|f| match (f["function"].as_str(), f["module"].as_str()) {
+                (Some(function), _) => function.to_string(),
+                (None, None) => "JIT code".to_string(),
+                (None, Some(_)) => f["address"].to_string(),
+            })
+            .collect();
+        // JavaScript frames by name (interpreted ones share the interpreter's address), the
+        // rest by address (once for all the frames inlined at it).
+        let outer: Vec<String> = outer
+            .iter()
+            .enumerate()
+            .filter(|&(i, f)| {
+                f["kind"] == "js" || i == 0 || outer[i - 1]["address"] != f["address"]
+            })
+            .map(|(_, f)| match f["kind"].as_str() {
+                Some("js") => format!("{} {}", f["function"], f["file"]),
+                _ => f["address"].to_string(),
+            })
+            .collect();
+        let site = (innermost, outer);
+        if let Some(other) = sites.insert(site, stack) {
+            panic!("{fixture}: one site shown as two stacks: {other:#} and {stack:#}");
+        }
+    }
 }
 
 /// A process with hundreds of threads, half of them born after the attach, all faulting at once:

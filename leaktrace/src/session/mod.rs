@@ -7,6 +7,7 @@ mod images;
 mod naming;
 mod options;
 mod pace;
+mod sites;
 
 use naming::SiteNames;
 pub use options::Options;
@@ -41,11 +42,7 @@ use crate::{
         live::LiveStatus,
         model::Origin,
     },
-    symbolize::{
-        AddrKind, Symbolizer,
-        js::{JsNamer, Naming},
-        queued,
-    },
+    symbolize::{AddrKind, Symbolizer, js::JsNamer, queued},
     unwind::Unwinder,
 };
 
@@ -823,67 +820,12 @@ impl Session {
                 {
                     let js =
                         queued::place_js(self.stacks.js_frames(&self.probes, raw.js_id)?, &ips);
-                    self.js.name(raw.tgid, raw.stack, raw.js_id, &js, &ips);
+                    self.js
+                        .name(raw.tgid, raw.stack, raw.js_id, &js, &ips, &ips);
                 }
                 slot.insert(call_chain(&ips));
             }
         }
-        Ok(())
-    }
-
-    /// Names the JavaScript frames of sites not seen before, at once (what they point at may
-    /// move or die), and counts each site under its identity by name: sites the probes keep
-    /// apart only because a collection moved a function are one.
-    fn merge_sites(&mut self, snapshot: &mut Snapshot) -> anyhow::Result<()> {
-        // Naming reads the target's heap, a few reads a frame: a Node process that starts makes
-        // thousands of sites a second. The largest are named first, within a budget per sample
-        // so that samples keep their pace; the rest wait for the next sample, counted under the
-        // probes' keys meanwhile.
-        let mut keys: Vec<(StackKey, (i64, u64))> = snapshot
-            .sites
-            .iter()
-            .filter(|(k, _)| k.js_id != 0 && !self.sites.contains_key(k))
-            .map(|(k, s)| (*k, (s.live_bytes, s.alloc_bytes)))
-            .collect();
-        keys.sort_unstable_by_key(|&(_, weight)| std::cmp::Reverse(weight));
-        let deadline = Instant::now() + self.naming_budget;
-        for (key, _) in keys {
-            if Instant::now() >= deadline {
-                break;
-            }
-            let naming = if self.js.names(key.tgid) {
-                let ips = self.stacks.frames(&self.probes, key.stack)?.to_vec();
-                let js = queued::place_js(self.stacks.js_frames(&self.probes, key.js_id)?, &ips);
-                self.js.name(key.tgid, key.stack, key.js_id, &js, &ips)
-            } else {
-                Naming::Failed
-            };
-            let site = match naming {
-                Naming::Named(site) => StackKey {
-                    stack: site.stack,
-                    js_id: site.js_id,
-                    ..key
-                },
-                // Counted under the probes' key this once; named again at the next sample.
-                Naming::Retry => continue,
-                Naming::Failed => key,
-            };
-            self.sites.insert(key, site);
-            // The first of a merged site's stacks shows it: its frames and their names.
-            self.shown_by.entry(site).or_insert(key);
-        }
-        let mut merged: HashMap<StackKey, leaktrace_common::StackStats> =
-            HashMap::with_capacity(snapshot.sites.len());
-        for (key, stats) in snapshot.sites.drain() {
-            let total = merged
-                .entry(self.sites.get(&key).copied().unwrap_or(key))
-                .or_default();
-            total.live_bytes += stats.live_bytes;
-            total.live_allocs += stats.live_allocs;
-            total.alloc_bytes += stats.alloc_bytes;
-            total.alloc_calls += stats.alloc_calls;
-        }
-        snapshot.sites = merged;
         Ok(())
     }
 

@@ -120,7 +120,8 @@ impl JsNamer {
 
     /// Names the JavaScript frames `frames` of the stack `stack` of `pid` whose addresses are
     /// `ips`. Kept per stack, not per JavaScript identity alone: what was inlined at a compiled
-    /// frame depends on its return address.
+    /// frame depends on its return address. `identity` is `ips` as the site's identity counts
+    /// its native frames (the session counts a populated stack's innermost by its function).
     ///
     /// When every frame is named, returns the site's identity across tiers ([`Site`]): the
     /// probes identify a function by the address of its SharedFunctionInfo, which a compacting
@@ -136,6 +137,7 @@ impl JsNamer {
         js_id: u64,
         frames: &[JsFrame],
         ips: &[u64],
+        identity: &[u64],
     ) -> Naming {
         let Some(resolver) = self.targets.get_mut(&pid) else {
             return Naming::Failed;
@@ -208,7 +210,7 @@ impl JsNamer {
             return Naming::Failed;
         }
         self.attempts.remove(&(pid, stack, js_id));
-        let site = site_of(&named, ips);
+        let site = site_of(&named, identity);
         let named = Arc::new(named);
         // The first stack named shows the merged site (the session keeps the same one).
         self.named
@@ -278,7 +280,7 @@ pub struct Site {
 /// interpreted. Native frames between the innermost and the outermost JavaScript frame are V8's
 /// glue (entry trampolines, construct stubs, JIT code that changes with every compilation) and
 /// do not count; those inside (the allocator, the runtime's C++) and outside (the event loop)
-/// count by address.
+/// count by the value `ips` gives them (an address, or what stands for a function).
 fn site_of(named: &NamedFrames, ips: &[u64]) -> Site {
     use std::hash::{Hash as _, Hasher as _};
     let (lo, hi) = match (named.first(), named.last()) {

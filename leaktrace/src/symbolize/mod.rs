@@ -162,7 +162,6 @@ impl Symbolizer {
             .find(same)
     }
 
-    /// The mappings of `pid` last remembered (none if never seen).
     /// Drops everything kept for a process: its names, mappings and open files.
     pub fn forget(&mut self, pid: u32) {
         self.frames.retain(|(p, _), _| *p != pid);
@@ -179,6 +178,7 @@ impl Symbolizer {
         self.queuing.remember(pid, ips);
     }
 
+    /// The mappings of `pid` last remembered (none if never seen).
     pub fn mappings(&self, pid: u32) -> &[Mapping] {
         self.mappings.get(&pid).map_or(&[], Vec::as_slice)
     }
@@ -325,6 +325,30 @@ impl Symbolizer {
                 .map(|m| hex(addr - m.start + m.offset)),
             ..Frame::default()
         }
+    }
+
+    /// What stands for the function that holds the instruction at `addr` of `pid` (its module
+    /// and its name, and those of the functions inlined there): two addresses in one function
+    /// give the same. Code in no file that no perf map names (a JIT's) is all one unnamed
+    /// function: the report could tell its addresses apart by nothing else. `None` when `addr`
+    /// is in a file but no symbol covers it (its offset in the file still tells).
+    pub fn function_id(&mut self, pid: u32, addr: u64) -> Option<u64> {
+        use std::hash::{Hash as _, Hasher as _};
+        /// No instruction is at address 0.
+        const UNNAMED_JIT_CODE: u64 = 0;
+        self.resolve(pid, &[(addr, AddrKind::Exact)]);
+        let frames = self.frames.get(&(pid, addr))?;
+        if frames.iter().any(|f| f.function.is_none()) {
+            return frames
+                .iter()
+                .all(|f| f.module.is_none())
+                .then_some(UNNAMED_JIT_CODE);
+        }
+        let mut id = std::hash::DefaultHasher::new();
+        for f in frames {
+            (&f.module, &f.function).hash(&mut id);
+        }
+        Some(id.finish())
     }
 
     /// The frames of one address (several when functions were inlined there).
