@@ -153,9 +153,16 @@ fn walk(v8: &mut V8Frames, js: &mut JsScratch) -> u64 {
     js.frames.len = 0;
     js.frames.placed = 0;
     let mut hash = FNV_OFFSET;
-    for i in 1..MAX_FRAMES {
+    for i in 0..MAX_FRAMES {
         if i as u64 >= js.fps_len {
             break;
+        }
+        // Frame 0 is the code that was running: for a probe the allocator, entered but not
+        // yet with a frame of its own; for a page fault whatever wrote the page, compiled
+        // JavaScript among it. It is a frame of its own only where it pushed one: its frame
+        // pointer is not its caller's.
+        if i == 0 && (js.fps_len < 2 || js.fps[0] == js.fps[1]) {
+            continue;
         }
         let Some(w) = window(js.fps[i]) else {
             break;
@@ -164,8 +171,8 @@ fn walk(v8: &mut V8Frames, js: &mut JsScratch) -> u64 {
             hash = push(&mut js.frames, frame, i as u32, hash);
         }
         // The frame of a builtin closure that resumed an async function: the functions that
-        // awaited it go here, where its logical callers would be.
-        if i as u64 == js.await_index {
+        // awaited it go here, where its logical callers would be (0: none was).
+        if i > 0 && i as u64 == js.await_index {
             hash = awaited(js, i as u32, hash, true);
         }
     }

@@ -97,6 +97,9 @@ pub fn capture_at(at: Registers, tgid: u32, kind: AllocKind, counters: *mut u64)
         return key;
     };
     js.fps_len = 0;
+    // The frame pointer while frame 0 ran, which the walk writes again when it starts there: a
+    // probe's walk starts at the caller, and frame 0 must not keep the last capture's.
+    js.fps[0] = at.fp;
     let tables = unwind::process(tgid);
     frames.ips[0] = at.ip;
     cur.pc = at.ip;

@@ -398,6 +398,21 @@ fn watch_mode_knows_v8s_heap_by_the_calls_that_mapped_it() {
     let notes = report["trace"]["notes"].to_string();
     assert!(!notes.contains("no mapping events"), "{notes}");
     assert_eq!(report["trace"]["mode"], "watch");
+    // The objects are made by compiled JavaScript, which writes V8's young pages itself
+    // (inline allocation, no call out): the pages it populates are charged to that function,
+    // named as the innermost frame.
+    let filled: u64 = report["stacks"]
+        .as_array()
+        .expect("stacks[]")
+        .iter()
+        .filter(|s| s["kind"] == "populated")
+        .filter(|s| s["frames"][0]["kind"] == "js" && s["frames"][0]["function"] == "growTheJsHeap")
+        .map(|s| u(&s["allocated_bytes"]))
+        .sum();
+    assert!(
+        filled >= 24 << 20,
+        "growTheJsHeap populated {filled} B as the innermost frame"
+    );
 }
 
 /// Watch mode by default probes the mapping syscalls by fentry: either the kernel allows it and
