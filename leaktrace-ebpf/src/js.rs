@@ -165,6 +165,11 @@ fn walk(v8: &mut V8Frames, js: &mut JsScratch) -> u64 {
             continue;
         }
         let Some(w) = window(js.fps[i]) else {
+            // Code built without frame pointers may hold any value in rbp at frame 0: an
+            // unreadable one says nothing of the frames the walk found above it.
+            if i == 0 {
+                continue;
+            }
             break;
         };
         if let Some(frame) = frame(v8, &w) {
