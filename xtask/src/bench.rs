@@ -27,6 +27,7 @@ use serde_json::{Value, json};
 
 use crate::shell::{self, cargo};
 
+mod placement;
 mod service;
 
 /// The bytes between samples of the `sampled` configuration.

@@ -37,6 +37,12 @@ use crate::{
     },
 };
 
+/// The maps a pass walks, keyed by page. A pass hashes every recorded page several times
+/// (tens of thousands on a busy service): foldhash, seeded per process, takes a fraction of
+/// std's SipHash, whose resistance to chosen keys buys nothing for addresses the probes saw.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type Set<K> = HashSet<K, foldhash::fast::RandomState>;
+
 /// `/proc/kpageflags`: the frame belongs to a transparent huge page.
 const KPF_THP: u64 = 1 << 22;
 /// Base pages in a (PMD-sized) transparent huge page, which is aligned to its size in frames.
@@ -49,7 +55,7 @@ const RUN_PAGES: u64 = 512;
 #[derive(Default)]
 pub struct Residency {
     /// The last record of each sampled page not yet found gone.
-    records: HashMap<PageKey, PageFault>,
+    records: Map<PageKey, PageFault>,
     /// At most this many records are kept (`--max-pages`); the pages of faults past it are
     /// counted, by process, as [`Counter::PageMapFull`].
     max_pages: usize,
@@ -58,23 +64,23 @@ pub struct Residency {
     /// a base page); looked up again only when the frame changes (`khugepaged` collapsed base
     /// pages into a huge page, or the page moved).
     /// Keyed by the fault's time too: a page given back and populated again is a new page.
-    backing: HashMap<PageKey, (u64, u64, u64)>,
+    backing: Map<PageKey, (u64, u64, u64)>,
     /// Pages found not present at the last reading, by their record: dropped if still so at
     /// the next. A fault's sample comes before the kernel maps the page, so a page read in
     /// between (zeroing a huge page takes a while) is not present yet, not gone.
-    absent: HashSet<(PageKey, u64)>,
+    absent: Set<(PageKey, u64)>,
     /// Huge pages whose populating fault was credited its 511 other pages.
-    credited: HashSet<(u32, u64)>,
+    credited: Set<(u32, u64)>,
     /// Those credits, by the stack of the fault, in pages.
     huge_extra: HashMap<StackKey, u64>,
     /// `/proc/kpageflags`, when this tracer may read it.
     flags: Option<File>,
     /// Resident base pages by stack at the last pass, in 512ths of a page.
-    resident: HashMap<StackKey, u64>,
+    resident: Map<StackKey, u64>,
     /// When the last pass started, and the CPU time it took.
     last_pass: Option<(Instant, Duration)>,
-    /// Passes run so far (see [`EARLY_PASSES`]).
-    passes: u32,
+    /// When the first pass started (see [`EARLY`]).
+    first_pass: Option<Instant>,
     /// Processes whose pagemap could not be opened though they live, and why.
     unreadable: HashMap<u32, String>,
 }
@@ -82,17 +88,19 @@ pub struct Residency {
 /// A pass reads every recorded page, twice from the probes' map and once from pagemap: its
 /// cost grows with what the targets hold (a service with 500 MiB resident has 128 k pages). It
 /// runs at most once every this many times the CPU time of its last one, so that it takes at
-/// most 0.25 % of a CPU however much is resident (at 1 % it was 40 % of watch mode's CPU on
-/// the bench's service: what a service left under watch pays most directly); in between, each
-/// stack keeps the resident figures of the last pass (new faults still count as populated at
-/// once). A trace's last sample always runs one.
-const COST_RATIO: u32 = 400;
+/// most 0.1 % of a CPU however much is resident (at 1 % it was 40 % of watch mode's CPU on
+/// the bench's service, and at 0.25 % still half of the tracer's own CPU: what a service left
+/// under watch pays most directly); in between, each stack keeps the resident figures of the
+/// last pass (new faults still count as populated at once), a few seconds old on that service.
+/// A trace's last sample always runs one.
+const COST_RATIO: u32 = 1000;
 
-/// The first passes run at up to 1 % of a CPU ([`COST_RATIO`] / 4): a short trace (an
-/// incident responder's minute) gets its residency series from its first seconds, and a
-/// trace left running settles at its steady cost.
-const EARLY_PASSES: u32 = 30;
-const EARLY_COST_RATIO: u32 = COST_RATIO / 4;
+/// For this long from the first pass, passes run at up to 1 % of a CPU: a short trace (an
+/// incident responder's minute, a test) gets its residency series from its first seconds, and
+/// a trace left running settles at its steady cost. Counted in time, not passes: at watch
+/// mode's 5-s interval, thirty early passes had lasted two and a half minutes.
+const EARLY: Duration = Duration::from_secs(60);
+const EARLY_COST_RATIO: u32 = 100;
 
 impl Residency {
     pub fn new(max_pages: u32) -> Self {
@@ -128,7 +136,7 @@ impl Residency {
         period: u64,
         last: bool,
     ) -> Result<(), CollectError> {
-        let ratio = if self.passes < EARLY_PASSES {
+        let ratio = if self.first_pass.is_none_or(|at| at.elapsed() < EARLY) {
             EARLY_COST_RATIO
         } else {
             COST_RATIO
@@ -146,7 +154,7 @@ impl Residency {
             let (started, cpu) = (Instant::now(), thread_cpu_time());
             self.pass(probes)?;
             self.last_pass = Some((started, thread_cpu_time().saturating_sub(cpu)));
-            self.passes = self.passes.saturating_add(1);
+            self.first_pass.get_or_insert(started);
         }
         let period = i64::try_from(period).unwrap_or(i64::MAX);
         let page = PAGE_BYTES as i64;
@@ -202,9 +210,9 @@ impl Residency {
         // reading. The others were the pages' records throughout.
         self.drain(probes);
         // Resident base pages by stack, in 512ths of a page so huge pages split exactly.
-        let mut resident: HashMap<StackKey, u64> = HashMap::new();
+        let mut resident: Map<StackKey, u64> = Map::default();
         let mut gone = Vec::new();
-        let mut absent = HashSet::new();
+        let mut absent = Set::default();
         for (tgid, pages, entries) in read {
             let mut held = Vec::new();
             for ((page, fault), entry) in pages.into_iter().zip(entries) {
@@ -247,7 +255,7 @@ impl Residency {
                 };
                 held.push((site, huge));
             }
-            let mut sharing: HashMap<u64, u64> = HashMap::new();
+            let mut sharing: Map<u64, u64> = Map::default();
             for &(_, huge) in held.iter().filter(|(_, huge)| *huge != 0) {
                 *sharing.entry(huge).or_default() += 1;
             }
@@ -262,7 +270,7 @@ impl Residency {
         self.absent = absent;
         // A huge page none of whose sampled pages is resident any more is gone: its frames may
         // back another one later, which is credited anew.
-        let backed: HashSet<(u32, u64)> = self
+        let backed: Set<(u32, u64)> = self
             .backing
             .iter()
             .filter(|(_, (_, _, huge))| *huge != 0)

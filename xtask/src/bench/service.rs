@@ -4,15 +4,18 @@
 //! it costs the service's throughput and tail latency, whether it found the leak and named the
 //! function, and that on the clean service it never opened an exact window.
 //!
-//! Paired runs. This VM's speed drifts by more than the goals between one minute and the next
-//! (the untraced service's rate moved ±12 % between 60 s runs), so each run loads two copies of
-//! the service at once, each with its own `wrk`, on its own half of the CPUs: `A` is never
-//! traced; `B` is the one under test, and the tracer runs on `B`'s CPUs, so all of its CPU time
-//! is taken from `B`. Drift slows both alike and cancels in `B`'s rate over `A`'s; the loss is
-//! that ratio against the same ratio with neither traced (`A`/`A`: what the halves differ by).
-//! The page-fault event of watch mode fires on every CPU, so `A` pays its faults' share of the
-//! probes too (about 2 µs per fault, a few hundred faults a second): the loss is understated by
-//! about that much, 0.1 % here.
+//! Paired runs on one pair. Each round starts two copies of the service, `A` never traced and
+//! `B` the one under test, side by side on the same CPUs (see [`placement`]), each loaded by its
+//! own `wrk`; then runs every tracing on `B` in turn (rotated from round to round), all on that
+//! same pair. A run's ratio is `B`'s rate over `A`'s while both were loaded; its loss is that
+//! ratio against the pair's untraced run's. Whatever slows the machine slows both copies alike
+//! and cancels in the ratio, and whatever makes one process of a pair a little faster than the
+//! other for its whole life (measured here: up to 1.6 %, steady over minutes) cancels against
+//! the pair's own untraced ratio. The page-fault event of watch mode fires on every CPU, so `A`
+//! pays its faults' share of the probes too (about 2 µs per fault, a few hundred faults a
+//! second): the loss is understated by about that much, 0.1 % here.
+//!
+//! [`placement`]: super::placement
 
 use std::{
     fs,
@@ -25,7 +28,10 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::{Value, json};
 
-use super::{Bench, Proc, median, parse_word};
+use super::{
+    Bench, Proc, median, parse_word,
+    placement::{Cpus, Group, Groups},
+};
 
 /// The leaking function of `bench/workloads/service.js`.
 const LEAKING_FUNCTION: &str = "keepForAudit";
@@ -81,14 +87,16 @@ struct Run {
     p99_ms: f64,
     /// `B`'s rate over the untraced reference's, loaded at the same time.
     ratio: f64,
+    /// What `B` lost against its own pair's untraced run, in percent: `None` when that run
+    /// failed.
+    loss_percent: Option<f64>,
     /// Whether the tracer's report named the leaking function in a suspect stack.
     named: Option<bool>,
     /// The agent's exact windows and their average cost, in percent of one CPU.
     windows: Option<u64>,
     overhead_percent: Option<f64>,
-    /// The tracer's own CPU time while the load ran, in percent of one CPU: on a machine whose
-    /// cores the service and the load saturate, what the tracer takes from them, measured
-    /// apart from the throughput's noise.
+    /// The tracer's own CPU time while the load ran, in percent of one CPU: what it took from
+    /// `B`, measured apart from the throughput.
     tracer_cpu_percent: Option<f64>,
     /// The kernel's time in the tracer's BPF programs while the load ran, in percent of one
     /// CPU: spent in the service's own threads (its page faults, its allocator calls in an
@@ -105,8 +113,11 @@ struct Step {
     ratio: f64,
 }
 
-/// Runs every server under every tracing, `rounds` times in rotated order, and prints the table
-/// and the goals; returns them as JSON.
+/// The load that warms a new pair's compilers and heaps before its first run counts.
+const WARM_UP_SECONDS: u32 = 20;
+
+/// Runs every tracing on each server's pair, `rounds` times in rotated order, and prints the
+/// table and the goals; returns them as JSON.
 pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
     let system_node = which("node")?;
     for name in [NODE_NAME, REFERENCE_NAME] {
@@ -114,23 +125,41 @@ pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
         fs::copy(&system_node, &node)
             .with_context(|| format!("copying {} to {}", system_node.display(), node.display()))?;
     }
-    let halves = Halves::of_this_process()?;
+    let cpus = Cpus::of_this_process()?;
+    let groups = Groups::create()?;
     let _stats = BpfStats::on()?;
     let seconds: u32 = if bench.quick { 60 } else { 240 };
     let mut runs = Vec::new();
     let mut failures = Vec::new();
     for round in 0..rounds {
         for server in [Server::Leak, Server::Clean] {
+            let pair_label = format!(
+                "round {}/{rounds} node-service/{}",
+                round + 1,
+                server.name()
+            );
+            let mut pair = match Pair::start(bench, &cpus, &groups, server) {
+                Ok(pair) => pair,
+                Err(err) => {
+                    eprintln!("bench: {pair_label} FAILED to start: {err:#}");
+                    failures.push(format!("{pair_label}: {err:#}"));
+                    continue;
+                }
+            };
             let mut order = Tracing::ALL.to_vec();
             order.rotate_left(round % Tracing::ALL.len());
+            let first = runs.len();
             for tracing in order {
-                let label = format!(
-                    "round {}/{rounds} node-service/{}/{}",
+                let label = format!("{pair_label}/{}", tracing.name());
+                match run_once(
+                    bench,
+                    &cpus,
+                    &groups,
+                    &mut pair,
+                    tracing,
+                    seconds,
                     round + 1,
-                    server.name(),
-                    tracing.name()
-                );
-                match run_once(bench, &halves, server, tracing, seconds, round + 1) {
+                ) {
                     Ok(run) => {
                         let lowest = run
                             .timeline
@@ -152,104 +181,122 @@ pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
                     }
                 }
             }
+            if let Err(err) = pair.finish() {
+                failures.push(format!("{pair_label}: {err:#}"));
+            }
+            let these = &mut runs[first..];
+            if let Some(untraced) = these.iter().find(|r| r.tracing == Tracing::None) {
+                let base = untraced.ratio;
+                for run in these {
+                    run.loss_percent = Some((1.0 - run.ratio / base) * 100.0);
+                }
+            }
         }
     }
-    Ok(report(&runs, seconds, &halves, failures))
+    Ok(report(&runs, seconds, &cpus, failures))
 }
 
-/// The CPUs this process may use, split in two: the reference service and its load on one
-/// half, the service under test, its load and its tracer on the other.
-struct Halves {
-    reference: String,
-    tested: String,
+/// One copy of the service, running.
+struct Service {
+    proc: Proc,
+    pid: u32,
+    port: u16,
 }
 
-impl Halves {
-    fn of_this_process() -> anyhow::Result<Self> {
-        let status =
-            fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
-        let list = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .context("no Cpus_allowed_list in /proc/self/status")?;
-        let cpus =
-            cpu_list(list.trim()).with_context(|| format!("cannot read the CPU list {list:?}"))?;
-        if cpus.len() < 2 {
-            bail!("the paired service bench needs two CPUs; this process may use {list}");
-        }
-        let join = |half: &[u32]| {
-            half.iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let (reference, tested) = cpus.split_at(cpus.len() / 2);
-        Ok(Self {
-            reference: join(reference),
-            tested: join(tested),
-        })
+impl Service {
+    /// Starts the copy named `binary` in `group`.
+    fn start(
+        bench: &Bench,
+        cpus: &Cpus,
+        groups: &Groups,
+        server: Server,
+        binary: &str,
+        group: Group,
+    ) -> anyhow::Result<Self> {
+        let mut cmd = super::workload_command(bench, super::Workload::NodeService);
+        cmd.arg(server.name());
+        let mut proc = Proc::spawn(
+            "service",
+            &mut groups.placed(
+                group,
+                &cpus.services,
+                bench.bin.join(binary).as_os_str(),
+                &cmd,
+            ),
+        )?;
+        let ready = proc.wait_for("`ready` line", Duration::from_secs(30), |l| {
+            l.starts_with("ready ")
+        })?;
+        let mut words = ready.split_whitespace().skip(1);
+        let pid: u32 = parse_word(words.next(), "pid", &ready)?;
+        let port: u16 = parse_word(words.next(), "port", &ready)?;
+        Ok(Self { proc, pid, port })
     }
 }
 
-/// A kernel CPU list (`0-3,6`), expanded.
-fn cpu_list(list: &str) -> Option<Vec<u32>> {
-    let mut out = Vec::new();
-    for part in list.split(',').filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => out.extend(a.parse::<u32>().ok()?..=b.parse().ok()?),
-            None => out.push(part.parse().ok()?),
-        }
-    }
-    Some(out)
-}
-
-/// `cmd` run on `cpus` only (`taskset`, util-linux: its threads and children stay there), as
-/// `program` (the service's copies differ only by name).
-fn pinned(cpus: &str, program: &std::ffi::OsStr, cmd: &Command) -> Command {
-    let mut out = Command::new("taskset");
-    out.args(["-c", cpus]).arg(program).args(cmd.get_args());
-    for (key, value) in cmd.get_envs() {
-        match value {
-            Some(value) => out.env(key, value),
-            None => out.env_remove(key),
-        };
-    }
-    out
-}
-
-/// Starts the copy of the service named `binary` on `cpus`; returns it with its PID and port.
-fn start_service(
-    bench: &Bench,
+/// The untraced reference (`A`) and the copy under test (`B`) of one server, for a round.
+struct Pair {
     server: Server,
-    binary: &str,
-    cpus: &str,
-) -> anyhow::Result<(Proc, u32, u16)> {
-    let mut cmd = super::workload_command(bench, super::Workload::NodeService);
-    cmd.arg(server.name());
-    let mut proc = Proc::spawn(
-        "service",
-        &mut pinned(cpus, bench.bin.join(binary).as_os_str(), &cmd),
-    )?;
-    let ready = proc.wait_for("`ready` line", Duration::from_secs(30), |l| {
-        l.starts_with("ready ")
-    })?;
-    let mut words = ready.split_whitespace().skip(1);
-    let pid: u32 = parse_word(words.next(), "pid", &ready)?;
-    let port: u16 = parse_word(words.next(), "port", &ready)?;
-    Ok((proc, pid, port))
+    reference: Service,
+    tested: Service,
+}
+
+impl Pair {
+    /// Starts both copies and warms them up under load.
+    fn start(bench: &Bench, cpus: &Cpus, groups: &Groups, server: Server) -> anyhow::Result<Self> {
+        let reference = Service::start(
+            bench,
+            cpus,
+            groups,
+            server,
+            REFERENCE_NAME,
+            Group::Reference,
+        )?;
+        let tested = Service::start(bench, cpus, groups, server, NODE_NAME, Group::Tested)?;
+        let pair = Self {
+            server,
+            reference,
+            tested,
+        };
+        pair.load(cpus, WARM_UP_SECONDS)?;
+        Ok(pair)
+    }
+
+    /// Both loads at once: whatever slows the machine slows both. Returns `A`'s rate and
+    /// `B`'s rate and p99 latency.
+    fn load(&self, cpus: &Cpus, seconds: u32) -> anyhow::Result<(f64, f64, f64)> {
+        let (reference_port, tested_port) = (self.reference.port, self.tested.port);
+        let (reference, tested) = std::thread::scope(|scope| {
+            let reference = scope.spawn(|| super::wrk(Some(&cpus.load), reference_port, seconds));
+            let tested = super::wrk(Some(&cpus.load), tested_port, seconds);
+            (reference.join(), tested)
+        });
+        let (reference_rate, _, _) =
+            reference.map_err(|_| anyhow::anyhow!("the reference's wrk thread panicked"))??;
+        let (rate, _, p99_ms) = tested?;
+        Ok((reference_rate, rate, p99_ms))
+    }
+
+    fn finish(self) -> anyhow::Result<()> {
+        self.tested.proc.finish()?;
+        self.reference.proc.finish()
+    }
 }
 
 fn run_once(
     bench: &Bench,
-    halves: &Halves,
-    server: Server,
+    cpus: &Cpus,
+    groups: &Groups,
+    pair: &mut Pair,
     tracing: Tracing,
     seconds: u32,
     round: usize,
 ) -> anyhow::Result<Run> {
-    let (mut reference, _, reference_port) =
-        start_service(bench, server, REFERENCE_NAME, &halves.reference)?;
-    let (mut target, pid, port) = start_service(bench, server, NODE_NAME, &halves.tested)?;
+    let server = pair.server;
+    let pid = pair.tested.pid;
+    // What the pair printed before this run: its steps are not this run's.
+    pair.tested.proc.take_lines(Duration::ZERO);
+    pair.reference.proc.take_lines(Duration::ZERO);
     let report = bench.reports.join(format!(
         "service-{}-{}-r{round}.json",
         server.name(),
@@ -266,7 +313,7 @@ fn run_once(
             .arg(pid.to_string());
             let mut proc = Proc::spawn(
                 "leaktrace attach --mode watch",
-                &mut pinned(&halves.tested, cmd.get_program(), &cmd),
+                &mut groups.placed(Group::Tested, &cpus.services, cmd.get_program(), &cmd),
             )?;
             proc.wait_for("attach line", Duration::from_secs(120), |l| {
                 l.starts_with("leaktrace: attached to PID")
@@ -280,7 +327,7 @@ fn run_once(
                 .args(["--listen", &listen]);
             let proc = Proc::spawn(
                 "leaktrace agent",
-                &mut pinned(&halves.tested, cmd.get_program(), &cmd),
+                &mut groups.placed(Group::Tested, &cpus.services, cmd.get_program(), &cmd),
             )?;
             let deadline = Instant::now() + Duration::from_secs(120);
             // Watched once /api/v1/targets lists it.
@@ -302,23 +349,17 @@ fn run_once(
     let started_ms = unix_ms();
     let listen = tracer.as_ref().and_then(|(_, listen)| listen.clone());
     let loaded = AtomicBool::new(true);
-    // Both loads at once: whatever slows the machine slows both.
-    let (reference_load, load, agent_samples) = std::thread::scope(|scope| {
-        let reference_load =
-            scope.spawn(|| super::wrk(Some(&halves.reference), reference_port, seconds));
+    let (load, agent_samples) = std::thread::scope(|scope| {
         let samples = scope.spawn(|| match (&listen, tracer_pid) {
             (Some(listen), Some(agent)) => sample_agent(listen, pid, agent, &loaded),
             _ => Vec::new(),
         });
-        let load = super::wrk(Some(&halves.tested), port, seconds);
-        let reference_load = reference_load.join();
+        let load = pair.load(cpus, seconds);
         loaded.store(false, Ordering::Relaxed);
-        (reference_load, load, samples.join().unwrap_or_default())
+        (load, samples.join().unwrap_or_default())
     });
     let ended_ms = unix_ms();
-    let (reference_rate, _, _) =
-        reference_load.map_err(|_| anyhow::anyhow!("the reference's wrk thread panicked"))??;
-    let (rate, _, p99_ms) = load?;
+    let (reference_rate, rate, p99_ms) = load?;
     let cpu_after = tracer_pid.map(super::cpu_seconds).transpose()?;
     let probes_after = tracer_pid.map(programs_seconds).transpose()?;
     let percent =
@@ -331,14 +372,15 @@ fn run_once(
         rate,
         p99_ms,
         ratio: rate / reference_rate,
+        loss_percent: None,
         named: None,
         windows: None,
         overhead_percent: None,
         tracer_cpu_percent,
         probes_cpu_percent,
         timeline: timeline(
-            &served(&target.take_lines(Duration::ZERO)),
-            &served(&reference.take_lines(Duration::ZERO)),
+            &served(&pair.tested.proc.take_lines(Duration::ZERO)),
+            &served(&pair.reference.proc.take_lines(Duration::ZERO)),
             started_ms,
             ended_ms,
         ),
@@ -374,8 +416,6 @@ fn run_once(
             }
         }
     }
-    target.finish()?;
-    reference.finish()?;
     Ok(run)
 }
 
@@ -621,13 +661,15 @@ pub(super) fn milliseconds(text: &str) -> Option<f64> {
     })
 }
 
-/// The medians side by side, the goals, and the JSON of it all. A configuration's loss is its
-/// median ratio to the reference against the untraced median ratio.
-fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) -> Value {
+/// The medians side by side, the goals, and the JSON of it all. A configuration's loss is the
+/// median over rounds of each round's loss against its own pair's untraced run.
+fn report(runs: &[Run], seconds: u32, cpus: &Cpus, failures: Vec<String>) -> Value {
     println!(
-        "\nnode-service ({seconds} s of wrk -t1 -c20 per run on CPUs {}, the untraced reference \
-         loaded alike on CPUs {} at the same time; medians over rounds)",
-        halves.tested, halves.reference
+        "\nnode-service ({seconds} s per run; the service under test and its untraced reference \
+         share CPUs {} in two CPU groups of equal weight, the tracer in the tested one's; each \
+         loaded by wrk -t1 -c20 on CPUs {}; losses against the same pair's untraced run, medians \
+         over rounds)",
+        cpus.services, cpus.load
     );
     println!(
         "{:<6} {:<6} {:>10} {:>8} {:>8} {:>9} {:>8} {:>8} {:>9} {:>9} {:>9}",
@@ -651,7 +693,6 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
                 .filter(|r| r.server == server && r.tracing == tracing)
                 .collect()
         };
-        let base = median(of(Tracing::None).iter().map(|r| r.ratio));
         for tracing in Tracing::ALL {
             let these = of(tracing);
             if these.is_empty() {
@@ -660,7 +701,7 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
             let rate = median(these.iter().map(|r| r.rate));
             let ratio = median(these.iter().map(|r| r.ratio));
             let p99 = median(these.iter().map(|r| r.p99_ms));
-            let loss = (1.0 - ratio / base) * 100.0;
+            let loss = median(these.iter().filter_map(|r| r.loss_percent));
             let named = these.iter().all(|r| r.named == Some(true));
             let windows = these.iter().filter_map(|r| r.windows).max();
             let cost = median(these.iter().filter_map(|r| r.overhead_percent));
@@ -697,6 +738,7 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
                 "server": server.name(), "tracer": tracing.name(), "req_per_s": rate,
                 "ratio_to_reference": ratio,
                 "ratios": these.iter().map(|r| r.ratio).collect::<Vec<_>>(),
+                "losses_percent": these.iter().map(|r| r.loss_percent).collect::<Vec<_>>(),
                 "loss_percent": loss, "p99_ms": p99, "named": named, "windows": windows,
                 "agent_average_overhead_percent": (tracing == Tracing::Agent).then_some(cost),
                 "tracer_cpu_percent": (tracing != Tracing::None).then_some(tracer_cpu),
@@ -739,14 +781,14 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
             json!({
                 "round": r.round, "server": r.server.name(), "tracer": r.tracing.name(),
                 "req_per_s": r.rate, "ratio_to_reference": r.ratio,
-                "tracer_cpu_percent": r.tracer_cpu_percent,
+                "loss_percent": r.loss_percent, "tracer_cpu_percent": r.tracer_cpu_percent,
                 "probes_cpu_percent": r.probes_cpu_percent, "timeline": steps_json(&r.timeline),
             })
         })
         .collect();
     json!({
-        "seconds": seconds, "method": "paired", "cpus_tested": halves.tested,
-        "cpus_reference": halves.reference, "rows": rows, "goals": goals, "failures": failures,
+        "seconds": seconds, "method": "one pair per round, sharing CPUs in two CPU groups",
+        "cpus_services": cpus.services, "cpus_load": cpus.load, "rows": rows, "goals": goals, "failures": failures,
         "runs": runs,
     })
 }
@@ -754,13 +796,6 @@ fn report(runs: &[Run], seconds: u32, halves: &Halves, failures: Vec<String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_lists() {
-        assert_eq!(cpu_list("0-1"), Some(vec![0, 1]));
-        assert_eq!(cpu_list("0-2,5,7-8"), Some(vec![0, 1, 2, 5, 7, 8]));
-        assert_eq!(cpu_list("x"), None);
-    }
 
     #[test]
     fn timelines_pair_each_step_with_the_reference_at_the_same_times() {
