@@ -70,7 +70,8 @@ pub struct AgentArgs {
     #[arg(long)]
     pub syscall_tracepoints: bool,
     /// Tiered mode: most CPU the exact windows may cost each target, averaged over time, in
-    /// percent of one CPU [default: 3].
+    /// percent of one CPU [default: 3]: a target with less than a CPU to itself pays a larger
+    /// share of its throughput.
     #[arg(long, value_parser = parse_percent)]
     pub max_overhead: Option<f64>,
     /// Tiered mode: the same over every target of the node together [default: 10].

@@ -89,10 +89,9 @@ pub struct Residency {
 /// cost grows with what the targets hold (a service with 500 MiB resident has 128 k pages). It
 /// runs at most once every this many times the CPU time of its last one, so that it takes at
 /// most 0.1 % of a CPU however much is resident (at 1 % it was 40 % of watch mode's CPU on
-/// the bench's service, and at 0.25 % still half of the tracer's own CPU: what a service left
-/// under watch pays most directly); in between, each stack keeps the resident figures of the
-/// last pass (new faults still count as populated at once), a few seconds old on that service.
-/// A trace's last sample always runs one.
+/// the bench's service: what a service left under watch pays most directly); in between, each
+/// stack keeps the resident figures of the last pass (new faults still count as populated at
+/// once). A trace's last sample always runs one.
 const COST_RATIO: u32 = 1000;
 
 /// For this long from the first pass, passes run at up to 1 % of a CPU: a short trace (an
