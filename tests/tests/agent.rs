@@ -1224,6 +1224,13 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
             "100ms",
             "--window",
             "15s",
+            // The fixture uses under 1 % of a CPU, so its budget is a share of the floor, a
+            // tenth of a CPU: at the default 3 %, 0.3 % of a CPU. Its window costs about 0.4 %
+            // of a CPU here, so it runs on what the budget saved before it opened, which lasts
+            // the 15 s with a margin of three here; 10 % keeps the window its 15 s on a slower
+            // machine too.
+            "--max-overhead",
+            "10",
         ],
     );
     let uprobe_links = || {
@@ -1316,16 +1323,19 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
     // Its JavaScript ran on the main thread, which the window says.
     assert_eq!(window["top_suspect_thread"], "main", "{closed}");
 
-    // Charged, and within the default budget of 3 % of a CPU averaged over the time watched.
+    // Charged, and within its budget of 10 % of its CPU (at least a tenth of one), averaged
+    // over the time watched.
     let spent = closed["overhead_cpu_seconds"].as_f64().expect("spent");
     let average = closed["average_overhead_percent"]
         .as_f64()
         .expect("average");
     assert!(spent > 0.0, "{closed}");
-    assert!(average <= 3.0, "{closed}");
+    assert!(average <= 10.0, "{closed}");
     // Watching is charged too: part of what was spent, not all of it (the window cost some).
     let watching = closed["watch_cpu_seconds"].as_f64().expect("watching");
     assert!(watching > 0.0 && watching < spent, "{closed}");
+    // The agent's own work is counted too, to the node's budget rather than the target's.
+    assert!(closed["agent_cpu_seconds"].as_f64() > Some(0.0), "{closed}");
     let m = agent.metrics();
     assert_eq!(
         value(&m, "leaktrace_target_exact_windows_total", pid),

@@ -69,12 +69,13 @@ pub struct AgentArgs {
     /// Costs every syscall of the node about 50 ns.
     #[arg(long)]
     pub syscall_tracepoints: bool,
-    /// Tiered mode: most CPU the exact windows may cost each target, averaged over time, in
-    /// percent of one CPU [default: 3]: a target with less than a CPU to itself pays a larger
-    /// share of its throughput.
+    /// Tiered mode: most CPU the exact windows and watching may make each target's threads run,
+    /// averaged over time, in percent of the CPU time the target itself uses (counted as at
+    /// least a tenth of a CPU) [default: 3]: its share of the target's throughput.
     #[arg(long, value_parser = parse_percent)]
     pub max_overhead: Option<f64>,
-    /// Tiered mode: the same over every target of the node together [default: 10].
+    /// Tiered mode: most CPU every target's windows and watching and the agent's own work may
+    /// take together, in percent of one CPU [default: 10].
     #[arg(long, value_parser = parse_percent)]
     pub node_max_overhead: Option<f64>,
     /// Tiered mode: longest exact window [default: 30s].
@@ -182,7 +183,8 @@ pub struct AgentConfig {
     pub mode: AgentMode,
     /// Watch and tiered modes probe the mapping syscalls at the raw tracepoints, not by fentry.
     pub syscall_tracepoints: bool,
-    /// Tiered mode's budgets, in percent of one CPU, and its longest window.
+    /// Tiered mode's budgets, in percent of each target's CPU and of one CPU for the node, and
+    /// its longest window.
     pub max_overhead: f64,
     pub node_max_overhead: f64,
     #[serde(with = "humantime_serde_secs")]

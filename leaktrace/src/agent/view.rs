@@ -58,13 +58,16 @@ pub struct TierView {
     pub why: String,
     /// Exact windows opened so far.
     pub windows: u32,
-    /// What the agent cost it, in CPU seconds: its windows (traps priced as measured, and the
-    /// programs' time) and watching it (its page faults' programs, its share of the agent's
-    /// own CPU time), attaching aside.
+    /// What the agent made its own threads run, in CPU seconds: its windows (traps priced as
+    /// measured, and the programs' time) and watching it (its page faults' programs).
     pub overhead_cpu_seconds: f64,
     /// The part of that watching cost.
     pub watch_cpu_seconds: f64,
-    /// That, averaged over the time it has been watched, in percent of one CPU.
+    /// Its share of the agent's own CPU time (sampling, naming, serving), attaching aside:
+    /// charged to the node's budget, not to its own.
+    pub agent_cpu_seconds: f64,
+    /// `overhead_cpu_seconds` in percent of the CPU time it used while watched (at least a
+    /// tenth of a CPU): what `--max-overhead` bounds.
     pub average_overhead_percent: f64,
     pub max_overhead_percent: f64,
     /// The open window, else the last one.
@@ -108,8 +111,9 @@ pub struct AgentView {
     pub version: &'static str,
     /// `tiered`, `exact` or `watch`.
     pub mode: &'static str,
-    /// Tiered mode: exact windows open now, what was charged to every target's budget in CPU
-    /// seconds (windows and watching), and the node's budget in percent of one CPU.
+    /// Tiered mode: exact windows open now, what was charged to the node's budget in CPU seconds
+    /// (every target's windows and watching, the agent's own work), and that budget in percent
+    /// of one CPU.
     pub windows_open: usize,
     pub overhead_cpu_seconds: f64,
     pub node_max_overhead_percent: f64,

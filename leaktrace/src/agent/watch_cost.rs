@@ -1,9 +1,10 @@
 //! What watching costs each target, charged to the same budgets as its exact windows: with
-//! `--max-overhead 3` all the agent takes from a target over time stays within 3 % of a CPU, not
-//! 3 % for its windows on top of what the watch takes. Measured, not estimated: the page-fault
-//! programs' run time (the kernel's BPF statistics, spent in the targets' own threads), shared
-//! by the faults each target had, and the agent's own CPU time (sampling, naming, the residency
-//! pass, serving: its work for all of them), shared equally.
+//! `--max-overhead 3` all the agent makes a target's threads run over time stays within 3 % of
+//! its CPU, not 3 % for its windows on top of what the watch takes. Measured, not estimated: the
+//! page-fault programs' run time (the kernel's BPF statistics, spent in the targets' own
+//! threads), shared by the faults each target had, and charged to each target and the node; and
+//! the agent's own CPU time (sampling, naming, the residency pass, serving: its work for all of
+//! them), shared equally and charged to the node, whose budget bounds the agent's process.
 //!
 //! Looking for new processes and attaching to them are left out: the scan of `/proc` is the
 //! node's cost, the same with one target or a hundred, and attaching is a one-time cost per process (its symbols, unwind tables and
@@ -41,13 +42,14 @@ impl WatchCost {
         self.left_out += cpu;
     }
 
-    /// The cost of each watched target since the last call, in CPU seconds, given the
-    /// programs' run time now and each watched target's page faults so far.
+    /// The cost of each watched target since the last call, in CPU seconds of the programs and
+    /// of the agent, given the programs' run time now and each watched target's page faults so
+    /// far.
     pub fn since_last(
         &mut self,
         run_time: Duration,
         faults: &HashMap<u32, u64>,
-    ) -> HashMap<u32, f64> {
+    ) -> HashMap<u32, (f64, f64)> {
         let programs = run_time.saturating_sub(self.run_time).as_secs_f64();
         self.run_time = run_time;
         let cpu = process_cpu_time();
@@ -70,7 +72,7 @@ impl WatchCost {
 
 /// `programs` seconds shared by the targets' new faults (equally when none had any), and
 /// `agent` seconds shared equally.
-fn share(programs: f64, agent: f64, new_faults: &HashMap<u32, u64>) -> HashMap<u32, f64> {
+fn share(programs: f64, agent: f64, new_faults: &HashMap<u32, u64>) -> HashMap<u32, (f64, f64)> {
     let targets = new_faults.len() as f64;
     let all: u64 = new_faults.values().sum();
     new_faults
@@ -81,7 +83,7 @@ fn share(programs: f64, agent: f64, new_faults: &HashMap<u32, u64>) -> HashMap<u
             } else {
                 programs * n as f64 / all as f64
             };
-            (pid, of_programs + agent / targets)
+            (pid, (of_programs, agent / targets))
         })
         .collect()
 }
@@ -93,10 +95,10 @@ mod tests {
     #[test]
     fn programs_go_by_faults_and_the_agent_equally() {
         let shares = share(1.0, 0.5, &HashMap::from([(1, 300), (2, 100)]));
-        assert_eq!(shares[&1], 0.75 + 0.25);
-        assert_eq!(shares[&2], 0.25 + 0.25);
+        assert_eq!(shares[&1], (0.75, 0.25));
+        assert_eq!(shares[&2], (0.25, 0.25));
         let quiet = share(1.0, 0.0, &HashMap::from([(1, 0), (2, 0)]));
-        assert_eq!(quiet[&1], 0.5);
+        assert_eq!(quiet[&1], (0.5, 0.0));
         assert!(share(1.0, 1.0, &HashMap::new()).is_empty());
     }
 
@@ -104,10 +106,10 @@ mod tests {
     fn each_charge_counts_what_came_since_the_last() {
         let mut cost = WatchCost::new(Duration::from_millis(100));
         let first = cost.since_last(Duration::from_millis(300), &HashMap::from([(7, 10)]));
-        assert!(first[&7] >= 0.2, "{first:?}");
+        assert!(first[&7].0 >= 0.2, "{first:?}");
         // Everything the process did meanwhile was attaching: left out.
         cost.exclude(Duration::from_secs(3600));
         let second = cost.since_last(Duration::from_millis(300), &HashMap::from([(7, 10)]));
-        assert_eq!(second[&7], 0.0);
+        assert_eq!(second[&7], (0.0, 0.0));
     }
 }

@@ -13,13 +13,16 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use super::{
-    tier::{Credit, Settings, Step, TargetTier},
+    tier::{NodeCredit, Settings, Step, TargetTier},
     view::{TierView, WindowView},
     watch_cost::WatchCost,
 };
 use crate::{
     budget,
-    process::{Target, stat::thread_cpu_time},
+    process::{
+        Target,
+        stat::{self, thread_cpu_time},
+    },
     report::{self, Report},
     session::{Options, Session},
 };
@@ -42,7 +45,7 @@ pub(super) struct Windows {
     session: Session,
     options: Options,
     settings: Settings,
-    node: Credit,
+    node: NodeCredit,
     tiers: HashMap<u32, TargetTier>,
     /// Why each target's resident set grows, as of the last watch sample.
     growth: HashMap<u32, Option<String>>,
@@ -77,7 +80,7 @@ impl Windows {
             session,
             options,
             settings,
-            node: Credit::new(settings.node_max_overhead, Instant::now()),
+            node: NodeCredit::new(settings.node_max_overhead, Instant::now()),
             tiers: HashMap::new(),
             growth: HashMap::new(),
             found: HashMap::new(),
@@ -90,8 +93,9 @@ impl Windows {
 
     /// Starts keeping the tier of a newly watched target.
     pub fn watch(&mut self, pid: u32) {
+        let cpu = stat::read(pid).map(|s| s.cpu_time());
         self.tiers
-            .insert(pid, TargetTier::new(&self.settings, Instant::now()));
+            .insert(pid, TargetTier::new(&self.settings, Instant::now(), cpu));
     }
 
     /// Leaves `cpu` out of the watch's cost: time spent looking for new processes and
@@ -103,9 +107,9 @@ impl Windows {
     /// Charges what watching cost each target since the last call, from the watch's programs'
     /// run time now and each watched target's page faults so far (see [`WatchCost`]).
     pub fn charge_watch(&mut self, run_time: Duration, faults: &HashMap<u32, u64>) {
-        for (pid, seconds) in self.watch_cost.since_last(run_time, faults) {
+        for (pid, (programs, agent)) in self.watch_cost.since_last(run_time, faults) {
             if let Some(tier) = self.tiers.get_mut(&pid) {
-                tier.charge_watch(seconds, &mut self.node);
+                tier.charge_watch(programs, agent, &mut self.node);
             }
         }
     }
@@ -169,7 +173,8 @@ impl Windows {
             let step = if over_cap.contains(&pid) {
                 Step::Close
             } else {
-                tier.step(now, growth.as_deref(), &self.node, &self.settings)
+                let cpu = stat::read(pid).map(|s| s.cpu_time());
+                tier.step(now, cpu, growth.as_deref(), &self.node, &self.settings)
             };
             if step != Step::Keep {
                 steps.push((pid, step));
@@ -298,13 +303,14 @@ impl Windows {
     pub fn view(&mut self, pid: u32) -> Option<TierView> {
         let now = Instant::now();
         let tier = self.tiers.get(&pid)?;
-        let (age, why, windows, spent, watch, average) = (
+        let (age, why, windows, spent, watch, agent, average) = (
             tier.window_age(now),
             tier.why.clone(),
             tier.windows,
             tier.spent,
             tier.watch_spent,
-            tier.average_percent(now),
+            tier.agent_spent,
+            tier.average_percent(),
         );
         let window = match age {
             Some(age) => Some(window_view(
@@ -321,6 +327,7 @@ impl Windows {
             windows,
             overhead_cpu_seconds: spent,
             watch_cpu_seconds: watch,
+            agent_cpu_seconds: agent,
             average_overhead_percent: average,
             max_overhead_percent: self.settings.max_overhead,
             window,
@@ -339,10 +346,11 @@ impl Windows {
         self.found.get(&pid).map(|f| f.json.clone())
     }
 
-    /// CPU seconds charged to every target (windows and watching), and the node's budget.
+    /// CPU seconds charged to the node's budget (every target's windows and watching, the
+    /// agent's own work), the budget, and the windows open.
     pub fn node_view(&self) -> (f64, f64, usize) {
         (
-            self.tiers.values().map(|t| t.spent).sum(),
+            self.tiers.values().map(|t| t.spent + t.agent_spent).sum(),
             self.settings.node_max_overhead,
             self.tiers.values().filter(|t| t.in_window()).count(),
         )

@@ -1,7 +1,7 @@
-//! `/proc/PID/stat`: whether a process still runs, and when it started (which, with the PID,
-//! tells a process from a later one that reused its PID).
+//! `/proc/PID/stat`: whether a process still runs, when it started (which, with the PID, tells
+//! a process from a later one that reused its PID), and the CPU time it has used.
 
-use std::fs;
+use std::{fs, time::Duration};
 
 /// The fields of `/proc/PID/stat` leaktrace reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -10,12 +10,22 @@ pub struct Stat {
     pub state: char,
     /// Clock ticks after boot at which the process started.
     pub start_time: u64,
+    /// Clock ticks its threads, living and exited, ran in user and kernel mode.
+    pub cpu_ticks: u64,
 }
 
 impl Stat {
     /// Whether the process can still allocate: a zombie cannot.
     pub fn is_alive(&self) -> bool {
         self.state != 'Z' && self.state != 'X'
+    }
+
+    /// The CPU time its threads used.
+    pub fn cpu_time(&self) -> Duration {
+        // SAFETY: sysconf only reads a constant of the system.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let hz = u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100);
+        Duration::from_nanos(self.cpu_ticks.saturating_mul(1_000_000_000 / hz))
     }
 }
 
@@ -29,34 +39,41 @@ pub fn read(pid: u32) -> Option<Stat> {
 pub fn parse(stat: &str) -> Option<Stat> {
     let after = &stat[stat.rfind(')')? + 1..];
     let mut fields = after.split_whitespace();
-    // Fields 3.. follow: the state is the first of them, the start time (22) the 20th.
+    // Fields 3.. follow: the state is the first of them, user and system time (14, 15) the 12th
+    // and 13th, the start time (22) the 20th.
     let state = fields.next()?.chars().next()?;
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(Stat { state, start_time })
+    let utime: u64 = fields.nth(10)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    let start_time = fields.nth(6)?.parse().ok()?;
+    Some(Stat {
+        state,
+        start_time,
+        cpu_ticks: utime + stime,
+    })
 }
 
 /// CPU time the calling thread has used: what a piece of the tracer's own work costs, whether
 /// or not the thread was descheduled meanwhile (a loaded machine stretches wall time, not this).
-pub fn thread_cpu_time() -> std::time::Duration {
+pub fn thread_cpu_time() -> Duration {
     cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// CPU time the whole process has used, every thread: what the tracer costs the machine.
-pub fn process_cpu_time() -> std::time::Duration {
+pub fn process_cpu_time() -> Duration {
     cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 /// The time of one of the kernel's CPU-time clocks; zero if it cannot be read.
-fn cpu_time(clock: libc::clockid_t) -> std::time::Duration {
+fn cpu_time(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: `ts` is a valid timespec to write; the clock id is a constant the kernel knows.
     if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return std::time::Duration::ZERO;
+        return Duration::ZERO;
     }
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]
@@ -70,7 +87,8 @@ mod tests {
             parse(stat),
             Some(Stat {
                 state: 'S',
-                start_time: 987_654
+                start_time: 987_654,
+                cpu_ticks: 3,
             })
         );
         assert_eq!(parse("42 (x) S 1"), None);

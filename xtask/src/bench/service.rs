@@ -92,7 +92,8 @@ struct Run {
     loss_percent: Option<f64>,
     /// Whether the tracer's report named the leaking function in a suspect stack.
     named: Option<bool>,
-    /// The agent's exact windows and their average cost, in percent of one CPU.
+    /// The agent's exact windows and their average cost, in percent of the service's own CPU
+    /// time (what `--max-overhead` bounds).
     windows: Option<u64>,
     overhead_percent: Option<f64>,
     /// The tracer's own CPU time while the load ran, in percent of one CPU: what it took from
