@@ -1342,6 +1342,10 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
         Some(1.0)
     );
     assert_eq!(value(&m, "leaktrace_target_exact_window", pid), Some(0.0));
+    let served = value(&m, "leaktrace_target_average_overhead_percent", pid);
+    assert!(served.is_some_and(|p| p > 0.0 && p <= 10.0), "{served:?}");
+    let agent_cpu = value(&m, "leaktrace_target_agent_cpu_seconds_total", pid);
+    assert!(agent_cpu.is_some_and(|s| s > 0.0), "{agent_cpu:?}");
     drop(target);
     assert_eq!(agent.stop(), 0);
 }

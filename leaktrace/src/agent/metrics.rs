@@ -266,9 +266,28 @@ fn tier_metrics(registry: &mut Registry, targets: &[TargetView]) {
     }
     registry.register(
         "target_overhead_cpu_seconds",
-        "CPU time the agent cost the target, charged to its budget: its exact windows (traps \
-         and programs) and watching it (page-fault programs, its share of the agent's CPU)",
+        "CPU time the agent made the target's threads run, charged to its budget: its exact \
+         windows (traps and programs) and watching it (page-fault programs)",
         spent,
+    );
+    let agent = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    for t in &tiered {
+        agent
+            .get_or_create(&labels(t))
+            .inc_by(tier(t).agent_cpu_seconds.max(0.0));
+    }
+    registry.register(
+        "target_agent_cpu_seconds",
+        "The target's share of the agent's own CPU time, charged to the node's budget",
+        agent,
+    );
+    gauge_f64(
+        registry,
+        "target_average_overhead_percent",
+        "target_overhead_cpu_seconds in percent of the CPU time the target used while watched \
+         (at least a tenth of a CPU): what --max-overhead bounds",
+        &tiered,
+        |t| tier(t).average_overhead_percent,
     );
     gauge_i64(
         registry,
@@ -416,7 +435,8 @@ fn agent_metrics(registry: &mut Registry, view: &Published) {
         spent.inc_by(a.overhead_cpu_seconds.max(0.0));
         registry.register(
             "agent_overhead_cpu_seconds",
-            "CPU time charged to every target's budget: exact windows and watching",
+            "CPU time charged to the node's budget: every target's exact windows and watching, \
+             and the agent's own work",
             spent,
         );
     }

@@ -77,15 +77,18 @@ pub(super) enum Group {
     Tested,
 }
 
-/// The two CPU cgroups, made with equal weights; removed when dropped (their processes must
-/// have exited by then).
+/// The two CPU cgroups, made with equal weights, and the CPUs their processes run on; removed
+/// when dropped (their processes must have exited by then).
 pub(super) struct Groups {
     reference: PathBuf,
     tested: PathBuf,
+    /// A CPU list, as `taskset -c` takes it.
+    cpus: String,
 }
 
 impl Groups {
-    pub(super) fn create() -> anyhow::Result<Self> {
+    /// The groups, whose processes will run on `cpus` only.
+    pub(super) fn create(cpus: &str) -> anyhow::Result<Self> {
         // cgroup v1 mounts the controller on its own; v2 has one hierarchy whose root must
         // hand the controller down to its children.
         let v1 = Path::new("/sys/fs/cgroup/cpu");
@@ -116,6 +119,7 @@ impl Groups {
         Ok(Self {
             reference: make("leaktrace-bench-reference")?,
             tested: make("leaktrace-bench-tested")?,
+            cpus: cpus.to_owned(),
         })
     }
 
@@ -126,20 +130,14 @@ impl Groups {
         }
     }
 
-    /// `cmd` run as `program` (the service's copies differ only by name) in `group`, on `cpus`
-    /// only. A shell joins the group and then becomes the program, so every thread and child
-    /// it makes starts in the group and the PID is the program's.
-    pub(super) fn placed(
-        &self,
-        group: Group,
-        cpus: &str,
-        program: &OsStr,
-        cmd: &Command,
-    ) -> Command {
+    /// `cmd` run as `program` (the service's copies differ only by name) in `group`, on the
+    /// groups' CPUs only. A shell joins the group and then becomes the program, so every thread
+    /// and child it makes starts in the group and the PID is the program's.
+    pub(super) fn placed(&self, group: Group, program: &OsStr, cmd: &Command) -> Command {
         let mut out = Command::new("sh");
         out.args(["-c", r#"echo $$ > "$0" && exec "$@""#])
             .arg(self.dir(group).join("cgroup.procs"))
-            .args(["taskset", "-c", cpus])
+            .args(["taskset", "-c", &self.cpus])
             .arg(program)
             .args(cmd.get_args());
         for (key, value) in cmd.get_envs() {

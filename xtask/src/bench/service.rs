@@ -127,7 +127,7 @@ pub(super) fn run(bench: &Bench, rounds: usize) -> anyhow::Result<Value> {
             .with_context(|| format!("copying {} to {}", system_node.display(), node.display()))?;
     }
     let cpus = Cpus::of_this_process()?;
-    let groups = Groups::create()?;
+    let groups = Groups::create(&cpus.services)?;
     let _stats = BpfStats::on()?;
     let seconds: u32 = if bench.quick { 60 } else { 240 };
     let mut runs = Vec::new();
@@ -208,7 +208,6 @@ impl Service {
     /// Starts the copy named `binary` in `group`.
     fn start(
         bench: &Bench,
-        cpus: &Cpus,
         groups: &Groups,
         server: Server,
         binary: &str,
@@ -218,12 +217,7 @@ impl Service {
         cmd.arg(server.name());
         let mut proc = Proc::spawn(
             "service",
-            &mut groups.placed(
-                group,
-                &cpus.services,
-                bench.bin.join(binary).as_os_str(),
-                &cmd,
-            ),
+            &mut groups.placed(group, bench.bin.join(binary).as_os_str(), &cmd),
         )?;
         let ready = proc.wait_for("`ready` line", Duration::from_secs(30), |l| {
             l.starts_with("ready ")
@@ -245,15 +239,8 @@ struct Pair {
 impl Pair {
     /// Starts both copies and warms them up under load.
     fn start(bench: &Bench, cpus: &Cpus, groups: &Groups, server: Server) -> anyhow::Result<Self> {
-        let reference = Service::start(
-            bench,
-            cpus,
-            groups,
-            server,
-            REFERENCE_NAME,
-            Group::Reference,
-        )?;
-        let tested = Service::start(bench, cpus, groups, server, NODE_NAME, Group::Tested)?;
+        let reference = Service::start(bench, groups, server, REFERENCE_NAME, Group::Reference)?;
+        let tested = Service::start(bench, groups, server, NODE_NAME, Group::Tested)?;
         let pair = Self {
             server,
             reference,
@@ -314,7 +301,7 @@ fn run_once(
             .arg(pid.to_string());
             let mut proc = Proc::spawn(
                 "leaktrace attach --mode watch",
-                &mut groups.placed(Group::Tested, &cpus.services, cmd.get_program(), &cmd),
+                &mut groups.placed(Group::Tested, cmd.get_program(), &cmd),
             )?;
             proc.wait_for("attach line", Duration::from_secs(120), |l| {
                 l.starts_with("leaktrace: attached to PID")
@@ -328,7 +315,7 @@ fn run_once(
                 .args(["--listen", &listen]);
             let proc = Proc::spawn(
                 "leaktrace agent",
-                &mut groups.placed(Group::Tested, &cpus.services, cmd.get_program(), &cmd),
+                &mut groups.placed(Group::Tested, cmd.get_program(), &cmd),
             )?;
             let deadline = Instant::now() + Duration::from_secs(120);
             // Watched once /api/v1/targets lists it.
