@@ -44,6 +44,21 @@ fn labels(t: &TargetView) -> Labels {
     ]
 }
 
+/// A counter of seconds per target (never negative: a counter only rises).
+fn counter_f64(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    targets: &[TargetView],
+    value: impl Fn(&TargetView) -> f64,
+) {
+    let family = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+    for t in targets {
+        family.get_or_create(&labels(t)).inc_by(value(t).max(0.0));
+    }
+    registry.register(name, help, family);
+}
+
 fn gauge_i64(
     registry: &mut Registry,
     name: &str,
@@ -258,28 +273,20 @@ fn tier_metrics(registry: &mut Registry, targets: &[TargetView]) {
         &tiered,
         |t| u64::from(tier(t).windows),
     );
-    let spent = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
-    for t in &tiered {
-        spent
-            .get_or_create(&labels(t))
-            .inc_by(tier(t).overhead_cpu_seconds.max(0.0));
-    }
-    registry.register(
+    counter_f64(
+        registry,
         "target_overhead_cpu_seconds",
         "CPU time the agent made the target's threads run, charged to its budget: its exact \
          windows (traps and programs) and watching it (page-fault programs)",
-        spent,
+        &tiered,
+        |t| tier(t).overhead_cpu_seconds,
     );
-    let agent = Family::<Labels, Counter<f64, std::sync::atomic::AtomicU64>>::default();
-    for t in &tiered {
-        agent
-            .get_or_create(&labels(t))
-            .inc_by(tier(t).agent_cpu_seconds.max(0.0));
-    }
-    registry.register(
+    counter_f64(
+        registry,
         "target_agent_cpu_seconds",
         "The target's share of the agent's own CPU time, charged to the node's budget",
-        agent,
+        &tiered,
+        |t| tier(t).agent_cpu_seconds,
     );
     gauge_f64(
         registry,
