@@ -131,6 +131,14 @@ const READ_EVERY_S: f64 = 1.0;
 /// chunks in a busy process): it is made at most once every this many times the CPU time its
 /// last one took, so that it takes at most 5 % of a CPU however large the process.
 const COST_RATIO: f64 = 20.0;
+/// Past its first [`EARLY_S`] seconds of readings, a process is read at most once every this
+/// many times the CPU time of its last reading: 0.05 % of a CPU. A trace left running (watch
+/// mode, the agent) pays that for as long as it runs, and a resident set that leaks grows for
+/// minutes; the bench's Node service takes 4-6 ms a reading (`smaps` is most of it), which
+/// every 5 s was a quarter of watch mode's CPU there, and is read every 10 s or so past its
+/// first minute. A short trace (a test, an incident responder's minute) reads as before.
+const STEADY_COST_RATIO: f64 = 2000.0;
+const EARLY_S: f64 = 60.0;
 
 /// Reads the memory of every traced process, once a second at most, and keeps their series.
 #[derive(Default)]
@@ -173,15 +181,17 @@ impl Watch {
         // Once a second is enough for a resident set, and keeps a short interval's samples on
         // pace, once an account has read back; until then, and after a reading whose account
         // raced the allocator, every sample tries (a verdict is judged on the readings that read
-        // back); less often when a reading is costly (see `COST_RATIO`).
-        let costly = watched.cost_s * COST_RATIO;
+        // back); less often when a reading is costly (see `COST_RATIO`), and past the first minute
+        // at a steady cost (see `STEADY_COST_RATIO`).
+        let steady = watched.series.first().is_some_and(|p| at - p.t >= EARLY_S);
         let raced = watched
             .series
             .last()
             .is_some_and(|p| p.free_bytes.is_none());
         let gap = match watched.last_readable {
-            Some(_) if !raced => READ_EVERY_S.max(costly),
-            _ => costly,
+            Some(_) if !raced && steady => READ_EVERY_S.max(watched.cost_s * STEADY_COST_RATIO),
+            Some(_) if !raced => READ_EVERY_S.max(watched.cost_s * COST_RATIO),
+            _ => watched.cost_s * COST_RATIO,
         };
         if !last && watched.series.last().is_some_and(|p| at - p.t < gap) {
             return;

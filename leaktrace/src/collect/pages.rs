@@ -19,14 +19,14 @@
 //! pages, share them), and the fault that mapped one is credited the other 511 populated.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     fs::File,
     io,
     os::unix::fs::FileExt as _,
     time::{Duration, Instant},
 };
 
-use leaktrace_common::{Counter, PAGE_BYTES, PageFault, PageKey, StackKey};
+use leaktrace_common::{Counter, PAGE_BYTES, PageFault, StackKey};
 
 use super::{CollectError, Snapshot};
 use crate::{
@@ -37,9 +37,9 @@ use crate::{
     },
 };
 
-/// The maps a pass walks, keyed by page. A pass hashes every recorded page several times
-/// (tens of thousands on a busy service): foldhash, seeded per process, takes a fraction of
-/// std's SipHash, whose resistance to chosen keys buys nothing for addresses the probes saw.
+/// The maps a pass hashes into by stack or huge page. foldhash, seeded per process, takes a
+/// fraction of std's SipHash, whose resistance to chosen keys buys nothing for values the probes
+/// made.
 type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type Set<K> = HashSet<K, foldhash::fast::RandomState>;
 
@@ -51,24 +51,49 @@ const HUGE_PAGES: u64 = 512;
 /// populated, and one read of a few hundred entries costs less than a call per page.
 const RUN_PAGES: u64 = 512;
 
+/// One sampled page: its last record, and what the passes found of it.
+#[derive(Clone, Copy)]
+struct Page {
+    fault: PageFault,
+    /// Whether `frame` and `huge` were read for this record's fault: a page given back and
+    /// populated again is a new page, whose huge page (if any) its own fault mapped.
+    seen: bool,
+    /// The frame the page was in at the last pass that found it resident, looked up in
+    /// `/proc/kpageflags` again only when it changes (`khugepaged` collapsed base pages into a
+    /// huge page, or the page moved).
+    frame: u64,
+    /// The first frame of the huge page `frame` lies in; 0: a base page, or not resident.
+    huge: u64,
+    /// Found not present at the last pass: dropped if still so at the next. A fault's sample
+    /// comes before the kernel maps the page, so a page read in between (zeroing a huge page
+    /// takes a while) is not present yet, not gone.
+    absent: bool,
+}
+
+impl Page {
+    fn new(fault: PageFault) -> Self {
+        Self {
+            fault,
+            seen: false,
+            frame: 0,
+            huge: 0,
+            absent: false,
+        }
+    }
+}
+
 /// What the tracer knows of the pages the probes recorded, across samples.
 #[derive(Default)]
 pub struct Residency {
-    /// The last record of each sampled page not yet found gone.
-    records: Map<PageKey, PageFault>,
+    /// Each process's sampled pages not yet found gone, by address: a pass walks them in
+    /// address order, as pagemap is read, without sorting or hashing them.
+    records: HashMap<u32, BTreeMap<u64, Page>>,
+    /// The pages in `records`.
+    count: usize,
     /// At most this many records are kept (`--max-pages`); the pages of faults past it are
     /// counted, by process, as [`Counter::PageMapFull`].
     max_pages: usize,
     refused: HashMap<u32, u64>,
-    /// Each page seen resident: its frame, and the first frame of the huge page it lies in (0:
-    /// a base page); looked up again only when the frame changes (`khugepaged` collapsed base
-    /// pages into a huge page, or the page moved).
-    /// Keyed by the fault's time too: a page given back and populated again is a new page.
-    backing: Map<PageKey, (u64, u64, u64)>,
-    /// Pages found not present at the last reading, by their record: dropped if still so at
-    /// the next. A fault's sample comes before the kernel maps the page, so a page read in
-    /// between (zeroing a huge page takes a while) is not present yet, not gone.
-    absent: Set<(PageKey, u64)>,
     /// Huge pages whose populating fault was credited its 511 other pages.
     credited: Set<(u32, u64)>,
     /// Those credits, by the stack of the fault, in pages.
@@ -85,14 +110,15 @@ pub struct Residency {
     unreadable: HashMap<u32, String>,
 }
 
-/// A pass reads every recorded page, twice from the probes' map and once from pagemap: its
-/// cost grows with what the targets hold (a service with 500 MiB resident has 128 k pages). It
-/// runs at most once every this many times the CPU time of its last one, so that it takes at
-/// most 0.1 % of a CPU however much is resident (at 1 % it was 40 % of watch mode's CPU on
-/// the bench's service: what a service left under watch pays most directly); in between, each
-/// stack keeps the resident figures of the last pass (new faults still count as populated at
-/// once). A trace's last sample always runs one.
-const COST_RATIO: u32 = 1000;
+/// A pass reads every recorded page once from pagemap and walks their records: its cost grows
+/// with what the targets hold (a service with 500 MiB resident has 128 k pages; on the bench's
+/// leaking service a pass over 45 k pages took 5-7 ms, 130 ns a page). It runs at most once
+/// every this many times the CPU time of its last one, so that it takes at most 0.03 % of a CPU
+/// however much is resident (at 0.1 % it was a quarter of watch mode's CPU on that service, what
+/// a service left under watch pays most directly); in between, each stack keeps the resident
+/// figures of the last pass (new faults still count as populated at once). A trace's last
+/// sample always runs one.
+const COST_RATIO: u32 = 3000;
 
 /// For this long from the first pass, passes run at up to 1 % of a CPU: a short trace (an
 /// incident responder's minute, a test) gets its residency series from its first seconds, and
@@ -114,12 +140,28 @@ impl Residency {
     /// called at every sample and every read of the side-band, so that the probes' ring never
     /// fills between passes.
     pub fn drain(&mut self, probes: &mut Probes) {
-        let (records, refused, max) = (&mut self.records, &mut self.refused, self.max_pages);
+        let (records, count, refused, max) = (
+            &mut self.records,
+            &mut self.count,
+            &mut self.refused,
+            self.max_pages,
+        );
         probes.drain_pages(|record| {
-            if records.len() >= max && !records.contains_key(&record.page) {
-                *refused.entry(record.page.tgid).or_default() += 1;
-            } else {
-                records.insert(record.page, record.fault);
+            let pages = records.entry(record.page.tgid).or_default();
+            match pages.get_mut(&record.page.page) {
+                // A new fault on a known page: what was read of its frame stays until the next
+                // pass, which judges the new record (a huge page it belongs to stays credited).
+                Some(page) if page.fault.at_ns != record.fault.at_ns => {
+                    page.fault = record.fault;
+                    page.seen = false;
+                    page.absent = false;
+                }
+                Some(_) => {}
+                None if *count >= max => *refused.entry(record.page.tgid).or_default() += 1,
+                None => {
+                    pages.insert(record.page.page, Page::new(record.fault));
+                    *count += 1;
+                }
             }
         });
     }
@@ -152,7 +194,13 @@ impl Residency {
         if last || due {
             let (started, cpu) = (Instant::now(), thread_cpu_time());
             self.pass(probes)?;
-            self.last_pass = Some((started, thread_cpu_time().saturating_sub(cpu)));
+            let cost = thread_cpu_time().saturating_sub(cpu);
+            tracing::debug!(
+                pages = self.count,
+                cpu_us = cost.as_micros() as u64,
+                "residency pass"
+            );
+            self.last_pass = Some((started, cost));
             self.first_pass.get_or_insert(started);
         }
         let period = i64::try_from(period).unwrap_or(i64::MAX);
@@ -174,20 +222,13 @@ impl Residency {
     /// Finds which recorded pages are resident, by stack, and forgets the pages found gone and
     /// those of processes that are gone.
     fn pass(&mut self, probes: &mut Probes) -> Result<(), CollectError> {
-        let mut by_process: HashMap<u32, Vec<(u64, PageFault)>> = HashMap::new();
-        for (page, fault) in &self.records {
-            by_process
-                .entry(page.tgid)
-                .or_default()
-                .push((page.page, *fault));
-        }
         let mut read = Vec::new();
-        let mut vanished = HashSet::new();
-        for (tgid, mut pages) in by_process {
+        let mut vanished = Vec::new();
+        for (&tgid, pages) in &self.records {
             let pagemap = match Pagemap::open(tgid) {
                 Ok(pagemap) => pagemap,
                 Err(err) if err.kind() == io::ErrorKind::NotFound => {
-                    vanished.insert(tgid);
+                    vanished.push(tgid);
                     continue;
                 }
                 Err(err) => {
@@ -195,14 +236,18 @@ impl Residency {
                     continue;
                 }
             };
-            pages.sort_unstable_by_key(|&(page, _)| page);
-            if let Ok(entries) = pagemap.entries_of(&pages, RUN_PAGES) {
-                read.push((tgid, pages, entries));
+            let listed: Vec<(u64, u64)> = pages
+                .iter()
+                .map(|(&page, record)| (page, record.fault.at_ns))
+                .collect();
+            if let Ok(entries) = pagemap.entries_of(&listed, RUN_PAGES) {
+                read.push((tgid, listed, entries));
             }
         }
-        if !vanished.is_empty() {
-            self.records
-                .retain(|page, _| !vanished.contains(&page.tgid));
+        for tgid in vanished {
+            if let Some(pages) = self.records.remove(&tgid) {
+                self.count -= pages.len();
+            }
         }
         // A record a fault replaced while the pages were read (the page given back and its
         // address populated again) may not match what pagemap said: it waits for the next
@@ -210,89 +255,91 @@ impl Residency {
         self.drain(probes);
         // Resident base pages by stack, in 512ths of a page so huge pages split exactly.
         let mut resident: Map<StackKey, u64> = Map::default();
-        let mut gone = Vec::new();
-        let mut absent = Set::default();
-        for (tgid, pages, entries) in read {
+        let flags = self.flags.as_ref();
+        for (tgid, listed, entries) in read {
+            let Some(pages) = self.records.get_mut(&tgid) else {
+                continue;
+            };
             let mut held = Vec::new();
-            for ((page, fault), entry) in pages.into_iter().zip(entries) {
-                let site = fault.site;
-                let key = PageKey {
-                    tgid,
-                    _pad: 0,
-                    page,
+            let mut gone = Vec::new();
+            // The records are in address order, as `listed` is: one walk pairs them, past the
+            // pages the drain just added.
+            let mut records = pages.iter_mut().peekable();
+            for ((page, at_ns), entry) in listed.into_iter().zip(entries) {
+                while records.next_if(|(at, _)| **at < page).is_some() {}
+                let Some((_, record)) = records.next_if(|(at, _)| **at == page) else {
+                    continue;
                 };
-                if self.records.get(&key).map(|f| f.at_ns) != Some(fault.at_ns) {
+                if record.fault.at_ns != at_ns {
                     continue;
                 }
                 if entry & (PRESENT | SWAPPED) == 0 {
-                    self.backing.remove(&key);
-                    if self.absent.contains(&(key, fault.at_ns)) {
-                        gone.push(key);
-                    } else {
-                        absent.insert((key, fault.at_ns));
+                    (record.seen, record.frame, record.huge) = (false, 0, 0);
+                    if record.absent {
+                        gone.push(page);
                     }
+                    record.absent = true;
                     continue;
                 }
+                record.absent = false;
                 let frame = if entry & PRESENT != 0 { entry & PFN } else { 0 };
-                let huge = match self.backing.get(&key) {
-                    Some(&(at, seen, huge)) if at == fault.at_ns && seen == frame => huge,
-                    known => {
-                        let first_sight = known.is_none_or(|&(at, ..)| at != fault.at_ns);
-                        let huge = if frame == 0 {
-                            0
-                        } else {
-                            self.huge_page_of(frame)
-                        };
-                        self.backing.insert(key, (fault.at_ns, frame, huge));
-                        // Only a huge page the fault itself mapped was populated by it; one
-                        // collapsed later is resident, not populated, by that stack.
-                        if first_sight && huge != 0 && self.credited.insert((tgid, huge)) {
-                            *self.huge_extra.entry(site).or_default() += HUGE_PAGES - 1;
-                        }
-                        huge
+                if !record.seen || record.frame != frame {
+                    let huge = huge_page_of(flags, frame);
+                    // Only a huge page the fault itself mapped was populated by it; one
+                    // collapsed later is resident, not populated, by that stack.
+                    if !record.seen && huge != 0 && self.credited.insert((tgid, huge)) {
+                        *self.huge_extra.entry(record.fault.site).or_default() += HUGE_PAGES - 1;
                     }
-                };
-                held.push((site, huge));
+                    (record.seen, record.frame, record.huge) = (true, frame, huge);
+                }
+                held.push((record.fault.site, record.huge));
+            }
+            for page in gone {
+                pages.remove(&page);
+                self.count -= 1;
             }
             let mut sharing: Map<u64, u64> = Map::default();
             for &(_, huge) in held.iter().filter(|(_, huge)| *huge != 0) {
                 *sharing.entry(huge).or_default() += 1;
             }
+            // Neighbouring pages mostly share their stack: one addition per run of them.
+            let mut run: Option<(StackKey, u64)> = None;
             for (site, huge) in held {
                 let share = match huge {
                     0 => HUGE_PAGES,
                     huge => HUGE_PAGES * HUGE_PAGES / sharing[&huge],
                 };
-                *resident.entry(site).or_default() += share;
+                match &mut run {
+                    Some((key, sum)) if *key == site => *sum += share,
+                    _ => {
+                        if let Some((key, sum)) = run.replace((site, share)) {
+                            *resident.entry(key).or_default() += sum;
+                        }
+                    }
+                }
+            }
+            if let Some((key, sum)) = run {
+                *resident.entry(key).or_default() += sum;
             }
         }
-        self.absent = absent;
+        self.records.retain(|_, pages| !pages.is_empty());
         // A huge page none of whose sampled pages is resident any more is gone: its frames may
         // back another one later, which is credited anew.
-        let backed: Set<(u32, u64)> = self
-            .backing
-            .iter()
-            .filter(|(_, (_, _, huge))| *huge != 0)
-            .map(|(key, &(_, _, huge))| (key.tgid, huge))
-            .collect();
-        self.credited.retain(|credit| backed.contains(credit));
-        for key in gone {
-            self.records.remove(&key);
+        if !self.credited.is_empty() {
+            let backed: Set<(u32, u64)> = self
+                .records
+                .iter()
+                .flat_map(|(&tgid, pages)| {
+                    pages
+                        .values()
+                        .filter(|page| page.huge != 0)
+                        .map(move |page| (tgid, page.huge))
+                })
+                .collect();
+            self.credited.retain(|credit| backed.contains(credit));
         }
         self.resident = resident;
         Ok(())
-    }
-
-    /// The first frame of the transparent huge page holding frame `pfn`, or 0.
-    fn huge_page_of(&self, pfn: u64) -> u64 {
-        let (Some(flags), true) = (&self.flags, pfn != 0) else {
-            return 0;
-        };
-        let mut word = [0u8; 8];
-        match flags.read_exact_at(&mut word, pfn * 8) {
-            Ok(()) if u64::from_ne_bytes(word) & KPF_THP != 0 => pfn & !(HUGE_PAGES - 1),
-            _ => 0,
-        }
     }
 
     /// Why the resident pages of `pid` cannot be read, if they cannot.
@@ -302,13 +349,25 @@ impl Residency {
 
     /// Forgets a process's pages.
     pub fn forget(&mut self, pid: u32) {
-        self.records.retain(|k, _| k.tgid != pid);
+        if let Some(pages) = self.records.remove(&pid) {
+            self.count -= pages.len();
+        }
         self.refused.remove(&pid);
         self.unreadable.remove(&pid);
-        self.backing.retain(|k, _| k.tgid != pid);
         self.credited.retain(|(tgid, _)| *tgid != pid);
-        self.absent.retain(|(k, _)| k.tgid != pid);
         self.huge_extra.retain(|k, _| k.tgid != pid);
         self.resident.retain(|k, _| k.tgid != pid);
+    }
+}
+
+/// The first frame of the transparent huge page holding frame `pfn`, or 0.
+fn huge_page_of(flags: Option<&File>, pfn: u64) -> u64 {
+    let (Some(flags), true) = (flags, pfn != 0) else {
+        return 0;
+    };
+    let mut word = [0u8; 8];
+    match flags.read_exact_at(&mut word, pfn * 8) {
+        Ok(()) if u64::from_ne_bytes(word) & KPF_THP != 0 => pfn & !(HUGE_PAGES - 1),
+        _ => 0,
     }
 }
