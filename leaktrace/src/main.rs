@@ -154,6 +154,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         follow,
         node_perf_maps: run.as_ref().is_some_and(|(perf_maps, _)| *perf_maps),
         v8_frames: !args.no_v8_frames,
+        memory_every_sample: false,
     };
     let mut outcome = runtime()?.block_on(trace::trace(start, &options))?;
     if let Some(suppressions) = &suppressions {

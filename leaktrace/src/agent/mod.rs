@@ -154,6 +154,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         follow: false,
         node_perf_maps: false,
         v8_frames: true,
+        memory_every_sample: config.mode == AgentMode::Tiered,
     };
     let session = Session::new(&options)?;
     let windows = match config.mode {

@@ -241,7 +241,7 @@ impl Session {
                 None => None,
             },
             notes: Vec::new(),
-            memory: Default::default(),
+            memory: crate::analyze::memory::Watch::new(options.memory_every_sample),
             ending: false,
             fault_period: match options.mode {
                 crate::probe::ProbeMode::Watch { period, .. } => Some(period.get()),
