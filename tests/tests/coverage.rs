@@ -99,10 +99,39 @@ fn check(report: &Value, pid: u32, function: &str, expected: SiteTotals) {
     let mut got = site(report, pid, function);
     assert!(
         got.stacks > 0 || expected.alloc_calls == 0,
-        "no stack names {function}"
+        "no stack names {function}; PID {pid}'s stacks: {:#?}; notes: {}; losses: {:?}",
+        stacks_of(report, pid),
+        report["notes"],
+        losses(report),
     );
     got.stacks = 0;
     assert_eq!(got, expected, "{function}");
+}
+
+/// What a failed [`check`] says of `pid`'s stacks: each one's live bytes and frames' names (or
+/// addresses).
+fn stacks_of(report: &Value, pid: u32) -> Vec<(i64, Vec<String>)> {
+    report["stacks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
+        .map(|s| {
+            let frames = s["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|f| {
+                    f["function"]
+                        .as_str()
+                        .or(f["address"].as_str())
+                        .unwrap_or("?")
+                        .to_owned()
+                })
+                .collect();
+            (s["live_bytes"].as_i64().unwrap_or(0), frames)
+        })
+        .collect()
 }
 
 fn no_losses(report: &Value) {

@@ -34,6 +34,7 @@ impl Session {
             .collect();
         keys.sort_unstable_by_key(|&(_, weight)| std::cmp::Reverse(weight));
         let deadline = Instant::now() + self.naming_budget;
+        self.js.next_pass();
         for (key, _) in keys {
             if Instant::now() >= deadline {
                 break;

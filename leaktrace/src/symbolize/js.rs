@@ -113,6 +113,11 @@ impl JsNamer {
         Some(frames)
     }
 
+    /// Starts a naming pass (the stacks named at one sample): see [`Resolver::next_pass`].
+    pub fn next_pass(&mut self) {
+        self.targets.values_mut().for_each(Resolver::next_pass);
+    }
+
     /// Whether `pid`'s JavaScript frames are named from V8's data.
     pub fn names(&self, pid: u32) -> bool {
         self.targets.contains_key(&pid)

@@ -67,15 +67,42 @@ pub struct Resolver<M: Memory> {
     heap: Heap<M>,
     functions: HashMap<u64, Entry>,
     scripts: HashMap<u64, Lines>,
-    /// Functions (by SFI) whose script's name did not read back, and how often in a row.
-    script_misses: HashMap<u64, u32>,
+    script_misses: ScriptMisses,
 }
 
-/// How many times a function's script name may fail to read before it is named without a file.
-/// A stack is named up to 3 times (`symbolize::js`), each time reading a function at most twice
-/// (an interpreted frame reads it for its call line, then for itself): 4 misses let the last
-/// attempt name it.
-const SCRIPT_NAME_MISSES: u32 = 4;
+/// Functions (by SFI) whose script's name did not read back: at how many naming passes in a
+/// row, and the last pass that missed.
+#[derive(Default)]
+struct ScriptMisses {
+    by_function: HashMap<u64, (u32, u64)>,
+    /// The naming pass under way (see [`Resolver::next_pass`]).
+    pass: u64,
+}
+
+impl ScriptMisses {
+    /// The script name of `sfi` read back.
+    fn hit(&mut self, sfi: u64) {
+        self.by_function.remove(&sfi);
+    }
+
+    /// The script name of `sfi` did not read back: whether to give up on it (name the function
+    /// without a file) rather than try again at a later pass.
+    fn give_up(&mut self, sfi: u64) -> bool {
+        let (passes, last) = self.by_function.entry(sfi).or_default();
+        if *passes == 0 || *last != self.pass {
+            *passes += 1;
+            *last = self.pass;
+        }
+        *passes > SCRIPT_NAME_MISSES
+    }
+}
+
+/// At how many naming passes a function's script name may fail to read before the function is
+/// named without a file. A stack is named at up to 3 passes (`symbolize::js`): 2 misses let the
+/// third name it. Misses count once per pass: within one pass, every stack with the function
+/// reads it at the same moment (a collection moving its Script fails them all), and counting
+/// each read would take one pass's race for a script that never reads back.
+const SCRIPT_NAME_MISSES: u32 = 2;
 
 impl<M: Memory> Resolver<M> {
     pub fn new(layout: Layout, mem: M) -> Self {
@@ -83,8 +110,14 @@ impl<M: Memory> Resolver<M> {
             heap: Heap::new(layout, mem),
             functions: HashMap::new(),
             scripts: HashMap::new(),
-            script_misses: HashMap::new(),
+            script_misses: ScriptMisses::default(),
         }
+    }
+
+    /// Starts a naming pass: the stacks named at one sample. A script name that does not read
+    /// back counts as a miss once per pass, however many of the pass's stacks read it.
+    pub fn next_pass(&mut self) {
+        self.script_misses.pass += 1;
     }
 
     /// `sfi` is the tagged SharedFunctionInfo pointer the probe read from `JSFunction::shared`.
@@ -185,17 +218,11 @@ impl<M: Memory> Resolver<M> {
         // alone: Node's own scripts may have sources this reader cannot follow.
         let script_name = match self.script_name(script) {
             Some(read) => {
-                self.script_misses.remove(&sfi);
+                self.script_misses.hit(sfi);
                 read
             }
-            None => {
-                let misses = self.script_misses.entry(sfi).or_default();
-                *misses += 1;
-                if *misses <= SCRIPT_NAME_MISSES {
-                    return None;
-                }
-                String::new()
-            }
+            None if self.script_misses.give_up(sfi) => String::new(),
+            None => return None,
         };
         let line = range.and_then(|(start, _)| self.line(script, start));
         Some(Entry {
@@ -227,7 +254,7 @@ impl<M: Memory> Resolver<M> {
     /// The name of the script `script`: empty for a function without one (builtins, eval).
     /// `None` when the Script, or the string it names itself with, did not read back (a
     /// collection moved it under the read): the function is not remembered then, and is decoded
-    /// again when its stack is named again, up to [`SCRIPT_NAME_MISSES`] times before it is
+    /// again when its stack is named again, at up to [`SCRIPT_NAME_MISSES`] passes before it is
     /// taken as nameless, so a string this reader cannot follow costs the file, never the
     /// function.
     fn script_name(&self, script: u64) -> Option<String> {
@@ -285,4 +312,35 @@ impl<M: Memory> Resolver<M> {
 /// Whether `position` lies in the function's source range (when known).
 fn within(range: Option<(u32, u32)>, position: u32) -> bool {
     range.is_none_or(|(start, end)| (start..=end).contains(&position))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_script_name_missed_by_many_stacks_of_one_pass_is_one_miss() {
+        let mut misses = ScriptMisses::default();
+        // A collection moves the Script while one pass names six stacks with the function.
+        misses.pass = 1;
+        assert!((0..6).all(|_| !misses.give_up(0x100)));
+        // It misses again at the next pass, then at the third: only then named without a file.
+        misses.pass = 2;
+        assert!(!misses.give_up(0x100));
+        misses.pass = 3;
+        assert!(misses.give_up(0x100));
+    }
+
+    #[test]
+    fn a_script_name_that_reads_back_clears_its_misses() {
+        let mut misses = ScriptMisses::default();
+        misses.pass = 1;
+        assert!(!misses.give_up(0x100));
+        misses.pass = 2;
+        assert!(!misses.give_up(0x100));
+        misses.hit(0x100);
+        misses.pass = 3;
+        assert!(!misses.give_up(0x100));
+        assert!(!misses.give_up(0x200));
+    }
 }
