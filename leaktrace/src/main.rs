@@ -82,14 +82,25 @@ fn run_agent(config: agent::config::AgentConfig) -> anyhow::Result<u8> {
         write_stdout((serde_json::to_string_pretty(&config)? + "\n").as_bytes())?;
         return Ok(0);
     }
-    runtime()?.block_on(agent::run(config))?;
+    tokio::runtime::Builder::new_multi_thread()
+        // Two workers: the agent serves its API while a target's window is sampled, and the
+        // node's CPUs are not ours to take.
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(agent::run(config))?;
     Ok(0)
 }
 
-/// Two workers: tracing is light work, and the target's CPUs are not ours to take.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+/// One thread for one trace: its work is one loop of timers (samples, the kernel's records),
+/// which this thread's own wait serves. On a runtime with workers, the worker that held the
+/// timer driver woke at every timer set or fired and then woke this thread in turn: three
+/// wake-ups for each of the loop's, every one of them preempting a busy target on a CPU they
+/// share (measured in watch mode on the bench's service: 18 wake-ups a second of the worker
+/// for 6 of the loop).
+fn trace_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
@@ -156,7 +167,7 @@ fn run(command: Command) -> anyhow::Result<u8> {
         v8_frames: !args.no_v8_frames,
         memory_every_sample: false,
     };
-    let mut outcome = runtime()?.block_on(trace::trace(start, &options))?;
+    let mut outcome = trace_runtime()?.block_on(trace::trace(start, &options))?;
     if let Some(suppressions) = &suppressions {
         suppressions.apply(&mut outcome.report);
     }

@@ -80,6 +80,10 @@ struct ScriptMisses {
 }
 
 impl ScriptMisses {
+    fn next_pass(&mut self) {
+        self.pass += 1;
+    }
+
     /// The script name of `sfi` read back.
     fn hit(&mut self, sfi: u64) {
         self.by_function.remove(&sfi);
@@ -117,7 +121,7 @@ impl<M: Memory> Resolver<M> {
     /// Starts a naming pass: the stacks named at one sample. A script name that does not read
     /// back counts as a miss once per pass, however many of the pass's stacks read it.
     pub fn next_pass(&mut self) {
-        self.script_misses.pass += 1;
+        self.script_misses.next_pass();
     }
 
     /// `sfi` is the tagged SharedFunctionInfo pointer the probe read from `JSFunction::shared`.
@@ -322,24 +326,24 @@ mod tests {
     fn a_script_name_missed_by_many_stacks_of_one_pass_is_one_miss() {
         let mut misses = ScriptMisses::default();
         // A collection moves the Script while one pass names six stacks with the function.
-        misses.pass = 1;
+        misses.next_pass();
         assert!((0..6).all(|_| !misses.give_up(0x100)));
         // It misses again at the next pass, then at the third: only then named without a file.
-        misses.pass = 2;
+        misses.next_pass();
         assert!(!misses.give_up(0x100));
-        misses.pass = 3;
+        misses.next_pass();
         assert!(misses.give_up(0x100));
     }
 
     #[test]
     fn a_script_name_that_reads_back_clears_its_misses() {
         let mut misses = ScriptMisses::default();
-        misses.pass = 1;
+        misses.next_pass();
         assert!(!misses.give_up(0x100));
-        misses.pass = 2;
+        misses.next_pass();
         assert!(!misses.give_up(0x100));
         misses.hit(0x100);
-        misses.pass = 3;
+        misses.next_pass();
         assert!(!misses.give_up(0x100));
         assert!(!misses.give_up(0x200));
     }
