@@ -99,9 +99,16 @@ fn check(report: &Value, pid: u32, function: &str, expected: SiteTotals) {
     let mut got = site(report, pid, function);
     assert!(
         got.stacks > 0 || expected.alloc_calls == 0,
-        "no stack names {function}; PID {pid}'s stacks: {:#?}; notes: {}; losses: {:?}",
+        "no stack names {function}; PID {pid}'s stacks: {:#?}; its notes: {}; the trace's: {}; \
+         losses: {:?}",
         stacks_of(report, pid),
-        report["notes"],
+        report["targets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|t| t["pid"].as_u64() == Some(u64::from(pid)))
+            .map_or(&Value::Null, |t| &t["notes"]),
+        report["trace"]["notes"],
         losses(report),
     );
     got.stacks = 0;
