@@ -7,8 +7,8 @@
 use std::{path::Path, process::Command};
 
 use leaktrace_tests::{
-    SiteTotals, Target, fixture_with, have_root, losses, make_root_with, scratch, site,
-    start_in_namespace, trace_workload,
+    SiteTotals, Target, fixture_with, frames, have_root, losses, make_root_with, scratch, site,
+    stacks_of, start_in_namespace, trace_workload,
 };
 use serde_json::Value;
 
@@ -101,7 +101,7 @@ fn check(report: &Value, pid: u32, function: &str, expected: SiteTotals) {
         got.stacks > 0 || expected.alloc_calls == 0,
         "no stack names {function}; PID {pid}'s stacks: {:#?}; its notes: {}; the trace's: {}; \
          losses: {:?}",
-        stacks_of(report, pid),
+        shown_stacks(report, pid),
         report["targets"]
             .as_array()
             .into_iter()
@@ -117,23 +117,17 @@ fn check(report: &Value, pid: u32, function: &str, expected: SiteTotals) {
 
 /// What a failed [`check`] says of `pid`'s stacks: each one's live bytes and frames' names (or
 /// addresses).
-fn stacks_of(report: &Value, pid: u32) -> Vec<(i64, Vec<String>)> {
-    report["stacks"]
-        .as_array()
+fn shown_stacks(report: &Value, pid: u32) -> Vec<(i64, Vec<&str>)> {
+    stacks_of(report, pid)
         .into_iter()
-        .flatten()
-        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
         .map(|s| {
-            let frames = s["frames"]
-                .as_array()
-                .into_iter()
-                .flatten()
+            let frames = frames(s)
+                .iter()
                 .map(|f| {
                     f["function"]
                         .as_str()
                         .or(f["address"].as_str())
                         .unwrap_or("?")
-                        .to_owned()
                 })
                 .collect();
             (s["live_bytes"].as_i64().unwrap_or(0), frames)
