@@ -161,6 +161,23 @@ pub struct Growth {
     pub method: String,
 }
 
+/// Watch mode: whether a stack's `rise` in populated bytes (last sample minus first) is growth of
+/// the process whose resident set went through `rss` (`(seconds, bytes)`, same trace, oldest
+/// first). It is where the resident set rose by at least half as much, and its trend over the
+/// trace (Theil-Sen slope times the span) rose beyond its own step noise. Otherwise the stack took
+/// over pages given back elsewhere (a collector's, the allocator's trimmed top), or the process
+/// did not grow at all: the first reading caught in a collector's trough and a few pages of a
+/// JavaScript heap settling show a rise and a trend, yet no growth anyone can see. With no
+/// resident set read, the stack's own verdict stands.
+pub fn rise_seen_in(rise: i64, rss: &[(f64, i64)]) -> bool {
+    let (Some(&(t_first, first)), Some(&(t_last, last))) = (rss.first(), rss.last()) else {
+        return true;
+    };
+    let values: Vec<i64> = rss.iter().map(|&(_, v)| v).collect();
+    let trend_rise = theil_sen(rss).unwrap_or(0.0) * (t_last - t_first);
+    2 * (last - first) >= rise && trend_rise > step_noise(&values)
+}
+
 /// Classifies a live-bytes series; never panics, and every number in the
 /// result is finite.
 ///
@@ -867,6 +884,37 @@ mod tests {
         assert_eq!(give_back_troughs(&[10, 0, 3, 0, 4, 10, 0], 5.0), [0, 0]);
         assert_eq!(give_back_troughs(&[0, 4, 1, 4, 0], 5.0), [0; 0]);
         assert_eq!(give_back_troughs(&[], 5.0), [0; 0]);
+    }
+
+    #[test]
+    fn a_rise_is_seen_where_the_resident_set_grew_beyond_its_noise() {
+        let per_second = |mib: &[f64]| -> Vec<(f64, i64)> {
+            mib.iter()
+                .enumerate()
+                .map(|(t, m)| (t as f64, (m * MIB as f64) as i64))
+                .collect()
+        };
+        // A leak under a collector: 1 MiB a second, every other reading 0.5 MiB up.
+        let leaking: Vec<(f64, i64)> = (0..10)
+            .map(|t| (t as f64, 40 * MIB + t * MIB + (t % 2) * MIB / 2))
+            .collect();
+        assert!(rise_seen_in(9 * MIB, &leaking));
+        assert!(
+            rise_seen_in(MIB / 2, &leaking),
+            "a small stack of a growing process, under the resident set's noise, is growth"
+        );
+        // Pages taken over from a trimmed heap: the stack rose, the resident set did not.
+        let flat = per_second(&[40.0; 10]);
+        assert!(!rise_seen_in(5 * MIB, &flat));
+        // A bounded service under a collector, its first reading caught in a trough (the
+        // resident set of a control in watch mode, 43.6 MiB and back up through ±0.5 MiB steps):
+        // it ends 0.7 MiB higher, yet a few pages of its JavaScript heap are no growth of it.
+        let churning = per_second(&[43.6, 44.8, 44.8, 44.3, 44.8, 44.3, 44.3, 44.8, 44.3, 44.3]);
+        assert!(!rise_seen_in(16 * 1024, &churning));
+        assert!(
+            rise_seen_in(16 * 1024, &[]),
+            "no resident set: the verdict stands"
+        );
     }
 
     #[test]

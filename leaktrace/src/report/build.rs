@@ -284,27 +284,28 @@ fn kind_name(kind: u32) -> &'static str {
     }
 }
 
-/// Watch mode: pages a stack keeps are growth only where the process's resident set grew by as
-/// much as half their rise. Where it did not, the stack took over pages given back elsewhere (a
-/// collector's, the allocator's trimmed top): its growth is someone else's churn.
+/// Watch mode: pages a stack keeps are growth only where the process's resident set shows it
+/// ([`growth::rise_seen_in`]); where it does not, the stack's rise is someone else's churn.
 fn demote_unseen_growth(stacks: &mut [StackReport], targets: &[TargetSummary]) {
-    let rss_rise: HashMap<u32, i64> = targets
+    let rss: HashMap<u32, Vec<(f64, i64)>> = targets
         .iter()
         .filter_map(|t| {
             let series = &t.memory.as_ref()?.series;
-            let (first, last) = (series.first()?, series.last()?);
-            Some((t.pid, last.rss_bytes as i64 - first.rss_bytes as i64))
+            Some((
+                t.pid,
+                series.iter().map(|m| (m.t, m.rss_bytes as i64)).collect(),
+            ))
         })
         .collect();
     for stack in stacks.iter_mut().filter(|s| s.kind == "populated") {
-        let (Some(&rss), Some(first), Some(last)) = (
-            rss_rise.get(&stack.pid),
+        let (Some(rss), Some(first), Some(last)) = (
+            rss.get(&stack.pid),
             stack.series.first(),
             stack.series.last(),
         ) else {
             continue;
         };
-        if stack.growth.verdict.is_suspect() && 2 * rss < last.1 - first.1 {
+        if stack.growth.verdict.is_suspect() && !growth::rise_seen_in(last.1 - first.1, rss) {
             stack.growth.verdict = growth::Verdict::Churn;
         }
     }
