@@ -346,6 +346,29 @@ impl TargetTier {
         Step::Open
     }
 
+    /// Whether the open window closes because it found what it opened for: from half its
+    /// length on, once `leaking()` says one of its stacks has a leak verdict (asked only then:
+    /// it judges every stack). The rest of the window would cost as much again and add points
+    /// to a verdict already made; the next window, after the backoff, sees whether it holds.
+    pub fn found_leak(
+        &mut self,
+        now: Instant,
+        settings: &Settings,
+        leaking: impl FnOnce() -> bool,
+    ) -> bool {
+        let Some(age) = self.window_age(now) else {
+            return false;
+        };
+        if age < settings.window / 2 || !leaking() {
+            return false;
+        }
+        self.why = format!(
+            "watched: the last exact window closed after {:.0}s: it found a leak",
+            age.as_secs_f64()
+        );
+        true
+    }
+
     /// Closes the window (detached now, or never attached: `why` says why), and sets when the
     /// next may open.
     pub fn closed(&mut self, now: Instant, settings: &Settings, why: Option<String>) {
@@ -637,6 +660,37 @@ mod tests {
             Step::Keep
         );
         assert_eq!(tier.backoff, 0);
+    }
+
+    #[test]
+    fn a_window_that_found_a_leak_closes_from_half_its_length_on() {
+        let s = settings();
+        let t0 = Instant::now();
+        let at = |sec: u64| t0 + Duration::from_secs(sec);
+        let mut node = NodeCredit::new(s.node_max_overhead, t0);
+        let mut tier = TargetTier::new(&s, t0, used(1.0, 0));
+        let opened = (0..200u64)
+            .find(|&sec| {
+                node.refill(at(sec));
+                tier.step(at(sec), used(1.0, sec), Some("grows"), &node, &s) == Step::Open
+            })
+            .expect("a window opens");
+        let half = s.window.as_secs() / 2;
+        let mut asked = 0;
+        assert!(!tier.found_leak(at(opened + half - 1), &s, || {
+            asked += 1;
+            true
+        }));
+        assert_eq!(asked, 0, "the stacks are not judged before half the window");
+        assert!(!tier.found_leak(at(opened + half), &s, || false));
+        assert!(tier.found_leak(at(opened + half), &s, || true));
+        assert!(tier.why.ends_with("it found a leak"), "{}", tier.why);
+        tier.closed(at(opened + half), &s, None);
+        assert!(tier.why.ends_with("it found a leak"), "{}", tier.why);
+        assert!(
+            !tier.found_leak(at(opened + half + 1), &s, || true),
+            "no window open"
+        );
     }
 
     #[test]

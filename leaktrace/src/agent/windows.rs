@@ -170,7 +170,11 @@ impl Windows {
         let mut steps = Vec::new();
         for (&pid, tier) in &mut self.tiers {
             let growth = self.growth.get(&pid).cloned().flatten();
-            let step = if over_cap.contains(&pid) {
+            let session = &self.session;
+            let step = if over_cap.contains(&pid)
+                || (sampled.is_ok()
+                    && tier.found_leak(now, &self.settings, || session.has_leak(pid)))
+            {
                 Step::Close
             } else {
                 let cpu = stat::read(pid).map(|s| s.cpu_time());

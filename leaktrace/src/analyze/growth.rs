@@ -227,6 +227,19 @@ pub fn classify(series: &[(f64, i64)]) -> Growth {
     classify_within(series, LEAK_MIN_SECONDS, LEAK_MIN_POINTS)
 }
 
+/// Whether [`classify`] calls `series` a leak, judging only series that moved by a leak's
+/// least rise: an exact window asks it of each of thousands of stacks every second.
+pub fn is_leak(series: &[(f64, i64)]) -> bool {
+    let (low, high) = series
+        .iter()
+        .fold((i64::MAX, i64::MIN), |(low, high), &(_, v)| {
+            (low.min(v), high.max(v))
+        });
+    // The rise between the start and end levels is at most the whole range.
+    high.saturating_sub(low) as f64 >= LEAK_MIN_RISE_BYTES
+        && classify(series).verdict == Verdict::Leak
+}
+
 /// [`classify`] for the series of a process traced over its whole life, from its first
 /// instruction to its exit: a leak needs 2 s and 8 points rather than 5 s and 10.
 pub fn classify_life(series: &[(f64, i64)]) -> Growth {
@@ -884,6 +897,18 @@ mod tests {
         assert_eq!(give_back_troughs(&[10, 0, 3, 0, 4, 10, 0], 5.0), [0, 0]);
         assert_eq!(give_back_troughs(&[0, 4, 1, 4, 0], 5.0), [0; 0]);
         assert_eq!(give_back_troughs(&[], 5.0), [0; 0]);
+    }
+
+    #[test]
+    fn is_leak_agrees_with_classify() {
+        let leak = per_second((0..12).map(|t| t * 64 * 1024));
+        assert!(is_leak(&leak));
+        assert_eq!(verdict(&leak), Verdict::Leak);
+        // The same shape, under a leak's least rise: never judged.
+        let small = per_second((0..12).map(|t| t * 1024));
+        assert!(!is_leak(&small));
+        assert!(!is_leak(&per_second((0..12).map(|_| 5 * MIB))));
+        assert!(!is_leak(&[]));
     }
 
     #[test]

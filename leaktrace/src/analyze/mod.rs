@@ -41,6 +41,14 @@ impl History {
         self.series.retain(|k, _| k.tgid != pid);
     }
 
+    /// The series of every site of one target.
+    pub fn series_of(&self, pid: u32) -> impl Iterator<Item = &[(f64, i64)]> {
+        self.series
+            .iter()
+            .filter(move |(key, _)| key.tgid == pid)
+            .map(|(_, series)| series.as_slice())
+    }
+
     /// The series of one site (empty if it was never seen).
     pub fn series(&self, key: &StackKey) -> &[(f64, i64)] {
         self.series.get(key).map_or(&[], Vec::as_slice)

@@ -650,6 +650,13 @@ impl Session {
         self.memory.report(pid)
     }
 
+    /// Whether one of `pid`'s stacks has a `leak` verdict on its series so far.
+    pub(crate) fn has_leak(&self, pid: u32) -> bool {
+        self.history
+            .series_of(pid)
+            .any(crate::analyze::growth::is_leak)
+    }
+
     /// Holds the probes' syscall tracepoints only while a target is attached (see
     /// [`crate::probe::Probes::park_syscalls`]).
     pub(crate) fn park_syscalls(&mut self) {
