@@ -412,9 +412,9 @@ fn a_full_disk_leaves_no_half_written_report() {
 /// Traces `tests/fixtures/paced.c` making `pairs_per_s` malloc+free pairs a second from
 /// `depth` nested calls, under `--max-overhead PERCENT` and `extra`; returns the JSON report.
 ///
-/// The budget prices each trap at a fixed cost (`budget::TRAP_COST`, 0.9 µs; three traps a
+/// The budget prices each trap at a fixed cost (`budget::TRAP_COST`, 1.25 µs; three traps a
 /// pair), so the traps' share of a CPU is set by the pace alone, not by this machine's speed:
-/// 1000 pairs a second are 0.27 %. Only the programs' own time is measured.
+/// 1000 pairs a second are 0.375 %. Only the programs' own time is measured.
 fn trace_paced(test: &str, pairs_per_s: u32, depth: u32, percent: &str, extra: &[&str]) -> Value {
     let mut target = Target::start(
         &fixture("paced", &[]),
@@ -462,7 +462,7 @@ fn an_overhead_budget_detaches_rather_than_slow_a_busy_target() {
     if !have_root("an_overhead_budget_detaches_rather_than_slow_a_busy_target") {
         return;
     }
-    // 8000 pairs a second: the traps alone are 2.16 % of a CPU, twice the budget of 1 %.
+    // 8000 pairs a second: the traps alone are 3 % of a CPU, three times the budget of 1 %.
     let report = trace_paced("budget", 8000, 0, "1", &["--duration", "30s"]);
     assert_eq!(report["trace"]["ended_by"], "overhead-budget");
     // The first window may start before the target's first pair (its share then looks smaller,
@@ -486,14 +486,14 @@ fn an_overhead_budget_raises_sampling_before_it_detaches() {
     if !have_root("an_overhead_budget_raises_sampling_before_it_detaches") {
         return;
     }
-    // 2000 pairs a second: the traps are 0.54 % of a CPU, under the budget of 0.8 %; the exact
-    // programs' walk of a 50-frame stack adds more than the 0.26 % left (1.3 µs a pair; the
+    // 2000 pairs a second: the traps are 0.75 % of a CPU, under the budget of 1 %; the exact
+    // programs' walk of a 50-frame stack adds more than the 0.25 % left (1.25 µs a pair; the
     // bench measures about 1.8 µs a pair on a shallow stack). Sampling spares the programs.
-    let report = trace_paced("budget_sampling", 2000, 50, "0.8", &["--duration", "3s"]);
+    let report = trace_paced("budget_sampling", 2000, 50, "1", &["--duration", "3s"]);
     let notes = notes(&report);
     assert!(
         notes.first().is_some_and(|n| n.contains(
-            "over the --max-overhead budget of 0.8 %: sampling raised to one record per 64.0 KiB"
+            "over the --max-overhead budget of 1 %: sampling raised to one record per 64.0 KiB"
         )),
         "the first step is sampling: {notes:?}"
     );

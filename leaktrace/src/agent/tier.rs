@@ -266,6 +266,14 @@ impl TargetTier {
         node.charge(programs + agent);
     }
 
+    /// Charges `seconds` of the agent's own work for this target alone (opening its window) to
+    /// the node's budget, as the rest of the agent's work is: the target's own threads did not
+    /// run it, and its budget, a share of what a small target uses, could never pay for it.
+    pub fn charge_agent(&mut self, seconds: f64, node: &mut NodeCredit) {
+        self.agent_spent += seconds;
+        node.charge(seconds);
+    }
+
     /// Decides, given the CPU time the target has used by `now` and why the watch says it
     /// grows (`None`: it does not).
     pub fn step(

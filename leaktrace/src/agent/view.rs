@@ -63,8 +63,8 @@ pub struct TierView {
     pub overhead_cpu_seconds: f64,
     /// The part of that watching cost.
     pub watch_cpu_seconds: f64,
-    /// Its share of the agent's own CPU time (sampling, naming, serving), attaching aside:
-    /// charged to the node's budget, not to its own.
+    /// Its share of the agent's own CPU time (sampling, naming, serving) and what opening its
+    /// windows cost the agent: charged to the node's budget, not to its own.
     pub agent_cpu_seconds: f64,
     /// `overhead_cpu_seconds` in percent of the CPU time it used while watched (at least a
     /// tenth of a CPU): what `--max-overhead` bounds.

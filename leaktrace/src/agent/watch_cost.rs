@@ -7,9 +7,11 @@
 //! them), shared equally and charged to the node, whose budget bounds the agent's process.
 //!
 //! Looking for new processes and attaching to them are left out: the scan of `/proc` is the
-//! node's cost, the same with one target or a hundred, and attaching is a one-time cost per process (its symbols, unwind tables and
-//! first naming, a few CPU-seconds for Node) that a long-run average does not see and which,
-//! charged to an empty bucket, would hold back a new target's first window for minutes.
+//! node's cost, the same with one target or a hundred, and attaching is a one-time cost per
+//! process (its symbols, unwind tables and first naming, a few CPU-seconds for Node) that a
+//! long-run average does not see and which, charged to an empty bucket, would hold back a new
+//! target's first window for minutes. Opening a window is charged to the node apart, to the
+//! target it was opened for (`TargetTier::charge_agent`).
 
 use std::{collections::HashMap, time::Duration};
 

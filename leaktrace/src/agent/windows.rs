@@ -210,12 +210,14 @@ impl Windows {
             .and_then(|target| Ok((target.allocator()?, target)))
             .map_err(anyhow::Error::from)
             .and_then(|(allocator, target)| self.session.attach(target, &allocator));
-        // Opening is attaching: left out of the watch's cost, as a new target's attach is.
+        // Opening is the agent's work for this target: charged to the node's budget as its
+        // own, and left out of the watch's cost, which shares the agent's time among targets.
         let attaching = thread_cpu_time().saturating_sub(cpu);
         self.watch_cost.exclude(attaching);
         let Some(tier) = self.tiers.get_mut(&pid) else {
             return;
         };
+        tier.charge_agent(attaching.as_secs_f64(), &mut self.node);
         match attached {
             Ok(()) => info!(
                 pid,

@@ -14,7 +14,10 @@ use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register}
 use tracing::{debug, warn};
 
 use super::placement::{self, Handling, PlacementError};
-use crate::process::maps::Mapping;
+use crate::process::{
+    file_memo::{FileId, FileMemo},
+    maps::Mapping,
+};
 
 /// File offsets of the probe points of one object's thread pool.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -273,11 +276,12 @@ fn partly(sites: &PoolSites, object: &std::path::Path) -> Option<String> {
     })
 }
 
+/// What [`find`] said of each object: read once, whichever session asks.
+static FOUND: FileMemo<Result<PoolSites, PoolError>> = FileMemo::new(64);
+
 /// The thread pools of targets, each object's read once.
 #[derive(Default)]
 pub struct Pools {
-    /// By (device, inode): what [`find`] said.
-    found: std::collections::HashMap<(u64, u64), Result<PoolSites, PoolError>>,
     /// Per target: the objects looked at since its attach or exec (its executable as `None`,
     /// each libuv by its path), so that a look at every sample for a libuv mapped since
     /// (`dlopen`) reads nothing twice.
@@ -337,14 +341,14 @@ impl Pools {
             if tracer == Some((meta.dev(), meta.ino())) {
                 continue;
             }
-            let found = self
-                .found
-                .entry((meta.dev(), meta.ino()))
-                .or_insert_with(|| match std::fs::read(&object) {
-                    Ok(elf) => find(&elf),
-                    Err(err) => Err(PoolError::Elf(err.to_string())),
-                })
-                .clone();
+            let read = || match std::fs::read(&object) {
+                Ok(elf) => find(&elf),
+                Err(err) => Err(PoolError::Elf(err.to_string())),
+            };
+            let found = match FileId::of(&object) {
+                Ok(id) => FOUND.get_or_insert_with(id, read),
+                Err(_) => read(),
+            };
             let shown = std::fs::read_link(&object).unwrap_or_else(|_| object.clone());
             let attached = match found {
                 Ok(sites) => probes

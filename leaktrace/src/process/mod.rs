@@ -2,6 +2,7 @@
 
 pub mod allocator;
 pub mod cgroup;
+pub mod file_memo;
 pub mod loader;
 pub mod maps;
 pub mod memory;

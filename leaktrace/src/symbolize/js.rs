@@ -6,7 +6,7 @@
 //! (SharedFunctionInfos outlive scavenges, but not a mark-compact that moves or frees them), and
 //! the names are kept: the report may be built long after.
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt as _, sync::Arc};
+use std::{collections::HashMap, sync::Arc};
 
 use leaktrace_common::{AwaitEnd, JsFrame, JsTier, V8Awaits, V8Frames};
 use tracing::{debug, warn};
@@ -15,17 +15,22 @@ use super::{
     awaited, hex,
     v8::{JsFunction, Layout, LayoutError, ProcessMemory, Resolver},
 };
-use crate::report::model::Frame;
+use crate::{
+    process::file_memo::{FileId, FileMemo},
+    report::model::Frame,
+};
 
 /// The JavaScript frames of one stack: each with the index of the address it stands for.
 pub type NamedFrames = Vec<(usize, Vec<Frame>)>;
 
+/// V8 layouts by executable: a node binary is read once however many processes run it and
+/// however many sessions attach to them. `Err(None)`: no V8 in it; `Err(Some(why))`: V8 data
+/// unusable.
+static LAYOUTS: FileMemo<Result<Arc<Layout>, Option<String>>> = FileMemo::new(64);
+
 /// Names JavaScript frames, per target running V8.
 #[derive(Default)]
 pub struct JsNamer {
-    /// V8 layouts by executable (device, inode): a node binary is read once however many
-    /// processes run it. `Err(None)`: no V8 in it; `Err(Some(why))`: V8 data unusable.
-    layouts: HashMap<(u64, u64), Result<Arc<Layout>, Option<String>>>,
     targets: HashMap<u32, Resolver<ProcessMemory>>,
     /// By target, stack and JavaScript identity.
     named: HashMap<(u32, u64, u64), Arc<NamedFrames>>,
@@ -50,17 +55,13 @@ impl JsNamer {
         // Also after an exec: what was known of the old image goes.
         self.targets.remove(&pid);
         self.problems.remove(&pid);
-        let exe = format!("/proc/{pid}/exe");
-        let id = std::fs::metadata(&exe).ok().map(|m| (m.dev(), m.ino()))?;
-        let layout = self
-            .layouts
-            .entry(id)
-            .or_insert_with(|| match Layout::read(std::path::Path::new(&exe)) {
-                Ok(layout) => Ok(Arc::new(layout)),
-                Err(LayoutError::NotV8) => Err(None),
-                Err(err) => Err(Some(err.to_string())),
-            })
-            .clone();
+        let exe = std::path::PathBuf::from(format!("/proc/{pid}/exe"));
+        let id = FileId::of(&exe).ok()?;
+        let layout = LAYOUTS.get_or_insert_with(id, || match Layout::read(&exe) {
+            Ok(layout) => Ok(Arc::new(layout)),
+            Err(LayoutError::NotV8) => Err(None),
+            Err(err) => Err(Some(err.to_string())),
+        });
         let layout = match layout {
             Ok(layout) => layout,
             Err(None) => return None,
@@ -89,7 +90,7 @@ impl JsNamer {
         // an async function, as before.
         if let Some(awaits) = &layout.awaits {
             let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
-            match awaits.for_process(&crate::process::maps::parse(&maps), id.1) {
+            match awaits.for_process(&crate::process::maps::parse(&maps), id.ino()) {
                 Some(awaits) => frames.awaits = awaits,
                 None => debug!(pid, "V8's await closures not found in its mappings"),
             }

@@ -4,17 +4,24 @@
 //! `-fomit-frame-pointer`) cannot be walked by the frame-pointer chain: a caller is skipped, or
 //! the walk reads data. Each executable file mapping of a target is classified once per object
 //! ([`table::Walk`]); the objects walked by table get their `.eh_frame` compacted into rows
-//! (`table`), loaded once into the probes' row array and shared by every process that maps them.
+//! (`table`), built once for the tracer's life (`process::file_memo`: the agent's exact windows
+//! attach sessions of their own) and loaded once into each session's row array, shared by every
+//! process that maps them.
 
 pub mod table;
 
-use std::{collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf, time::Instant};
+use std::{
+    collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf, sync::Arc, time::Instant,
+};
 
 use leaktrace_common::{MAX_UNWIND_MAPPINGS, UnwindMapping, UnwindProcess};
 use object::{Object, ObjectSegment};
 use tracing::{debug, info, warn};
 
-use crate::probe::{ProbeError, Probes};
+use crate::{
+    probe::{ProbeError, Probes},
+    process::file_memo::{FileId, FileMemo},
+};
 
 /// An object as prepared for the probes.
 #[derive(Clone, Debug)]
@@ -202,25 +209,15 @@ impl Unwinder {
         path: &std::path::Path,
     ) -> Result<Prepared, ProbeError> {
         let started = Instant::now();
-        let data = match std::fs::read(host) {
-            Ok(data) => data,
-            Err(err) => {
-                debug!(path = %path.display(), %err, "cannot read: walked by frame pointers");
-                return Ok(Prepared::NotTables);
-            }
+        let read = || read_tables(host, path).map(Arc::new);
+        let tables = match FileId::of(std::path::Path::new(host)) {
+            Ok(id) => TABLES.get_or_insert_with(id, read),
+            Err(_) => read(),
         };
-        let (walk, rows) = match table::build(&data) {
-            Ok(built) => built,
-            Err(err) => {
-                debug!(path = %path.display(), %err, "no unwind table: walked by frame pointers");
-                return Ok(Prepared::NotTables);
-            }
-        };
-        if walk == table::Walk::FramePointers {
-            debug!(path = %path.display(), "keeps frame pointers: walked by them");
+        let Some(tables) = tables else {
             return Ok(Prepared::NotTables);
-        }
-        let count = rows.len() as u32;
+        };
+        let count = tables.rows.len() as u32;
         let first_row = self.stats.rows;
         if first_row.saturating_add(count) > self.stats.capacity {
             warn!(
@@ -231,23 +228,9 @@ impl Unwinder {
             self.stats.objects_over_capacity += 1;
             return Ok(Prepared::NotTables);
         }
-        probes.load_unwind_rows(first_row, &rows)?;
+        probes.load_unwind_rows(first_row, &tables.rows)?;
         self.stats.rows += count;
         self.stats.objects += 1;
-        let loads = object::File::parse(&*data)
-            .map(|file| {
-                file.segments()
-                    .filter_map(|s| {
-                        let (offset, size) = s.file_range();
-                        (size > 0).then(|| Load {
-                            offset,
-                            size,
-                            vaddr: s.address(),
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
         info!(
             path = %path.display(),
             rows = count,
@@ -258,7 +241,55 @@ impl Unwinder {
         Ok(Prepared::Tables {
             first_row,
             rows: count,
-            loads,
+            loads: tables.loads.clone(),
         })
     }
+}
+
+/// An object's rows, built from its `.eh_frame`, and its loaded segments.
+#[derive(Debug)]
+struct Tables {
+    rows: Vec<leaktrace_common::UnwindRow>,
+    loads: Vec<Load>,
+}
+
+/// Each object's tables, built once whichever session asks (`None`: walked by frame pointer).
+static TABLES: FileMemo<Option<Arc<Tables>>> = FileMemo::new(256);
+
+/// Reads the object at `host` (named `path` in the process) and builds its rows, if it is to be
+/// walked by table (why not is said once, in the log).
+fn read_tables(host: &str, path: &std::path::Path) -> Option<Tables> {
+    let data = match std::fs::read(host) {
+        Ok(data) => data,
+        Err(err) => {
+            debug!(path = %path.display(), %err, "cannot read: walked by frame pointers");
+            return None;
+        }
+    };
+    let (walk, rows) = match table::build(&data) {
+        Ok(built) => built,
+        Err(err) => {
+            debug!(path = %path.display(), %err, "no unwind table: walked by frame pointers");
+            return None;
+        }
+    };
+    if walk == table::Walk::FramePointers {
+        debug!(path = %path.display(), "keeps frame pointers: walked by them");
+        return None;
+    }
+    let loads = object::File::parse(&*data)
+        .map(|file| {
+            file.segments()
+                .filter_map(|s| {
+                    let (offset, size) = s.file_range();
+                    (size > 0).then(|| Load {
+                        offset,
+                        size,
+                        vaddr: s.address(),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Tables { rows, loads })
 }
