@@ -5,8 +5,8 @@
 use std::process::Command;
 
 use leaktrace_tests::{
-    Target, Tracer, assert_no_growth, bpf_kinds, fixture, have_root, leaktrace, losses, node_addon,
-    node_command, read_report, root, scratch, trace_workload,
+    Target, Tracer, assert_no_growth, bpf_kinds, fixture, function_names, have_root, leaktrace,
+    losses, node_addon, node_command, read_report, root, scratch, stacks_of, trace_workload,
 };
 use serde_json::Value;
 
@@ -14,18 +14,9 @@ const PAGE: u64 = 4096;
 
 /// The stacks of `pid` with a frame in `function`.
 fn stacks_with<'a>(report: &'a Value, pid: u32, function: &str) -> Vec<&'a Value> {
-    report["stacks"]
-        .as_array()
-        .expect("stacks[]")
-        .iter()
-        .filter(|s| s["pid"].as_u64() == Some(u64::from(pid)))
-        .filter(|s| {
-            s["frames"]
-                .as_array()
-                .expect("frames[]")
-                .iter()
-                .any(|f| f["function"].as_str() == Some(function))
-        })
+    stacks_of(report, pid)
+        .into_iter()
+        .filter(|s| function_names(s).contains(&function))
         .collect()
 }
 
@@ -332,16 +323,9 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
     for target in targets.into_iter().chain([control]) {
         assert_eq!(target.finish(), 0, "the fixture is unharmed");
     }
-    let stacks_of = |pid: &str| -> Vec<&Value> {
-        report["stacks"]
-            .as_array()
-            .expect("stacks[]")
-            .iter()
-            .filter(|s| s["pid"].as_u64() == pid.parse().ok())
-            .collect()
-    };
     for ((fixture, function), pid) in leaks.iter().zip(&pids) {
-        let top = stacks_of(pid)
+        let pid: u32 = pid.parse().expect("a PID");
+        let top = stacks_of(&report, pid)
             .into_iter()
             .filter(|s| s["growth"]["verdict"] == "leak")
             .max_by(|a, b| {
@@ -349,7 +333,7 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
                 rate(a).total_cmp(&rate(b))
             })
             .unwrap_or_else(|| {
-                let verdicts: Vec<(Vec<&str>, &Value)> = stacks_of(pid)
+                let verdicts: Vec<(Vec<&str>, &Value)> = stacks_of(&report, pid)
                     .into_iter()
                     .map(|s| (functions(s), &s["growth"]))
                     .take(5)
@@ -362,9 +346,9 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
             "{fixture}: top suspect: {:?}",
             functions(top)
         );
-        assert_one_site_per_faulting_function(fixture, stacks_of(pid));
+        assert_one_site_per_faulting_function(fixture, stacks_of(&report, pid));
     }
-    let control = stacks_of(&control_pid.to_string());
+    let control = stacks_of(&report, control_pid);
     assert!(
         control
             .iter()

@@ -254,7 +254,9 @@ struct Tables {
 }
 
 /// Each object's tables, built once whichever session asks (`None`: walked by frame pointer).
-static TABLES: FileMemo<Option<Arc<Tables>>> = FileMemo::new(256);
+/// The rows stay in the tracer's memory too, about 0.3 MB for each of glibc and libstdc++: a
+/// node whose containers each bring their own libraries keeps at most this many objects' worth.
+static TABLES: FileMemo<Option<Arc<Tables>>> = FileMemo::new(64);
 
 /// Reads the object at `host` (named `path` in the process) and builds its rows, if it is to be
 /// walked by table (why not is said once, in the log).
