@@ -15,11 +15,12 @@
 //! cannot spend a day's budget in one burst).
 //!
 //! A window is charged as it runs: its traps, counted by the probes and priced at [`TRAP_COST`],
-//! and the programs' own run time. Watching is charged too, between windows and during them (see
-//! `watch_cost`): the page-fault programs' run time to the target and the node, the agent's own
-//! CPU time to the node. A window closes when its time is up or either bucket is empty; windows
-//! of a target that keeps growing repeat with a doubling wait. Between windows a detached uprobe
-//! leaves the code as it was: a watched target pays for its page faults only.
+//! and the programs' own run time; what opening it cost the agent goes to the node. Watching is
+//! charged too, between windows and during them (see `watch_cost`): the page-fault programs' run
+//! time to the target and the node, the agent's own CPU time to the node. A window closes when
+//! its time is up or either bucket is empty; windows of a target that keeps growing repeat with
+//! a doubling wait. Between windows a detached uprobe leaves the code as it was: a watched target
+//! pays for its page faults only.
 //!
 //! This module only decides; `windows` attaches, samples and detaches.
 
@@ -638,6 +639,22 @@ mod tests {
             costly.why
         );
         assert!((costly.average_percent() - 4.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn opening_a_window_is_the_nodes_to_pay() {
+        let s = settings();
+        let t0 = Instant::now();
+        let mut node = NodeCredit::new(s.node_max_overhead, t0);
+        node.refill(t0 + Duration::from_secs(10));
+        let before = node.seconds();
+        let mut tier = TargetTier::new(&s, t0, used(1.0, 0));
+        tier.charge_agent(0.25, &mut node);
+        assert!((node.seconds() - (before - 0.25)).abs() < 1e-9);
+        assert!((tier.agent_spent - 0.25).abs() < 1e-9);
+        // The target's own budget and average do not carry it.
+        assert_eq!(tier.spent, 0.0);
+        assert_eq!(tier.credit.seconds(), 0.0);
     }
 
     #[test]
