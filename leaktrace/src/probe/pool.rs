@@ -8,8 +8,6 @@
 //! the work's callback `w->done(w, err)` and the instruction after it. libuv exports none of
 //! these internals: the calls are found by decoding the functions.
 
-use std::os::unix::fs::MetadataExt as _;
-
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic, OpKind, Register};
 use tracing::{debug, warn};
 
@@ -331,28 +329,22 @@ impl Pools {
             return;
         }
         // `run`'s command is a copy of the tracer until it execs: no libuv to find in it.
-        let tracer = std::fs::metadata("/proc/self/exe")
-            .ok()
-            .map(|m| (m.dev(), m.ino()));
+        let tracer = FileId::of(std::path::Path::new("/proc/self/exe")).ok();
         for (object, late) in objects {
-            let Ok(meta) = std::fs::metadata(&object) else {
+            let Ok(id) = FileId::of(&object) else {
                 continue;
             };
-            if tracer == Some((meta.dev(), meta.ino())) {
+            if tracer == Some(id) {
                 continue;
             }
-            let read = || match std::fs::read(&object) {
+            let found = FOUND.get_or_insert_with(id, || match std::fs::read(&object) {
                 Ok(elf) => find(&elf),
                 Err(err) => Err(PoolError::Elf(err.to_string())),
-            };
-            let found = match FileId::of(&object) {
-                Ok(id) => FOUND.get_or_insert_with(id, read),
-                Err(_) => read(),
-            };
+            });
             let shown = std::fs::read_link(&object).unwrap_or_else(|_| object.clone());
             let attached = match found {
                 Ok(sites) => probes
-                    .attach_pool(pid, &object, meta.ino(), &sites)
+                    .attach_pool(pid, &object, id.ino(), &sites)
                     .map(|()| partly(&sites, &shown))
                     .map_err(|err| err.to_string()),
                 Err(PoolError::NoLibuv) => continue,

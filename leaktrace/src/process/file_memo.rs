@@ -73,6 +73,15 @@ impl<T: Clone> FileMemo<T> {
         value
     }
 
+    /// [`Self::get_or_insert_with`] for the file at `path`; a file that cannot be looked at is
+    /// read (its read says why it fails) and nothing is kept.
+    pub fn get_or_read(&self, path: &Path, make: impl FnOnce() -> T) -> T {
+        match FileId::of(path) {
+            Ok(id) => self.get_or_insert_with(id, make),
+            Err(_) => make(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<HashMap<FileId, T>>> {
         // A panic elsewhere leaves whole values behind: the map is still good.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)

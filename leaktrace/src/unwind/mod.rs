@@ -20,18 +20,14 @@ use tracing::{debug, info, warn};
 
 use crate::{
     probe::{ProbeError, Probes},
-    process::file_memo::{FileId, FileMemo},
+    process::file_memo::FileMemo,
 };
 
 /// An object as prepared for the probes.
 #[derive(Clone, Debug)]
 enum Prepared {
-    /// Its rows are `first_row..first_row + rows`; `loads` maps file offsets to addresses.
-    Tables {
-        first_row: u32,
-        rows: u32,
-        loads: Vec<Load>,
-    },
+    /// Its rows are `first_row..` in the probes' array, as many as `tables` has.
+    Tables { first_row: u32, tables: Arc<Tables> },
     /// Walked by frame pointer, or without a usable table (said once, in the log).
     NotTables,
 }
@@ -148,16 +144,12 @@ impl Unwinder {
                 let prepared = self.prepare(probes, &host, &key.1)?;
                 self.objects.insert(key.clone(), prepared);
             }
-            let Some(Prepared::Tables {
-                first_row,
-                rows,
-                loads,
-            }) = self.objects.get(&key)
-            else {
+            let Some(Prepared::Tables { first_row, tables }) = self.objects.get(&key) else {
                 continue;
             };
             // The segment this mapping's file offset lies in gives its address in the object.
-            let Some(load) = loads
+            let Some(load) = tables
+                .loads
                 .iter()
                 .find(|l| (l.offset..l.offset + l.size.max(1)).contains(&m.offset))
             else {
@@ -169,7 +161,7 @@ impl Unwinder {
                 end: m.end,
                 bias: m.start.wrapping_sub(vaddr),
                 first_row: *first_row,
-                rows: *rows,
+                rows: tables.rows.len() as u32,
             });
         }
         mappings.sort_by_key(|m| m.start);
@@ -209,11 +201,9 @@ impl Unwinder {
         path: &std::path::Path,
     ) -> Result<Prepared, ProbeError> {
         let started = Instant::now();
-        let read = || read_tables(host, path).map(Arc::new);
-        let tables = match FileId::of(std::path::Path::new(host)) {
-            Ok(id) => TABLES.get_or_insert_with(id, read),
-            Err(_) => read(),
-        };
+        let tables = TABLES.get_or_read(std::path::Path::new(host), || {
+            read_tables(host, path).map(Arc::new)
+        });
         let Some(tables) = tables else {
             return Ok(Prepared::NotTables);
         };
@@ -238,15 +228,12 @@ impl Unwinder {
             ms = started.elapsed().as_millis() as u64,
             "unwind table loaded"
         );
-        Ok(Prepared::Tables {
-            first_row,
-            rows: count,
-            loads: tables.loads.clone(),
-        })
+        Ok(Prepared::Tables { first_row, tables })
     }
 }
 
-/// An object's rows, built from its `.eh_frame`, and its loaded segments.
+/// An object's rows, built from its `.eh_frame`, and its loaded segments (`loads` maps file
+/// offsets to addresses).
 #[derive(Debug)]
 struct Tables {
     rows: Vec<leaktrace_common::UnwindRow>,
