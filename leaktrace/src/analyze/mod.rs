@@ -3,11 +3,9 @@
 pub mod growth;
 pub mod memory;
 
-use std::collections::HashMap;
-
 use leaktrace_common::StackKey;
 
-use crate::collect::Snapshot;
+use crate::collect::{Snapshot, StackMap};
 
 /// Most points kept per series. Past it, every other point is dropped, so a trace of any length
 /// costs bounded memory while the whole window stays covered.
@@ -16,7 +14,7 @@ const MAX_POINTS: usize = 2048;
 /// Each site's live bytes over time.
 #[derive(Default)]
 pub struct History {
-    series: HashMap<StackKey, Vec<(f64, i64)>>,
+    series: StackMap<Vec<(f64, i64)>>,
 }
 
 impl History {

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use leaktrace_common::{MapEvent, MapOp, StackKey};
 
+use super::StackMap;
+
 const PAGE: u64 = 4096;
 const MAP_FIXED: u32 = 0x10;
 const MAP_ANONYMOUS: u32 = 0x20;
@@ -58,7 +60,7 @@ struct Process {
     /// Ranges lifted out at a syscall's entry, by thread, until its exit says what became of
     /// them.
     lifted: HashMap<u32, (u64, Vec<(u64, Region)>)>,
-    allocated: HashMap<StackKey, (u64, u64)>,
+    allocated: StackMap<(u64, u64)>,
     next_call: u64,
 }
 
@@ -206,9 +208,9 @@ impl Process {
         }
     }
 
-    fn sites(&self) -> HashMap<StackKey, SiteMappings> {
-        let mut sites: HashMap<StackKey, SiteMappings> = HashMap::new();
-        let mut calls: HashMap<StackKey, Vec<u64>> = HashMap::new();
+    fn sites(&self) -> StackMap<SiteMappings> {
+        let mut sites: StackMap<SiteMappings> = StackMap::default();
+        let mut calls: StackMap<Vec<u64>> = StackMap::default();
         for (&start, region) in &self.regions {
             let site = sites.entry(region.site).or_default();
             let bytes = region.end - start;
@@ -246,7 +248,7 @@ impl Mappings {
     }
 
     /// Every site's mappings, over all targets.
-    pub fn sites(&self) -> HashMap<StackKey, SiteMappings> {
+    pub fn sites(&self) -> StackMap<SiteMappings> {
         self.processes.values().flat_map(Process::sites).collect()
     }
 

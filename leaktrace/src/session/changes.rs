@@ -74,6 +74,10 @@ impl Session {
                     self.commands.insert(pid, path.display().to_string());
                 }
                 let exec = prot & libc::PROT_EXEC as u32 != 0;
+                // JIT code (anonymous) has no table to walk by.
+                if exec && path.is_absolute() {
+                    self.unwinder.code_mapped(pid);
+                }
                 let mapping = crate::process::maps::Mapping {
                     start,
                     end: start.saturating_add(len),

@@ -31,7 +31,7 @@ use crate::{
     analyze::History,
     budget::{self, Budget},
     collect::{
-        self, Mappings, Snapshot, StackCache,
+        self, Mappings, Snapshot, StackCache, StackMap,
         sideband::{Change, Sideband},
     },
     probe::{Attachment, Probes},
@@ -134,17 +134,17 @@ pub(crate) struct Session {
     /// Targets that exec'd, whose new image's allocators are to be probed.
     new_images: std::collections::HashSet<u32>,
     /// The call chain of every site seen.
-    chains: HashMap<StackKey, Vec<(u64, AddrKind)>>,
+    chains: StackMap<Vec<(u64, AddrKind)>>,
     /// What each site allocates, once its naming is final (see [`SiteNames`]).
-    origins: HashMap<StackKey, Origin>,
+    origins: StackMap<Origin>,
     /// Where the threads sharing each arena started, named once (see `naming`).
     start_names: naming::StartNames,
     /// Each site the probes count under, as the tracer counts it: one site per JavaScript call
     /// site, whatever tier ran it and wherever a collection moved its functions (see
     /// [`JsNamer::name`]).
-    sites: HashMap<StackKey, StackKey>,
+    sites: StackMap<StackKey>,
     /// The probes' site whose frames show each merged site.
-    shown_by: HashMap<StackKey, StackKey>,
+    shown_by: StackMap<StackKey>,
     /// Time a sample may spend naming new JavaScript sites.
     naming_budget: Duration,
     last: Snapshot,
@@ -218,11 +218,11 @@ impl Session {
             new_images: std::collections::HashSet::new(),
             exec_commands: std::collections::HashSet::new(),
             held_for_exec: std::collections::HashSet::new(),
-            chains: HashMap::new(),
-            origins: HashMap::new(),
+            chains: StackMap::default(),
+            origins: StackMap::default(),
             start_names: naming::StartNames::new(),
-            sites: HashMap::new(),
-            shown_by: HashMap::new(),
+            sites: StackMap::default(),
+            shown_by: StackMap::default(),
             naming_budget: options.interval.mul_f64(NAMING_SHARE),
             last: Snapshot::default(),
             started: Instant::now(),

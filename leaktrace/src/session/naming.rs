@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use leaktrace_common::StackKey;
 
 use crate::{
+    collect::StackMap,
     report::{
         build::SiteNamer,
         model::{Frame, Origin},
@@ -19,8 +20,8 @@ use crate::{
 
 /// The session's naming state, borrowed for one report or sample.
 pub(super) struct SiteNames<'a> {
-    pub(super) origins: &'a mut HashMap<StackKey, Origin>,
-    pub(super) chains: &'a HashMap<StackKey, Vec<(u64, AddrKind)>>,
+    pub(super) origins: &'a mut StackMap<Origin>,
+    pub(super) chains: &'a StackMap<Vec<(u64, AddrKind)>>,
     pub(super) symbolizer: &'a mut Symbolizer,
     pub(super) js: &'a JsNamer,
 }

@@ -3,13 +3,13 @@
 //! apart only because a collection moved a function, a tier recompiled it, or a page faulted
 //! at another instruction of the same function are one site.
 
-use std::{collections::HashMap, time::Instant};
+use std::time::Instant;
 
 use leaktrace_common::StackKey;
 
 use super::Session;
 use crate::{
-    collect::Snapshot,
+    collect::{Snapshot, StackMap},
     symbolize::{
         js::{Naming, Site},
         queued,
@@ -67,8 +67,8 @@ impl Session {
             // The first of a merged site's stacks shows it: its frames and their names.
             self.shown_by.entry(site).or_insert(key);
         }
-        let mut merged: HashMap<StackKey, leaktrace_common::StackStats> =
-            HashMap::with_capacity(snapshot.sites.len());
+        let mut merged: StackMap<leaktrace_common::StackStats> =
+            StackMap::with_capacity_and_hasher(snapshot.sites.len(), Default::default());
         for (key, stats) in snapshot.sites.drain() {
             let total = merged
                 .entry(self.sites.get(&key).copied().unwrap_or(key))

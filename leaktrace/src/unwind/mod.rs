@@ -11,7 +11,11 @@
 pub mod table;
 
 use std::{
-    collections::HashMap, os::unix::fs::MetadataExt, path::PathBuf, sync::Arc, time::Instant,
+    collections::{HashMap, HashSet},
+    os::unix::fs::MetadataExt,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
 };
 
 use leaktrace_common::{MAX_UNWIND_MAPPINGS, UnwindMapping, UnwindProcess};
@@ -22,6 +26,10 @@ use crate::{
     probe::{ProbeError, Probes},
     process::file_memo::FileMemo,
 };
+
+/// How long a process's code is trusted to be as last read without a mapping record saying
+/// otherwise.
+const REREAD_AFTER: Duration = Duration::from_secs(30);
 
 /// An object as prepared for the probes.
 #[derive(Clone, Debug)]
@@ -91,8 +99,10 @@ impl UnwindStats {
 #[derive(Debug)]
 pub struct Unwinder {
     objects: HashMap<(u64, PathBuf), Prepared>,
-    /// What the probes were last told of each process.
-    installed: HashMap<u32, Vec<UnwindMapping>>,
+    /// What the probes were last told of each process, and when its maps were read for it.
+    installed: HashMap<u32, (Instant, Vec<UnwindMapping>)>,
+    /// Processes that mapped code since their maps were last read.
+    remapped: HashSet<u32>,
     /// The tracer's own executable: `run`'s child is a copy of the tracer until its exec, and
     /// its code is never a target's.
     own_inode: Option<u64>,
@@ -105,6 +115,7 @@ impl Unwinder {
         Self {
             objects: HashMap::new(),
             installed: HashMap::new(),
+            remapped: HashSet::new(),
             own_inode: std::fs::metadata("/proc/self/exe").ok().map(|m| m.ino()),
             stats: UnwindStats {
                 capacity,
@@ -120,13 +131,33 @@ impl Unwinder {
     /// Forgets what `pid` mapped (the probes' entry goes with the process's other state).
     pub fn forget(&mut self, pid: u32) {
         self.installed.remove(&pid);
+        self.remapped.remove(&pid);
+    }
+
+    /// Says that `pid` mapped code (a `dlopen`, an exec), as the kernel's mapping records tell:
+    /// its next [`install`](Self::install) reads its maps again.
+    pub fn code_mapped(&mut self, pid: u32) {
+        self.remapped.insert(pid);
     }
 
     /// Tells the probes which of `pid`'s code is walked by table, preparing the objects seen
     /// for the first time. Called when a target is attached and at every sample, so that an
     /// exec or a `dlopen` gets its tables within an interval; a process gone meanwhile is no
-    /// error, and an unchanged process costs a read of its maps.
+    /// error. Its maps are read again only once it mapped code ([`code_mapped`]), or
+    /// [`REREAD_AFTER`] since the last read (a mapping record lost to a full ring): a read of
+    /// Node's maps every sample was a tenth of watch mode's CPU time.
+    ///
+    /// [`code_mapped`]: Self::code_mapped
     pub fn install(&mut self, probes: &mut Probes, pid: u32) -> Result<(), ProbeError> {
+        let now = Instant::now();
+        if !self.remapped.remove(&pid)
+            && self
+                .installed
+                .get(&pid)
+                .is_some_and(|(read, _)| now.duration_since(*read) < REREAD_AFTER)
+        {
+            return Ok(());
+        }
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return Ok(());
         };
@@ -175,7 +206,10 @@ impl Unwinder {
             self.stats.mappings_over_limit += over as u32;
             mappings.truncate(MAX_UNWIND_MAPPINGS);
         }
-        if self.installed.get(&pid) == Some(&mappings) {
+        if let Some((read, installed)) = self.installed.get_mut(&pid)
+            && *installed == mappings
+        {
+            *read = now;
             return Ok(());
         }
         let mut entry = UnwindProcess {
@@ -189,7 +223,7 @@ impl Unwinder {
             mappings = mappings.len(),
             "unwind tables given to the probes"
         );
-        self.installed.insert(pid, mappings);
+        self.installed.insert(pid, (now, mappings));
         Ok(())
     }
 
