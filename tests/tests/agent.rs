@@ -1154,6 +1154,9 @@ fn the_agent_in_watch_mode_serves_populated_pages_without_a_probe() {
         &[
             "--mode",
             "watch",
+            // Every fault: the pages are counted exactly.
+            "--fault-period",
+            "1",
             "--match-exe",
             "populate-watch-*",
             "--interval",

@@ -184,7 +184,12 @@ fn nobody_watches_a_root_process_and_says_what_it_cannot_read() {
             &[&rounds.to_string(), &pages.to_string(), "0"],
         );
         let pid = target.pid();
-        let report = trace_as_nobody(&mut target, caps, &["--mode", "watch"]);
+        // Every fault: the pages are counted exactly.
+        let report = trace_as_nobody(
+            &mut target,
+            caps,
+            &["--mode", "watch", "--fault-period", "1"],
+        );
         assert_eq!(target.finish(), 0, "the target is unharmed");
         assert_eq!(report["trace"]["mode"], "watch");
         let kept: Vec<&Value> = report["stacks"]

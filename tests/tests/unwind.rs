@@ -26,7 +26,8 @@ fn frameless() -> std::path::PathBuf {
 /// Watch mode on the fixture with `args`: its report and the populated stacks of the fixture,
 /// each as function names with its resident pages.
 fn trace(test: &str, args: &[&str]) -> (Value, Vec<(Vec<String>, u64)>) {
-    let mut all = vec!["--mode", "watch"];
+    // Every fault: each is walked, and each walk is checked.
+    let mut all = vec!["--mode", "watch", "--fault-period", "1"];
     all.extend_from_slice(args);
     trace_in(test, &all)
 }

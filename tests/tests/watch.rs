@@ -51,7 +51,14 @@ fn watch_counts_every_populated_page_and_what_stays_resident() {
     let report = trace_workload(
         &mut target,
         pid,
-        &["--mode", "watch", "--interval", "250ms"],
+        &[
+            "--mode",
+            "watch",
+            "--fault-period",
+            "1",
+            "--interval",
+            "250ms",
+        ],
         &out,
     );
     // How many of the fixture's huge-page regions a huge page backed when faulted, and at the
@@ -165,6 +172,8 @@ fn watch_keeps_at_most_max_pages_and_counts_the_rest() {
         &[
             "--mode",
             "watch",
+            "--fault-period",
+            "1",
             "--interval",
             "250ms",
             "--max-pages",
@@ -319,6 +328,11 @@ fn watch_names_node_leaks_by_the_pages_they_fill() {
         String::from_utf8_lossy(&output.stderr)
     );
     let report = read_report(&out);
+    assert!(
+        report["trace"]["fault_period"].as_u64() > Some(1),
+        "the default samples faults: {}",
+        report["trace"]
+    );
     let control_pid = control.pid();
     for target in targets.into_iter().chain([control]) {
         assert_eq!(target.finish(), 0, "the fixture is unharmed");
@@ -419,7 +433,14 @@ fn watch_counts_the_pages_of_hundreds_of_threads() {
     let report = trace_workload(
         &mut target,
         pid,
-        &["--mode", "watch", "--interval", "250ms"],
+        &[
+            "--mode",
+            "watch",
+            "--fault-period",
+            "1",
+            "--interval",
+            "250ms",
+        ],
         &out,
     );
     assert_eq!(target.finish(), 0, "the fixture is unharmed");

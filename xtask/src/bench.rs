@@ -83,7 +83,8 @@ enum Config {
     /// leaktrace, full accounting, with JavaScript frames left to addresses (`--no-v8-frames`):
     /// on Node workloads, what naming JS frames from V8's data adds is `exact` minus this.
     NativeOnly,
-    /// leaktrace's watch mode (`--mode watch`): no uprobe, every page fault sampled.
+    /// leaktrace's watch mode (`--mode watch`): no uprobe, page faults sampled at its default
+    /// period.
     Watch,
 }
 

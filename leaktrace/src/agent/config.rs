@@ -69,6 +69,10 @@ pub struct AgentArgs {
     /// Costs every syscall of the node about 50 ns.
     #[arg(long)]
     pub syscall_tracepoints: bool,
+    /// Watch and tiered modes: one page fault in this many runs the page-fault program, its
+    /// pages standing for this many each [default: 8] (see `leaktrace attach --fault-period`).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub fault_period: Option<u32>,
     /// Tiered mode: most CPU the exact windows and watching may make each target's threads run,
     /// averaged over time, in percent of the CPU time the target itself uses (counted as at
     /// least a tenth of a CPU) [default: 3]: its share of the target's throughput.
@@ -144,6 +148,7 @@ struct FileConfig {
     grace: Option<String>,
     mode: Option<AgentMode>,
     syscall_tracepoints: Option<bool>,
+    fault_period: Option<u32>,
     max_overhead: Option<f64>,
     node_max_overhead: Option<f64>,
     window: Option<String>,
@@ -183,6 +188,8 @@ pub struct AgentConfig {
     pub mode: AgentMode,
     /// Watch and tiered modes probe the mapping syscalls at the raw tracepoints, not by fentry.
     pub syscall_tracepoints: bool,
+    /// Watch and tiered modes sample one page fault in this many.
+    pub fault_period: u64,
     /// Tiered mode's budgets, in percent of each target's CPU and of one CPU for the node, and
     /// its longest window.
     pub max_overhead: f64,
@@ -437,6 +444,12 @@ impl AgentConfig {
             mode,
             syscall_tracepoints: args.syscall_tracepoints
                 || file.syscall_tracepoints.unwrap_or(false),
+            fault_period: u64::from(positive(
+                args.fault_period,
+                file.fault_period,
+                "fault_period",
+                crate::probe::fault::DEFAULT_FAULT_PERIOD as u32,
+            )?),
             max_overhead,
             node_max_overhead,
             window,
@@ -523,6 +536,7 @@ mod tests {
         assert_eq!(c.mode, AgentMode::Tiered);
         assert_eq!((c.max_overhead, c.node_max_overhead), (3.0, 10.0));
         assert_eq!(c.window, Duration::from_secs(30));
+        assert_eq!(c.fault_period, crate::probe::fault::DEFAULT_FAULT_PERIOD);
         // Exact windows record every allocation; sampling is exact mode's.
         assert_eq!(c.sample_bytes, None);
         let exact = AgentConfig::load(AgentArgs {
@@ -581,6 +595,8 @@ mod tests {
         let file =
             load_toml("mode = \"exact\"\nwindow = \"1m\"\n", AgentArgs::default()).unwrap_err();
         assert!(file.to_string().starts_with("--window applies"), "{file}");
+        let bad = load_toml("fault_period = 0\n", AgentArgs::default()).unwrap_err();
+        assert!(bad.to_string().contains("fault_period"), "{bad}");
         let bad = load_toml("max_overhead = 0\n", AgentArgs::default()).unwrap_err();
         assert!(bad.to_string().contains("`max_overhead`"), "{bad}");
         let c = load_toml("max_overhead = 2\nwindow = \"1m\"\n", AgentArgs::default()).unwrap();

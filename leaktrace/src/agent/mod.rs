@@ -139,8 +139,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         mode: match config.mode {
             AgentMode::Exact => crate::probe::ProbeMode::Trace,
             AgentMode::Watch | AgentMode::Tiered => crate::probe::ProbeMode::Watch {
-                period: std::num::NonZeroU64::new(crate::probe::fault::DEFAULT_FAULT_PERIOD)
-                    .expect("a period of at least 1"),
+                period: std::num::NonZeroU64::new(config.fault_period)
+                    .expect("the configuration checks its period is at least 1"),
                 mapping: if config.syscall_tracepoints {
                     crate::probe::MappingProbes::Tracepoints
                 } else {

@@ -22,7 +22,7 @@ use super::Check;
 use crate::{
     budget::{self, TRAP_COST},
     collect,
-    probe::{MapLimits, ProbeMode, Probes},
+    probe::{MapLimits, ProbeMode, Probes, fault::DEFAULT_FAULT_PERIOD},
     process::Target,
 };
 
@@ -146,14 +146,16 @@ impl Measured {
             None => "programs not counted: run-time statistics need CAP_SYS_ADMIN".into(),
         };
         let watch = match self.fault_run {
+            // Measured at every fault; watch mode's default runs the program on one in
+            // `DEFAULT_FAULT_PERIOD`.
             Some((run, host_runs)) => format!(
-                "watch ≈ {:.2} % ({:.0} faults/s at {} ns each; the program ran {:.0} times/s \
-                 over the host: {:.2} % there)",
-                percent(self.faults_per_s * run.as_secs_f64()),
+                "watch ≈ {:.2} % ({:.0} faults/s at {} ns each, one in {DEFAULT_FAULT_PERIOD} \
+                 sampled; over the host it would run {:.0} times/s: {:.2} % there)",
+                percent(self.faults_per_s * run.as_secs_f64() / DEFAULT_FAULT_PERIOD as f64),
                 self.faults_per_s,
                 run.as_nanos(),
-                host_runs,
-                percent(host_runs * run.as_secs_f64())
+                host_runs / DEFAULT_FAULT_PERIOD as f64,
+                percent(host_runs * run.as_secs_f64() / DEFAULT_FAULT_PERIOD as f64)
             ),
             // A process that faulted no page in that second (one reusing its memory) costs
             // watch mode nothing: its program never ran, so it has no run time to show.

@@ -11,9 +11,10 @@
 //! ratio against the pair's untraced run's. Whatever slows the machine slows both copies alike
 //! and cancels in the ratio, and whatever makes one process of a pair a little faster than the
 //! other for its whole life (measured here: up to 1.6 %, steady over minutes) cancels against
-//! the pair's own untraced ratio. The page-fault event of watch mode fires on every CPU, so `A`
-//! pays its faults' share of the probes too (about 2 µs per fault, a few hundred faults a
-//! second): the loss is understated by about that much, 0.1 % here.
+//! the pair's own untraced ratio. The page-fault event of watch mode counts on every CPU, so `A`
+//! pays its faults' share of the event too (the program runs on one sampled fault in the
+//! period, and leaves at once for a process that is not a target): the loss is understated by
+//! that much, well under 0.1 % here.
 //!
 //! [`placement`]: super::placement
 
