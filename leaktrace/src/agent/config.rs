@@ -383,6 +383,14 @@ impl AgentConfig {
                 "--sample-bytes applies to `--mode exact` only, not to `--mode {name}`"
             )));
         }
+        if mode == AgentMode::Exact && (args.fault_period.is_some() || file.fault_period.is_some())
+        {
+            return Err(ConfigError::Conflict(
+                "--fault-period applies to the page faults of `--mode watch` and `tiered`, not to \
+                 `--mode exact`"
+                    .into(),
+            ));
+        }
         let positive =
             |flag: Option<u32>, file: Option<u32>, key: &'static str, default: u32| match flag
                 .or(file)
@@ -597,6 +605,13 @@ mod tests {
         assert!(file.to_string().starts_with("--window applies"), "{file}");
         let bad = load_toml("fault_period = 0\n", AgentArgs::default()).unwrap_err();
         assert!(bad.to_string().contains("fault_period"), "{bad}");
+        let exact = load_toml("mode = \"exact\"\nfault_period = 1\n", AgentArgs::default());
+        assert!(
+            exact
+                .unwrap_err()
+                .to_string()
+                .starts_with("--fault-period applies")
+        );
         let bad = load_toml("max_overhead = 0\n", AgentArgs::default()).unwrap_err();
         assert!(bad.to_string().contains("`max_overhead`"), "{bad}");
         let c = load_toml("max_overhead = 2\nwindow = \"1m\"\n", AgentArgs::default()).unwrap();
