@@ -144,8 +144,9 @@ impl Unwinder {
     /// for the first time. Called when a target is attached and at every sample, so that an
     /// exec or a `dlopen` gets its tables within an interval; a process gone meanwhile is no
     /// error. Its maps are read again only once it mapped code ([`code_mapped`]), or
-    /// [`REREAD_AFTER`] since the last read (a mapping record lost to a full ring): a read of
-    /// Node's maps every sample was a tenth of watch mode's CPU time.
+    /// [`REREAD_AFTER`] since the last read (a mapping record lost to a full ring): reading and
+    /// parsing Node's maps at every sample was a few percent of watch mode's CPU time. A read
+    /// that failed is tried again at the next call.
     ///
     /// [`code_mapped`]: Self::code_mapped
     pub fn install(&mut self, probes: &mut Probes, pid: u32) -> Result<(), ProbeError> {
@@ -158,6 +159,15 @@ impl Unwinder {
         {
             return Ok(());
         }
+        let installed = self.reinstall(probes, pid, now);
+        if installed.is_err() {
+            self.remapped.insert(pid);
+        }
+        installed
+    }
+
+    /// Reads `pid`'s maps and tells the probes what changed since they were last told.
+    fn reinstall(&mut self, probes: &mut Probes, pid: u32, now: Instant) -> Result<(), ProbeError> {
         let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
             return Ok(());
         };
