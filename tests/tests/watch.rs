@@ -12,6 +12,16 @@ use serde_json::Value;
 
 const PAGE: u64 = 4096;
 
+/// Watch mode counting every page fault, for the tests that count pages exactly.
+const EVERY_FAULT: [&str; 6] = [
+    "--mode",
+    "watch",
+    "--fault-period",
+    "1",
+    "--interval",
+    "250ms",
+];
+
 /// The stacks of `pid` with a frame in `function`.
 fn stacks_with<'a>(report: &'a Value, pid: u32, function: &str) -> Vec<&'a Value> {
     stacks_of(report, pid)
@@ -48,19 +58,7 @@ fn watch_counts_every_populated_page_and_what_stays_resident() {
     let mut target = Target::start(&exe, &[&rounds.to_string(), &pages.to_string(), "400", "1"]);
     let pid = target.pid();
     let out = scratch("watch_exact").join("report.json");
-    let report = trace_workload(
-        &mut target,
-        pid,
-        &[
-            "--mode",
-            "watch",
-            "--fault-period",
-            "1",
-            "--interval",
-            "250ms",
-        ],
-        &out,
-    );
+    let report = trace_workload(&mut target, pid, &EVERY_FAULT, &out);
     // How many of the fixture's huge-page regions a huge page backed when faulted, and at the
     // end (see below).
     let huge_line = target.expect_line("huge ");
@@ -169,16 +167,7 @@ fn watch_keeps_at_most_max_pages_and_counts_the_rest() {
     let report = trace_workload(
         &mut target,
         pid,
-        &[
-            "--mode",
-            "watch",
-            "--fault-period",
-            "1",
-            "--interval",
-            "250ms",
-            "--max-pages",
-            &max_pages.to_string(),
-        ],
+        &[&EVERY_FAULT[..], &["--max-pages", &max_pages.to_string()]].concat(),
         &out,
     );
     target.expect_line("huge ");
@@ -430,19 +419,7 @@ fn watch_counts_the_pages_of_hundreds_of_threads() {
     let mut target = Target::start(&exe, &[&threads.to_string(), &pages.to_string()]);
     let pid = target.pid();
     let out = scratch("watch_threads").join("report.json");
-    let report = trace_workload(
-        &mut target,
-        pid,
-        &[
-            "--mode",
-            "watch",
-            "--fault-period",
-            "1",
-            "--interval",
-            "250ms",
-        ],
-        &out,
-    );
+    let report = trace_workload(&mut target, pid, &EVERY_FAULT, &out);
     assert_eq!(target.finish(), 0, "the fixture is unharmed");
     let stack = the_stack_with(
         &report,
