@@ -1204,7 +1204,7 @@ fn the_agent_in_watch_mode_serves_populated_pages_without_a_probe() {
 }
 
 /// The agent's default, tiered: a Node process that runs clean stays watched, with no uprobe in
-/// it; once it leaks, an exact window opens (its allocator probed), names the leaking
+/// it; once it leaks, and is past its warm-up, an exact window opens (its allocator probed), names the leaking
 /// JavaScript function, closes once it has found the leak (from half its length on, short of its
 /// full length) and detaches, within the budget.
 #[test]
@@ -1229,12 +1229,16 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
             "--window",
             "20s",
             // The fixture uses under 1 % of a CPU, so its budget is a share of the floor, a
-            // tenth of a CPU: at the default 3 %, 0.3 % of a CPU. Its window costs about 0.4 %
+            // tenth of a CPU: at the default 2 %, 0.2 % of a CPU. Its window costs about 0.4 %
             // of a CPU here, so it runs on what the budget saved before it opened, which lasts
-            // 15 s with a margin of three here; 10 % keeps the window open until it has found
+            // 10 s with a margin of two here; 10 % keeps the window open until it has found
             // the leak (10 s on, at 1 MiB/s) on a slower machine too.
             "--max-overhead",
             "10",
+            // Younger than this, a growing process is not given a window: its leak starts at
+            // about 17 s of its life and is seen growing within about 12 s more.
+            "--warm-up",
+            "45s",
         ],
     );
     let uprobe_links = || {
@@ -1282,6 +1286,22 @@ fn a_watched_node_that_starts_to_leak_gets_an_exact_window_that_names_the_functi
     );
 
     target.send("go");
+    // Growing, but still young: watched while it warms up, then given its window.
+    agent.wait_for(
+        "the warm-up to hold the window",
+        Duration::from_secs(40),
+        |a| {
+            Some(
+                text(&tier(a)?["why"]).contains("no exact window while it warms up, its first 45s"),
+            )
+        },
+    );
+    let waiting = tier(&agent).expect("a tier");
+    assert_eq!(waiting["tier"], "watch", "{waiting}");
+    assert!(
+        text(&waiting["why"]).contains("resident set grew"),
+        "{waiting}"
+    );
     agent.wait_for("an exact window", Duration::from_secs(60), |a| {
         Some(tier(a)?["tier"] == "window")
     });

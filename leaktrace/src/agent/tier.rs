@@ -55,6 +55,9 @@ const MAX_BACKOFF: u32 = 32;
 pub struct Settings {
     /// Longest exact window.
     pub window: Duration,
+    /// No window for a process younger than this: its heaps growing to their working size as
+    /// it starts are not a leak.
+    pub warm_up: Duration,
     /// Time-averaged cost allowed per target, in percent of the CPU time it uses.
     pub max_overhead: f64,
     /// The same over every target of the node and the agent itself, in percent of one CPU.
@@ -160,6 +163,8 @@ pub struct TargetTier {
     at: Instant,
     /// When it was first watched.
     since: Instant,
+    /// When the process started, when that could be read.
+    born: Option<Instant>,
     /// CPU seconds its budget is a share of so far: what it used, at least [`MIN_CPU`].
     base: f64,
     /// Doublings of the wait before the next window.
@@ -180,14 +185,21 @@ pub struct TargetTier {
 }
 
 impl TargetTier {
-    /// A target first watched at `now`, when it had used `cpu` (`None`: unreadable).
-    pub fn new(settings: &Settings, now: Instant, cpu: Option<Duration>) -> Self {
+    /// A target first watched at `now`, when it was `age` old and had used `cpu` (`None`:
+    /// unreadable).
+    pub fn new(
+        settings: &Settings,
+        now: Instant,
+        age: Option<Duration>,
+        cpu: Option<Duration>,
+    ) -> Self {
         Self {
             window: None,
             credit: Credit::new(settings.max_overhead),
             cpu,
             at: now,
             since: now,
+            born: age.and_then(|age| now.checked_sub(age)),
             base: 0.0,
             backoff: 0,
             next_at: now,
@@ -316,6 +328,17 @@ impl TargetTier {
             self.why = "watched: its resident set is not growing".into();
             return Step::Keep;
         };
+        if let Some(age) = self.born.map(|born| now.saturating_duration_since(born))
+            && age < settings.warm_up
+        {
+            self.why = format!(
+                "watched: {growth}; it is {:.0}s old: no exact window while it warms up, its \
+                 first {}s",
+                age.as_secs_f64(),
+                settings.warm_up.as_secs()
+            );
+            return Step::Keep;
+        }
         if now < self.next_at {
             self.why = format!(
                 "watched: {growth}; next exact window in {:.0}s",
@@ -441,6 +464,7 @@ mod tests {
     fn settings() -> Settings {
         Settings {
             window: Duration::from_secs(30),
+            warm_up: Duration::from_secs(180),
             max_overhead: 3.0,
             node_max_overhead: 10.0,
         }
@@ -518,7 +542,7 @@ mod tests {
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut node = NodeCredit::new(s.node_max_overhead, t0);
         // A target with half a CPU: its budget is 1.5 % of a CPU.
-        let mut tier = TargetTier::new(&s, t0, used(0.5, 0));
+        let mut tier = TargetTier::new(&s, t0, None, used(0.5, 0));
         let step = |tier: &mut TargetTier, node: &mut NodeCredit, sec: u64| {
             node.refill(at(sec));
             tier.step(at(sec), used(0.5, sec), Some("grows"), node, &s)
@@ -561,7 +585,7 @@ mod tests {
         for (cpus, readable) in [(0.0, true), (0.05, false), (0.5, true), (2.0, true)] {
             let mut node = NodeCredit::new(100.0, t0);
             let cpu = |sec| used(cpus, sec).filter(|_| readable);
-            let mut tier = TargetTier::new(&s, t0, cpu(0));
+            let mut tier = TargetTier::new(&s, t0, None, cpu(0));
             let mut opened = None;
             for sec in 1..=200 {
                 node.refill(at(sec));
@@ -604,7 +628,7 @@ mod tests {
         // window needs comes after 45 s at the 2 % left (46 s when the sums round down), not
         // after 30 s. The agent's own work, 5 % of a CPU, is the node's to pay.
         let mut node = NodeCredit::new(s.node_max_overhead, t0);
-        let mut tier = TargetTier::new(&s, t0, used(1.0, 0));
+        let mut tier = TargetTier::new(&s, t0, None, used(1.0, 0));
         let mut opened = None;
         for sec in 1..=60 {
             node.refill(at(sec));
@@ -626,7 +650,7 @@ mod tests {
         // Watching that costs more than the budget leaves no window at all, and the average
         // says what it costs.
         let mut node = NodeCredit::new(s.node_max_overhead, t0);
-        let mut costly = TargetTier::new(&s, t0, used(1.0, 0));
+        let mut costly = TargetTier::new(&s, t0, None, used(1.0, 0));
         for sec in 1..=600 {
             node.refill(at(sec));
             costly.charge_watch(0.04, 0.0, &mut node);
@@ -648,7 +672,7 @@ mod tests {
         let mut node = NodeCredit::new(s.node_max_overhead, t0);
         node.refill(t0 + Duration::from_secs(10));
         let before = node.seconds();
-        let mut tier = TargetTier::new(&s, t0, used(1.0, 0));
+        let mut tier = TargetTier::new(&s, t0, None, used(1.0, 0));
         tier.charge_agent(0.25, &mut node);
         assert!((node.seconds() - (before - 0.25)).abs() < 1e-9);
         assert!((tier.agent_spent - 0.25).abs() < 1e-9);
@@ -662,7 +686,7 @@ mod tests {
         let s = settings();
         let t0 = Instant::now();
         let mut node = NodeCredit::new(s.node_max_overhead, t0);
-        let mut tier = TargetTier::new(&s, t0, used(1.0, 0));
+        let mut tier = TargetTier::new(&s, t0, None, used(1.0, 0));
         let at = |s: u64| t0 + Duration::from_secs(s);
         let mut opened = Vec::new();
         for sec in 0..2000 {
@@ -693,7 +717,7 @@ mod tests {
         let t0 = Instant::now();
         let at = |sec: u64| t0 + Duration::from_secs(sec);
         let mut node = NodeCredit::new(s.node_max_overhead, t0);
-        let mut tier = TargetTier::new(&s, t0, used(1.0, 0));
+        let mut tier = TargetTier::new(&s, t0, None, used(1.0, 0));
         let opened = (0..200u64)
             .find(|&sec| {
                 node.refill(at(sec));
@@ -719,6 +743,38 @@ mod tests {
     }
 
     #[test]
+    fn a_young_process_gets_no_window_while_it_warms_up() {
+        let s = settings();
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut node = NodeCredit::new(s.node_max_overhead, t0);
+        // First watched 20 s after it started: growing, with budget to spare, it waits until
+        // it is 180 s old.
+        let mut tier = TargetTier::new(&s, t0, Some(Duration::from_secs(20)), used(1.0, 0));
+        node.refill(at(150));
+        let step = tier.step(at(150), used(1.0, 150), Some("grows"), &node, &s);
+        assert_eq!(step, Step::Keep);
+        assert!(tier.why.contains("170s old"), "{}", tier.why);
+        assert!(
+            tier.why.contains("warms up, its first 180s"),
+            "{}",
+            tier.why
+        );
+        node.refill(at(160));
+        assert_eq!(
+            tier.step(at(160), used(1.0, 160), Some("grows"), &node, &s),
+            Step::Open
+        );
+        // One already older than that when first watched is judged at once.
+        let mut old = TargetTier::new(&s, t0, Some(Duration::from_secs(3600)), used(1.0, 0));
+        node.refill(at(200));
+        assert_eq!(
+            old.step(at(200), used(1.0, 200), Some("grows"), &node, &s),
+            Step::Open
+        );
+    }
+
+    #[test]
     fn the_node_budget_holds_back_every_target() {
         let s = Settings {
             node_max_overhead: 1.0,
@@ -728,7 +784,7 @@ mod tests {
         let later = t0 + Duration::from_secs(40);
         let mut node = NodeCredit::new(s.node_max_overhead, t0);
         node.refill(later);
-        let mut tier = TargetTier::new(&s, t0, used(1.0, 0));
+        let mut tier = TargetTier::new(&s, t0, None, used(1.0, 0));
         // Its own bucket holds 1.2 s, the node's 0.4 s: short of a 0.9 s window.
         let step = tier.step(later, used(1.0, 40), Some("grows"), &node, &s);
         assert_eq!(step, Step::Keep);

@@ -93,9 +93,14 @@ impl Windows {
 
     /// Starts keeping the tier of a newly watched target.
     pub fn watch(&mut self, pid: u32) {
-        let cpu = stat::read(pid).map(|s| s.cpu_time());
-        self.tiers
-            .insert(pid, TargetTier::new(&self.settings, Instant::now(), cpu));
+        let stat = stat::read(pid);
+        let tier = TargetTier::new(
+            &self.settings,
+            Instant::now(),
+            stat.map(|s| s.age()),
+            stat.map(|s| s.cpu_time()),
+        );
+        self.tiers.insert(pid, tier);
     }
 
     /// Leaves `cpu` out of the watch's cost: time spent looking for new processes and

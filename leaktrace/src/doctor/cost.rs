@@ -172,7 +172,7 @@ impl Measured {
              detached): {:.0} allocator calls/s; exact ≈ {exact:.1} % of a CPU (traps {traps:.1} \
              %, {programs}); --sample-bytes ≥ {traps:.1} % (sampling spares the programs, not \
              the traps); {watch}; the agent's tiered default: watch, plus windows held to \
-             --max-overhead (3 %) averaged",
+             --max-overhead (2 %) averaged",
             self.calls_per_s
         );
         if exact > EXACT_WARN_PERCENT {

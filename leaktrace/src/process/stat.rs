@@ -22,11 +22,22 @@ impl Stat {
 
     /// The CPU time its threads used.
     pub fn cpu_time(&self) -> Duration {
-        // SAFETY: sysconf only reads a constant of the system.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-        let hz = u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100);
-        Duration::from_nanos(self.cpu_ticks.saturating_mul(1_000_000_000 / hz))
+        ticks(self.cpu_ticks)
     }
+
+    /// How long ago it started: its start time against the boot-time clock, which the kernel
+    /// counts it from (suspended time included).
+    pub fn age(&self) -> Duration {
+        cpu_time(libc::CLOCK_BOOTTIME).saturating_sub(ticks(self.start_time))
+    }
+}
+
+/// A count of clock ticks as time.
+fn ticks(n: u64) -> Duration {
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = u64::try_from(hz).ok().filter(|&hz| hz > 0).unwrap_or(100);
+    Duration::from_nanos(n.saturating_mul(1_000_000_000 / hz))
 }
 
 /// The stat of `pid`, or `None` once it is gone.
@@ -63,7 +74,7 @@ pub fn process_cpu_time() -> Duration {
     cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
-/// The time of one of the kernel's CPU-time clocks; zero if it cannot be read.
+/// The time of one of the kernel's clocks; zero if it cannot be read.
 fn cpu_time(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
@@ -95,5 +106,20 @@ mod tests {
         assert_eq!(parse("garbage"), None);
         let zombie = "7 (z) Z 1 7 7 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 5 0 0";
         assert!(!parse(zombie).unwrap().is_alive());
+    }
+
+    #[test]
+    fn a_new_process_is_younger_than_its_parent() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let young = read(child.id()).expect("the child's stat").age();
+        let old = read(std::process::id()).expect("our own stat").age();
+        child.kill().ok();
+        child.wait().ok();
+        assert!(young <= old, "{young:?} {old:?}");
+        assert!(young < Duration::from_secs(2), "{young:?}");
+        assert!(old < cpu_time(libc::CLOCK_BOOTTIME), "{old:?}");
     }
 }
