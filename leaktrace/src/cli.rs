@@ -156,9 +156,9 @@ pub struct TraceArgs {
     pub mode: Capture,
     /// In watch mode, take one page fault in this many (of every process on each CPU, alike):
     /// each sample stands for that many pages. 1 counts every fault, exactly; the default keeps
-    /// a faulting Node service's cost within a tenth of a percent of a CPU.
-    #[arg(long, default_value_t = crate::probe::fault::DEFAULT_FAULT_PERIOD, value_parser = clap::value_parser!(u64).range(1..))]
-    pub fault_period: u64,
+    /// a faulting Node service's cost within a tenth of a percent of a CPU [default: 8].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub fault_period: Option<u64>,
     /// Record a sample of allocations, one per this many bytes on average (Poisson sampling by
     /// bytes: `512KiB`, `1MiB` or plain bytes); sizes become unbiased estimates. Cheaper on busy
     /// processes: a passed-over call costs no stack walk and no map update.
@@ -248,6 +248,11 @@ impl TraceArgs {
                  syscall tracepoints always"
                     .into(),
             ),
+            Capture::Exact if self.fault_period.is_some() => Err(
+                "--fault-period applies to the page faults of `--mode watch`; exact tracing \
+                 probes the allocator"
+                    .into(),
+            ),
             Capture::Exact if self.empty_probes => Ok(ProbeMode::Empty),
             Capture::Exact => Ok(ProbeMode::Trace),
             Capture::Watch => {
@@ -262,8 +267,11 @@ impl TraceArgs {
                     ));
                 }
                 Ok(ProbeMode::Watch {
-                    period: std::num::NonZeroU64::new(self.fault_period)
-                        .ok_or("--fault-period must be at least 1")?,
+                    period: std::num::NonZeroU64::new(
+                        self.fault_period
+                            .unwrap_or(crate::probe::fault::DEFAULT_FAULT_PERIOD),
+                    )
+                    .ok_or("--fault-period must be at least 1")?,
                     mapping: if self.syscall_tracepoints {
                         MappingProbes::Tracepoints
                     } else {

@@ -455,15 +455,18 @@ fn watch_mode_refuses_probe_options_in_one_line() {
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
         assert!(stderr.contains(extra[0]), "{stderr}");
     }
-    // And exact tracing refuses watch mode's own option.
-    let output = leaktrace()
-        .args(["attach", "1", "--syscall-tracepoints"])
-        .output()
-        .expect("running leaktrace");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{stderr}");
-    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("--syscall-tracepoints"), "{stderr}");
+    // And exact tracing refuses watch mode's own options.
+    for extra in [&["--syscall-tracepoints"][..], &["--fault-period", "1"]] {
+        let output = leaktrace()
+            .args(["attach", "1"])
+            .args(extra)
+            .output()
+            .expect("running leaktrace");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(extra[0]), "{stderr}");
+    }
 }
 
 /// Asserts that the tracer `pid` holds BPF programs and links, none of them a uprobe's: the

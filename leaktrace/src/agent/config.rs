@@ -250,8 +250,6 @@ const DEFAULT_LISTEN: &str = "127.0.0.1:9464";
 const DEFAULT_SAMPLE_BYTES: u64 = 512 * 1024;
 const DEFAULT_MAX_TARGETS: u32 = 32;
 const DEFAULT_MAX_LIVE_PER_TARGET: u32 = 1 << 18;
-/// Long enough for any scrape or report; short enough that idle keep-alive clients give their
-/// slot back.
 /// Tiered mode's defaults: a window long enough for a leak verdict at 1 s samples, a node's
 /// worth of a few busy services at once, and per target 2 %, a margin under the production
 /// goal of 3 % of a busy service's throughput: the target's budget bounds what its own threads
@@ -265,6 +263,8 @@ const DEFAULT_WINDOW: Duration = Duration::from_secs(30);
 /// Measured on the bench's Node service under load: its heaps outside V8 grew from 57 to 78 MiB
 /// in its first two minutes and stayed there.
 const DEFAULT_WARM_UP: Duration = Duration::from_secs(180);
+/// Long enough for any scrape or report; short enough that idle keep-alive clients give their
+/// slot back.
 const DEFAULT_CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 
 impl AgentConfig {

@@ -1,6 +1,8 @@
 //! The agent's tiers (`--mode tiered`, its default): every target is watched from its page
 //! faults, which puts nothing on its own code paths, and the allocator probes are attached to it
-//! only for bounded exact windows, while its resident set grows and its budget allows.
+//! only for bounded exact windows, while its resident set grows and its budget allows, and not
+//! before it is past its warm-up (`--warm-up`: a service starting up grows its heaps to their
+//! working size; a leak goes on growing after).
 //!
 //! The budget is CPU time in a bucket per target and one for the node. A target's bucket fills
 //! at its `--max-overhead` share of the CPU time the target itself uses (read from
