@@ -100,6 +100,8 @@ struct Agent {
     /// Processes decided against, by PID, start time and executable (an exec may change the
     /// answer): never looked at again.
     passed_over: HashSet<(u32, u64, PathBuf)>,
+    /// What the scans of /proc read of each process, kept from one scan to the next.
+    scanner: discover::Scanner,
     /// Matching processes refused for the target cap, counted once each.
     refused: HashSet<(u32, u64)>,
     /// Matching processes that could not be attached to yet, since when: see [`ATTACH_RETRY`].
@@ -201,6 +203,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         session,
         tracked: HashMap::new(),
         passed_over: HashSet::new(),
+        scanner: discover::Scanner::default(),
         refused: HashSet::new(),
         retrying: HashMap::new(),
         pods,
@@ -288,12 +291,12 @@ impl Agent {
     fn discover(&mut self) {
         self.tally.scans += 1;
         let pods_known = self.pods.as_ref().is_none_or(Pods::synced);
-        let fresh = discover::scan(|pid, start_time, exe| {
-            self.tracked.contains_key(&pid)
-                || self
-                    .passed_over
-                    .contains(&(pid, start_time, exe.to_path_buf()))
-        });
+        let tracked = &self.tracked;
+        let passed_over = &self.passed_over;
+        let fresh = self.scanner.scan(
+            |pid| tracked.contains_key(&pid),
+            |pid, start_time, exe| passed_over.contains(&(pid, start_time, exe.to_path_buf())),
+        );
         for seen in fresh {
             let key = (seen.pid, seen.start_time, seen.exe.clone());
             let pod = self.pod_of(&seen.cgroup);
