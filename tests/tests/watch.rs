@@ -444,28 +444,29 @@ fn watch_counts_the_pages_of_hundreds_of_threads() {
 /// line, before anything is attached.
 #[test]
 fn watch_mode_refuses_probe_options_in_one_line() {
-    for extra in [["--sample-bytes", "1MiB"], ["--max-overhead", "5"]] {
-        let output = leaktrace()
-            .args(["attach", "1", "--mode", "watch"])
-            .args(extra)
-            .output()
-            .expect("running leaktrace");
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{extra:?}: {stderr}");
-        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(extra[0]), "{stderr}");
-    }
-    // And exact tracing refuses watch mode's own options.
-    for extra in [&["--syscall-tracepoints"][..], &["--fault-period", "1"]] {
+    // Watch mode refuses the probes' options, and exact tracing (the default) watch mode's.
+    let refused: [(&[&str], &str); 4] = [
+        (
+            &["--mode", "watch", "--sample-bytes", "1MiB"],
+            "--sample-bytes",
+        ),
+        (
+            &["--mode", "watch", "--max-overhead", "5"],
+            "--max-overhead",
+        ),
+        (&["--syscall-tracepoints"], "--syscall-tracepoints"),
+        (&["--fault-period", "1"], "--fault-period"),
+    ];
+    for (args, flag) in refused {
         let output = leaktrace()
             .args(["attach", "1"])
-            .args(extra)
+            .args(args)
             .output()
             .expect("running leaktrace");
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{extra:?}: {stderr}");
+        assert!(!output.status.success(), "{args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-        assert!(stderr.contains(extra[0]), "{stderr}");
+        assert!(stderr.contains(flag), "{stderr}");
     }
 }
 

@@ -28,7 +28,7 @@ impl Stat {
     /// How long ago it started: its start time against the boot-time clock, which the kernel
     /// counts it from (suspended time included).
     pub fn age(&self) -> Duration {
-        cpu_time(libc::CLOCK_BOOTTIME).saturating_sub(ticks(self.start_time))
+        clock_time(libc::CLOCK_BOOTTIME).saturating_sub(ticks(self.start_time))
     }
 }
 
@@ -66,16 +66,16 @@ pub fn parse(stat: &str) -> Option<Stat> {
 /// CPU time the calling thread has used: what a piece of the tracer's own work costs, whether
 /// or not the thread was descheduled meanwhile (a loaded machine stretches wall time, not this).
 pub fn thread_cpu_time() -> Duration {
-    cpu_time(libc::CLOCK_THREAD_CPUTIME_ID)
+    clock_time(libc::CLOCK_THREAD_CPUTIME_ID)
 }
 
 /// CPU time the whole process has used, every thread: what the tracer costs the machine.
 pub fn process_cpu_time() -> Duration {
-    cpu_time(libc::CLOCK_PROCESS_CPUTIME_ID)
+    clock_time(libc::CLOCK_PROCESS_CPUTIME_ID)
 }
 
 /// The time of one of the kernel's clocks; zero if it cannot be read.
-fn cpu_time(clock: libc::clockid_t) -> Duration {
+fn clock_time(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -120,6 +120,6 @@ mod tests {
         child.wait().ok();
         assert!(young <= old, "{young:?} {old:?}");
         assert!(young < Duration::from_secs(2), "{young:?}");
-        assert!(old < cpu_time(libc::CLOCK_BOOTTIME), "{old:?}");
+        assert!(old < clock_time(libc::CLOCK_BOOTTIME), "{old:?}");
     }
 }
