@@ -49,9 +49,42 @@ struct Shared {
     started: Instant,
 }
 
+/// Serves on a thread of its own until the listener fails, whose error the returned channel
+/// then carries. The session's loop runs on one thread whose only waits are its timers (see
+/// `main::run_agent`); the server's thread answers scrapes while that loop samples or names a
+/// window's stacks, and sleeps otherwise.
+pub fn spawn(
+    listener: std::net::TcpListener,
+    lifetime: Duration,
+    published: watch::Receiver<Arc<Published>>,
+    requests: mpsc::Sender<Request>,
+) -> anyhow::Result<oneshot::Receiver<std::io::Result<()>>> {
+    use anyhow::Context as _;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the HTTP server's runtime")?;
+    listener
+        .set_nonblocking(true)
+        .context("making the listening socket non-blocking")?;
+    let (done, stopped) = oneshot::channel();
+    std::thread::Builder::new()
+        .name("leaktrace-http".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                serve(listener, lifetime, published, requests).await
+            });
+            // The agent stopping first drops the receiver: nothing is waiting for this.
+            let _ = done.send(result);
+        })
+        .context("starting the HTTP server's thread")?;
+    Ok(stopped)
+}
+
 /// Serves until the listener fails. A connection is closed once it has lived `lifetime`, kept
 /// alive or not.
-pub async fn serve(
+async fn serve(
     listener: tokio::net::TcpListener,
     lifetime: Duration,
     published: watch::Receiver<Arc<Published>>,

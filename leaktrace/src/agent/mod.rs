@@ -118,8 +118,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     doctor::gate(None, false).map_err(|line| anyhow::anyhow!("refusing to trace: {line}"))?;
     let mut stop = StopSignals::install()?;
     // Listening first: a taken port is an error before anything is attached.
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    let listener = std::net::TcpListener::bind(config.listen)
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let pods = match (config.kubernetes, in_cluster()) {
         (KubeMode::Off, _) | (KubeMode::Auto, false) => None,
@@ -156,7 +155,7 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
         follow: false,
         node_perf_maps: false,
         v8_frames: true,
-        memory_every_sample: config.mode == AgentMode::Tiered,
+        resident_trend: config.mode == AgentMode::Tiered,
     };
     let session = Session::new(&options)?;
     let windows = match config.mode {
@@ -169,6 +168,8 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
                 // charged 0.85 CPU-seconds a second against 0.89 unsampled, nearly all of it
                 // the traps, which every call pays sampled or not).
                 sample_bytes: None,
+                // The trigger reads the watch's trend, not the windows'.
+                resident_trend: false,
                 ..options.clone()
             },
             tier::Settings {
@@ -184,12 +185,12 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     };
     let (published_tx, published_rx) = watch::channel(Arc::new(Published::default()));
     let (request_tx, mut requests) = mpsc::channel(16);
-    let server = http::serve(
+    let mut server = http::spawn(
         listener,
         config.connection_lifetime,
         published_rx,
         request_tx,
-    );
+    )?;
     info!(
         listen = %config.listen,
         exe = ?config.selector.exe_patterns(),
@@ -217,7 +218,6 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
     for timer in [&mut scan, &mut sample, &mut window_tick] {
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     }
-    tokio::pin!(server);
     loop {
         tokio::select! {
             _ = scan.tick() => agent.scan(),
@@ -255,7 +255,10 @@ pub async fn run(config: AgentConfig) -> anyhow::Result<()> {
             Some(request) = requests.recv() => agent.answer(request),
             () = stop.recv() => break,
             result = &mut server => {
-                result.context("the HTTP server stopped")?;
+                match result {
+                    Ok(result) => result.context("the HTTP server stopped")?,
+                    Err(_) => anyhow::bail!("the HTTP server's thread ended"),
+                }
                 break;
             }
         }
@@ -449,8 +452,7 @@ impl Agent {
                 continue;
             }
             if let Some(windows) = self.windows.as_mut() {
-                let series = self.session.memory(pid).map(|m| m.series);
-                windows.set_growth(pid, series.as_deref().and_then(tier::growth));
+                windows.set_growth(pid, tier::growth(&self.session.resident_trend(pid)));
             }
             if !tracked.capped {
                 tracked.totals.push_back((at, bytes));

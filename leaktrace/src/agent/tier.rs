@@ -422,7 +422,8 @@ impl TargetTier {
 }
 
 /// Why a process's resident set outside the V8 heap is growing, from its last
-/// [`TRIGGER_POINTS`] readings; `None` when it is not, or not clearly. The V8 heap is left out
+/// [`TRIGGER_POINTS`] light readings (`analyze::memory::Watch::trend`); `None` when it is not,
+/// or not clearly. The V8 heap is left out
 /// because a window's probes cannot see into it, and because it swings by tens of MiB with the
 /// garbage collector: measured on the bench's clean service, a rise of 19 MiB over 110 s (from
 /// 11 to 32 MiB of V8 heap, the native part flat at 25 MiB) opened a window before this rule,

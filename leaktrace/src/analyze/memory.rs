@@ -1,7 +1,7 @@
 //! Leak or retention: whether a process's growing memory is live blocks or memory its
 //! allocator keeps after they were freed, from the allocator's own account over the trace.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -137,19 +137,19 @@ const COST_RATIO: f64 = 20.0;
 /// minutes; the bench's Node service takes 4-6 ms a reading (`smaps` is most of it), which
 /// every 5 s was a quarter of watch mode's CPU there, and is read every 10 s or so past its
 /// first minute. A short trace (a test, an incident responder's minute) reads as before, and so
-/// does the tiered agent, whose trigger judges the last twelve readings: at this pace they
-/// reached back two minutes and more, into the service's warm-up (measured on the bench: the
-/// window opened at 197 s instead of 115 s).
+/// does the tiered agent's trigger, which judges light readings made at every sample (see
+/// [`Watch::trend`]).
 const STEADY_COST_RATIO: f64 = 2000.0;
+/// Light readings kept per process for [`Watch::trend`].
+const TREND_KEPT: usize = 64;
 const EARLY_S: f64 = 60.0;
 
 /// Reads the memory of every traced process, once a second at most, and keeps their series.
 #[derive(Default)]
 pub struct Watch {
     targets: HashMap<u32, Watched>,
-    /// Read at [`COST_RATIO`] however long the trace: the tiered agent's trigger judges the
-    /// last readings, which at the steady pace would reach back minutes.
-    every_sample: bool,
+    /// A light reading at every sample besides the full ones (see [`Watch::trend`]).
+    trend: bool,
 }
 
 struct Watched {
@@ -161,19 +161,33 @@ struct Watched {
     last_readable: Option<(f64, MallocAccount)>,
     /// The CPU time the last reading took, in seconds.
     cost_s: f64,
+    /// The last light readings, when asked for.
+    trend: VecDeque<MemoryPoint>,
 }
 
 impl Watch {
-    pub fn new(every_sample: bool) -> Self {
+    /// `trend`: also make a light reading of each process at every sample.
+    pub fn new(trend: bool) -> Self {
         Self {
             targets: HashMap::new(),
-            every_sample,
+            trend,
         }
     }
 
-    /// Reads one live process `at` seconds after the session's start.
-    /// Reads `pid`'s memory unless it was read less than a second ago (`last`: the trace ends,
-    /// read it anyway).
+    /// The last light readings of `pid`, oldest first: points with the resident set and V8's
+    /// heap only, one per sample, each read the same way (see [`Reader::read_resident`]). A
+    /// trigger that judges the latest readings needs them fresh and alike; full readings are
+    /// paced by their cost and mix `smaps`'s sums with the rest.
+    pub fn trend(&self, pid: u32) -> Vec<MemoryPoint> {
+        self.targets
+            .get(&pid)
+            .map(|w| w.trend.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// Reads one live process `at` seconds after the session's start: in full unless it was
+    /// read less than a second ago (`last`: the trace ends, read it anyway), then lightly when
+    /// a trend is kept (after the full reading, whose V8 chunks the light one counts).
     /// `v8_heap`: the ranges V8 mapped for its heap (see [`Reader::read`]), asked for only
     /// when the process is read.
     pub fn sample(
@@ -190,58 +204,23 @@ impl Watch {
             last: None,
             last_readable: None,
             cost_s: 0.0,
+            trend: VecDeque::new(),
         });
-        // Once a second is enough for a resident set, and keeps a short interval's samples on
-        // pace, once an account has read back; until then, and after a reading whose account
-        // raced the allocator, every sample tries (a verdict is judged on the readings that read
-        // back); less often when a reading is costly (see `COST_RATIO`), and past the first minute
-        // at a steady cost (see `STEADY_COST_RATIO`).
-        let steady =
-            !self.every_sample && watched.series.first().is_some_and(|p| at - p.t >= EARLY_S);
-        let raced = watched
-            .series
-            .last()
-            .is_some_and(|p| p.free_bytes.is_none());
-        let gap = match watched.last_readable {
-            Some(_) if !raced && steady => READ_EVERY_S.max(watched.cost_s * STEADY_COST_RATIO),
-            Some(_) if !raced => READ_EVERY_S.max(watched.cost_s * COST_RATIO),
-            _ => watched.cost_s * COST_RATIO,
-        };
-        if !last && watched.series.last().is_some_and(|p| at - p.t < gap) {
-            return;
-        }
-        let started = crate::process::stat::thread_cpu_time();
-        let read = watched.reader.read(v8_heap());
-        watched.cost_s =
-            (crate::process::stat::thread_cpu_time().saturating_sub(started)).as_secs_f64();
-        let Some(reading) = read else {
-            return;
-        };
-        let malloc = &reading.malloc;
-        let readable = malloc.readable;
-        let b = &reading.breakdown;
-        watched.series.push(MemoryPoint {
-            t: at,
-            rss_bytes: b.rss,
-            in_use_bytes: readable.then(|| malloc.in_use_bytes + malloc.mmapped_bytes.unwrap_or(0)),
-            free_bytes: readable.then_some(malloc.free_bytes),
-            malloc_heaps: b.malloc_heaps,
-            v8_heap: b.v8_heap,
-            thread_stacks: b.thread_stacks,
-            code_and_files: b.code_and_files,
-            other_anonymous: b.other_anonymous,
-        });
-        if watched.series.len() > MAX_POINTS {
-            let mut i = 0;
-            watched.series.retain(|_| {
-                i += 1;
-                i % 2 == 1
+        let v8_heap = std::cell::LazyCell::new(v8_heap);
+        watched.read_full(at, last, || (*v8_heap).clone());
+        if self.trend
+            && let Some(resident) = watched.reader.read_resident((*v8_heap).clone())
+        {
+            watched.trend.push_back(MemoryPoint {
+                t: at,
+                rss_bytes: resident.rss,
+                v8_heap: resident.v8_heap,
+                ..MemoryPoint::default()
             });
+            if watched.trend.len() > TREND_KEPT {
+                watched.trend.pop_front();
+            }
         }
-        if readable {
-            watched.last_readable = Some((at, reading.malloc.clone()));
-        }
-        watched.last = Some(reading);
     }
 
     pub fn forget(&mut self, pid: u32) {
@@ -279,6 +258,59 @@ impl Watch {
             series,
             notes,
         })
+    }
+}
+
+impl Watched {
+    /// A full reading, paced by what the last one cost (see [`COST_RATIO`]).
+    fn read_full(&mut self, at: f64, last: bool, v8_heap: impl FnOnce() -> Vec<(u64, u64)>) {
+        // Once a second is enough for a resident set, and keeps a short interval's samples on
+        // pace, once an account has read back; until then, and after a reading whose account
+        // raced the allocator, every sample tries (a verdict is judged on the readings that read
+        // back); less often when a reading is costly (see `COST_RATIO`), and past the first minute
+        // at a steady cost (see `STEADY_COST_RATIO`).
+        let steady = self.series.first().is_some_and(|p| at - p.t >= EARLY_S);
+        let raced = self.series.last().is_some_and(|p| p.free_bytes.is_none());
+        let gap = match self.last_readable {
+            Some(_) if !raced && steady => READ_EVERY_S.max(self.cost_s * STEADY_COST_RATIO),
+            Some(_) if !raced => READ_EVERY_S.max(self.cost_s * COST_RATIO),
+            _ => self.cost_s * COST_RATIO,
+        };
+        if !last && self.series.last().is_some_and(|p| at - p.t < gap) {
+            return;
+        }
+        let started = crate::process::stat::thread_cpu_time();
+        let read = self.reader.read(v8_heap());
+        self.cost_s =
+            (crate::process::stat::thread_cpu_time().saturating_sub(started)).as_secs_f64();
+        let Some(reading) = read else {
+            return;
+        };
+        let malloc = &reading.malloc;
+        let readable = malloc.readable;
+        let b = &reading.breakdown;
+        self.series.push(MemoryPoint {
+            t: at,
+            rss_bytes: b.rss,
+            in_use_bytes: readable.then(|| malloc.in_use_bytes + malloc.mmapped_bytes.unwrap_or(0)),
+            free_bytes: readable.then_some(malloc.free_bytes),
+            malloc_heaps: b.malloc_heaps,
+            v8_heap: b.v8_heap,
+            thread_stacks: b.thread_stacks,
+            code_and_files: b.code_and_files,
+            other_anonymous: b.other_anonymous,
+        });
+        if self.series.len() > MAX_POINTS {
+            let mut i = 0;
+            self.series.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+        }
+        if readable {
+            self.last_readable = Some((at, reading.malloc.clone()));
+        }
+        self.last = Some(reading);
     }
 }
 
@@ -412,6 +444,30 @@ fn advice(verdict: Verdict, malloc: &MallocAccount) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A kept trend gets a light point at every sample, whatever the full readings' pace, and
+    /// without a trend no light reading is made.
+    #[test]
+    fn the_trend_gets_a_point_at_every_sample() {
+        let pid = std::process::id();
+        for trend in [true, false] {
+            let mut watch = Watch::new(trend);
+            for at in [0.0, 0.25, 0.5] {
+                watch.sample(pid, "glibc", at, false, Vec::new);
+            }
+            let points = watch.trend(pid);
+            assert_eq!(points.len(), if trend { 3 } else { 0 });
+            assert!(
+                points
+                    .iter()
+                    .all(|p| p.rss_bytes > 0 && p.free_bytes.is_none())
+            );
+            assert_eq!(
+                points.iter().map(|p| p.t).collect::<Vec<_>>(),
+                if trend { vec![0.0, 0.25, 0.5] } else { vec![] }
+            );
+        }
+    }
 
     #[test]
     fn a_growing_javascript_heap_is_not_called_retention() {

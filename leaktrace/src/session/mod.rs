@@ -241,7 +241,7 @@ impl Session {
                 None => None,
             },
             notes: Vec::new(),
-            memory: crate::analyze::memory::Watch::new(options.memory_every_sample),
+            memory: crate::analyze::memory::Watch::new(options.resident_trend),
             ending: false,
             fault_period: match options.mode {
                 crate::probe::ProbeMode::Watch { period, .. } => Some(period.get()),
@@ -645,9 +645,9 @@ impl Session {
         &self.last
     }
 
-    /// The resident set and allocator account of one live target, as read so far.
-    pub(crate) fn memory(&self, pid: u32) -> Option<crate::analyze::memory::MemoryReport> {
-        self.memory.report(pid)
+    /// The last light readings of one target's resident set (see `Options::resident_trend`).
+    pub(crate) fn resident_trend(&self, pid: u32) -> Vec<crate::analyze::memory::MemoryPoint> {
+        self.memory.trend(pid)
     }
 
     /// Whether one of `pid`'s stacks has a `leak` verdict on its series so far.

@@ -27,8 +27,8 @@ pub struct Options {
     pub node_perf_maps: bool,
     /// Name JavaScript frames from V8's own data (see `symbolize::js`).
     pub v8_frames: bool,
-    /// Read each target's resident set at every sample however long the trace runs: the
-    /// tiered agent opens its windows on the last readings. Otherwise readings thin out past
-    /// the first minute (see `analyze::memory::Watch`).
-    pub memory_every_sample: bool,
+    /// A light reading of each target's resident set at every sample however long the trace
+    /// runs (see `analyze::memory::Watch::trend`): the tiered agent opens its windows on the
+    /// last ones. Full readings thin out past the first minute either way.
+    pub resident_trend: bool,
 }

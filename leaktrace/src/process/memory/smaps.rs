@@ -262,7 +262,7 @@ pub fn breakdown(entries: &[Entry], known: &Known, resident: &mut Resident<'_>) 
 pub type Resident<'a> = dyn FnMut(&[(u64, u64)]) -> u64 + 'a;
 
 /// `ranges` sorted, overlapping and touching ones joined.
-fn merged(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+pub fn merged(ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
     let mut sorted: Vec<(u64, u64)> = ranges.iter().copied().filter(|(s, e)| s < e).collect();
     sorted.sort_unstable();
     let mut out: Vec<(u64, u64)> = Vec::with_capacity(sorted.len());
