@@ -42,8 +42,12 @@ const HORIZON: Duration = Duration::from_secs(600);
 /// The least CPU a target's budget is a share of, in CPUs (see the module's doc).
 pub const MIN_CPU: f64 = 0.1;
 /// Readings of the resident set the trigger judges: the latest, so that a process that ran
-/// clean for hours and then starts to leak is seen growing within minutes.
-pub const TRIGGER_POINTS: usize = 12;
+/// clean for hours and then starts to leak is seen growing within minutes (three at the
+/// default 10-s interval). Twelve were too few: on the bench's clean service, a collection that
+/// shrank V8's heap was followed by 90 s of native growth (16.5 MiB, dead Buffers' memory
+/// waiting for the next full collection) and then a plateau, and twelve readings ended just as
+/// it levelled off, too early for the later-half rule (see [`growth`]) to see it.
+pub const TRIGGER_POINTS: usize = 18;
 /// Significance of their rise (Mann-Kendall, one-sided): strict, since a false alarm costs the
 /// target a window.
 const TRIGGER_P: f64 = 0.01;
@@ -487,7 +491,7 @@ mod tests {
 
     #[test]
     fn growth_needs_a_clear_rise_of_the_latest_readings() {
-        assert!(growth(&series(1 << 20)).is_some_and(|why| why.contains("grew 11.0 MiB")));
+        assert!(growth(&series(1 << 20)).is_some_and(|why| why.contains("grew 17.0 MiB")));
         // Too little, flat, or too few readings: no window.
         assert_eq!(growth(&series(64 << 10)), None);
         assert_eq!(growth(&series(0)), None);
@@ -512,6 +516,17 @@ mod tests {
             })
             .collect();
         assert_eq!(growth(&warm), None);
+        // As measured on the bench's clean service (10-s readings): 16.5 MiB of native growth
+        // over 90 s after a collection shrank V8's heap, then flat.
+        let ramp: Vec<MemoryPoint> = (0..TRIGGER_POINTS)
+            .map(|i| MemoryPoint {
+                t: 10.0 * i as f64,
+                rss_bytes: (68 << 20)
+                    + ((16.5 * (1 << 20) as f64) * (i.min(9) as f64 / 9.0)) as u64,
+                ..MemoryPoint::default()
+            })
+            .collect();
+        assert_eq!(growth(&ramp), None);
         // The V8 heap growing, the rest flat: its garbage collector's business, not a window's.
         let js: Vec<MemoryPoint> = series(1 << 20)
             .into_iter()
@@ -530,7 +545,7 @@ mod tests {
             })
             .collect();
         let why = growth(&native).expect("native growth");
-        assert!(why.contains("grew 11.0 MiB outside the V8 heap"), "{why}");
+        assert!(why.contains("grew 17.0 MiB outside the V8 heap"), "{why}");
     }
 
     /// What a target using `cpus` CPUs all along has used by `s` seconds.
