@@ -136,8 +136,8 @@ const COST_RATIO: f64 = 20.0;
 /// mode, the agent) pays that for as long as it runs, and a resident set that leaks grows for
 /// minutes; the bench's Node service takes 4-6 ms a reading (`smaps` is most of it), which
 /// every 5 s was a quarter of watch mode's CPU there, and is read every 10 s or so past its
-/// first minute. A short trace (a test, an incident responder's minute) reads as before, and so
-/// does the tiered agent's trigger, which judges light readings made at every sample (see
+/// first minute. A short trace (a test, an incident responder's minute) reads as before; the
+/// tiered agent's trigger, which needs a reading at every sample, judges light ones (see
 /// [`Watch::trend`]).
 const STEADY_COST_RATIO: f64 = 2000.0;
 /// Light readings kept per process for [`Watch::trend`].
