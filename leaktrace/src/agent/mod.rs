@@ -546,7 +546,8 @@ impl Agent {
                 capped: self.tally.capped,
                 attach_failures: self.tally.attach_failures,
                 failed_samples: self.tally.failed_samples,
-                resident_bytes: resident_bytes(),
+                resident_bytes: crate::process::memory::resident::rss_bytes(std::process::id())
+                    .unwrap_or(0),
                 kubernetes: self.pods.as_ref().map(|p| KubeView {
                     synced: p.synced(),
                     pods: p.count(),
@@ -681,19 +682,6 @@ pub(crate) fn thread_of(frames: &[Frame]) -> Option<String> {
         None if frames.iter().any(|f| f.kind == "js") => Some("main".to_owned()),
         None => None,
     }
-}
-
-/// This process's resident memory, in bytes.
-fn resident_bytes() -> u64 {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
-    let pages: u64 = statm
-        .split_whitespace()
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    pages * u64::try_from(page).unwrap_or(4096)
 }
 
 /// How long the agent waits for the session's task to answer a report request.

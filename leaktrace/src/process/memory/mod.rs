@@ -230,16 +230,12 @@ impl Reader {
     /// what a trigger that judges the resident set outside V8's heap needs, read at every
     /// sample for a fraction of a full reading's cost, and without walking the target's every
     /// mapping under its memory map's lock as `smaps` does. `None` once the process is gone.
-    pub fn read_resident(&mut self, mut v8_heap: Vec<(u64, u64)>) -> Option<Resident> {
-        let statm = std::fs::read_to_string(format!("/proc/{}/statm", self.pid)).ok()?;
-        let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    pub fn read_resident(&self, mut v8_heap: Vec<(u64, u64)>) -> Option<Resident> {
+        let rss = resident::rss_bytes(self.pid)?;
         v8_heap.extend_from_slice(&self.v8_chunks);
         let v8 = resident::resident_bytes(self.pid, &smaps::merged(&v8_heap), MAX_PAGEMAP_PAGES)
             .map_or(0, |counted| counted.bytes);
-        Some(Resident {
-            rss: pages * leaktrace_common::PAGE_BYTES,
-            v8_heap: v8,
-        })
+        Some(Resident { rss, v8_heap: v8 })
     }
 
     /// Reads `smaps` and the allocator's account; `None` once the process is gone. `v8_heap`:
@@ -436,7 +432,7 @@ mod tests {
             block[offset + p * page as usize] = 1;
         }
         let range = (base, base + PAGES * page);
-        let mut reader = Reader::new(std::process::id(), "glibc");
+        let reader = Reader::new(std::process::id(), "glibc");
         let resident = reader
             .read_resident(vec![range, range])
             .expect("this process is alive");

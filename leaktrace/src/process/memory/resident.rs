@@ -11,6 +11,14 @@ use leaktrace_common::PAGE_BYTES as PAGE;
 
 use crate::process::pagemap::{PRESENT, Pagemap};
 
+/// A process's resident set from `/proc/PID/statm` (the kernel's counters: no page walk, no
+/// lock of its memory map); `None` once it is gone.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * PAGE)
+}
+
 /// Pagemap entries read at once.
 const RUN_PAGES: u64 = 4096;
 
