@@ -49,9 +49,8 @@ proptest! {
 
     #[test]
     fn perf_map_files_of_junk_are_read_boundedly(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
-        let dir = std::env::temp_dir().join(format!("leaktrace-pm-prop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("perf.map");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("perf.map");
         std::fs::write(&path, &bytes).unwrap();
         let mut map = perfmap::PerfMap::default();
         prop_assert!(map.refresh(&path).is_ok());
@@ -78,9 +77,8 @@ proptest! {
 
     #[test]
     fn saved_reports_of_junk_are_refused_with_an_error(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
-        let dir = std::env::temp_dir().join(format!("leaktrace-rep-prop-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("report.json");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("report.json");
         std::fs::write(&path, &bytes).unwrap();
         prop_assert!(leaktrace::report::read(&path).is_err());
     }

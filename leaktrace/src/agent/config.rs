@@ -554,13 +554,10 @@ mod tests {
     use super::*;
 
     fn load_toml(text: &str, args: AgentArgs) -> Result<AgentConfig, ConfigError> {
-        let dir =
-            std::env::temp_dir().join(format!("leaktrace-agent-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.toml", text.len()));
-        std::fs::write(&path, text).unwrap();
+        let file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        std::fs::write(file.path(), text).unwrap();
         AgentConfig::load(AgentArgs {
-            config: Some(path),
+            config: Some(file.path().to_path_buf()),
             ..args
         })
     }
