@@ -548,6 +548,53 @@ mod tests {
         assert!(why.contains("grew 17.0 MiB outside the V8 heap"), "{why}");
     }
 
+    /// One bench round's memory readings, as `tests/data/trigger/bench-series.json` keeps them.
+    #[derive(serde::Deserialize)]
+    struct Recorded {
+        trace: String,
+        leaks: bool,
+        /// `[t, rss_bytes, v8_heap]`, one a sample (10 s).
+        points: Vec<(f64, u64, u64)>,
+    }
+
+    /// The trigger replayed, reading by reading, over the resident sets the agent read at every
+    /// sample of 24 rounds of `cargo xtask bench` (four runs; the Node service with its leaking
+    /// route and with its clean one, 240 s each, `bench/results/<run>/service-*-agent-r*.json`):
+    /// the shapes a real service makes, garbage collections and dead Buffers included. On the
+    /// clean service it never fires (twelve readings fired on two of these rounds); on the
+    /// leaking one it fires as soon as it has its readings.
+    #[test]
+    fn the_trigger_tells_the_bench_services_apart() {
+        let rounds: Vec<Recorded> =
+            serde_json::from_str(include_str!("../../tests/data/trigger/bench-series.json"))
+                .expect("the recorded series parse");
+        assert_eq!(rounds.len(), 24);
+        for round in &rounds {
+            let points: Vec<MemoryPoint> = round
+                .points
+                .iter()
+                .map(|&(t, rss_bytes, v8_heap)| MemoryPoint {
+                    t,
+                    rss_bytes,
+                    v8_heap,
+                    ..MemoryPoint::default()
+                })
+                .collect();
+            let first = (1..=points.len())
+                .find_map(|n| growth(&points[..n]).map(|why| (points[n - 1].t, why)));
+            if round.leaks {
+                let (t, why) = first.unwrap_or_else(|| panic!("{}: never fired", round.trace));
+                assert!(
+                    t <= 10.0 * TRIGGER_POINTS as f64,
+                    "{}: fired at {t:.0}s ({why})",
+                    round.trace
+                );
+            } else {
+                assert_eq!(first, None, "{}", round.trace);
+            }
+        }
+    }
+
     /// What a target using `cpus` CPUs all along has used by `s` seconds.
     fn used(cpus: f64, s: u64) -> Option<Duration> {
         Some(Duration::from_secs_f64(cpus * s as f64))
