@@ -1242,8 +1242,8 @@ impl Probes {
     pub fn mapping_note(&self) -> Option<String> {
         self.mapping_off.as_ref().map(|why| {
             format!(
-                "no mapping events ({why}): mmap'd memory has no call stack, and V8's heap is \
-                 counted as other anonymous memory; --syscall-tracepoints probes the mapping \
+                "no mapping events ({why}): mmap'd memory has no call stack (V8's heap is \
+                 still known, by its pages' headers); --syscall-tracepoints probes the mapping \
                  syscalls at the raw syscall tracepoints instead, at about 50 ns on every \
                  syscall of the host"
             )
