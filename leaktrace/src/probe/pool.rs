@@ -54,16 +54,16 @@ pub enum PoolError {
 }
 
 /// Maps the object at `path` to be read: mostly `node` itself, 100 MB of which finding the pool
-/// needs its symbol tables and three functions. Read whole, it cost the first exact window of a
-/// Node target 75 ms of copying and 100 MB of the agent's memory; read through `object`'s
-/// `ReadCache`, a syscall per symbol name, each one traced by that window's own syscall
-/// tracepoints (0.64 s of CPU, measured).
+/// needs its symbol tables and three functions. Read whole, it cost the agent's first exact
+/// window on each `node` binary (and `attach`'s start) 75 ms of copying and 100 MB of memory;
+/// read through `object`'s `ReadCache`, a syscall per symbol name, each one traced by that
+/// window's own syscall tracepoints (0.64 s of CPU, measured).
 fn map(path: &std::path::Path) -> std::io::Result<memmap2::Mmap> {
     let file = std::fs::File::open(path)?;
     // SAFETY: the mapping is only read, and only while `find` runs. The object is an executable
-    // or library a live process maps (its `/proc/PID/exe` or `map_files` link): the kernel
-    // refuses writes to a running executable, and packages replace libraries by renaming. A file
-    // truncated under the read would fault the tracer, as it would the target; blazesym maps the
+    // or library a live process maps (its `/proc/PID/exe` or `map_files` link): rewriting it in
+    // place would break that process too, and packages replace such files by renaming. A file
+    // truncated under the read would fault the tracer as it would the target; blazesym maps the
     // same files to symbolize them.
     unsafe { memmap2::Mmap::map(&file) }
 }
